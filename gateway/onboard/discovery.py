@@ -319,6 +319,7 @@ class Discovery:
         registry_dir: Path | None,
         configured: frozenset[str],
         claude_managed: Path | None = None,
+        files: ReadWhenChanged | None = None,
     ) -> None:
         self.state = state
         self._events = events
@@ -326,7 +327,8 @@ class Discovery:
         self._registry = registry_dir
         self._configured = configured
         self._claude_managed = claude_managed  # Claude Code's managed settings (None: this system's)
-        self._files = ReadWhenChanged()  # each pass parses only the client files that changed
+        # each pass parses only the client files that changed, each once for all its scopes
+        self._files = files if files is not None else ReadWhenChanged()
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -343,15 +345,21 @@ class Discovery:
         written, a broken one: what they held is unknown, not gone)."""
         found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
+        scopes: dict[Path, list[ClientFile]] = {}  # ~/.claude.json: the user and local scopes
         for cf in client_file_candidates(self._home, self._cwd, self._environ):
+            scopes.setdefault(cf.path, []).append(cf)
+        for path, files in scopes.items():
             try:
-                servers = self._files.servers(cf)
+                read = self._files.servers(files)  # one parse of a changed file, for every scope
             except ConfigError as e:
-                unread.add(str(cf.path))
-                _logger.debug("client file %s not read this pass: %s", cf.path, e.message)
+                unread.add(str(path))
+                _logger.debug("client file %s not read this pass: %s", path, e.message)
                 continue
             found += [
-                (cf.client, str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)
+                (cf.client, str(path), s.name, _client_table(s))
+                for cf in files
+                for s in read[cf]
+                if not launches_symbi(s)
             ]
         if self._registry is not None and self._registry.is_dir():
             found += [("registry", *seen) for seen in registry_servers(self._registry)]

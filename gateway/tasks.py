@@ -110,14 +110,16 @@ def discover(config: Config, events: EventSink) -> Background:
     """Discovery: new servers quarantined (not started), approved ones started with tofu
     verification (a person approved the server: what it offers is pinned on first sight).
     Claude Code's managed MCP policy is read once a pass and checked for every approved or
-    running discovered server: one it blocks is not started, or is stopped if it runs."""
+    running discovered server: one it blocks (or whose config holds references the gateway
+    does not fill in) is not started, or is stopped if it runs. One gone from its client's
+    config is stopped if it runs (``server.stopped``)."""
     from gateway.onboard.discovery import discovery_store
 
     discovery = discovery_store(config, events)
 
     async def run(gw: Gateway) -> None:
         failed = ""  # the last pass's failure, logged once until it changes or a pass succeeds
-        blocked: dict[str, str] = {}  # approved servers Claude Code's managed policy blocks, logged once
+        blocked: dict[str, str] = {}  # approved servers not to run (managed policy...), logged once
         while True:
             try:
                 added, removed = await anyio.to_thread.run_sync(discovery.poll)
@@ -155,7 +157,8 @@ def discover(config: Config, events: EventSink) -> Background:
 
 
 async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -> None:
-    """A discovered server Claude Code's managed policy blocks (deployed since its approval):
+    """A discovered server Claude Code's managed policy blocks (deployed since its approval),
+    or approved with references the gateway does not fill in (before that was refused):
     stopped if it runs; on the record and in the log once per reason."""
     running = d.name in gw.upstreams
     stopped = False

@@ -1,8 +1,12 @@
 """Discovery (``mcp.discovery_enabled`` / ``MCP_SERVER_DISCOVERY``): watch the client config
 files and a folder of MCP registry ``server.json`` documents; a server seen for the first
 time is quarantined (not started: no process, no network, no secrets, nothing callable) until
-a person approves it (``symbi tools approve SERVER``); removed servers are reported. Every
-discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
+a person approves it (``symbi tools approve SERVER``); removed servers are reported, and
+stopped if they run (``gateway.tasks.discover``). The approval is for the launch config the
+person saw: a removed server that comes back unchanged is approved again, changed it is
+quarantined again. A server whose config holds a client's ``${...}`` reference (a prompt, the
+client's environment: never filled in from the gateway's) cannot be approved; the listing says
+why. Every discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
 
 A server found in a Claude Code config follows its administrator's managed MCP policy
 (``gateway.onboard.claude_managed``), as ``symbi import claude-code`` does: approving one the

@@ -62,8 +62,10 @@ class Event(StrEnum):
     SERVER_DISCOVERED = "server.discovered"  # discovery found a server (quarantined until approved)
     SERVER_REMOVED = "server.removed"  # a discovered server disappeared from its source
     SERVER_APPROVED = "server.approved"  # a person approved a discovered server: started (tofu)
-    # an approved discovered server Claude Code's managed MCP policy blocks: stopped, or not started
+    # an approved discovered server Claude Code's managed MCP policy blocks (or whose config holds
+    # references the gateway does not fill in): stopped, or not started
     SERVER_BLOCKED = "server.blocked"
+    SERVER_STOPPED = "server.stopped"  # a running discovered server stopped: gone from its source
     # agents (gateway.runtime)
     AGENT_REGISTERED = "agent.registered"  # a session or hosted agent got its gateway-made id
     AGENT_STATE = "agent.state"  # an agent moved along one lifecycle edge (from, to, reason)

@@ -110,24 +110,28 @@ def discover(config: Config, events: EventSink) -> Background:
     """Discovery: new servers quarantined (not started), approved ones started with tofu
     verification (a person approved the server: what it offers is pinned on first sight).
     Claude Code's managed MCP policy is read once a pass and checked for every approved or
-    running discovered server: one it blocks is not started, or is stopped if it runs."""
+    running discovered server: one it blocks (or whose config holds references the gateway
+    does not fill in) is not started, or is stopped if it runs. One gone from its client's
+    config is stopped if it runs (``server.stopped``)."""
     from gateway.onboard.discovery import discovery_store
 
     discovery = discovery_store(config, events)
 
     async def run(gw: Gateway) -> None:
         failed = ""  # the last pass's failure, logged once until it changes or a pass succeeds
-        blocked: dict[str, str] = {}  # approved servers Claude Code's managed policy blocks, logged once
+        blocked: dict[str, str] = {}  # approved servers not to run (managed policy...), logged once
         while True:
             try:
                 added, removed = await anyio.to_thread.run_sync(discovery.poll)
-                # "removed" ones still run: the policy rules them too
+                # a "removed" one still running is stopped below
                 ours = [
                     d
                     for d in discovery.entries().values()
                     if d.status == "approved" or d.name in gw.upstreams
                 ]
                 refused = await anyio.to_thread.run_sync(discovery.managed_policy().refusals, ours)
+                # approved before approving one was refused: it would start without its secret
+                refused |= {d.name: why for d in ours if (why := d.unresolved()) is not None}
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop the gateway
                 # fail closed: nothing is quarantined, removed or started from this pass
                 if str(e) != failed:
@@ -140,7 +144,9 @@ def discover(config: Config, events: EventSink) -> Background:
             failed = ""
             _log_discovered(added, removed)
             for d in ours:
-                if d.name in refused:
+                if d.status == "removed":  # gone from its client's config: gone from the gateway
+                    await _stop_removed(gw, d)
+                elif d.name in refused:
                     await _block(gw, d, refused[d.name], blocked)
                 elif d.status == "approved" and d.name not in gw.upstreams:
                     blocked.pop(d.name, None)
@@ -151,7 +157,8 @@ def discover(config: Config, events: EventSink) -> Background:
 
 
 async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -> None:
-    """A discovered server Claude Code's managed policy blocks (deployed since its approval):
+    """A discovered server Claude Code's managed policy blocks (deployed since its approval),
+    or approved with references the gateway does not fill in (before that was refused):
     stopped if it runs; on the record and in the log once per reason."""
     running = d.name in gw.upstreams
     stopped = False
@@ -174,8 +181,28 @@ async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -
     _logger.error("approved server %s %s: %s", d.name, done, why)
 
 
+async def _stop_removed(gw: Gateway, d: Discovered) -> None:
+    """A running discovered server gone from its client's config: stopped (its processes end,
+    its tools leave the catalogue), on the record as ``server.stopped``."""
+    try:
+        await gw.remove_server(d.name)
+        stopped = True
+    except Exception:  # out of the catalogue all the same (remove_server's finally)
+        stopped = False
+        _logger.exception("discovered server %s, gone from %s: stopping it failed", d.name, d.source)
+    gw.events.emit(
+        Event.SERVER_STOPPED,
+        {"server": d.name, "source": d.source, "reason": "removed from its source", "stopped": stopped},
+    )
+    if stopped:
+        _logger.warning("discovered server %s stopped: it is gone from %s", d.name, d.source)
+
+
 def _log_discovered(added: list[Discovered], removed: list[Discovered]) -> None:
     for d in added:
+        if d.status == "approved":  # back with the launch config that was approved
+            _logger.warning("discovered MCP server %r is back in %s, as approved", d.original_name, d.source)
+            continue
         _logger.warning(
             "discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
             d.original_name,

@@ -25,11 +25,13 @@ def _list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     entries = discovery_store(cfg).entries()
     if args.json:
-        print(json.dumps([d.as_dict() for d in entries.values()], indent=2))
+        print(json.dumps([{**d.as_dict(), "unresolved": d.unresolved()} for d in entries.values()], indent=2))
         return 0
     for d in sorted(entries.values(), key=lambda d: d.name):
         print(f"{d.name:32} {d.status:12} {d.original_name} ({d.source})")
         print(f"{'':32} launches: {d.launches()}")  # what approving it runs
+        if (why := d.unresolved()) is not None:  # why approving it is refused
+            print(f"{'':32} cannot be approved: {why}")
     if not entries:
         print("nothing discovered" + ("" if cfg.mcp.discovery_enabled else " (mcp.discovery_enabled is off)"))
     return 0

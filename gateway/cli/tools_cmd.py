@@ -140,7 +140,11 @@ def _quarantined(cfg: Config) -> None:
     for d in sorted(waiting, key=lambda d: d.name):
         print(
             f"{d.name + '__*':44} {'pending':10} {'-':5} {'-':16} quarantined: discovered in {d.source} "
-            f"(not started; `symbi tools approve {d.name}`)"
+            + (
+                f"(not started; `symbi tools approve {d.name}`)"
+                if (why := d.unresolved()) is None
+                else f"(not started; cannot be approved: {why})"
+            )
         )
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import ConfigError
+from gateway.filestamp import Stamp, file_stamp
 from gateway.textcheck import not_utf8_at
 
 # ~/.claude.json keeps Claude Code's history too (megabytes); no client config is near this
@@ -99,7 +100,11 @@ def file_source(path: Path) -> ClientFile:
 
 def read_client_file(source: ClientFile) -> list[FoundServer]:
     """The server entries of one client file, each checked for a usable shape."""
-    doc = _load(source.path)
+    return servers_in(source, _load(source.path))
+
+
+def servers_in(source: ClientFile, doc: Mapping[str, Any]) -> list[FoundServer]:
+    """The server entries of ``source``'s section of ``doc`` (its file, parsed)."""
     table = _section(doc, source.section) or {}
     inputs = {i.get("id"): i for i in doc.get("inputs", []) if isinstance(i, dict)}
     where = f"{source.path}: {'.'.join(source.section)}"
@@ -112,27 +117,30 @@ def read_client_file(source: ClientFile) -> list[FoundServer]:
 
 
 class ReadWhenChanged:
-    """The server entries of client files, parsed again only when a file changed (its device,
-    inode, size, modification and change times): discovery reads them every pass, and
-    ``json.loads`` of a 24 MB ``~/.claude.json`` (Claude Code keeps its history there) holds
-    the interpreter lock about a second, each of the four reads a pass made, stalling the
-    gateway's event loop. A file that cannot be read raises ``ConfigError`` every time."""
+    """The server entries of client files, a file parsed again only when it changed
+    (``gateway.filestamp``), and once for all its scopes: discovery reads them every pass, and
+    ``json.loads`` of a 24 MB ``~/.claude.json`` (Claude Code keeps its history there; its user
+    and local scopes are both in it) holds the interpreter lock about a second, stalling the
+    gateway's event loop. A file that cannot be read raises ``ConfigError`` every time.
+    ``load`` parses a file (the bounded ``_load``; a test counts with its own)."""
 
-    def __init__(self) -> None:
-        self._seen: dict[ClientFile, tuple[tuple[int, ...], list[FoundServer]]] = {}
+    def __init__(self, load: Callable[[Path], dict[str, Any]] | None = None) -> None:
+        self._load = load if load is not None else _load
+        self._seen: dict[Path, tuple[Stamp, dict[ClientFile, list[FoundServer]]]] = {}
 
-    def servers(self, source: ClientFile) -> list[FoundServer]:
-        try:
-            st = source.path.stat()
-        except OSError as e:
-            raise ConfigError(f"{source.path}: cannot read: {e.strerror or e}") from None
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        seen = self._seen.get(source)
-        if seen is not None and seen[0] == key:
-            return seen[1]
-        self._seen.pop(source, None)
-        servers = read_client_file(source)  # no servers table: none (one parse, not two)
-        self._seen[source] = (key, servers)
+    def servers(self, sources: Sequence[ClientFile]) -> dict[ClientFile, list[FoundServer]]:
+        """The server entries of each of ``sources``, the scopes of one file (one path)."""
+        path = sources[0].path
+        key = file_stamp(path)
+        if key is None:
+            raise ConfigError(f"{path}: cannot read: missing or not ours to look at")
+        seen = self._seen.get(path)
+        if seen is not None and seen[0] == key and all(s in seen[1] for s in sources):
+            return {s: seen[1][s] for s in sources}
+        self._seen.pop(path, None)
+        doc = self._load(path)  # once for every scope (no servers table: none)
+        servers = {s: servers_in(s, doc) for s in sources}
+        self._seen[path] = (key, servers)
         return servers
 
 

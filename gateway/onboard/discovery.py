@@ -1,8 +1,12 @@
 """Discovery (``mcp.discovery_enabled`` / ``MCP_SERVER_DISCOVERY``): watch the client config
 files and a folder of MCP registry ``server.json`` documents; a server seen for the first
 time is quarantined (not started: no process, no network, no secrets, nothing callable) until
-a person approves it (``symbi tools approve SERVER``); removed servers are reported. Every
-discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
+a person approves it (``symbi tools approve SERVER``); removed servers are reported, and
+stopped if they run (``gateway.tasks.discover``). The approval is for the launch config the
+person saw: a removed server that comes back unchanged is approved again, changed it is
+quarantined again. A server whose config holds a client's ``${...}`` reference (a prompt, the
+client's environment: never filled in from the gateway's) cannot be approved; the listing says
+why. Every discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
 
 A server found in a Claude Code config follows its administrator's managed MCP policy
 (``gateway.onboard.claude_managed``), as ``symbi import claude-code`` does: approving one the
@@ -54,6 +58,7 @@ class Discovered:
     approved_by: str | None = None
     client: str | None = None  # the client whose file held it ("registry": the registry folder)
     home: str | None = None  # the home folder it was found through (its user's Claude Code settings)
+    was: str | None = None  # a removed one's status before (its approval stands if it returns unchanged)
 
     def from_claude_code(self) -> bool:
         """Whether Claude Code's managed policy rules it; an entry recorded before ``client``
@@ -73,7 +78,26 @@ class Discovered:
             "approved_by": self.approved_by,
             "client": self.client,
             "home": self.home,
+            "was": self.was,
         }
+
+    def unresolved(self) -> str | None:
+        """Why it cannot run as its client would run it: a ``${...}`` reference (VS Code's
+        ``${input:id}`` / ``${env:NAME}``, Claude Code's ``${NAME}``) is the client's to fill in
+        (a prompt, the client's environment); the gateway never fills it from its own
+        environment, and started with the literal text the server would lack its secret."""
+        refs = [
+            f"{at} ({secrets_masked(m)})"
+            for at, text in _launch_values(self.table)
+            for m in _REFERENCE.findall(text)
+        ]
+        if not refs:
+            return None
+        return (
+            "unresolved references the client fills in and the gateway does not: "
+            + ", ".join(refs)
+            + "; write the values into the client's config (or import it with `symbi import`)"
+        )
 
     def launches(self) -> str:
         """What approving it runs, for the person deciding, as a shell line: its folder, its
@@ -104,7 +128,21 @@ class Discovered:
             "launches": self.launches(),  # the approver sees the arguments too: one masking
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
+            "unresolved": self.unresolved(),  # why approving it is refused (None: it is not for that)
         }
+
+
+# a client's variable reference as the table holds it (clients._ref wrote VS Code's as ${NAME})
+_REFERENCE = re.compile(r"\$\{[^}]*\}")
+
+
+def _launch_values(table: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(where, text) of every value of ``table`` that reaches the server or its launch."""
+    out = [(k, str(table[k])) for k in ("command", "url", "cwd") if table.get(k) is not None]
+    out += [(f"args[{i}]", str(a)) for i, a in enumerate(table.get("args") or [])]
+    for part in ("env", "headers"):
+        out += [(f"{part}.{k}", str(v)) for k, v in (table.get(part) or {}).items()]
+    return out
 
 
 # variables that change what a process runs, loads or fetches: a repository's .mcp.json with
@@ -206,6 +244,30 @@ def _client_table(f: FoundServer) -> dict[str, Any]:
     return {"url": f.url, **({"headers": dict(f.headers)} if f.headers else {})}
 
 
+def _seen_again(d: Discovered, table: dict[str, Any]) -> Discovered | None:
+    """What a known server becomes when its file holds it (None: unchanged). A removed one
+    that comes back is approved again only when it was and its launch config is the one
+    approved; otherwise it is quarantined with the config its file holds now. An approved one
+    keeps the config approved (a change in its file is not run)."""
+    if d.status == "approved" or (d.status == "quarantined" and table == d.table):
+        return None
+    if d.status == "removed" and d.was == "approved" and table == d.table:
+        return replace(d, status="approved", was=None)
+    return replace(d, table=table, status="quarantined", approved_by=None, was=None)
+
+
+def _discovered(d: Discovered, *, again: bool = False) -> dict[str, Any]:
+    """The ``server.discovered`` record of ``d`` (``again``: it was known, back or changed)."""
+    return {
+        "server": d.name,
+        "source": d.source,
+        "original_name": d.original_name,
+        "transport": "stdio" if "command" in d.table else "http",
+        "status": d.status,
+        **({"again": True} if again else {}),
+    }
+
+
 class ManagedPolicy:
     """Claude Code's managed MCP policy as one discovery pass (or one approval) sees it: read
     once, on first need, for each home the servers were found through (its user's own lists);
@@ -261,6 +323,7 @@ class Discovery:
         registry_dir: Path | None,
         configured: frozenset[str],
         claude_managed: Path | None = None,
+        files: ReadWhenChanged | None = None,
     ) -> None:
         self.state = state
         self._events = events
@@ -268,7 +331,8 @@ class Discovery:
         self._registry = registry_dir
         self._configured = configured
         self._claude_managed = claude_managed  # Claude Code's managed settings (None: this system's)
-        self._files = ReadWhenChanged()  # each pass parses only the client files that changed
+        # each pass parses only the client files that changed, each once for all its scopes
+        self._files = files if files is not None else ReadWhenChanged()
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -285,23 +349,31 @@ class Discovery:
         written, a broken one: what they held is unknown, not gone)."""
         found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
+        scopes: dict[Path, list[ClientFile]] = {}  # ~/.claude.json: the user and local scopes
         for cf in client_file_candidates(self._home, self._cwd, self._environ):
+            scopes.setdefault(cf.path, []).append(cf)
+        for path, files in scopes.items():
             try:
-                servers = self._files.servers(cf)
+                read = self._files.servers(files)  # one parse of a changed file, for every scope
             except ConfigError as e:
-                unread.add(str(cf.path))
-                _logger.debug("client file %s not read this pass: %s", cf.path, e.message)
+                unread.add(str(path))
+                _logger.debug("client file %s not read this pass: %s", path, e.message)
                 continue
             found += [
-                (cf.client, str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)
+                (cf.client, str(path), s.name, _client_table(s))
+                for cf in files
+                for s in read[cf]
+                if not launches_symbi(s)
             ]
         if self._registry is not None and self._registry.is_dir():
             found += [("registry", *seen) for seen in registry_servers(self._registry)]
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:
-        """One pass: returns (newly quarantined, newly removed); both are audited. A server of
-        a client file that cannot be read this pass keeps its status (the next pass decides)."""
+        """One pass: returns (newly quarantined or back, newly removed); both are audited. A
+        server of a client file that cannot be read this pass keeps its status (the next pass
+        decides). One that comes back after its removal is approved again only with the launch
+        config that was approved; a quarantined one's config follows its file."""
         known = self.entries()
         by_origin = {(d.source, d.original_name): d for d in known.values()}
         now, unread = self.seen_now()
@@ -310,6 +382,10 @@ class Discovery:
         used = set(known) | set(self._configured) | RESERVED
         for client, src, original, table in now:
             if (src, original) in by_origin:
+                if (again := _seen_again(by_origin[(src, original)], table)) is not None:
+                    known[again.name] = again
+                    added.append(again)
+                    self._events.emit(Event.SERVER_DISCOVERED, _discovered(again, again=True))
                 continue
             name = unique_name(original, used)
             used.add(name)
@@ -318,16 +394,7 @@ class Discovery:
             )
             known[name] = d
             added.append(d)
-            self._events.emit(
-                Event.SERVER_DISCOVERED,
-                {
-                    "server": name,
-                    "source": src,
-                    "original_name": original,
-                    "transport": "stdio" if "command" in table else "http",
-                    "status": "quarantined",
-                },
-            )
+            self._events.emit(Event.SERVER_DISCOVERED, _discovered(d))
         removed = self._removed(known, seen_origins, unread)
         if added or removed:
             self._save(known)
@@ -340,7 +407,7 @@ class Discovery:
         removed: list[Discovered] = []
         for name, d in list(known.items()):
             if d.status != "removed" and d.source not in unread and (d.source, d.original_name) not in seen:
-                known[name] = replace(d, status="removed")
+                known[name] = replace(d, status="removed", was=d.status)
                 removed.append(known[name])
                 self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
         return removed
@@ -359,6 +426,8 @@ class Discovery:
         if (
             why := self.managed_policy().refusal(d)
         ) is not None:  # the organisation's rule, not the approver's
+            raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409)
+        if (why := d.unresolved()) is not None:  # it would start without its secret
             raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409)
         try:  # what the gateway would refuse to start is refused here, with its reason
             ServerConfig.model_validate({**d.table, "verification": "tofu"})

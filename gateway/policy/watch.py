@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gateway.filestamp import Stamp, file_stamp
+
 log = logging.getLogger("symbi.policy")
 
-_Stamp = tuple[int, int, int] | None  # (mtime_ns, size, inode) or None when missing
-
-
-def _stamp(path: Path) -> _Stamp:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+_Stamp = Stamp | None  # None: missing (a removed file is a change too)
 
 
 class FileWatcher:
@@ -49,7 +42,7 @@ class FileWatcher:
         self._stamps = self._poll()
 
     def _poll(self) -> dict[Path, _Stamp]:
-        return {p: _stamp(p) for p in self._paths()}
+        return {p: file_stamp(p) for p in self._paths()}
 
     def start(self) -> None:
         self._thread.start()

@@ -151,6 +151,11 @@ SCHEMAS: dict[str, Any] = {
             },
             "first_seen": {"type": "number"},
             "approved_by": _NULLSTR,
+            "unresolved": {
+                **_NULLSTR,
+                "description": "why approving it is refused: the client's variable references "
+                "(${input:...}, ${env:...}) the gateway does not fill in, by where they are",
+            },
         },
     },
     "DiscoveredList": {

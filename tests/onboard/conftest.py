@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.events import LoggingSink
+from gateway.onboard.clients import ReadWhenChanged
 from gateway.onboard.discovery import Discovery
 
 SECRET = "sk-live-0123456789abcdefSECRET"
@@ -105,7 +106,9 @@ def machine(tmp_path: Path) -> Machine:
     return m
 
 
-def discovery(state: Path, home: Path, cwd: Path, registry_dir: Path | None = None) -> Discovery:
+def discovery(
+    state: Path, home: Path, cwd: Path, registry_dir: Path | None = None, files: ReadWhenChanged | None = None
+) -> Discovery:
     """A discovery pass's store as the gateway builds it, over these folders (no environment,
     nothing configured yet)."""
     return Discovery(
@@ -116,4 +119,5 @@ def discovery(state: Path, home: Path, cwd: Path, registry_dir: Path | None = No
         environ={},
         registry_dir=registry_dir,
         configured=frozenset(),
+        files=files,
     )

@@ -235,36 +235,37 @@ def test_discover_list_shows_what_approving_a_server_runs_with_secrets_masked(tm
     assert "launches: npx -y @ex/gh --token '***'" in out.stdout and "A1b2C3d4E5" not in out.stdout
 
 
-def test_a_large_client_file_is_parsed_again_only_when_it_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_large_client_file_is_parsed_once_a_change_for_all_its_scopes(tmp_path: Path) -> None:
     """Attack: Claude Code keeps its history in ``~/.claude.json`` (tens of MB on a heavy
     user's machine; a project's ``.mcp.json`` comes with a repository). Discovery parsed it
     four times a pass (two scopes, each ``has_servers`` then ``read_client_file``), every
     ``mcp.recheck_interval_s`` (2 s): at 24 MB a pass took 3.2 s and each parse held the
-    interpreter lock 0.94 s, stalling the gateway's event loop most of the time. Now a file is
-    parsed once per scope when it changes, and not again while it does not."""
+    interpreter lock 0.94 s, stalling the gateway's event loop most of the time; then
+    (session 41) twice a change, once a scope. Now a file is parsed once when it changes, for
+    its user and local scopes both, and not again while it does not."""
     home, project = tmp_path / "home", tmp_path / "project"
     history = {"projects": {f"/p/{i}": {"history": ["x" * 200] * 20} for i in range(200)}}
-    user = write_json(home / ".claude.json", {**history, "mcpServers": {"a": {"command": "a-mcp"}}})
+    local = {str(project): {"mcpServers": {"l": {"command": "l-mcp"}}}}
+    doc = {**history, "mcpServers": {"a": {"command": "a-mcp"}}}
+    user = write_json(home / ".claude.json", {**doc, "projects": {**history["projects"], **local}})
     parsed: list[Path] = []
-    real = clients._load
 
-    def counted(path: Path) -> dict[str, Any]:
+    def counted(path: Path) -> dict[str, Any]:  # the reader's own parse, counted
         parsed.append(path)
-        return real(path)
+        return clients.load_json(path)
 
-    monkeypatch.setattr(clients, "_load", counted)
-    d = discovery(tmp_path / "discovered.json", home, project)
-    assert [x.name for x in d.poll()[0]] == ["a"]
-    assert parsed == [user, user]  # the user scope and the local scope (projects[<cwd>]), once each
+    d = discovery(tmp_path / "discovered.json", home, project, files=clients.ReadWhenChanged(counted))
+    assert sorted(x.name for x in d.poll()[0]) == ["a", "l"]  # both scopes read
+    assert parsed == [user]  # one parse for the user scope and the local scope (projects[<cwd>])
     for _ in range(3):
         assert d.poll() == ([], [])
-    assert parsed == [user, user]  # unchanged: not parsed again
-    write_json(user, {**history, "mcpServers": {"a": {"command": "a-mcp"}, "b": {"command": "b-mcp"}}})
+    assert parsed == [user]  # unchanged: not parsed again
+    doc["mcpServers"] = {"a": {"command": "a-mcp"}, "b": {"command": "b-mcp"}}
+    write_json(user, {**doc, "projects": {**history["projects"], **local}})
     assert [x.name for x in d.poll()[0]] == ["b"]  # a change is seen on the next pass
-    assert len(parsed) == 4
+    assert parsed == [user, user]  # once for the change
     user.write_text("{")  # being written: unreadable this pass, nothing removed, not cached
     assert d.poll() == ([], [])
     assert d.poll() == ([], [])
-    assert len(parsed) == 8
+    assert parsed == [user] * 4
+    assert {x.status for x in d.entries().values()} == {"quarantined"}

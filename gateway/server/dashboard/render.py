@@ -248,6 +248,8 @@ def _discovered(sess: dict[str, Any], servers: list[dict[str, Any]], message: st
     def act(d: dict[str, Any]) -> str:
         if d["status"] != "quarantined":
             return e(d.get("approved_by") or "")
+        if d.get("unresolved"):  # approving it is refused (409): no button, the reason instead
+            return f'<span class="bad" id="unresolved-{e(d["name"])}">Cannot be approved: {e(d["unresolved"])}</span>'
         return (
             f'<form method="post" action="{e(sess["base"])}/discovered/{quote(d["name"], safe="")}/approve">'
             f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.server.dashboard.render import tool_page
+from gateway.server.dashboard.render import tool_page, upstreams_page
 
 SESSION = {"csrf": "t0ken", "principal": "admin", "base": "/d/pr3fix"}
 
@@ -37,3 +37,20 @@ def test_a_rejected_pin_change_is_named_and_offers_no_approve_button() -> None:
     assert 'id="diff"' in page  # what was rejected is still shown
     plain = tool_page(SESSION, _info(None), None)
     assert 'id="pin-rejected"' not in plain and 'id="approve"' in plain
+
+
+def test_a_discovered_server_that_cannot_be_approved_shows_why_and_no_button() -> None:
+    """A discovered server with ``${input:...}`` references the gateway does not fill in is
+    refused approval (409): the dashboard shows the reason instead of the Approve button."""
+    server = {
+        "name": "keyed",
+        "status": "quarantined",
+        "original_name": "keyed",
+        "source": "/p/.vscode/mcp.json",
+        "launches": "API_KEY=*** keyed-mcp",
+        "unresolved": "unresolved references ...: env.API_KEY (${API_KEY})",
+    }
+    page = upstreams_page(SESSION, [], [server], None)
+    assert 'id="unresolved-keyed"' in page and 'id="approve-keyed"' not in page
+    page = upstreams_page(SESSION, [], [{**server, "unresolved": None}], None)
+    assert 'id="unresolved-keyed"' not in page and 'id="approve-keyed"' in page

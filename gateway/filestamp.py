@@ -1,0 +1,22 @@
+"""Whether a file changed since it was last looked at, without reading it: the one stamp of
+the policy watch (``gateway.policy.watch``) and discovery's client files
+(``gateway.onboard.clients.ReadWhenChanged``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# (device, inode, size, mtime_ns, ctime_ns): a file replaced (a new inode, even of the same size
+# and time), rewritten in place (size or mtime) or touched back to its old mtime (ctime) differs
+Stamp = tuple[int, int, int, int, int]
+
+
+def file_stamp(path: Path) -> Stamp | None:
+    """The stamp of ``path`` (following a symlink), None when it cannot be looked at (missing,
+    a folder not ours to search): the caller decides what a missing file means."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -97,16 +97,22 @@ class BusBackend(Protocol):
         were not seen before (the others are replays)."""
 
     # topic subscriptions: each lasts until its expiry (``bus.subscription_ttl_s``)
-    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
-        """Hold the subscription until ``until_ms`` (one held already: renewed to it)."""
+    async def subscribe(self, agent: str, pattern: str, until_ms: int, made_ms: int) -> None:
+        """Hold the subscription until ``until_ms`` (one held already: renewed to it), made or
+        renewed at ``made_ms`` (what ``unsubscribe_parked`` compares)."""
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool: ...
 
-    async def unsubscribe_all(self, agent: str) -> None:
-        """Every subscription of ``agent`` goes (a parked agent: ``Bus.park``)."""
+    async def unsubscribe_parked(self, parked: list[tuple[str, int]]) -> None:
+        """Each (agent, parked at ms): its subscriptions made or renewed at or before then go
+        (``Bus.park``); one made since (the agent back, through another gateway process
+        sharing the store) stays. All of them in one round trip (a batch per script on Redis)."""
 
     async def subscriptions(self) -> dict[str, set[str]]:
         """The subscriptions not expired (agent -> patterns): an expired one grants nothing."""
+
+    async def subscriptions_of(self, agent: str) -> set[str]:
+        """The patterns ``agent`` subscribed to, not expired (its own, not every agent's read)."""
 
     # housekeeping and operators
     async def expire(self, now_ms: int, retain_ms: int) -> int:

@@ -227,7 +227,7 @@ class BusBuiltin:
             doc: dict[str, Any] = {"agent": agent, "waiting": await self.bus.backend.pending_count(agent)}
         elif uri.startswith(TOPIC_PREFIX):
             topic = validate_topic(uri.removeprefix(TOPIC_PREFIX), pattern=True, where="uri")
-            subs = (await self.bus.backend.subscriptions()).get(agent, set())
+            subs = await self.bus.backend.subscriptions_of(agent)
             doc = {"agent": agent, "topic": topic, "subscribed": topic in subs}
         else:
             raise CatalogError(f"unknown resource {uri!r}")

@@ -312,9 +312,10 @@ class Bus(Membership):
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
-        until_ms = int(time.time() * 1000) + self.subscription_ms
+        now = int(time.time() * 1000)
+        until_ms = now + self.subscription_ms
         try:
-            await self.counts.subscribe(me.agent, pattern, until_ms)
+            await self.counts.subscribe(me.agent, pattern, until_ms, now)
         except BusQuotaExceeded as e:
             self._emit(
                 Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": e.reasons}, principal

@@ -44,9 +44,10 @@ class Counts(Protocol):
         """Count a publication's ``size`` against its publisher ``who`` (``BusQuotaExceeded``,
         nothing counted, past its bytes) and read the subscriptions (agent -> patterns)."""
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
-        """Subscribe until ``until_ms`` (a held one is renewed to it), or ``BusQuotaExceeded``
-        past the agent's subscriptions (a held one is no new one)."""
+    async def subscribe(self, agent: str, pattern: str, until_ms: int, now_ms: int) -> None:
+        """Subscribe at ``now_ms`` until ``until_ms`` (a held one is renewed to it), or
+        ``BusQuotaExceeded`` past the agent's live subscriptions (a held one is no new one; an
+        expired one, swept or not, is not held)."""
 
     async def open_add(self, agent: str, request_id: str, requester: str, expires_ms: int) -> None: ...
 
@@ -78,10 +79,10 @@ class LocalCounts:
         self.volume.add(who, size, now_ms)
         return subs
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
-        held = (await self.backend.subscriptions()).get(agent, set())
+    async def subscribe(self, agent: str, pattern: str, until_ms: int, now_ms: int) -> None:
+        held = await self.backend.subscriptions_of(agent)
         check_subscriptions(agent, held, pattern, self.caps.subscriptions)
-        await self.backend.subscribe(agent, pattern, until_ms)
+        await self.backend.subscribe(agent, pattern, until_ms, now_ms)
 
     async def open_add(self, agent: str, request_id: str, requester: str, expires_ms: int) -> None:
         self.open.add(agent, request_id, requester, expires_ms)

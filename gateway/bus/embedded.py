@@ -39,7 +39,7 @@ CREATE INDEX IF NOT EXISTS messages_inbox ON messages(inbox, state, seq);
 CREATE TABLE IF NOT EXISTS seen(agent TEXT NOT NULL, id TEXT NOT NULL, until_ms INTEGER NOT NULL,
     PRIMARY KEY(agent, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subs(agent TEXT NOT NULL, pattern TEXT NOT NULL,
-    until_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(agent, pattern));
+    until_ms INTEGER NOT NULL DEFAULT 0, made_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(agent, pattern));
 CREATE TABLE IF NOT EXISTS keys(agent TEXT PRIMARY KEY, principal TEXT NOT NULL, sign_pub BLOB NOT NULL,
     dh_pub BLOB NOT NULL, mac BLOB NOT NULL, name TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS keys_name ON keys(name);
@@ -64,13 +64,19 @@ def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         # a store written before subscriptions expired: those it holds are expired (0), so
         # none lives on without a lifetime; an agent subscribes again (the policy asked again)
         db.execute("ALTER TABLE subs ADD COLUMN until_ms INTEGER NOT NULL DEFAULT 0")
+    if "made_ms" not in _columns(db, "subs"):  # (made before a park: a park removes them)
+        db.execute("ALTER TABLE subs ADD COLUMN made_ms INTEGER NOT NULL DEFAULT 0")
     return db
 
 
 def _subs_expire(db: sqlite3.Connection) -> bool:
     """Whether the store's subscriptions carry their expiry (``until_ms``): one written before
     they did lacks it (``open_db`` adds it; a read-only reader sees the store as it is)."""
-    return "until_ms" in {row[1] for row in db.execute("PRAGMA table_info(subs)")}
+    return "until_ms" in _columns(db, "subs")
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 class EmbeddedBackend:
@@ -258,12 +264,12 @@ class EmbeddedBackend:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+    async def subscribe(self, agent: str, pattern: str, until_ms: int, made_ms: int) -> None:
         with write_transaction(self.db):
             self.db.execute(
-                "INSERT INTO subs(agent, pattern, until_ms) VALUES (?,?,?) "
-                "ON CONFLICT(agent, pattern) DO UPDATE SET until_ms = excluded.until_ms",
-                (agent, pattern, until_ms),
+                "INSERT INTO subs(agent, pattern, until_ms, made_ms) VALUES (?,?,?,?) "
+                "ON CONFLICT(agent, pattern) DO UPDATE SET until_ms = excluded.until_ms, made_ms = excluded.made_ms",
+                (agent, pattern, until_ms, made_ms),
             )
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
@@ -271,9 +277,9 @@ class EmbeddedBackend:
             cur = self.db.execute("DELETE FROM subs WHERE agent=? AND pattern=?", (agent, pattern))
         return cur.rowcount > 0
 
-    async def unsubscribe_all(self, agent: str) -> None:
-        with write_transaction(self.db):
-            self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
+    async def unsubscribe_parked(self, parked: list[tuple[str, int]]) -> None:
+        with write_transaction(self.db):  # (one transaction for all of them)
+            self.db.executemany("DELETE FROM subs WHERE agent=? AND made_ms <= ?", parked)
 
     async def subscriptions(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -281,6 +287,11 @@ class EmbeddedBackend:
         for agent, pattern in self.db.execute("SELECT agent, pattern FROM subs WHERE until_ms > ?", (now,)):
             out.setdefault(agent, set()).add(pattern)
         return out
+
+    async def subscriptions_of(self, agent: str) -> set[str]:
+        now = int(time.time() * 1000)
+        rows = self.db.execute("SELECT pattern FROM subs WHERE agent=? AND until_ms > ?", (agent, now))
+        return {str(p) for (p,) in rows}
 
     # -- housekeeping ----------------------------------------------------------------------
 

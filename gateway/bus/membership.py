@@ -120,12 +120,19 @@ class Membership:
         return task
 
     async def _unsubscribe_parked(self, agent: str) -> None:
-        if self.ring.ended_at(agent) is None:  # back meanwhile (or not parked): its own to keep
+        parked = self.ring.ended_at(agent)
+        if parked is None:  # back meanwhile (or not parked): its own to keep
             return
+        await self._unsubscribe_many([(agent, parked)])
+
+    async def _unsubscribe_many(self, parked: list[tuple[str, int]]) -> None:
+        """Those made before each park go; one made since (back on another gateway process
+        sharing the Redis) stays."""
         try:
-            await self.backend.unsubscribe_all(agent)
+            await self.backend.unsubscribe_parked(parked)
         except Exception as e:  # noqa: BLE001 - they expire (bus.subscription_ttl_s)
-            _logger.warning("bus: removing the subscriptions of parked agent %s failed: %s", agent, e)
+            who = parked[0][0] if len(parked) == 1 else f"{len(parked)} agents"
+            _logger.warning("bus: removing the subscriptions of parked %s failed: %s", who, e)
 
     def end_soon(self, agent: str) -> None:
         """The agent ended for good (its id never comes back): what the bus holds for it goes
@@ -164,8 +171,10 @@ class Membership:
             self.retirements.leave_soon(agent)
         self.ring.left_behind = []
         # and those whose id recurs: kept for a return, from now, without their subscriptions
-        for agent in self.ring.park_unended(now):
-            await self._unsubscribe_parked(agent)
+        # (one round trip for all of them: a run may have left thousands)
+        left = [(agent, now) for agent in self.ring.park_unended(now)]
+        if left:
+            await self._unsubscribe_many(left)
 
     def footprint(self) -> dict[str, int]:
         """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""

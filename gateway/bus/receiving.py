@@ -180,7 +180,7 @@ class Receiver:
     ) -> tuple[dict[str, Outcome], list[tuple[Pending, SecureMessage, X25519PublicKey]]]:
         """Checks 1-3 for each entry: the outcome of those that failed, and those that passed."""
         subs = (
-            (await self.backend.subscriptions()).get(agent, set())
+            await self.backend.subscriptions_of(agent)
             if any(p.msg is not None and p.msg.kind == "topic" for p in pending)
             else set()
         )

@@ -2,10 +2,9 @@
 across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
-and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern`` ->
-its expiry in ms: past it, it grants nothing; the expiry sweep removes it),
-``subs:n`` (hash: each agent's count of them), ``seen:<agent>:<id>`` (replay window,
-expiring), ``stats`` (counters, hash). Only ciphertext
+and its expiry), ``keys`` (public key directory, hash), ``subs:exp``, ``subs:of:<agent>``
+and ``subs:made:<agent>`` (the topic subscriptions: ``gateway.bus.redis_subs``),
+``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
 clear error); the client reconnects by itself on the next call.
 """
@@ -17,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
@@ -31,6 +30,7 @@ from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
 from gateway.bus.counts import Caps, Counts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
+from gateway.bus.redis_subs import LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
 
 _logger = logging.getLogger("symbi.bus")
@@ -46,100 +46,30 @@ redis.call('HINCRBY', KEYS[2], 'sent', 1)
 return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4], 's', ARGV[5], 'e', ARGV[6])
 """
 
-# ``subs:n`` (hash agent -> how many ``subs`` fields are its) keeps each agent's count, so the
-# cap's check is one HGET, not a scan of every agent's subscriptions. Every script that changes
-# ``subs`` keeps it; the first one run on a ``subs`` without ``subs:n`` (written before it
-# existed, or ``subs:n`` alone lost) counts ``subs`` once: a count is never short (the cap held).
-SUBS_COUNTED = """
-local function counted(subs, n)
-  if redis.call('EXISTS', n) == 0 and redis.call('EXISTS', subs) == 1 then
-    for _, f in ipairs(redis.call('HKEYS', subs)) do
-      redis.call('HINCRBY', n, string.sub(f, 1, string.find(f, '\\0', 1, true) - 1), 1)
-    end
-  end
-end
-"""
-# KEYS: subs, subs:n; ARGV: agent, pattern, expiry (ms; a held one is renewed to it)
-_SUB_ADD = (
-    SUBS_COUNTED
-    + """
-counted(KEYS[1], KEYS[2])
-if redis.call('HSET', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2], ARGV[3]) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-end
-return 1
-"""
-)
-# the subscriptions past their expiry go (the expiry sweep; KEYS: subs, subs:n; ARGV: now ms).
-# A value that is no number (written before they expired) is expired
-_SUBS_EXPIRE = (
-    SUBS_COUNTED
-    + """
-counted(KEYS[1], KEYS[2])
-local all = redis.call('HGETALL', KEYS[1])
-local gone = 0
-for i = 1, #all, 2 do
-  if (tonumber(all[i + 1]) or 0) <= tonumber(ARGV[1]) then
-    redis.call('HDEL', KEYS[1], all[i])
-    local agent = string.sub(all[i], 1, string.find(all[i], '\\0', 1, true) - 1)
-    if redis.call('HINCRBY', KEYS[2], agent, -1) <= 0 then redis.call('HDEL', KEYS[2], agent) end
-    gone = gone + 1
-  end
-end
-return gone
-"""
-)
-# KEYS: subs, subs:n; ARGV: agent, pattern -> 1 removed, 0 it had no such subscription
-_SUB_DEL = (
-    SUBS_COUNTED
-    + """
-counted(KEYS[1], KEYS[2])
-if redis.call('HDEL', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2]) == 0 then return 0 end
-if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
-return 1
-"""
-)
-
-# an agent's subscriptions and its count of them (KEYS subs, subs:n)
-_DROP_SUBS = """
-local function drop_subs(subs, n, agent)
-  local mine = agent .. '\\0'
-  for _, f in ipairs(redis.call('HKEYS', subs)) do
-    if string.sub(f, 1, #mine) == mine then redis.call('HDEL', subs, f) end
-  end
-  redis.call('HDEL', n, agent)
-end
-"""
-
-# an agent that ended for good: its subscriptions, the requests it may still answer
-# (``gateway.bus.redis_counts``) and its inboxes; with ARGV[3] = '1' (``forget_agent``) also
-# its directory entry and its name (if still its), else the entry stays (what it sent is
-# verified with it). KEYS: keys, names, subs, open, open:q, open:n, subs:n, inboxes...;
-# ARGV: agent, name, forget
+# an agent that ended for good: its subscriptions (``gateway.bus.redis_subs``), the requests
+# it may still answer (``gateway.bus.redis_counts``) and its inboxes; with ARGV[3] = '1'
+# (``forget_agent``) also its directory entry and its name (if still its), else the entry
+# stays (what it sent is verified with it). KEYS: keys, names, subs:exp, open, open:q, open:n,
+# subs:of:<agent>, subs:made:<agent>, inboxes...; ARGV: agent, name, forget
 _LEAVE = (
-    _DROP_SUBS
+    LEAVE_SUBS
     + """
 if ARGV[3] == '1' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
 end
-drop_subs(KEYS[3], KEYS[7], ARGV[1])
+leave_subs(KEYS[3], KEYS[7], KEYS[8], ARGV[1])
 local mine = ARGV[1] .. '\\0'
 for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
   redis.call('HDEL', KEYS[4], mine .. string.sub(q, #mine + 22))
 end
 redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
 redis.call('ZREM', KEYS[6], ARGV[1])
-for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 )
 
-# a parked agent's subscriptions (``Bus.park``; KEYS: subs, subs:n; ARGV: agent)
-_UNSUBSCRIBE_ALL = _DROP_SUBS + "drop_subs(KEYS[1], KEYS[2], ARGV[1])\nreturn 1\n"
-
-# the subscriptions and each agent's count of them
-SUBS_KEYS = (PREFIX + "subs", PREFIX + "subs:n")
 # the open requests (gateway.bus.redis_counts): open, open:q, open:n, open:seq
 OPEN_KEYS = (PREFIX + "open", PREFIX + "open:q", PREFIX + "open:n", PREFIX + "open:seq")
 
@@ -155,10 +85,7 @@ class RedisBackend:
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._leave = self._r.register_script(_LEAVE)
-        self._unsubscribe_all = self._r.register_script(_UNSUBSCRIBE_ALL)
-        self._sub_add = self._r.register_script(_SUB_ADD)
-        self._sub_del = self._r.register_script(_SUB_DEL)
-        self._subs_expire = self._r.register_script(_SUBS_EXPIRE)
+        self.subs = RedisSubscriptions(self._r, PREFIX, self.run)
         self._groups: set[str] = set()
 
     @property
@@ -200,6 +127,7 @@ class RedisBackend:
 
     async def start(self) -> None:
         await self.run(self._r.ping())
+        await self.subs.drop_old_layout()
 
     async def close(self) -> None:
         await self._r.aclose()
@@ -234,7 +162,8 @@ class RedisBackend:
 
     async def _gone(self, agent: str, inboxes: tuple[str, ...], name: str, *, forget: bool) -> None:
         streams = [self._inbox(i) for i in inboxes]
-        keys = [PREFIX + "keys", PREFIX + "names", *SUBS_KEYS[:1], *OPEN_KEYS[:3], SUBS_KEYS[1], *streams]
+        keys = [PREFIX + "keys", PREFIX + "names", self.subs.exp, *OPEN_KEYS[:3], *self.subs.keys(agent)[1:]]
+        keys += streams
         await self.run(self._leave(keys=keys, args=[agent, name, "1" if forget else "0"]))
         self._groups.difference_update(streams)
 
@@ -349,18 +278,20 @@ class RedisBackend:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
-        await self.run(self._sub_add(keys=list(SUBS_KEYS), args=[agent, pattern, until_ms]))
+    async def subscribe(self, agent: str, pattern: str, until_ms: int, made_ms: int) -> None:
+        await self.subs.subscribe(agent, pattern, until_ms, made_ms, -1)
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
-        return bool(await self.run(self._sub_del(keys=list(SUBS_KEYS), args=[agent, pattern])))
+        return await self.subs.unsubscribe(agent, pattern)
 
-    async def unsubscribe_all(self, agent: str) -> None:
-        await self.run(self._unsubscribe_all(keys=list(SUBS_KEYS), args=[agent]))
+    async def unsubscribe_parked(self, parked: list[tuple[str, int]]) -> None:
+        await self.subs.unsubscribe_parked(parked)
 
     async def subscriptions(self) -> dict[str, set[str]]:
-        raw: dict[bytes, bytes] = await self.run(self._r.hgetall(PREFIX + "subs"))
-        return parse_subs(raw.items(), int(time.time() * 1000))
+        return await self.subs.live(int(time.time() * 1000))
+
+    async def subscriptions_of(self, agent: str) -> set[str]:
+        return await self.subs.live_of(agent, int(time.time() * 1000))
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -378,7 +309,7 @@ class RedisBackend:
                 n += len(dead)
         if n:
             await self.run(self._r.hincrby(PREFIX + "stats", "expired", n))
-        await self.run(self._subs_expire(keys=list(SUBS_KEYS), args=[now_ms]))
+        await self.subs.sweep(now_ms)
         return n
 
     async def bump(self, counter: str, n: int = 1) -> None:
@@ -389,21 +320,6 @@ class RedisBackend:
 
     def scan(self) -> Iterator[StoredMessage]:
         return redis_scan(self.url)
-
-
-def parse_subs(raw: Iterable[tuple[bytes, bytes]], now_ms: int) -> dict[str, set[str]]:
-    """The ``subs`` hash's (field ``agent\\0pattern``, expiry) pairs -> agent -> patterns, those
-    not expired at ``now_ms`` (an expiry that is no number: expired)."""
-    out: dict[str, set[str]] = {}
-    for k, until in raw:
-        try:
-            live = int(until) > now_ms
-        except ValueError:
-            live = False
-        if live:
-            agent, _, pattern = k.decode().partition("\0")
-            out.setdefault(agent, set()).add(pattern)
-    return out
 
 
 def key_blob(entry: PublicKeys) -> bytes:
@@ -446,7 +362,7 @@ def redis_stats(url: str) -> dict[str, object]:
         "counters": counters,
         "pending_by_inbox": dict(sorted(inboxes.items())),
         "stored": {"pending": sum(inboxes.values())},
-        "subscriptions": int(r.hlen(PREFIX + "subs")),
+        "subscriptions": int(r.zcount(PREFIX + "subs:exp", f"({int(time.time() * 1000)}", "+inf")),
         "agents": int(r.hlen(PREFIX + "keys")),
     }
 

@@ -7,8 +7,8 @@ Keys (prefix ``symbi:bus:``):
   and counted in one script with its inbox's buffer check (``_DELIVER``). Minutes older than
   the window are pruned when the principal sends; the key expires a minute after the window
   since its last write.
-* ``subs`` (the subscriptions, as ``RedisBackend`` keeps them) and ``subs:n`` (each agent's
-  count of them): a subscription is counted and added in one script, O(1).
+* ``subs:exp`` and ``subs:of:<agent>`` (the subscriptions: ``gateway.bus.redis_subs``): a
+  subscription is counted (the agent's live ones) and added in one script, O(log n).
 * ``open`` (hash ``agent\\0id`` -> ``seq\\nrequester\\nexpiry``), ``open:q`` (its order:
   ``agent\\0seq\\0id``, all at score 0), ``open:n`` (agent -> requests held), ``open:seq``:
   the open requests. Past the cap the agent holding the most gives up its oldest. All four
@@ -26,7 +26,8 @@ from typing import Any
 from gateway.bus.counts import Caps, stored_size
 from gateway.bus.message import SecureMessage
 from gateway.bus.quotas import MINUTE_MS, subscriptions_refused, volume_refused
-from gateway.bus.redis_backend import OPEN_KEYS, PREFIX, SUBS_COUNTED, SUBS_KEYS, RedisBackend, parse_subs
+from gateway.bus.redis_backend import OPEN_KEYS, PREFIX, RedisBackend
+from gateway.bus.redis_subs import parse_live
 from gateway.errors import BusBufferFull
 
 # the bytes ``who`` holds within the window (older minutes pruned): KEYS[1] its hash, ARGV[1] the oldest minute kept
@@ -57,8 +58,9 @@ return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4]
 """
 )
 
-# a publication: KEYS: vol:<who>, subs; ARGV: size, byte limit, minute, oldest minute, ttl ms
-# -> {-1 counted or the bytes held, the subscriptions (field, expiry, ...)} (the charge and the read at once)
+# a publication: KEYS: vol:<who>, subs:exp; ARGV: size, byte limit, minute, oldest minute, ttl
+# ms, now ms -> {-1 counted or the bytes held, the live subscriptions (agent\\0pattern, ...)}
+# (the charge and the read at once)
 _PUBLICATION = (
     _HELD
     + """
@@ -66,27 +68,7 @@ local have = held(KEYS[1], tonumber(ARGV[4]))
 if have + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {have, {}} end
 redis.call('HINCRBY', KEYS[1], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {-1, redis.call('HGETALL', KEYS[2])}
-"""
-)
-
-# KEYS: subs, subs:n; ARGV: agent, pattern, cap, expiry ms -> -1 subscribed (or held already:
-# renewed), else how many it holds. O(1): the agent's count is kept in subs:n
-# (``redis_backend.SUBS_COUNTED``; one expired and not swept yet still counts)
-_SUBSCRIBE = (
-    SUBS_COUNTED
-    + """
-counted(KEYS[1], KEYS[2])
-local f = ARGV[1] .. '\\0' .. ARGV[2]
-if redis.call('HEXISTS', KEYS[1], f) == 1 then
-  redis.call('HSET', KEYS[1], f, ARGV[4])
-  return -1
-end
-local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or 0)
-if n >= tonumber(ARGV[3]) then return n end
-redis.call('HSET', KEYS[1], f, ARGV[4])
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-return -1
+return {-1, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[6], '+inf')}
 """
 )
 
@@ -134,7 +116,6 @@ class RedisCounts:
         r = backend.redis
         self._deliver = r.register_script(_DELIVER)
         self._publication = r.register_script(_PUBLICATION)
-        self._subscribe = r.register_script(_SUBSCRIBE)
         self._open_add = r.register_script(_OPEN_ADD)
         self._open_pop = r.register_script(_OPEN_POP)
 
@@ -158,17 +139,17 @@ class RedisCounts:
             raise volume_refused(charged, int(got[1]), size, self.caps.bytes_per_principal)
 
     async def publication(self, who: str, size: int, now_ms: int) -> dict[str, set[str]]:
-        args = [size, self.caps.bytes_per_principal, *self._window(now_ms)]
-        keys = [f"{PREFIX}vol:{who}", PREFIX + "subs"]
+        args = [size, self.caps.bytes_per_principal, *self._window(now_ms), now_ms]
+        keys = [f"{PREFIX}vol:{who}", self.backend.subs.exp]
         got: list[Any] = await self.backend.run(self._publication(keys=keys, args=args))
         held, raw = got
         if int(held) >= 0:
             raise volume_refused(who, int(held), size, self.caps.bytes_per_principal)
-        return parse_subs(zip(raw[::2], raw[1::2], strict=True), now_ms)
+        return parse_live(raw)
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
-        args: list[str | int] = [agent, pattern, self.caps.subscriptions, until_ms]
-        held = int(await self.backend.run(self._subscribe(keys=list(SUBS_KEYS), args=args)))
+    async def subscribe(self, agent: str, pattern: str, until_ms: int, now_ms: int) -> None:
+        # the agent's live ones counted (an expired one, swept or not, no longer counts)
+        held = await self.backend.subs.subscribe(agent, pattern, until_ms, now_ms, self.caps.subscriptions)
         if held >= 0:
             raise subscriptions_refused(agent, held)
 

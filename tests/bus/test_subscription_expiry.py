@@ -21,7 +21,7 @@ import redis
 
 from gateway.bus.redis_backend import PREFIX
 from gateway.config import load_config
-from gateway.errors import ConfigError
+from gateway.errors import BusQuotaExceeded, ConfigError
 from tests.bus.test_core import A, B, Env, _pair, env  # noqa: F401 - env is the backends' fixture
 from tests.conftest import write_config
 
@@ -37,7 +37,7 @@ def _stored_subscriptions(env: Env) -> int:  # noqa: F811
         finally:
             db.close()
     r: Any = redis.Redis.from_url(env.url)
-    return int(r.hlen(PREFIX + "subs"))
+    return int(r.zcard(PREFIX + "subs:exp"))
 
 
 async def test_an_expired_subscription_receives_nothing_until_renewed(
@@ -98,6 +98,34 @@ async def test_subscribing_again_extends_a_held_subscription(
     assert (await bus.publish(A, "news.x", 1)).delivered_to == 1
 
 
+async def test_only_live_subscriptions_count_against_the_cap_and_in_the_stats(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack (red team 28, session 41's review): on Redis an expired subscription the sweep
+    # had not removed yet still counted, against bus.max_subscriptions_per_agent and in the
+    # stats, for up to bus.expire_interval_s; the embedded store counted only live ones.
+    bus = await _pair(env, subscription_ttl_s=60, max_subscriptions=2)
+    await bus.subscribe(B, "a")
+    last = await bus.subscribe(B, "b")
+    assert (await bus.backend.stats())["subscriptions"] == 2
+    later = (last + 1) / 1000  # both expired, no sweep run
+    monkeypatch.setattr("gateway.bus.core.time.time", lambda: later)
+    assert (await bus.backend.stats())["subscriptions"] == 0  # was 2 on Redis
+    await bus.subscribe(B, "c")  # was BusQuotaExceeded on Redis: the cap is of live ones
+    await bus.subscribe(B, "d")
+    with pytest.raises(BusQuotaExceeded):  # two live ones: the cap holds
+        await bus.subscribe(B, "e")
+    with pytest.raises(BusQuotaExceeded):  # an expired one is no longer held: not renewed free
+        await bus.subscribe(B, "a")
+    assert (await bus.backend.stats())["subscriptions"] == 2
+    assert await bus.backend.subscriptions() == {"agent-b": {"c", "d"}}
+    assert await bus.backend.subscriptions_of("agent-b") == {"c", "d"}
+    assert _stored_subscriptions(env) == 4
+    await bus.expire()
+    assert _stored_subscriptions(env) == 2
+
+
 def _bus_config(tmp_path: Path, bus: str) -> Path:
     return write_config(tmp_path, f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[bus]\n{bus}\n')
 
@@ -149,3 +177,39 @@ async def test_subscriptions_stored_before_they_expired_grant_nothing(
     assert (await bus.publish(A, "news.x", 1)).delivered_to == 0
     await bus.expire()
     assert _stored_subscriptions(env) == 0
+
+
+async def test_subscriptions_stored_by_the_layout_before_are_expired_at_upgrade(
+    env: Env,  # noqa: F811
+) -> None:
+    # the store of the version before this one (session 41: an expiry with each subscription,
+    # Redis counting them per agent in ``subs:n``): they expire at upgrade, the agents
+    # subscribe again (the policy asked again), and what was counted does not count
+    far = int(time.time() * 1000) + 3_600_000
+    if env.url is None:
+        env.data.mkdir(parents=True)
+        db = sqlite3.connect(env.data / "bus.db")
+        db.execute(
+            "CREATE TABLE subs(agent TEXT NOT NULL, pattern TEXT NOT NULL, "
+            "until_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(agent, pattern))"
+        )
+        db.execute("INSERT INTO subs VALUES ('agent-b', 'news.*', ?), ('agent-b', 'old', ?)", (far, far))
+        db.commit()
+        db.close()
+    else:
+        r: Any = redis.Redis.from_url(env.url)
+        r.hset(PREFIX + "subs", mapping={"agent-b\0news.*": str(far), "agent-b\0old": str(far)})
+        r.hset(PREFIX + "subs:n", "agent-b", 2)
+    bus = await _pair(env, max_subscriptions=2)
+    if env.url is not None:  # the old keys are gone: nothing of them lingers unswept
+        assert not r.exists(PREFIX + "subs") and not r.exists(PREFIX + "subs:n")
+        assert await bus.backend.subscriptions() == {}
+        await bus.subscribe(B, "a")
+        await bus.subscribe(B, "b")  # the cap of 2, counted afresh
+    else:  # the embedded store keeps its live rows (its layout only gained a column)
+        assert await bus.backend.subscriptions() == {"agent-b": {"news.*", "old"}}
+        # a park removes them (made before any park), and they can be made again
+        await bus.backend.unsubscribe_parked([("agent-b", int(time.time() * 1000))])
+        assert await bus.backend.subscriptions() == {}
+        await bus.subscribe(B, "a")
+    assert (await bus.publish(A, "a", 1)).delivered_to == 1

@@ -43,7 +43,7 @@ RUNSC_WRAPPER=/usr/local/libexec/symbi-runsc
 if ! cmp -s "$(dirname "$0")/symbi-runsc" "$RUNSC_WRAPPER"; then
   install -D -o root -g root -m 0755 "$(dirname "$0")/symbi-runsc" "$RUNSC_WRAPPER"
 fi
-[ -e /run/netns/symbi-runsc ] || ip netns add symbi-runsc
+"$RUNSC_WRAPPER" --ensure-netns
 mkdir -p /etc/docker
 changed=$(/usr/bin/python3 - "$DAEMON_JSON" "$RUNSC_WRAPPER" <<'EOF'
 import json, os, sys

@@ -202,18 +202,27 @@ def docker_errors(what: str) -> Iterator[None]:
         raise sandbox_failure(what, e) from e
 
 
-def runsc_refusal(runtimes: dict[str, Any]) -> str | None:
-    """Why dockerd's ``runsc`` runtime (``docker info``'s ``Runtimes``) cannot be used, or None:
-    registered as the bare binary, its sandboxes' control sockets would be in the host's
-    network namespace, where any local process may exec into, signal or destroy them."""
-    path = (runtimes.get("runsc") or {}).get("path")
-    if path == RUNSC_WRAPPER:
-        return None
-    return (
-        f"Docker's runsc runtime is {path!r}, not {RUNSC_WRAPPER}: its sandboxes' control "
-        "sockets would answer any process of the host's network namespace "
-        "(run scripts/setup-sandbox.sh)"
-    )
+def runsc_refusal(runtimes: dict[str, Any], wrapper: str = RUNSC_WRAPPER) -> str | None:
+    """Why dockerd's ``runsc`` runtime (``docker info``'s ``Runtimes``) cannot be used, or None.
+    Registered as the bare binary, its sandboxes' control sockets would be in the host's
+    network namespace, where any local process may exec into, signal or destroy them; the
+    wrapper dockerd runs as root must be root's and writable by no one else."""
+    fix = "(run scripts/setup-sandbox.sh)"
+    runtime = runtimes.get("runsc") or {}
+    if runtime.get("path") != wrapper:
+        return (
+            f"Docker's runsc runtime is {runtime.get('path')!r}, not {wrapper}: its sandboxes' "
+            f"control sockets would answer any process of the host's network namespace {fix}"
+        )
+    if "--network=none" not in (runtime.get("runtimeArgs") or []):
+        return f"Docker's runsc runtime runs without --network=none {fix}"
+    try:
+        st = os.stat(wrapper)
+    except OSError as e:
+        return f"{wrapper}: {e.strerror} {fix}"
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return f"{wrapper} is not root's alone (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}) {fix}"
+    return None
 
 
 def _runsc() -> str:

@@ -21,6 +21,7 @@ from gateway.errors import SandboxError, SandboxInterrupted
 from gateway.sandbox import SandboxManager, SandboxRequest
 from gateway.sandbox.base import owner_tag
 from gateway.sandbox.docker_api import (
+    RUNSC_WRAPPER,
     Reclaims,
     _transient,
     answer_lost,
@@ -29,8 +30,9 @@ from gateway.sandbox.docker_api import (
     docker_knows,
     reclaim,
     remove_container,
+    runsc_refusal,
 )
-from gateway.sandbox.docker_tier import DockerTier, docker_client
+from gateway.sandbox.docker_tier import DockerTier, GvisorTier, docker_client
 from gateway.sandbox.types import LABEL_OWNER
 
 from .conftest import require_tier
@@ -452,24 +454,32 @@ def test_no_answer_at_all_is_lost_and_worth_a_retry() -> None:
     assert (answer_lost(KeyError("x")), _transient(KeyError("x"))) == (False, False)
 
 
-def test_the_gvisor_tier_refuses_a_runsc_runtime_in_the_hosts_network_namespace(
-    manager: SandboxManager,
-) -> None:
+def test_the_gvisor_tier_refuses_a_runsc_runtime_in_the_hosts_network_namespace(tmp_path: Path) -> None:
     """dockerd's ``runsc`` registered as the bare binary puts every sandbox's control socket
     (which answers any uid) in the host's network namespace: the gvisor tier is then
-    unavailable, naming the fix. This host's registration (setup-sandbox.sh's wrapper) is the
-    one accepted. The other registration is a copy of this daemon's own ``Runtimes`` with the
-    path changed: reloading the shared dockerd with it would disturb every other test."""
-    from gateway.sandbox.docker_api import RUNSC_WRAPPER, runsc_refusal
-    from gateway.sandbox.docker_tier import GvisorTier
+    unavailable, naming the fix; so is a wrapper another user could rewrite (dockerd runs it
+    as root). The registrations are ``docker info``'s shape, as dicts: reloading the shared
+    dockerd with each would disturb every other test (the one here is checked below)."""
+    wrapper = tmp_path / "symbi-runsc"
+    wrapper.write_text("#!/bin/sh\n")
+    wrapper.chmod(0o755)
+    good = {"runc": {"path": "runc"}, "runsc": {"path": str(wrapper), "runtimeArgs": ["--network=none"]}}
+    assert runsc_refusal(good, str(wrapper)) is None
+    bare = {**good, "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}
+    networked = {**good, "runsc": {"path": str(wrapper)}}
+    for refused in (bare, networked, {"runc": good["runc"]}):
+        assert runsc_refusal(refused, str(wrapper)) is not None, refused
+    wrapper.chmod(0o775)  # another user (its group) could put a command of theirs in it
+    assert runsc_refusal(good, str(wrapper)) is not None
+    wrapper.chmod(0o755)
+    os.chown(wrapper, 999, 999)  # not root's
+    assert runsc_refusal(good, str(wrapper)) is not None
+    assert GvisorTier("symbi-sandbox:latest").runtime_refusal(bare) is not None
+    assert DockerTier("symbi-sandbox:latest").runtime_refusal(bare) is None
 
+
+def test_this_hosts_runsc_runtime_is_the_wrapper(manager: SandboxManager) -> None:
     require_tier(manager, "gvisor")
     runtimes = docker_client().info()["Runtimes"]
     assert runtimes["runsc"]["path"] == RUNSC_WRAPPER
     assert runsc_refusal(runtimes) is None
-    tier = GvisorTier("symbi-sandbox:latest")
-    assert tier.available(refresh=True)[0]
-    bare = {**runtimes, "runsc": {**runtimes["runsc"], "path": "/usr/bin/runsc"}}
-    assert tier.runtime_refusal(bare) is not None
-    assert DockerTier("symbi-sandbox:latest").runtime_refusal(bare) is None
-    assert runsc_refusal({k: v for k, v in runtimes.items() if k != "runsc"}) is not None

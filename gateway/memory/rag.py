@@ -97,6 +97,9 @@ _STOP = frozenset(
         "your",
     ]
 )
+# a passage's line that reads as a passage's own header ("[2] (base:source#0)") or a part of the
+# rag prompt: a document's author could attribute its words to another source or question
+_HEADER_LIKE = re.compile(r"^(?=[ \t]*(?:\[\d+\]|Question:|Passages:))", re.M)
 _IDENT = re.compile(r"\d|_|\w[.\-/]\w")
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*")
 
@@ -173,6 +176,12 @@ def _merge_hits(
     if phrases:  # quoted phrases must appear
         cands = {k: v for k, v in cands.items() if all(p in v.text.lower() for p in phrases)}
     return cands, ranks
+
+
+def quoted(text: str) -> str:
+    """A passage's text with each line that could pass for a header (``[n] (citation)``,
+    ``Question:``) escaped with a backslash: only the gateway writes a passage's citation."""
+    return _HEADER_LIKE.sub("\\\\", text)
 
 
 class RagPipeline:
@@ -335,7 +344,7 @@ class RagPipeline:
         cites: list[dict[str, Any]] = []
         used = 0
         for item in items:
-            block = f"[{len(parts) + 1}] ({item.citation()})\n{item.text}"
+            block = f"[{len(parts) + 1}] ({item.citation()})\n{quoted(item.text)}"
             cost = approx_tokens(block)
             if used + cost > budget_tokens:
                 continue

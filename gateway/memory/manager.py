@@ -261,7 +261,7 @@ class ContextManager:
                 namespace_of(agent, "shared", check_name(n, "namespace")) for n in query.namespaces
             ]
         if namespaces:
-            flt: dict[str, Any] = {"kind": "memory", "namespace": namespaces, **meta_filter}
+            flt: dict[str, Any] = {"kind": "memory", "namespace": namespaces, **meta_filter, **self._live()}
             for h in self.store.search(vec.tolist(), limit=k, filter=flt, score_threshold=query.min_score):
                 p = h.payload
                 ns = str(p.get("namespace", ""))
@@ -279,6 +279,14 @@ class ContextManager:
                 )
         items.sort(key=lambda i: -i.score)
         return items[:k]
+
+    def _live(self) -> dict[str, Range]:
+        """The filter condition of memories within the retention: one past it is gone for every
+        reader at once, not at the retention job's next round (an hour later by default, never
+        while the job fails)."""
+        if self.settings.retention_days <= 0:
+            return {}
+        return {"ts": Range(gte=self.clock() - self.settings.retention_days * DAY_S)}
 
     def search_knowledge(
         self,
@@ -356,7 +364,8 @@ class ContextManager:
         elif memory_type in PERSISTENT_TYPES:
             ns = namespace_of(agent, memory_type, namespace)
             # memory://A/shared/NS is what A wrote into NS (the namespace holds every writer's)
-            pts = self.store.scroll({"kind": "memory", "namespace": ns, "agent": agent}, limit=10_000)
+            flt: dict[str, Any] = {"kind": "memory", "namespace": ns, "agent": agent, **self._live()}
+            pts = self.store.scroll(flt, limit=10_000)
             items = [
                 ContextItem(
                     p.id,

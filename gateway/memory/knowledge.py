@@ -36,6 +36,8 @@ _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)
 CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
 MAX_FILE_BYTES = 5 * 1024 * 1024
 SCREENED = b"\0screened:2"  # part of each file's stored version (see ``KnowledgeBases.add``)
+# what a listing of stored files reads of each chunk (never its text)
+SOURCE_SHA = ("source", "sha")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 
 
@@ -153,14 +155,20 @@ class KnowledgeBases:
         """source -> sha of what is stored for ``base``."""
         return {
             str(p.payload.get("source")): str(p.payload.get("sha"))
-            for p in self.m.store.scroll({"kind": "knowledge", "base": base}, limit=1_000_000)
+            for p in self.m.store.scroll(
+                {"kind": "knowledge", "base": base}, limit=1_000_000, fields=SOURCE_SHA
+            )
         }
 
     def _acceptances(self, base: str) -> dict[str, Any]:
         """source -> the acceptance stored with it (``{"sha256": of the file's bytes, "rules"}``)."""
         return {
             str(p.payload.get("source")): p.payload["accepted"]
-            for p in self.m.store.scroll({"kind": "knowledge", "base": base, "chunk": 0}, limit=1_000_000)
+            for p in self.m.store.scroll(
+                {"kind": "knowledge", "base": base, "chunk": 0},
+                limit=1_000_000,
+                fields=("source", "accepted"),
+            )
             if isinstance(p.payload.get("accepted"), dict)
         }
 
@@ -268,14 +276,16 @@ class KnowledgeBases:
         return sorted(
             {
                 str(p.payload.get("base"))
-                for p in self.m.store.scroll({"kind": "knowledge", "chunk": 0}, limit=1_000_000)
+                for p in self.m.store.scroll(
+                    {"kind": "knowledge", "chunk": 0}, limit=1_000_000, fields=("base",)
+                )
             }
         )
 
     def list(self) -> dict[str, dict[str, int]]:
         """base -> {files, chunks}."""
         out: dict[str, dict[str, Any]] = {}
-        for p in self.m.store.scroll({"kind": "knowledge"}, limit=1_000_000):
+        for p in self.m.store.scroll({"kind": "knowledge"}, limit=1_000_000, fields=("base", "source")):
             b = out.setdefault(str(p.payload.get("base")), {"files": set(), "chunks": 0})
             b["files"].add(p.payload.get("source"))
             b["chunks"] += 1

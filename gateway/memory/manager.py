@@ -365,7 +365,9 @@ class ContextManager:
             ns = namespace_of(agent, memory_type, namespace)
             # memory://A/shared/NS is what A wrote into NS (the namespace holds every writer's)
             flt: dict[str, Any] = {"kind": "memory", "namespace": ns, "agent": agent, **self._live()}
-            pts = self.store.scroll(flt, limit=10_000)
+            # the newest ``limit`` only: the whole of an agent's memories (10,000 of up to
+            # 36 KB each, 360 MB) was read into the gateway to show 100 of them
+            pts = self.store.scroll(flt, limit=limit, newest_by="ts")
             items = [
                 ContextItem(
                     p.id,

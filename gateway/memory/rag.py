@@ -206,7 +206,9 @@ class RagPipeline:
             return None
         # what is stored, not who stored it: `symbi memory ingest` may re-ingest a changed file
         # (same chunk count, new text) from another process; each file's first chunk carries its sha
-        firsts = self.m.store.scroll({"kind": "knowledge", "base": base, "chunk": 0}, limit=MAX_BM25_CHUNKS)
+        firsts = self.m.store.scroll(
+            {"kind": "knowledge", "base": base, "chunk": 0}, limit=MAX_BM25_CHUNKS, fields=("source", "sha")
+        )
         files = sorted(f"{p.payload.get('source')}\0{p.payload.get('sha')}" for p in firsts)
         key = (n, hashlib.sha256("\n".join(files).encode()).hexdigest())
         with self._lock:

@@ -80,6 +80,21 @@ def check_query(text: str) -> str:
     return text
 
 
+def check_bounds(text: str, metadata: Mapping[str, Any]) -> None:
+    """A memory's text and metadata within their bounds (``MAX_TEXT_CHARS``, ``MAX_METADATA_BYTES``,
+    keys a filter can name), checked before anything reads them: redaction and screening cost
+    with their size (3 MB of metadata held the event loop for most of a second, then was refused).
+
+    Raises:
+        ContextError: naming what is too large or not allowed.
+    """
+    if len(text) > MAX_TEXT_CHARS:
+        raise ContextError(f"text: {len(text)} characters, more than {MAX_TEXT_CHARS}")
+    user_filter(metadata)  # metadata keys follow the filter key rules, so they can be filtered on
+    if (size := metadata_bytes(metadata)) > MAX_METADATA_BYTES:
+        raise ContextError(f"metadata: {size} bytes as JSON, more than {MAX_METADATA_BYTES}")
+
+
 def check_name(value: str | None, what: str) -> str:
     if not value or not _NAME.match(value):
         raise ContextError(
@@ -190,14 +205,10 @@ class ContextManager:
         text = context.text.strip()
         if not text:
             raise ContextError("text: empty memory")
-        if len(text) > MAX_TEXT_CHARS:
-            raise ContextError(f"text: {len(text)} characters, more than {MAX_TEXT_CHARS}")
         if context.memory_type not in MEMORY_TYPES:
             raise ContextError(f"type {context.memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
         meta = dict(context.metadata)
-        user_filter(meta)  # metadata keys follow the filter key rules, so they can be filtered on
-        if (size := metadata_bytes(meta)) > MAX_METADATA_BYTES:
-            raise ContextError(f"metadata: {size} bytes as JSON, more than {MAX_METADATA_BYTES}")
+        check_bounds(text, meta)
         if context.memory_type in ("long_term", "shared"):
             self._within_quota(principal)  # before the model runs: a try at the quota costs no embedding
         vec = self.embed([text])[0]

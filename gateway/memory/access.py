@@ -39,9 +39,10 @@ MODEL_DIRECTED = frozenset({"hidden-instructions", "concealment", "shadowing"})
 # smuggling"). Dropped with the other invisible characters, a whole instruction written in
 # them disappeared before screening and was stored and handed to agents as it was
 _TAGS = re.compile("[\U000e0020-\U000e007e]")
-# emphasis and code marks, and a lone '-' or '.', inside a word ("Ig**nore**", "pre-vious");
-# '_' is read as a space ("_previous_", "ignore_all_previous_instructions")
+# emphasis and code marks, and a lone '-' or '.', inside a word ("Ig**nore**", "pre-vious")
 _MARKS = re.compile(r"[*~`]+|(?<=[^\W\d_])[-.](?=[^\W\d_])")
+# '_' as emphasis ("_previous_"), read as a space; inside a name (secret_key) it stays
+_EMPHASIS = re.compile(r"(?<![^\W_])_+|_+(?![^\W_])")
 # three or more single letters apart ("I g n o r e", "I.g.n.o.r.e")
 _SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-/]){2,}[^\W\d_](?![^\W\d_])")
 
@@ -92,7 +93,7 @@ def as_read(text: str) -> str:
 def unformatted(text: str) -> str:
     """``as_read(text)`` without what splits a word for a rule but not for a model: Markdown
     emphasis and code marks, a hyphen or dot inside a word, letters spaced apart."""
-    text = _MARKS.sub("", as_read(text)).replace("_", " ")
+    text = _EMPHASIS.sub(" ", _MARKS.sub("", as_read(text)))
     return _SPACED.sub(lambda m: re.sub(r"[ .\-/]", "", m.group()), text)
 
 

@@ -29,9 +29,22 @@ from gateway.events import Event, EventSink
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import build_input
 from gateway.policy.redact import REDACTED
-from gateway.screen.screener import screen_texts
+from gateway.screen.rules import INVISIBLE
+from gateway.screen.screener import Finding, screen_texts
 
 MemoryKind = Literal["context/read", "context/write", "knowledge/search"]
+# the screening categories that speak to the model (its instructions), not about things
+MODEL_DIRECTED = frozenset({"hidden-instructions", "concealment", "shadowing"})
+# Unicode tag characters: invisible, and read by models as the ASCII they shadow ("ASCII
+# smuggling"). Dropped with the other invisible characters, a whole instruction written in
+# them disappeared before screening and was stored and handed to agents as it was
+_TAGS = re.compile("[\U000e0020-\U000e007e]")
+# emphasis and code marks, and a lone '-' or '.', inside a word ("Ig**nore**", "pre-vious")
+_MARKS = re.compile(r"[*~`]+|(?<=[^\W\d_])[-.](?=[^\W\d_])")
+# '_' as emphasis ("_previous_"), read as a space; inside a name (secret_key) it stays
+_EMPHASIS = re.compile(r"(?<![^\W_])_+|_+(?![^\W_])")
+# three or more single letters apart ("I g n o r e", "I.g.n.o.r.e")
+_SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-/]){2,}[^\W\d_](?![^\W\d_])")
 
 
 def caller_agent(call: CallContext) -> str:
@@ -68,6 +81,31 @@ def redact_metadata(metadata: Any, patterns: Sequence[str]) -> tuple[dict[str, A
             n += k_n
         out[k] = v
     return out, n
+
+
+def as_read(text: str) -> str:
+    """``text`` as a model reads it: tag characters as the ASCII they stand for, the other
+    invisible characters (a BOM, a soft hyphen, a zero-width space) gone."""
+    text = _TAGS.sub(lambda m: chr(ord(m.group()) - 0xE0000), text)
+    return INVISIBLE.sub("", text)
+
+
+def unformatted(text: str) -> str:
+    """``as_read(text)`` without what splits a word for a rule but not for a model: Markdown
+    emphasis and code marks, a hyphen or dot inside a word, letters spaced apart."""
+    text = _EMPHASIS.sub(" ", _MARKS.sub("", as_read(text)))
+    return _SPACED.sub(lambda m: re.sub(r"[ .\-/]", "", m.group()), text)
+
+
+def screened_as_read(fields: Sequence[tuple[str, str]], joined: str | None = None) -> list[Finding]:
+    """The high findings that speak to the model in ``fields`` read as ``unformatted`` (each
+    field named "... (as read)"): what the screening of the text as written misses when an
+    instruction is split by formatting or written in tag characters."""
+    views = [(f"{field} (as read)", unformatted(text)) for field, text in fields]
+    if all(v == t for (_, v), (_, t) in zip(views, fields, strict=True)):
+        return []
+    found = screen_texts(views, joined=f"{joined} (as read)" if joined else None).at_least("high")
+    return [f for f in found if f.category in MODEL_DIRECTED]
 
 
 class MemoryAccess:
@@ -135,7 +173,9 @@ class MemoryAccess:
         # its keys too (returned with it), and all of it as one text (an instruction split
         # between the text and a metadata value)
         keys = [(f"metadata.{k} (key)", k) for k in metadata]
-        flagged = screen_texts(fields, names=keys, joined="text and metadata (joined)").at_least("high")
+        flagged = list(screen_texts(fields, names=keys, joined="text and metadata (joined)").at_least("high"))
+        rules = {f.rule for f in flagged}
+        flagged += [f for f in screened_as_read(fields, "text and metadata") if f.rule not in rules]
         if not flagged:
             return
         reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]

@@ -23,7 +23,7 @@ from gateway.errors import ContextError
 from gateway.events import Event
 from gateway.memory.access import MemoryAccess, caller_agent, redact_metadata, redact_text, text_patterns
 from gateway.memory.knowledge import KnowledgeBases
-from gateway.memory.manager import ContextManager
+from gateway.memory.manager import ContextManager, check_bounds
 from gateway.memory.rag import RagPipeline, RagResult
 from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS, RAG_PROMPT, TEMPLATES
 from gateway.memory.types import MEMORY_TYPES, PERSISTENT_TYPES, AgentContext, ContextQuery
@@ -114,11 +114,19 @@ class MemoryBuiltin:
             call, "context/write", owner=agent, memory_type=mtype, namespace=ns
         )
         patterns = text_patterns(decision)
-        text, n_redacted = redact_text(str(a.get("text", "")), patterns)
-        metadata, n_meta = redact_metadata(a.get("metadata") or {}, patterns)
-        n_redacted += n_meta
-        if mtype == "shared":
-            self.s.access.screen_shared(call, agent, str(ns), text, metadata)
+        raw_meta = a.get("metadata") or {}
+        if not isinstance(raw_meta, dict):
+            raise ContextError("arguments.metadata: expected an object")
+        check_bounds(str(a.get("text", "")).strip(), raw_meta)  # before the costs that grow with size
+
+        def prepared() -> tuple[str, dict[str, Any], int]:  # off the event loop: regexes over the text
+            text, n = redact_text(str(a.get("text", "")), patterns)
+            metadata, n_meta = redact_metadata(raw_meta, patterns)
+            if mtype == "shared":
+                self.s.access.screen_shared(call, agent, str(ns), text, metadata)
+            return text, metadata, n + n_meta
+
+        text, metadata, n_redacted = await self.s.run(prepared)
         ctx = AgentContext(
             text=text,
             memory_type=mtype,

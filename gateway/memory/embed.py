@@ -165,17 +165,28 @@ class OpenAIEmbedder:
             raise ContextError(f"embedding endpoint {self._url} unreachable: {e}") from e
         if r.status_code != 200:
             raise ContextError(f"embedding endpoint {self._url} answered {r.status_code}: {r.text[:200]}")
-        data = sorted(r.json().get("data", []), key=lambda d: d.get("index", 0))
-        if len(data) != len(texts):
+        return self._vectors(r, len(texts))
+
+    def _vectors(self, r: Any, n: int) -> np.ndarray:
+        """The answer's vectors in the texts' order, or a ``ContextError``: an answer that is
+        not JSON, lacks a field or holds ragged rows raised ValueError / KeyError (an internal
+        error), and NaN or infinity (JSON as Python reads it) was stored and searched as a vector."""
+        try:
+            data = sorted(r.json().get("data", []), key=lambda d: d.get("index", 0))
+            m = np.array([d["embedding"] for d in data], dtype=np.float32)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ContextError(
-                f"embedding endpoint {self._url} returned {len(data)} vectors for {len(texts)} texts"
-            )
-        m = np.array([d["embedding"] for d in data], dtype=np.float32)
-        if m.shape[1] != self.dimension:
+                f"embedding endpoint {self._url} answered what is not a list of embeddings ({type(e).__name__})"
+            ) from None
+        if len(data) != n:
+            raise ContextError(f"embedding endpoint {self._url} returned {len(data)} vectors for {n} texts")
+        if m.ndim != 2 or m.shape[1] != self.dimension:
             raise ContextError(
-                f"embedding endpoint returned {m.shape[1]}-d vectors; "
+                f"embedding endpoint returned {m.shape[1:] or 'scalar'} vectors; "
                 f"[context] embedding_dimension = {self.dimension}"
             )
+        if not np.isfinite(m).all():
+            raise ContextError(f"embedding endpoint {self._url} returned vectors that are not finite numbers")
         return m
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

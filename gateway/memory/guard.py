@@ -66,8 +66,17 @@ class GuardedStore:
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         return self._do("retrieve", lambda: self.inner.retrieve(ids, with_vectors=with_vectors))
 
-    def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]:
-        return self._do("scroll", lambda: self.inner.scroll(filter, limit=limit))
+    def scroll(
+        self,
+        filter: Filter | None = None,
+        *,
+        limit: int = 10_000,
+        newest_by: str | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[Point]:
+        return self._do(
+            "scroll", lambda: self.inner.scroll(filter, limit=limit, newest_by=newest_by, fields=fields)
+        )
 
     def optimize(self) -> None:
         self._do("optimize", self.inner.optimize)

@@ -26,18 +26,18 @@ import yaml
 
 from gateway.errors import ContextError
 from gateway.events import Event
-from gateway.memory.access import redact_text
+from gateway.memory.access import MODEL_DIRECTED, as_read, redact_text, screened_as_read
 from gateway.memory.manager import FILTER_KEY, ContextManager, check_name
 from gateway.memory.store import Point, point_id
-from gateway.screen.rules import INVISIBLE
 from gateway.screen.screener import screen_texts
 from gateway.textcheck import not_utf8_at
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)
 CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
 MAX_FILE_BYTES = 5 * 1024 * 1024
-MODEL_DIRECTED = frozenset({"hidden-instructions", "concealment", "shadowing"})  # screening categories
-SCREENED = b"\0screened:1"  # part of each file's stored version (see ``KnowledgeBases.add``)
+SCREENED = b"\0screened:2"  # part of each file's stored version (see ``KnowledgeBases.add``)
+# what a listing of stored files reads of each chunk (never its text)
+SOURCE_SHA = ("source", "sha")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 
 
@@ -155,14 +155,20 @@ class KnowledgeBases:
         """source -> sha of what is stored for ``base``."""
         return {
             str(p.payload.get("source")): str(p.payload.get("sha"))
-            for p in self.m.store.scroll({"kind": "knowledge", "base": base}, limit=1_000_000)
+            for p in self.m.store.scroll(
+                {"kind": "knowledge", "base": base}, limit=1_000_000, fields=SOURCE_SHA
+            )
         }
 
     def _acceptances(self, base: str) -> dict[str, Any]:
         """source -> the acceptance stored with it (``{"sha256": of the file's bytes, "rules"}``)."""
         return {
             str(p.payload.get("source")): p.payload["accepted"]
-            for p in self.m.store.scroll({"kind": "knowledge", "base": base, "chunk": 0}, limit=1_000_000)
+            for p in self.m.store.scroll(
+                {"kind": "knowledge", "base": base, "chunk": 0},
+                limit=1_000_000,
+                fields=("source", "accepted"),
+            )
             if isinstance(p.payload.get("accepted"), dict)
         }
 
@@ -270,14 +276,16 @@ class KnowledgeBases:
         return sorted(
             {
                 str(p.payload.get("base"))
-                for p in self.m.store.scroll({"kind": "knowledge", "chunk": 0}, limit=1_000_000)
+                for p in self.m.store.scroll(
+                    {"kind": "knowledge", "chunk": 0}, limit=1_000_000, fields=("base",)
+                )
             }
         )
 
     def list(self) -> dict[str, dict[str, int]]:
         """base -> {files, chunks}."""
         out: dict[str, dict[str, Any]] = {}
-        for p in self.m.store.scroll({"kind": "knowledge"}, limit=1_000_000):
+        for p in self.m.store.scroll({"kind": "knowledge"}, limit=1_000_000, fields=("base", "source")):
             b = out.setdefault(str(p.payload.get("base")), {"files": set(), "chunks": 0})
             b["files"].add(p.payload.get("source"))
             b["chunks"] += 1
@@ -344,10 +352,16 @@ def _screened(text: str) -> list[tuple[str, str]]:
     secrets and exfiltration rules are left out here: documents are about things, and a runbook
     naming ``~/.ssh`` or ``curl``, or a security policy saying "forward a message asking for your
     password to the desk" (tests/memory/corpus), is what a knowledge base is for."""
-    # read without invisible characters, as the model reads it: "I\u200bgnore all prev\u200bious
-    # instructions" matched no rule (and a BOM or soft hyphen alone is no reason to refuse a file)
-    flagged = screen_texts([("text", INVISIBLE.sub("", text))]).at_least("high")
-    return [(f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in flagged if f.category in MODEL_DIRECTED]
+    # read as the model reads it: "I\u200bgnore all prev\u200bious instructions" matched no rule
+    # (and a BOM or soft hyphen alone is no reason to refuse a file); tag characters are read as
+    # the ASCII they stand for (dropped, a whole instruction in them passed), and an
+    # instruction split by formatting ("Ig**nore**", "I g n o r e") is read whole
+    flagged = [
+        f for f in screen_texts([("text", as_read(text))]).at_least("high") if f.category in MODEL_DIRECTED
+    ]
+    rules = {f.rule for f in flagged}
+    flagged += [f for f in screened_as_read([("text", text)]) if f.rule not in rules]
+    return [(f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in flagged]
 
 
 def read_file(path: Path, inside: Path | None) -> bytes:

@@ -80,6 +80,21 @@ def check_query(text: str) -> str:
     return text
 
 
+def check_bounds(text: str, metadata: Mapping[str, Any]) -> None:
+    """A memory's text and metadata within their bounds (``MAX_TEXT_CHARS``, ``MAX_METADATA_BYTES``,
+    keys a filter can name), checked before anything reads them: redaction and screening cost
+    with their size (3 MB of metadata held the event loop for most of a second, then was refused).
+
+    Raises:
+        ContextError: naming what is too large or not allowed.
+    """
+    if len(text) > MAX_TEXT_CHARS:
+        raise ContextError(f"text: {len(text)} characters, more than {MAX_TEXT_CHARS}")
+    user_filter(metadata)  # metadata keys follow the filter key rules, so they can be filtered on
+    if (size := metadata_bytes(metadata)) > MAX_METADATA_BYTES:
+        raise ContextError(f"metadata: {size} bytes as JSON, more than {MAX_METADATA_BYTES}")
+
+
 def check_name(value: str | None, what: str) -> str:
     if not value or not _NAME.match(value):
         raise ContextError(
@@ -190,14 +205,10 @@ class ContextManager:
         text = context.text.strip()
         if not text:
             raise ContextError("text: empty memory")
-        if len(text) > MAX_TEXT_CHARS:
-            raise ContextError(f"text: {len(text)} characters, more than {MAX_TEXT_CHARS}")
         if context.memory_type not in MEMORY_TYPES:
             raise ContextError(f"type {context.memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
         meta = dict(context.metadata)
-        user_filter(meta)  # metadata keys follow the filter key rules, so they can be filtered on
-        if (size := metadata_bytes(meta)) > MAX_METADATA_BYTES:
-            raise ContextError(f"metadata: {size} bytes as JSON, more than {MAX_METADATA_BYTES}")
+        check_bounds(text, meta)
         if context.memory_type in ("long_term", "shared"):
             self._within_quota(principal)  # before the model runs: a try at the quota costs no embedding
         vec = self.embed([text])[0]
@@ -261,7 +272,7 @@ class ContextManager:
                 namespace_of(agent, "shared", check_name(n, "namespace")) for n in query.namespaces
             ]
         if namespaces:
-            flt: dict[str, Any] = {"kind": "memory", "namespace": namespaces, **meta_filter}
+            flt: dict[str, Any] = {"kind": "memory", "namespace": namespaces, **meta_filter, **self._live()}
             for h in self.store.search(vec.tolist(), limit=k, filter=flt, score_threshold=query.min_score):
                 p = h.payload
                 ns = str(p.get("namespace", ""))
@@ -279,6 +290,14 @@ class ContextManager:
                 )
         items.sort(key=lambda i: -i.score)
         return items[:k]
+
+    def _live(self) -> dict[str, Range]:
+        """The filter condition of memories within the retention: one past it is gone for every
+        reader at once, not at the retention job's next round (an hour later by default, never
+        while the job fails)."""
+        if self.settings.retention_days <= 0:
+            return {}
+        return {"ts": Range(gte=self.clock() - self.settings.retention_days * DAY_S)}
 
     def search_knowledge(
         self,
@@ -356,7 +375,10 @@ class ContextManager:
         elif memory_type in PERSISTENT_TYPES:
             ns = namespace_of(agent, memory_type, namespace)
             # memory://A/shared/NS is what A wrote into NS (the namespace holds every writer's)
-            pts = self.store.scroll({"kind": "memory", "namespace": ns, "agent": agent}, limit=10_000)
+            flt: dict[str, Any] = {"kind": "memory", "namespace": ns, "agent": agent, **self._live()}
+            # the newest ``limit`` only: the whole of an agent's memories (10,000 of up to
+            # 36 KB each, 360 MB) was read into the gateway to show 100 of them
+            pts = self.store.scroll(flt, limit=limit, newest_by="ts")
             items = [
                 ContextItem(
                     p.id,

@@ -97,6 +97,9 @@ _STOP = frozenset(
         "your",
     ]
 )
+# a passage's line that reads as a passage's own header ("[2] (base:source#0)") or a part of the
+# rag prompt: a document's author could attribute its words to another source or question
+_HEADER_LIKE = re.compile(r"^(?=[ \t]*(?:\[\d+\]|Question:|Passages:))", re.M)
 _IDENT = re.compile(r"\d|_|\w[.\-/]\w")
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*")
 
@@ -175,6 +178,12 @@ def _merge_hits(
     return cands, ranks
 
 
+def quoted(text: str) -> str:
+    """A passage's text with each line that could pass for a header (``[n] (citation)``,
+    ``Question:``) escaped with a backslash: only the gateway writes a passage's citation."""
+    return _HEADER_LIKE.sub("\\\\", text)
+
+
 class RagPipeline:
     def __init__(self, manager: ContextManager) -> None:
         self.m = manager
@@ -197,7 +206,9 @@ class RagPipeline:
             return None
         # what is stored, not who stored it: `symbi memory ingest` may re-ingest a changed file
         # (same chunk count, new text) from another process; each file's first chunk carries its sha
-        firsts = self.m.store.scroll({"kind": "knowledge", "base": base, "chunk": 0}, limit=MAX_BM25_CHUNKS)
+        firsts = self.m.store.scroll(
+            {"kind": "knowledge", "base": base, "chunk": 0}, limit=MAX_BM25_CHUNKS, fields=("source", "sha")
+        )
         files = sorted(f"{p.payload.get('source')}\0{p.payload.get('sha')}" for p in firsts)
         key = (n, hashlib.sha256("\n".join(files).encode()).hexdigest())
         with self._lock:
@@ -335,7 +346,7 @@ class RagPipeline:
         cites: list[dict[str, Any]] = []
         used = 0
         for item in items:
-            block = f"[{len(parts) + 1}] ({item.citation()})\n{item.text}"
+            block = f"[{len(parts) + 1}] ({item.citation()})\n{quoted(item.text)}"
             cost = approx_tokens(block)
             if used + cost > budget_tokens:
                 continue

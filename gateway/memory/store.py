@@ -16,13 +16,38 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.errors import ContextError, EmbedderMismatch, VectorStoreUnavailable
+from gateway.errors import ContextError, VectorStoreUnavailable
+from gateway.memory.points import (
+    CollectionSpec,
+    Filter,
+    FilterValue,
+    Hit,
+    Point,
+    Range,
+    check_metadata,
+    point_id,
+    qdrant_filter,
+)
+
+__all__ = [
+    "CollectionSpec",
+    "EdgeStore",
+    "Filter",
+    "FilterValue",
+    "Hit",
+    "Point",
+    "QdrantClientStore",
+    "Range",
+    "VectorStore",
+    "check_metadata",
+    "open_store",
+    "point_id",
+    "qdrant_filter",
+]
 
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 200
@@ -40,84 +65,6 @@ KEYWORD_FIELDS = (
     "principal",
 )
 FLOAT_FIELDS = ("ts",)
-
-
-@dataclass(frozen=True)
-class Range:
-    """A numeric range condition on a payload field (inclusive bounds)."""
-
-    gte: float | None = None
-    lte: float | None = None
-
-
-# field -> exact value, any of a list of values, or a numeric range
-FilterValue = str | int | bool | Sequence[str] | Range
-Filter = Mapping[str, FilterValue]
-
-
-@dataclass(frozen=True)
-class Point:
-    id: str
-    vector: Sequence[float]
-    payload: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class CollectionSpec:
-    """What a collection is for: its dimension and the embedder that makes its vectors."""
-
-    name: str
-    dimension: int
-    embedder: str  # e.g. "onnx:all-MiniLM-L6-v2-int8" (model id, not a path)
-    quantization: str = "int8"  # "int8" scalar quantisation or "none"
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def metadata(self) -> dict[str, Any]:
-        return {"symbi_embedder": self.embedder, "symbi_dimension": self.dimension}
-
-
-def point_id(key: str) -> str:
-    """A stable UUID for a string key (Qdrant ids are unsigned ints or UUIDs)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "symbi:" + key))
-
-
-def check_metadata(spec: CollectionSpec, found: Mapping[str, Any] | None, where: str) -> None:
-    """Refuse to mix vectors: the stored embedder and dimension must be the ones asked for."""
-    if not found:
-        raise EmbedderMismatch(
-            f"{where}: collection {spec.name!r} records no embedder; refusing to add {spec.embedder} vectors "
-            "to vectors of unknown origin (move it aside, or delete the collection on the server, and re-ingest)"
-        )
-    emb, dim = found.get("symbi_embedder"), found.get("symbi_dimension")
-    if emb != spec.embedder or dim != spec.dimension:
-        raise EmbedderMismatch(
-            f"{where}: collection {spec.name!r} holds {dim}-d vectors from {emb!r}, but the configured "
-            f"embedder is {spec.embedder!r} with [context] embedding_dimension = {spec.dimension}: "
-            "vectors are never mixed; use the original embedder or re-ingest into a new data dir"
-        )
-
-
-def qdrant_filter(flt: Filter | None, ns: Any, range_type: Any) -> Any:
-    """A ``Filter`` as both backends take it: qdrant-client's models and qdrant-edge name the
-    conditions alike and differ only in the range's type (``Range`` / ``RangeFloat``)."""
-    if not flt:
-        return None
-    must: list[Any] = []
-    for key, v in flt.items():
-        if isinstance(v, Range):
-            must.append(ns.FieldCondition(key=key, range=range_type(gte=v.gte, lte=v.lte)))
-        elif isinstance(v, list | tuple):
-            must.append(ns.FieldCondition(key=key, match=ns.MatchAny(any=list(v))))
-        else:
-            must.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=v)))
-    return ns.Filter(must=must)
 
 
 class VectorStore(Protocol):
@@ -143,7 +90,18 @@ class VectorStore(Protocol):
 
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]: ...
 
-    def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]: ...
+    def scroll(
+        self,
+        filter: Filter | None = None,
+        *,
+        limit: int = 10_000,
+        newest_by: str | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[Point]:
+        """Points matching ``filter``: at most ``limit``; with ``newest_by`` (a float-indexed
+        field) the ``limit`` highest first, in one page; with ``fields`` only those of each
+        payload (a listing that needs a name or a sha reads no text)."""
+        ...
 
     def optimize(self) -> None: ...
 
@@ -286,7 +244,25 @@ class QdrantClientStore:
             Point(str(r.id), _flat(r.vector) if with_vectors else [], dict(r.payload or {})) for r in recs
         ]
 
-    def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]:
+    def scroll(
+        self,
+        filter: Filter | None = None,
+        *,
+        limit: int = 10_000,
+        newest_by: str | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[Point]:
+        m = self._m
+        payload: Any = list(fields) if fields is not None else True
+        if newest_by is not None:  # ordered: one page (Qdrant pages no ordered scroll by offset)
+            recs, _ = self._c.scroll(
+                self.spec.name,
+                scroll_filter=self._filter(filter),
+                limit=limit,
+                with_payload=payload,
+                order_by=m.OrderBy(key=newest_by, direction=m.Direction.DESC),
+            )
+            return [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
         out: list[Point] = []
         offset = None
         while len(out) < limit:
@@ -295,7 +271,7 @@ class QdrantClientStore:
                 scroll_filter=self._filter(filter),
                 limit=min(1000, limit - len(out)),
                 offset=offset,
-                with_payload=True,
+                with_payload=payload,
             )
             out += [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
             if offset is None:
@@ -427,8 +403,26 @@ class EdgeStore:
             Point(str(r.id), _flat(r.vector) if with_vectors else [], dict(r.payload or {})) for r in recs
         ]
 
-    def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]:
+    def scroll(
+        self,
+        filter: Filter | None = None,
+        *,
+        limit: int = 10_000,
+        newest_by: str | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[Point]:
         qe = self._qe
+        payload: Any = qe.PayloadSelector.Include(list(fields)) if fields is not None else True
+        if newest_by is not None:  # ordered: one page
+            req = qe.ScrollRequest(
+                limit=limit,
+                filter=self._filter(filter),
+                with_payload=payload,
+                order_by=qe.OrderBy(newest_by, qe.Direction.Desc),
+            )
+            with self._lock:
+                recs, _ = self._shard.scroll(req)
+            return [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
         out: list[Point] = []
         offset = None
         while len(out) < limit:
@@ -436,7 +430,7 @@ class EdgeStore:
                 offset=offset,
                 limit=min(1000, limit - len(out)),
                 filter=self._filter(filter),
-                with_payload=True,
+                with_payload=payload,
             )
             with self._lock:
                 recs, offset = self._shard.scroll(req)

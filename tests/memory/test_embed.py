@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.config.load import build_config
@@ -166,3 +167,48 @@ def test_context_keys_and_environment_reach_the_endpoint(
     assert np.allclose(got, minilm.embed(TEXTS[:2]), atol=1e-4)
     assert seen[-1]["model"] == "minilm-over-http" and m.embedder.id == "openai:minilm-over-http:384"
     m.close()
+
+
+@pytest.fixture(scope="module")
+def broken_embeddings() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 whose 200 answers are not embeddings; the model asked
+    picks which: not JSON, a row without its vector, ragged rows, NaN."""
+    row = [0.1] * 384
+    bodies = {
+        "text": "upstream is warming up",
+        "missing": '{"data": [{"index": 0}]}',
+        "ragged": json.dumps({"data": [{"index": 0, "embedding": row}, {"index": 1, "embedding": row[:5]}]}),
+        "nan": json.dumps({"data": [{"index": 0, "embedding": [float("nan")] * 384}]}),
+        "list": "[1, 2, 3]",
+    }
+
+    async def embeddings(request: Request) -> Response:
+        return Response(bodies[(await request.json())["model"]], media_type="application/json")
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/v1/embeddings", embeddings, methods=["POST"])]),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    t.join(10)
+
+
+@pytest.mark.parametrize("model", ["text", "missing", "ragged", "nan", "list"])
+def test_an_endpoint_answering_no_embeddings_is_a_context_error(broken_embeddings: str, model: str) -> None:
+    """Attack (session 42): such an answer raised ValueError / KeyError out of the embedder (an
+    internal error to the agent), and NaN vectors were stored and searched as any other."""
+    e = OpenAIEmbedder(api_key="k", base_url=broken_embeddings, model=model, dimension=384)
+    texts = ["x", "y"] if model == "ragged" else ["x"]
+    with pytest.raises(ContextError):
+        e.embed(texts)

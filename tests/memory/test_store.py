@@ -226,3 +226,10 @@ def test_a_shard_from_an_older_version_gains_the_indexes_added_since(
         assert again.count() == 5
     finally:
         again.close()
+
+
+def test_scroll_newest_first_and_only_the_fields_asked(store: VectorStore) -> None:
+    store.upsert(_points(30))
+    newest = store.scroll({"agent": "a0"}, limit=4, newest_by="ts", fields=("ts", "agent"))
+    assert [p.payload for p in newest] == [{"ts": float(t), "agent": "a0"} for t in (27, 24, 21, 18)]
+    assert {frozenset(p.payload) for p in store.scroll(fields=("text",))} == {frozenset({"text"})}

@@ -97,16 +97,22 @@ class BusBackend(Protocol):
         were not seen before (the others are replays)."""
 
     # topic subscriptions: each lasts until its expiry (``bus.subscription_ttl_s``)
-    async def subscribe(self, agent: str, pattern: str, until_ms: int, made_ms: int) -> None:
-        """Hold the subscription until ``until_ms`` (one held already: renewed to it), made or
-        renewed at ``made_ms`` (what ``unsubscribe_parked`` compares)."""
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+        """Hold the subscription until ``until_ms`` (one held already: renewed to it), stamped
+        made or renewed now by the store's own clock (Redis's ``TIME``: the one clock
+        ``unsubscribe_parked`` compares with, whichever process subscribed or parks)."""
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool: ...
 
-    async def unsubscribe_parked(self, parked: list[tuple[str, int]]) -> None:
-        """Each (agent, parked at ms): its subscriptions made or renewed at or before then go
-        (``Bus.park``); one made since (the agent back, through another gateway process
-        sharing the store) stays. All of them in one round trip (a batch per script on Redis)."""
+    async def unsubscribe_parked(self, agents: list[str]) -> list[str]:
+        """Parked agents (``Bus.park``, the start's left-behind ones): no longer held live by
+        this process, and their subscriptions made or renewed up to now (the store's clock) go,
+        but for those another live gateway process sharing the store holds (``hold``): returned,
+        theirs stay. All of them in one round trip (a batch per script on Redis)."""
+
+    async def hold(self, agent: str) -> None:
+        """``agent`` is live on this process (until it is parked or ends, or the process stops
+        beating): a park of it on another process leaves its subscriptions alone."""
 
     async def subscriptions(self) -> dict[str, set[str]]:
         """The subscriptions not expired (agent -> patterns): an expired one grants nothing."""

@@ -82,7 +82,7 @@ class LocalCounts:
     async def subscribe(self, agent: str, pattern: str, until_ms: int, now_ms: int) -> None:
         held = await self.backend.subscriptions_of(agent)
         check_subscriptions(agent, held, pattern, self.caps.subscriptions)
-        await self.backend.subscribe(agent, pattern, until_ms, now_ms)
+        await self.backend.subscribe(agent, pattern, until_ms)
 
     async def open_add(self, agent: str, request_id: str, requester: str, expires_ms: int) -> None:
         self.open.add(agent, request_id, requester, expires_ms)

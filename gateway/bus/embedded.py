@@ -264,7 +264,8 @@ class EmbeddedBackend:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int, made_ms: int) -> None:
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+        made_ms = int(time.time() * 1000)  # (one process: one clock, the park's too)
         with write_transaction(self.db):
             self.db.execute(
                 "INSERT INTO subs(agent, pattern, until_ms, made_ms) VALUES (?,?,?,?) "
@@ -277,9 +278,14 @@ class EmbeddedBackend:
             cur = self.db.execute("DELETE FROM subs WHERE agent=? AND pattern=?", (agent, pattern))
         return cur.rowcount > 0
 
-    async def unsubscribe_parked(self, parked: list[tuple[str, int]]) -> None:
+    async def unsubscribe_parked(self, agents: list[str]) -> list[str]:
+        now = int(time.time() * 1000)
         with write_transaction(self.db):  # (one transaction for all of them)
-            self.db.executemany("DELETE FROM subs WHERE agent=? AND made_ms <= ?", parked)
+            self.db.executemany("DELETE FROM subs WHERE agent=? AND made_ms <= ?", [(a, now) for a in agents])
+        return []  # (one gateway process per data dir: none is live elsewhere)
+
+    async def hold(self, agent: str) -> None:
+        del agent  # one gateway process per data dir
 
     async def subscriptions(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}

@@ -28,6 +28,11 @@ from gateway.runtime.identity import labelled
 
 _logger = logging.getLogger("symbi.bus")
 
+# the start's left-behind agents another process seemed to hold live are looked at again after
+# this long: a process of the run that crashed held them, and its heartbeat lapses by then
+# (``gateway.bus.redis_subs.HOLD_TTL_MS``)
+RECHECK_LEFT_S = 35.0
+
 
 class Membership:
     backend: BusBackend
@@ -57,6 +62,7 @@ class Membership:
         _, entry = self.ring.ensure(agent, principal, self._names.get(agent, ""))
         self.receiver.keys.pop(agent, None)
         await self.backend.publish_keys(entry)
+        await self.backend.hold(agent)  # live here: a park elsewhere leaves its subscriptions
         self._published.add(agent)
 
     def register_soon(self, agent: str, principal: str, name: str = "", *, persist: bool = True) -> None:
@@ -98,6 +104,7 @@ class Membership:
             await asyncio.wait({retiring})
             self.retirements.retiring.pop(entry.agent, None)
         await self.backend.publish_keys(entry)
+        await self.backend.hold(entry.agent)
 
     def park(self, agent: str) -> asyncio.Task[None] | None:
         """An agent whose id recurs (a stateless client's) ended: its keys, entry and inbox stay,
@@ -120,19 +127,19 @@ class Membership:
         return task
 
     async def _unsubscribe_parked(self, agent: str) -> None:
-        parked = self.ring.ended_at(agent)
-        if parked is None:  # back meanwhile (or not parked): its own to keep
+        if self.ring.ended_at(agent) is None:  # back meanwhile (or not parked): its own to keep
             return
-        await self._unsubscribe_many([(agent, parked)])
+        await self._unsubscribe_many([agent])
 
-    async def _unsubscribe_many(self, parked: list[tuple[str, int]]) -> None:
-        """Those made before each park go; one made since (back on another gateway process
-        sharing the Redis) stays."""
+    async def _unsubscribe_many(self, parked: list[str]) -> list[str]:
+        """Their subscriptions made up to now go, but for those another gateway process sharing
+        the Redis holds live (a stateless client's agent, on two replicas): returned."""
         try:
-            await self.backend.unsubscribe_parked(parked)
+            return await self.backend.unsubscribe_parked(parked)
         except Exception as e:  # noqa: BLE001 - they expire (bus.subscription_ttl_s)
-            who = parked[0][0] if len(parked) == 1 else f"{len(parked)} agents"
+            who = parked[0] if len(parked) == 1 else f"{len(parked)} agents"
             _logger.warning("bus: removing the subscriptions of parked %s failed: %s", who, e)
+            return []
 
     def end_soon(self, agent: str) -> None:
         """The agent ended for good (its id never comes back): what the bus holds for it goes
@@ -172,9 +179,18 @@ class Membership:
         self.ring.left_behind = []
         # and those whose id recurs: kept for a return, from now, without their subscriptions
         # (one round trip for all of them: a run may have left thousands)
-        left = [(agent, now) for agent in self.ring.park_unended(now)]
-        if left:
-            await self._unsubscribe_many(left)
+        left = self.ring.park_unended(now)
+        kept = await self._unsubscribe_many(left) if left else []
+        if kept:  # live elsewhere, or held by the run that crashed until its heartbeat lapses
+            task = asyncio.get_running_loop().create_task(self._recheck_left(kept))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _recheck_left(self, agents: list[str]) -> None:
+        await asyncio.sleep(RECHECK_LEFT_S)
+        still = [a for a in agents if self.ring.ended_at(a) is not None]  # (not back here)
+        if still:
+            await self._unsubscribe_many(still)
 
     def footprint(self) -> dict[str, int]:
         """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""

@@ -3,7 +3,8 @@ across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
 and its expiry), ``keys`` (public key directory, hash), ``subs:exp``, ``subs:of:<agent>``
-and ``subs:made:<agent>`` (the topic subscriptions: ``gateway.bus.redis_subs``),
+and ``subs:made:<agent>`` (the topic subscriptions: ``gateway.bus.redis_subs``), ``procs``
+and ``held:<process>`` (the agents live on each gateway process), ``layout`` (a marker),
 ``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
 clear error); the client reconnects by itself on the next call.
@@ -11,9 +12,12 @@ clear error); the client reconnects by itself on the next call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Iterator
@@ -30,7 +34,7 @@ from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
 from gateway.bus.counts import Caps, Counts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
-from gateway.bus.redis_subs import LEAVE_SUBS, RedisSubscriptions
+from gateway.bus.redis_subs import BEAT_S, LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
 
 _logger = logging.getLogger("symbi.bus")
@@ -50,7 +54,7 @@ return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4]
 # it may still answer (``gateway.bus.redis_counts``) and its inboxes; with ARGV[3] = '1'
 # (``forget_agent``) also its directory entry and its name (if still its), else the entry
 # stays (what it sent is verified with it). KEYS: keys, names, subs:exp, open, open:q, open:n,
-# subs:of:<agent>, subs:made:<agent>, inboxes...; ARGV: agent, name, forget
+# subs:of:<agent>, subs:made:<agent>, held:<me>, inboxes...; ARGV: agent, name, forget
 _LEAVE = (
     LEAVE_SUBS
     + """
@@ -58,14 +62,14 @@ if ARGV[3] == '1' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
 end
-leave_subs(KEYS[3], KEYS[7], KEYS[8], ARGV[1])
+leave_subs(KEYS[3], KEYS[7], KEYS[8], ARGV[1], KEYS[9])
 local mine = ARGV[1] .. '\\0'
 for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
   redis.call('HDEL', KEYS[4], mine .. string.sub(q, #mine + 22))
 end
 redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
 redis.call('ZREM', KEYS[6], ARGV[1])
-for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 10, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 )
@@ -85,8 +89,10 @@ class RedisBackend:
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._leave = self._r.register_script(_LEAVE)
-        self.subs = RedisSubscriptions(self._r, PREFIX, self.run)
+        # (its own name in ``procs``: two backends in one Python process are two processes)
+        self.subs = RedisSubscriptions(self._r, PREFIX, self.run, f"{self.consumer}-{secrets.token_hex(4)}")
         self._groups: set[str] = set()
+        self._beat: asyncio.Task[None] | None = None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -126,10 +132,29 @@ class RedisBackend:
             ) from None
 
     async def start(self) -> None:
+        if self._beat is None:  # (beating even if Redis cannot be reached yet)
+            self._beat = asyncio.get_running_loop().create_task(self._beating(), name="bus-redis-beat")
         await self.run(self._r.ping())
-        await self.subs.drop_old_layout()
+        await self.subs.upgrade(int(time.time() * 1000))
+        await self.subs.hold("")
+
+    async def _beating(self) -> None:
+        """This process is alive (``procs``): the agents it holds live stay held."""
+        while True:
+            try:
+                await self.subs.hold("")
+            except BusError as e:  # its agents count as not held meanwhile (a park removes)
+                _logger.debug("bus: the heartbeat to Redis failed: %s", e.message)
+            await asyncio.sleep(BEAT_S)
 
     async def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+            with contextlib.suppress(BusError):  # (else they expire with the heartbeat)
+                await self.subs.release_all()
         await self._r.aclose()
 
     # -- keys ------------------------------------------------------------------------------
@@ -163,7 +188,7 @@ class RedisBackend:
     async def _gone(self, agent: str, inboxes: tuple[str, ...], name: str, *, forget: bool) -> None:
         streams = [self._inbox(i) for i in inboxes]
         keys = [PREFIX + "keys", PREFIX + "names", self.subs.exp, *OPEN_KEYS[:3], *self.subs.keys(agent)[1:]]
-        keys += streams
+        keys += [self.subs.held, *streams]
         await self.run(self._leave(keys=keys, args=[agent, name, "1" if forget else "0"]))
         self._groups.difference_update(streams)
 
@@ -278,14 +303,17 @@ class RedisBackend:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int, made_ms: int) -> None:
-        await self.subs.subscribe(agent, pattern, until_ms, made_ms, -1)
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+        await self.subs.subscribe(agent, pattern, until_ms, int(time.time() * 1000), -1)
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
         return await self.subs.unsubscribe(agent, pattern)
 
-    async def unsubscribe_parked(self, parked: list[tuple[str, int]]) -> None:
-        await self.subs.unsubscribe_parked(parked)
+    async def unsubscribe_parked(self, agents: list[str]) -> list[str]:
+        return await self.subs.unsubscribe_parked(agents)
+
+    async def hold(self, agent: str) -> None:
+        await self.subs.hold(agent)
 
     async def subscriptions(self) -> dict[str, set[str]]:
         return await self.subs.live(int(time.time() * 1000))
@@ -309,6 +337,8 @@ class RedisBackend:
                 n += len(dead)
         if n:
             await self.run(self._r.hincrby(PREFIX + "stats", "expired", n))
+        if not self.subs.upgraded:  # (Redis could not be reached at start)
+            await self.subs.upgrade(now_ms)
         await self.subs.sweep(now_ms)
         return n
 

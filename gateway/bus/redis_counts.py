@@ -148,7 +148,8 @@ class RedisCounts:
         return parse_live(raw)
 
     async def subscribe(self, agent: str, pattern: str, until_ms: int, now_ms: int) -> None:
-        # the agent's live ones counted (an expired one, swept or not, no longer counts)
+        # the agent's live ones counted (an expired one, swept or not, no longer counts); made
+        # when Redis says (the clock a park compares with)
         held = await self.backend.subs.subscribe(agent, pattern, until_ms, now_ms, self.caps.subscriptions)
         if held >= 0:
             raise subscriptions_refused(agent, held)

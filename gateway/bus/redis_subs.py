@@ -6,13 +6,16 @@ that nothing reads every agent's subscriptions but a publication's fan-out:
   others from its low end, ``SWEEP_BATCH`` at most per script.
 * ``subs:of:<agent>`` (sorted set ``pattern`` scored by its expiry): the agent's own, so its
   cap counts only its live ones (``ZCOUNT``) and a park or a departure reads only its keys.
-* ``subs:made:<agent>`` (hash ``pattern`` -> when it was made or last renewed, ms): a park
-  removes only what was made at or before the park, never what the agent, back on another
-  gateway process sharing the Redis, subscribed since.
+* ``subs:made:<agent>`` (hash ``pattern`` -> when it was made or last renewed, ms, Redis's
+  own clock (``TIME``), as the park it is compared with: never two processes' clocks).
+* ``procs`` (sorted set: gateway process -> until when it is alive, ms, Redis's clock: its
+  heartbeat) and ``held:<process>`` (set: the agents live on that process, expiring with its
+  heartbeat): a park (or the start's clean-up) leaves alone an agent another live process
+  holds (a stateless client's agent id, live on two replicas behind a balancer).
 
-Every script changes the three together. The layout before (``subs`` hash, ``subs:n``
-counts) is dropped when a backend starts: what it held counts as expired, the agents
-subscribe again (the policy asked again).
+Every script changes the three subscription keys together. The layout before (``subs`` hash,
+``subs:n`` counts) is converted once at start (``upgrade``: bounded ``HSCAN`` batches, then the
+marker ``layout``); its live subscriptions go on delivering.
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ import redis.asyncio as aioredis
 
 SWEEP_BATCH = 500  # expired subscriptions one sweep script removes at most
 PARK_BATCH = 100  # parked agents one script clears at most (the start's left-behind agents)
+UPGRADE_BATCH = 500  # old-layout subscriptions one upgrade script converts at most
+LAYOUT = "42"  # the marker's value: the old layout was converted
+HOLD_TTL_MS = 30_000  # a process that stops beating for this long holds no agent live
+BEAT_S = 10.0  # how often a process beats
+
+# Redis's clock, ms (the one clock every process's subscription and park are compared on)
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
 
 # an agent's subscriptions made at or before ``before`` (nil: all of them)
 _DROP = """
@@ -40,18 +55,22 @@ end
 
 # KEYS: subs:exp, subs:of:<agent>, subs:made:<agent>; ARGV: agent, pattern, cap (-1: none),
 # expiry ms, now ms -> -1 subscribed (or held and live: renewed), else how many live ones it
-# holds (one expired, swept or not, is no longer held: it neither counts nor is renewed free)
-SUBSCRIBE = """
+# holds (one expired, swept or not, is no longer held: it neither counts nor is renewed free).
+# Made (or renewed) when Redis says, not the subscribing process's clock.
+SUBSCRIBE = (
+    _NOW
+    + """
 local live = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if not (live and tonumber(live) > tonumber(ARGV[5])) and tonumber(ARGV[3]) >= 0 then
   local n = redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[5], '+inf')
   if n >= tonumber(ARGV[3]) then return n end
 end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[2], string.format('%d', now_ms()))
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1] .. '\\0' .. ARGV[2])
 return -1
 """
+)
 
 # KEYS: subs:exp, subs:of:<agent>, subs:made:<agent>; ARGV: agent, pattern -> 1 removed, 0 none
 _UNSUBSCRIBE = """
@@ -61,14 +80,48 @@ redis.call('ZREM', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2])
 return 1
 """
 
-# parked agents: KEYS: subs:exp, then subs:of:<agent>, subs:made:<agent> for each;
-# ARGV: agent, parked at ms, for each
+# parked agents: KEYS: subs:exp, procs, held:<me>, then subs:of:<agent>, subs:made:<agent>
+# for each; ARGV: me, key prefix, the agents -> those another live process holds (kept).
+# The park's time is Redis's, now: what was made before it goes, on one clock.
 _PARK = (
-    _DROP
+    _NOW
+    + _DROP
     + """
-for i = 1, #ARGV, 2 do
-  drop(KEYS[1], KEYS[i + 1], KEYS[i + 2], ARGV[i], tonumber(ARGV[i + 1]))
+local now = now_ms()
+local others = {}
+for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
+  if p ~= ARGV[1] then others[#others + 1] = ARGV[2] .. 'held:' .. p end
 end
+local kept = {}
+for i = 3, #ARGV do
+  local agent, live = ARGV[i], false
+  redis.call('SREM', KEYS[3], agent)
+  for _, h in ipairs(others) do
+    if redis.call('SISMEMBER', h, agent) == 1 then
+      live = true
+      break
+    end
+  end
+  if live then
+    kept[#kept + 1] = agent
+  else
+    drop(KEYS[1], KEYS[2 * i - 2], KEYS[2 * i - 1], agent, now)
+  end
+end
+return kept
+"""
+)
+
+# this process holds ARGV[2] live ('': only its heartbeat): KEYS: procs, held:<me>;
+# ARGV: me, agent, ttl ms (the dead processes' entries go)
+_HOLD = (
+    _NOW
+    + """
+local now = now_ms()
+if ARGV[2] ~= '' then redis.call('SADD', KEYS[2], ARGV[2]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return 1
 """
 )
@@ -77,9 +130,10 @@ return 1
 LEAVE_SUBS = (
     _DROP
     + """
-local function leave_subs(exp, of, made, agent)
+local function leave_subs(exp, of, made, agent, held)
   drop(exp, of, made, agent, nil)
   redis.call('DEL', of, made)
+  redis.call('SREM', held, agent)
 end
 """
 )
@@ -90,60 +144,132 @@ _SWEEP = """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, m in ipairs(gone) do
   local at = string.find(m, '\\0', 1, true)
-  local agent, p = string.sub(m, 1, at - 1), string.sub(m, at + 1)
-  redis.call('ZREM', ARGV[3] .. 'subs:of:' .. agent, p)
-  redis.call('HDEL', ARGV[3] .. 'subs:made:' .. agent, p)
+  if at then  -- (a member without its separator names no agent: it only goes)
+    local agent, p = string.sub(m, 1, at - 1), string.sub(m, at + 1)
+    redis.call('ZREM', ARGV[3] .. 'subs:of:' .. agent, p)
+    redis.call('HDEL', ARGV[3] .. 'subs:made:' .. agent, p)
+  end
   redis.call('ZREM', KEYS[1], m)
 end
 return #gone
 """
+
+# the layout before (``subs``: agent\\0pattern -> expiry ms), one HSCAN batch into this one:
+# KEYS: subs, subs:exp; ARGV: cursor, batch, now ms, key prefix -> the next cursor. What
+# expired (or has no expiry: stored before session 41) is not carried over; a subscription
+# the new layout holds already (made since) is left as it is.
+_UPGRADE = (
+    _NOW
+    + """
+local got = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
+local made = string.format('%d', now_ms())
+local all = got[2]
+for i = 1, #all, 2 do
+  local m, till = all[i], tonumber(all[i + 1])
+  local at = string.find(m, '\\0', 1, true)
+  if at and till and till > tonumber(ARGV[3]) then
+    local agent, p = string.sub(m, 1, at - 1), string.sub(m, at + 1)
+    if redis.call('ZADD', ARGV[4] .. 'subs:of:' .. agent, 'NX', till, p) == 1 then
+      redis.call('HSET', ARGV[4] .. 'subs:made:' .. agent, p, made)
+      redis.call('ZADD', KEYS[2], 'NX', till, m)
+    end
+  end
+end
+return got[1]
+"""
+)
 
 
 def parse_live(members: Iterable[bytes]) -> dict[str, set[str]]:
     """``subs:exp`` members (``agent\\0pattern``, read live) -> agent -> patterns."""
     out: dict[str, set[str]] = {}
     for m in members:
-        agent, _, pattern = m.decode().partition("\0")
-        out.setdefault(agent, set()).add(pattern)
+        agent, sep, pattern = m.decode().partition("\0")
+        if sep:  # (one without its separator names no agent: the sweep removes it)
+            out.setdefault(agent, set()).add(pattern)
     return out
 
 
 class RedisSubscriptions:
-    """The scripts above, on the backend's connection; ``run`` maps Redis's errors."""
+    """The scripts above, on the backend's connection; ``run`` maps Redis's errors. ``me``
+    names this process in ``procs`` (one per backend: two in one Python process are two)."""
 
-    def __init__(self, r: aioredis.Redis, prefix: str, run: Callable[[Any], Awaitable[Any]]) -> None:
+    def __init__(self, r: aioredis.Redis, prefix: str, run: Callable[[Any], Awaitable[Any]], me: str) -> None:
         self.prefix = prefix
         self.exp = prefix + "subs:exp"
+        self.me = me
+        self.procs = prefix + "procs"
+        self.held = f"{prefix}held:{me}"
+        self.upgraded = False  # (the layout before converted, or found converted)
         self._r = r
         self._run = run
         self._subscribe = r.register_script(SUBSCRIBE)
         self._unsubscribe = r.register_script(_UNSUBSCRIBE)
         self._park = r.register_script(_PARK)
+        self._hold = r.register_script(_HOLD)
         self._sweep = r.register_script(_SWEEP)
+        self._upgrade = r.register_script(_UPGRADE)
 
     def keys(self, agent: str) -> list[str]:
         """subs:exp, subs:of:<agent>, subs:made:<agent>"""
         return [self.exp, f"{self.prefix}subs:of:{agent}", f"{self.prefix}subs:made:{agent}"]
 
-    async def drop_old_layout(self) -> None:
-        """The layout before this one (``subs``, ``subs:n``): expired, agents subscribe again."""
-        await self._run(self._r.unlink(self.prefix + "subs", self.prefix + "subs:n"))
+    async def upgrade(self, now_ms: int) -> int:
+        """The layout before this one (``subs``, ``subs:n``) converted, once (the marker
+        ``layout`` says so), ``UPGRADE_BATCH`` per script; returns the scripts run. Every process
+        of the version before must have stopped: one still writing ``subs`` is not read."""
+        marker = self.prefix + "layout"
+        if await self._run(self._r.get(marker)) == LAYOUT.encode():
+            self.upgraded = True
+            return 0
+        cursor: Any = b"0"
+        ran = 0
+        while True:
+            args = [cursor, UPGRADE_BATCH, now_ms, self.prefix]
+            cursor = await self._run(self._upgrade(keys=[self.prefix + "subs", self.exp], args=args))
+            ran += 1
+            if int(cursor) == 0:
+                break
+        pipe = self._r.pipeline(transaction=True)
+        pipe.unlink(self.prefix + "subs", self.prefix + "subs:n")
+        pipe.set(marker, LAYOUT)
+        done: list[Any] = await self._run(pipe.execute())
+        del done
+        self.upgraded = True
+        return ran
 
-    async def subscribe(self, agent: str, pattern: str, until_ms: int, made_ms: int, cap: int) -> int:
+    async def hold(self, agent: str) -> None:
+        """``agent`` is live on this process ('': only the heartbeat, ``BEAT_S``)."""
+        await self._run(self._hold(keys=[self.procs, self.held], args=[self.me, agent, HOLD_TTL_MS]))
+
+    async def release_all(self) -> None:
+        """This process stops: it holds no agent live any more."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.zrem(self.procs, self.me)
+        pipe.unlink(self.held)
+        done: list[Any] = await self._run(pipe.execute())
+        del done
+
+    async def subscribe(self, agent: str, pattern: str, until_ms: int, now_ms: int, cap: int) -> int:
         """-1 subscribed (renewed), else the live ones it holds (``cap`` reached; -1: no cap)."""
-        args: list[str | int] = [agent, pattern, cap, until_ms, made_ms]
+        args: list[str | int] = [agent, pattern, cap, until_ms, now_ms]
         return int(await self._run(self._subscribe(keys=self.keys(agent), args=args)))
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
         return bool(await self._run(self._unsubscribe(keys=self.keys(agent), args=[agent, pattern])))
 
-    async def unsubscribe_parked(self, parked: list[tuple[str, int]]) -> None:
-        for i in range(0, len(parked), PARK_BATCH):
-            keys, args = [self.exp], list[str]()
-            for agent, at_ms in parked[i : i + PARK_BATCH]:
+    async def unsubscribe_parked(self, agents: list[str]) -> list[str]:
+        """Their subscriptions made before now (Redis's clock) go, but for those another live
+        process holds (returned): no longer held here, in any case."""
+        kept: list[str] = []
+        for i in range(0, len(agents), PARK_BATCH):
+            keys = [self.exp, self.procs, self.held]
+            for agent in agents[i : i + PARK_BATCH]:
                 keys += self.keys(agent)[1:]
-                args += [agent, str(at_ms)]
-            await self._run(self._park(keys=keys, args=args))
+            args = [self.me, self.prefix, *agents[i : i + PARK_BATCH]]
+            got: list[Any] = await self._run(self._park(keys=keys, args=args))
+            kept += [bytes(a).decode() for a in got]
+        return kept
 
     async def live(self, now_ms: int) -> dict[str, set[str]]:
         return parse_live(await self._run(self._r.zrangebyscore(self.exp, f"({now_ms}", "+inf")))

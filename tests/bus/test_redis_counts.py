@@ -137,7 +137,7 @@ async def test_the_subscription_cap_reads_one_count_not_every_subscription(
     await other.register("agent-b", B.qualified)
     r: Any = redis.Redis.from_url(redis_server.url)
     for n in range(50):  # other agents' subscriptions
-        await one.backend.subscribe(f"agent-x{n}", "news", 2**62, 0)
+        await one.backend.subscribe(f"agent-x{n}", "news", 2**62)
     before = _scans(r)
     await one.subscribe(B, "t1")
     await other.subscribe(B, "t2")

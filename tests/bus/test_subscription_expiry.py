@@ -179,12 +179,13 @@ async def test_subscriptions_stored_before_they_expired_grant_nothing(
     assert _stored_subscriptions(env) == 0
 
 
-async def test_subscriptions_stored_by_the_layout_before_are_expired_at_upgrade(
+async def test_subscriptions_stored_by_the_layout_before_survive_the_upgrade_and_deliver(
     env: Env,  # noqa: F811
 ) -> None:
-    # the store of the version before this one (session 41: an expiry with each subscription,
-    # Redis counting them per agent in ``subs:n``): they expire at upgrade, the agents
-    # subscribe again (the policy asked again), and what was counted does not count
+    # Attack (red team 28, session 42's review): the upgrade to the per-agent layout deleted
+    # the Redis ``subs`` hash at every start: live subscriptions lost silently, for up to
+    # bus.subscription_ttl_s, while the embedded store kept its rows. Now the old layout is
+    # converted once (session 41: an expiry with each subscription, ``subs:n`` counts).
     far = int(time.time() * 1000) + 3_600_000
     if env.url is None:
         env.data.mkdir(parents=True)
@@ -198,18 +199,25 @@ async def test_subscriptions_stored_by_the_layout_before_are_expired_at_upgrade(
         db.close()
     else:
         r: Any = redis.Redis.from_url(env.url)
-        r.hset(PREFIX + "subs", mapping={"agent-b\0news.*": str(far), "agent-b\0old": str(far)})
-        r.hset(PREFIX + "subs:n", "agent-b", 2)
+        old = {"agent-b\0news.*": str(far), "agent-b\0old": str(far), "agent-b\0gone": "1", "bad": str(far)}
+        r.hset(PREFIX + "subs", mapping=old)  # (expired; without its separator: not carried over)
+        r.hset(PREFIX + "subs:n", "agent-b", 4)
     bus = await _pair(env, max_subscriptions=2)
-    if env.url is not None:  # the old keys are gone: nothing of them lingers unswept
+    # was (Redis): {} (deleted); the embedded store keeps its live rows (its layout only gained a column)
+    assert await bus.backend.subscriptions() == {"agent-b": {"news.*", "old"}}
+    if env.url is not None:  # converted, once: the old keys are gone, the marker says so
         assert not r.exists(PREFIX + "subs") and not r.exists(PREFIX + "subs:n")
-        assert await bus.backend.subscriptions() == {}
+        assert r.get(PREFIX + "layout") == b"42"
+        assert r.zrange(PREFIX + "subs:of:agent-b", 0, -1, withscores=True) == [
+            (b"news.*", float(far)),
+            (b"old", float(far)),
+        ]
+    assert (await bus.publish(A, "news.x", 1)).delivered_to == 1
+    assert [m.body for m in await bus.receive(B, max_items=10)] == [1]
+    with pytest.raises(BusQuotaExceeded):  # they count against the cap of 2
         await bus.subscribe(B, "a")
-        await bus.subscribe(B, "b")  # the cap of 2, counted afresh
-    else:  # the embedded store keeps its live rows (its layout only gained a column)
-        assert await bus.backend.subscriptions() == {"agent-b": {"news.*", "old"}}
-        # a park removes them (made before any park), and they can be made again
-        await bus.backend.unsubscribe_parked([("agent-b", int(time.time() * 1000))])
-        assert await bus.backend.subscriptions() == {}
-        await bus.subscribe(B, "a")
+    # a park removes them (made before it), and they can be made again
+    await bus.backend.unsubscribe_parked(["agent-b"])
+    assert await bus.backend.subscriptions() == {}
+    await bus.subscribe(B, "a")
     assert (await bus.publish(A, "a", 1)).delivered_to == 1

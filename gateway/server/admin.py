@@ -162,6 +162,18 @@ async def _reviewed(request: Request) -> str | None | JSONResponse:
     return doc.get("hash") or None
 
 
+async def _seen_digest(request: Request) -> str | JSONResponse:
+    """The ``digest`` of a discovered server's approval body: the config the admin saw in the
+    listing ("" when absent, which the approval refuses by name), or the 400 refusing the body."""
+    shape = '{"digest": "<digest from GET /discovered>"}'
+    doc = await _body(request, shape)
+    if doc is None or isinstance(doc, JSONResponse):
+        return "" if doc is None else doc
+    if not isinstance(doc.get("digest", ""), str):
+        return _err(400, "bad_request", f"body must be JSON {shape}")
+    return str(doc.get("digest", ""))
+
+
 async def _reason(request: Request) -> str | JSONResponse:
     """The optional ``reason`` of an agent action ("" when no body), or the 400 refusing the body."""
     shape = '{"reason": "..."} (or empty)'
@@ -258,9 +270,12 @@ class AdminApi:
         return JSONResponse({"servers": await anyio.to_thread.run_sync(discovered_rows, self.state.gateway)})
 
     async def discovered_approve(self, request: Request) -> Response:
+        seen = await _seen_digest(request)
+        if isinstance(seen, JSONResponse):
+            return seen
         try:
             done = await approve_discovered(
-                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"]
+                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"], seen
             )
         except ApprovalError as e:
             return _refused(e)

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 # (device, inode, size, mtime_ns, ctime_ns): a file replaced (a new inode, even of the same size
-# and time), rewritten in place (size or mtime) or touched back to its old mtime (ctime) differs
+# and time), rewritten in place (size or mtime) or touched back to its old mtime (ctime) differs;
+# the last only once the kernel's ctime clock has moved (without multigrain timestamps, Linux
+# < 6.13, a rewrite within the tick of the last change, a few ms, keeps the stamp)
 Stamp = tuple[int, int, int, int, int]
 
 

@@ -167,9 +167,7 @@ async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -
             await gw.remove_server(d.name)
             stopped = True
         except Exception:  # out of the catalogue all the same (remove_server's finally)
-            _logger.exception(
-                "discovered server %s, blocked by the managed policy: stopping it failed", d.name
-            )
+            _logger.exception("discovered server %s, not to run (%s): stopping it failed", d.name, why)
     if logged.get(d.name) == why and not running:
         return
     logged[d.name] = why

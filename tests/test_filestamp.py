@@ -5,6 +5,7 @@ blind to a file replaced under the same size and time of another device's inode.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,22 @@ def test_a_missing_file_has_no_stamp_and_every_change_moves_it(tmp_path: Path) -
     os.replace(other, path)  # same size, same mtime: another file (its inode)
     assert file_stamp(path) != first
     second = file_stamp(path)
+    _after_ctime_of(path, tmp_path / "probe")  # a kernel's ctime moves a tick at a time
     path.write_text("[]")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # rewritten, its mtime put back: ctime
     assert file_stamp(path) != second
+
+
+def _after_ctime_of(path: Path, probe: Path) -> None:
+    """Waits (bounded) until a file written now gets a later ctime than ``path``'s: without
+    multigrain timestamps (Linux < 6.13) a ctime is the last clock tick (a few ms), and a
+    rewrite in the same tick keeps the stamp: the stamp sees a change a tick later, not sooner."""
+    deadline = time.monotonic() + 5
+    probe.write_text("")
+    while os.stat(probe).st_ctime_ns <= os.stat(path).st_ctime_ns:
+        assert time.monotonic() < deadline, "the file system's ctime did not move in 5 s"
+        time.sleep(0.001)
+        probe.write_text("")
 
 
 def test_the_client_reader_refuses_a_missing_file_every_time(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """``symbi discover list [--json]``: servers found by discovery (mcp.discovery_enabled), with
-their state: quarantined (not started, until ``symbi tools approve SERVER``), approved, removed."""
+their state: quarantined (not started, until ``symbi tools approve SERVER --expect DIGEST``),
+approved, removed; and each one's digest, which names the config shown in an approval."""
 
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ def _list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     entries = discovery_store(cfg).entries()
     if args.json:
-        print(json.dumps([{**d.as_dict(), "unresolved": d.unresolved()} for d in entries.values()], indent=2))
+        listed = [
+            {**d.as_dict(), "unresolved": d.unresolved(), "digest": d.digest()} for d in entries.values()
+        ]
+        print(json.dumps([{k: v for k, v in d.items() if k != "salt"} for d in listed], indent=2))
         return 0
     for d in sorted(entries.values(), key=lambda d: d.name):
         print(f"{d.name:32} {d.status:12} {d.original_name} ({d.source})")
         print(f"{'':32} launches: {d.launches()}")  # what approving it runs
+        print(f"{'':32} digest:   {d.digest()}")  # an approval names it (--expect)
         if (why := d.unresolved()) is not None:  # why approving it is refused
             print(f"{'':32} cannot be approved: {why}")
     if not entries:

@@ -5,6 +5,9 @@
 - ``approve SERVER__TOOL... --hash H... [--key ORG_PRIV.pem]``: approve the definitions reviewed
   (``H``: the hash ``diff`` printed, one per tool; refused if the current one differs), sign
   them into the upstream's approved manifest (``approved = ...``) and move the pins to them.
+- ``approve SERVER... [--expect DIGEST...]``: approve discovered servers in quarantine as
+  ``symbi discover list`` showed them (refused if the config changed since; without
+  ``--expect``, the config printed then is approved).
 - ``revoke SERVER__TOOL...``: block a tool in every mode until approved again.
 
 A running gateway notices the change within ``mcp.recheck_interval_s``.
@@ -76,6 +79,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="the definition hash `symbi tools diff` printed (at least "
         f"{MIN_HASH_HEX} hex digits), once per SERVER__TOOL in order; refused if the definition changed",
     )
+    ap.add_argument(
+        "--expect",
+        dest="digests",
+        action="append",
+        default=[],
+        metavar="DIGEST",
+        help="the digest `symbi discover list` printed for a discovered SERVER, once per SERVER in "
+        "order; refused if its config changed since (without it: the config printed now is approved)",
+    )
     ap.add_argument("--key", type=Path, default=None, help="organisation private key (PEM) to sign with")
     ap.add_argument("--by", default=None, help="who approves (recorded in the manifest and the pin history)")
     ap.add_argument(
@@ -141,7 +153,7 @@ def _quarantined(cfg: Config) -> None:
         print(
             f"{d.name + '__*':44} {'pending':10} {'-':5} {'-':16} quarantined: discovered in {d.source} "
             + (
-                f"(not started; `symbi tools approve {d.name}`)"
+                f"(not started; `symbi tools approve {d.name} --expect {d.digest()}`)"
                 if (why := d.unresolved()) is None
                 else f"(not started; cannot be approved: {why})"
             )
@@ -187,8 +199,12 @@ def _approve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"one --hash per SERVER__TOOL, in the same order: {len(tools)} tool(s), {len(args.hashes)} hash(es)"
         )
+    if args.digests and len(args.digests) != len(servers):
+        raise ConfigError(
+            f"one --expect per SERVER, in the same order: {len(servers)} server(s), {len(args.digests)} digest(s)"
+        )
     if servers:  # discovered servers in quarantine: approving one lets the gateway start it
-        _approve_discovered(cfg, servers, args.by)
+        _approve_discovered(cfg, servers, args.digests, args.by)
         if not tools:
             return 0
     with stores.Stores(cfg) as opened:
@@ -267,13 +283,19 @@ def _reviewed_records(
     return [(rec, check_reviewed(rec, hashes[i] if hashes else None)) for i, rec in enumerate(records)]
 
 
-def _approve_discovered(cfg: Config, names: list[str], by: str | None) -> None:
+def _approve_discovered(cfg: Config, names: list[str], digests: list[str], by: str | None) -> None:
+    """Approve each of ``names`` as the person saw it (``digests``, from ``symbi discover list``);
+    without them, as printed here before it is approved (a change after this read is refused)."""
     from gateway.onboard.discovery import discovery_store
 
     discovery = discovery_store(cfg)
-    for name in names:
+    for i, name in enumerate(names):
+        seen = digests[i] if digests else None
+        if seen is None and (shown := discovery.entries().get(name)) is not None:
+            print(f"approving {name}: launches {shown.launches()} (digest {shown.digest()})")
+            seen = shown.digest()
         try:
-            d = discovery.approve(name, by=by or "symbi tools approve")
+            d = discovery.approve(name, by=by or "symbi tools approve", expect=seen)
         except ApprovalError as e:  # no such server: the argument is wrong (a usage error, exit 2)
             if e.status != 404:
                 raise

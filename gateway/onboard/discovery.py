@@ -17,9 +17,11 @@ home it was found in are recorded when it is found: an approval made under anoth
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import secrets
 import shlex
 import time
 from collections.abc import Mapping
@@ -31,7 +33,7 @@ from pydantic import ValidationError
 
 from gateway.config.model import Config, ServerConfig
 from gateway.custody import write_atomic
-from gateway.errors import ApprovalError, ConfigError
+from gateway.errors import ApprovalError, ConfigError, DefinitionChanged, ReviewedHashRequired
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.onboard.claude_managed import ClaudeCodeManaged
 from gateway.onboard.clients import (
@@ -42,7 +44,8 @@ from gateway.onboard.clients import (
     launches_symbi,
 )
 from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
-from gateway.textcheck import not_utf8_at, shown
+from gateway.onboard.registry import registry_servers
+from gateway.verify.approve import MIN_HASH_HEX
 
 _logger = logging.getLogger("symbi.discovery")
 
@@ -59,6 +62,14 @@ class Discovered:
     client: str | None = None  # the client whose file held it ("registry": the registry folder)
     home: str | None = None  # the home folder it was found through (its user's Claude Code settings)
     was: str | None = None  # a removed one's status before (its approval stands if it returns unchanged)
+    salt: str | None = None  # keys its ``digest`` (a listing's digest is no test of a guessed secret)
+
+    def digest(self) -> str:
+        """What the person approving saw: a digest of the launch config (env and headers
+        included), keyed with the entry's own random salt. An approval names it (``expect``):
+        the file rewritten between the listing and the approval is refused, not approved."""
+        config = json.dumps(self.table, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(f"{self.salt or ''}\0{config}".encode()).hexdigest()
 
     def from_claude_code(self) -> bool:
         """Whether Claude Code's managed policy rules it; an entry recorded before ``client``
@@ -79,6 +90,7 @@ class Discovered:
             "client": self.client,
             "home": self.home,
             "was": self.was,
+            "salt": self.salt,
         }
 
     def unresolved(self) -> str | None:
@@ -87,7 +99,7 @@ class Discovered:
         (a prompt, the client's environment); the gateway never fills it from its own
         environment, and started with the literal text the server would lack its secret."""
         refs = [
-            f"{at} ({secrets_masked(m)})"
+            f"{at} ({secrets_masked(_reference_named(m))})"
             for at, text in _launch_values(self.table)
             for m in _REFERENCE.findall(text)
         ]
@@ -129,11 +141,24 @@ class Discovered:
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
             "unresolved": self.unresolved(),  # why approving it is refused (None: it is not for that)
+            "digest": self.digest(),  # an approval names it: the config shown, not one swapped in since
         }
 
 
 # a client's variable reference as the table holds it (clients._ref wrote VS Code's as ${NAME})
 _REFERENCE = re.compile(r"\$\{[^}]*\}")
+
+
+# the variable a reference names: ${NAME}, ${env:NAME}, ${input:api-key}; not what follows it
+_REFERENCE_NAME = re.compile(r"[A-Za-z_]\w*(?::[\w.][\w.-]*)?")
+
+
+def _reference_named(ref: str) -> str:
+    """``ref`` as a listing shows it: the variable it names, never the rest (Claude Code's
+    ``${DB_PASSWORD:-hunter2}`` holds a default, often the secret itself: ``${DB_PASSWORD...}``)."""
+    inner = ref[2:-1]
+    name = m.group(0) if (m := _REFERENCE_NAME.match(inner)) else ""
+    return f"${{{name}}}" if name == inner else f"${{{name}...}}"
 
 
 def _launch_values(table: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -167,72 +192,6 @@ def _env_shown(name: str, value: str) -> str:
     return "***"
 
 
-def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
-    """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
-    out = []
-    for path in sorted(folder.glob("*.json")):
-        if not path.is_file():  # a FIFO named x.json held the discovery pass forever
-            continue
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a half-written file is read on the next pass
-        except RecursionError:  # nested a thousand deep: no registry document
-            _logger.warning("discovery: %s skipped: nested too deeply", shown(str(path)))
-            continue
-        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
-            continue
-        if (bad := not_utf8_at(doc)) is not None:  # json.loads made a lone surrogate of "\\ud800"
-            # its name would go into the audit record and the config, which cannot hold it
-            _logger.warning("discovery: %s skipped: the text at %s is not valid UTF-8", shown(str(path)), bad)
-            continue
-        table = _registry_table(doc)
-        if table is not None:
-            out.append((str(path), doc["name"].rsplit("/", 1)[-1], table))
-    return out
-
-
-def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
-    for remote in doc.get("remotes") or []:
-        if isinstance(remote, Mapping) and str(remote.get("url", "")).startswith(("http://", "https://")):
-            return {"url": remote["url"]}
-    for pkg in doc.get("packages") or []:
-        if not isinstance(pkg, Mapping) or not pkg.get("identifier"):
-            continue
-        ident, version = str(pkg["identifier"]), pkg.get("version")
-        kind = pkg.get("registryType") or pkg.get("registry_type")
-        pattern = _PACKAGE.get(str(kind))
-        if pattern is None:
-            continue
-        if not pattern.fullmatch(ident) or (version is not None and not _VERSION.fullmatch(str(version))):
-            # they become one argument of npx/uvx/docker: "--call=sh -c ..." was an option
-            # (npx ran it), and nothing shows the arguments to the person approving the server
-            _logger.warning("discovery: %r is not a %s package name: skipped", shown(ident), kind)
-            continue
-        if kind == "npm":
-            return {"command": "npx", "args": ["-y", f"{ident}@{version}" if version else ident]}
-        if kind == "pypi":
-            return {"command": "uvx", "args": [f"{ident}=={version}" if version else ident]}
-        if kind == "oci":
-            return {
-                "command": "docker",
-                "args": ["run", "-i", "--rm", f"{ident}:{version}" if version else ident],
-            }
-    return None
-
-
-# The registry's package identifiers, as each registry names packages (never an option: no
-# leading '-', no spaces, no URL or path for npx/uvx to fetch instead)
-_PACKAGE = {
-    "npm": re.compile(r"^(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]{0,213}$"),
-    "pypi": re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$"),
-    "oci": re.compile(
-        r"^[a-z0-9][a-z0-9._-]*(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9._-]*)+$|^[a-z0-9][a-z0-9._-]*$"
-    ),
-}
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-
-
 def _client_table(f: FoundServer) -> dict[str, Any]:
     if f.transport == "stdio":
         table: dict[str, Any] = {"command": f.command, "args": list(f.args)}
@@ -256,6 +215,24 @@ def _seen_again(d: Discovered, table: dict[str, Any]) -> Discovered | None:
     return replace(d, table=table, status="quarantined", approved_by=None, was=None)
 
 
+def _check_seen(d: Discovered, expect: str) -> None:
+    """``ReviewedHashRequired`` unless ``expect`` is a digest (a prefix of one, at least
+    ``MIN_HASH_HEX`` hex digits), ``DefinitionChanged`` unless it is ``d``'s. Neither message
+    prints the current digest: copied from a refusal, it would approve a config unseen."""
+    want = expect.strip().lower()
+    where = f"`symbi discover list` (the admin API's or the dashboard's listing) for {d.name!r}"
+    if not MIN_HASH_HEX <= len(want) <= 64 or not set(want) <= set("0123456789abcdef"):
+        raise ReviewedHashRequired(
+            f"discovered server {d.name!r}: an approval names the digest of the config you saw "
+            f"({MIN_HASH_HEX} to 64 hex digits from {where})"
+        )
+    if not d.digest().startswith(want):
+        raise DefinitionChanged(
+            f"discovered server {d.name!r}: its config is not the one you saw ({want[:16]}...): "
+            f"its file changed since; nothing approved, look again with {where}"
+        )
+
+
 def _discovered(d: Discovered, *, again: bool = False) -> dict[str, Any]:
     """The ``server.discovered`` record of ``d`` (``again``: it was known, back or changed)."""
     return {
@@ -266,6 +243,10 @@ def _discovered(d: Discovered, *, again: bool = False) -> dict[str, Any]:
         "status": d.status,
         **({"again": True} if again else {}),
     }
+
+
+# which scope's entry a client runs when one name is in several scopes of one file
+_SCOPE_FIRST = {"local": 0, "project": 1, "user": 2}
 
 
 class ManagedPolicy:
@@ -359,12 +340,16 @@ class Discovery:
                 unread.add(str(path))
                 _logger.debug("client file %s not read this pass: %s", path, e.message)
                 continue
-            found += [
-                (cf.client, str(path), s.name, _client_table(s))
-                for cf in files
-                for s in read[cf]
-                if not launches_symbi(s)
-            ]
+            # a name in two scopes of one file is one server, the one its client runs (Claude
+            # Code: local over project over user); both kept, each pass put the other's config
+            # in the one entry (a flip-flop: an audit record and a rewrite every pass)
+            files = sorted(files, key=lambda cf: _SCOPE_FIRST.get(cf.scope, len(_SCOPE_FIRST)))
+            names: set[str] = set()
+            for cf in files:
+                for s in read[cf]:
+                    if s.name not in names and not launches_symbi(s):
+                        found.append((cf.client, str(path), s.name, _client_table(s)))
+                    names.add(s.name)
         if self._registry is not None and self._registry.is_dir():
             found += [("registry", *seen) for seen in registry_servers(self._registry)]
         return found, unread
@@ -375,38 +360,59 @@ class Discovery:
         decides). One that comes back after its removal is approved again only with the launch
         config that was approved; a quarantined one's config follows its file."""
         known = self.entries()
-        by_origin = {(d.source, d.original_name): d for d in known.values()}
+        by_origin: dict[tuple[str, str], Discovered] = {}
+        for d in sorted(known.values(), key=lambda d: (d.status == "removed", d.first_seen)):
+            by_origin.setdefault((d.source, d.original_name), d)  # two of one origin: the first
         now, unread = self.seen_now()
-        seen_origins = {(src, name) for _, src, name, _ in now}
         added: list[Discovered] = []
         used = set(known) | set(self._configured) | RESERVED
+        handled: set[tuple[str, str]] = set()  # one origin twice in a pass: the first stands
         for client, src, original, table in now:
+            if (src, original) in handled:
+                continue
+            handled.add((src, original))
             if (src, original) in by_origin:
                 if (again := _seen_again(by_origin[(src, original)], table)) is not None:
-                    known[again.name] = again
+                    known[again.name] = by_origin[(src, original)] = again
                     added.append(again)
                     self._events.emit(Event.SERVER_DISCOVERED, _discovered(again, again=True))
                 continue
             name = unique_name(original, used)
             used.add(name)
             d = Discovered(
-                name, src, original, table, "quarantined", time.time(), client=client, home=str(self._home)
+                name,
+                src,
+                original,
+                table,
+                "quarantined",
+                time.time(),
+                client=client,
+                home=str(self._home),
+                salt=secrets.token_hex(16),
             )
-            known[name] = d
+            known[name] = by_origin[(src, original)] = d
             added.append(d)
             self._events.emit(Event.SERVER_DISCOVERED, _discovered(d))
-        removed = self._removed(known, seen_origins, unread)
-        if added or removed:
+        removed = self._removed(known, {o: d.name for o, d in by_origin.items() if o in handled}, unread)
+        unsalted = {n: replace(d, salt=secrets.token_hex(16)) for n, d in known.items() if d.salt is None}
+        known.update(unsalted)  # an entry of an earlier gateway: its digest keyed from now on
+        if added or removed or unsalted:
             self._save(known)
         return added, removed
 
     def _removed(
-        self, known: dict[str, Discovered], seen: set[tuple[str, str]], unread: set[str]
+        self, known: dict[str, Discovered], seen: dict[tuple[str, str], str], unread: set[str]
     ) -> list[Discovered]:
-        """Marks (in ``known``) and audits the servers gone from a file read this pass."""
+        """Marks (in ``known``) and audits the servers gone from a file read this pass (``seen``:
+        the entry of each origin found, by name): another entry of a found origin is gone too
+        (an earlier gateway made two of one name in two scopes of a file)."""
         removed: list[Discovered] = []
         for name, d in list(known.items()):
-            if d.status != "removed" and d.source not in unread and (d.source, d.original_name) not in seen:
+            if (
+                d.status != "removed"
+                and d.source not in unread
+                and seen.get((d.source, d.original_name)) != name
+            ):
                 known[name] = replace(d, status="removed", was=d.status)
                 removed.append(known[name])
                 self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
@@ -416,9 +422,12 @@ class Discovery:
         """Claude Code's managed MCP policy, read afresh (one a discovery pass, one an approval)."""
         return ManagedPolicy(self._home, self._claude_managed)
 
-    def approve(self, name: str, by: str | None = None) -> Discovered:
+    def approve(self, name: str, by: str | None = None, *, expect: str | None = None) -> Discovered:
         """Approve a quarantined server: ``ApprovalError`` 404 when there is none of that name,
-        409 (with the reason) when the managed policy blocks it or its config is in error."""
+        409 (with the reason) when the managed policy blocks it or its config is in error.
+        ``expect``: the ``digest`` of the config the person saw (a listing's); another one now
+        (its file rewritten since) is ``DefinitionChanged`` 409, a missing ("") or malformed one
+        ``ReviewedHashRequired`` 400. None approves the config as it is (the caller showed it)."""
         known = self.entries()
         d = known.get(name)
         if d is None or d.status == "removed":
@@ -435,6 +444,8 @@ class Discovery:
             why = "; ".join(str(err.get("msg", "invalid")) for err in e.errors())
             # it exists, in a state that cannot be approved: a conflict with its reason, not a 404
             raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409) from None
+        if expect is not None:
+            _check_seen(d, expect)
         known[name] = replace(d, status="approved", approved_by=by)
         self._save(known)
         return known[name]

@@ -150,16 +150,18 @@ async def _body(request: Request, shape: str) -> dict[str, Any] | None | JSONRes
     return doc
 
 
-async def _reviewed(request: Request) -> str | None | JSONResponse:
-    """The ``hash`` of a tool approval's body: the definition the admin reviewed (None when
-    absent, which ``approve_tool`` refuses by name), or the 400 refusing the body."""
-    shape = '{"hash": "<current_hash from the diff>"}'
+async def _reviewed(
+    request: Request, field: str = "hash", shape: str = '{"hash": "<current_hash from the diff>"}'
+) -> str | None | JSONResponse:
+    """The ``field`` of an approval's body: what the admin reviewed (a tool's definition hash,
+    a discovered server's config digest; None when absent, which the approval refuses by name),
+    or the 400 refusing the body."""
     doc = await _body(request, shape)
     if doc is None or isinstance(doc, JSONResponse):
         return doc
-    if not isinstance(doc.get("hash", ""), str):
+    if not isinstance(doc.get(field, ""), str):
         return _err(400, "bad_request", f"body must be JSON {shape}")
-    return doc.get("hash") or None
+    return doc.get(field) or None
 
 
 async def _reason(request: Request) -> str | JSONResponse:
@@ -258,9 +260,12 @@ class AdminApi:
         return JSONResponse({"servers": await anyio.to_thread.run_sync(discovered_rows, self.state.gateway)})
 
     async def discovered_approve(self, request: Request) -> Response:
-        try:
+        seen = await _reviewed(request, "digest", '{"digest": "<its digest from GET /discovered>"}')
+        if isinstance(seen, JSONResponse):
+            return seen
+        try:  # no digest (""): refused by name, as a tool approval without its hash
             done = await approve_discovered(
-                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"]
+                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"], seen or ""
             )
         except ApprovalError as e:
             return _refused(e)

@@ -118,10 +118,14 @@ def discovered_rows(gw: Gateway | None) -> list[dict[str, Any]]:
     return [d.public() for d in sorted(discovery_store(gw.config).entries().values(), key=lambda d: d.name)]
 
 
-async def approve_discovered(gw: Gateway | None, name: str, principal: Principal) -> dict[str, Any]:
-    """A person approves a quarantined server: the discovery loop starts it (tofu) within
-    ``mcp.recheck_interval_s`` and records ``server.approved``. Refused 404 when there is no
-    such server, 409 with the reason when it cannot be approved (blocked, config in error)."""
+async def approve_discovered(
+    gw: Gateway | None, name: str, principal: Principal, seen: str
+) -> dict[str, Any]:
+    """A person approves the config of a quarantined server they saw (``seen``: the listing's
+    ``digest``): the discovery loop starts it (tofu) within ``mcp.recheck_interval_s`` and
+    records ``server.approved``. Refused 404 when there is no such server, 409 with the reason
+    when it cannot be approved (blocked, config in error), ``DefinitionChanged`` 409 when its
+    file changed since the listing, ``ReviewedHashRequired`` 400 without a digest ("")."""
     if gw is None:
         raise ApprovalError("the gateway is not running yet", 503)
     if not gw.config.mcp.discovery_enabled:
@@ -130,7 +134,9 @@ async def approve_discovered(gw: Gateway | None, name: str, principal: Principal
     from gateway.onboard.discovery import discovery_store
 
     try:
-        d = await anyio.to_thread.run_sync(lambda: discovery_store(gw.config).approve(name, by=principal.id))
+        d = await anyio.to_thread.run_sync(
+            lambda: discovery_store(gw.config).approve(name, by=principal.id, expect=seen)
+        )
     except ConfigError as e:  # the discovery state cannot be read: unavailable here, not "not found"
         raise ApprovalError(e.message, 503) from None
     return d.public()

@@ -121,9 +121,20 @@ OPENAPI: dict[str, Any] = {
         "/discovered/{name}/approve": {
             "post": {
                 "summary": "Approve a quarantined server: the gateway starts it (tofu) within mcp.recheck_interval_s",
+                "description": "digest: the digest of the listing the admin saw (GET /discovered); 400 "
+                "(reviewed_hash_required) without it, 409 (definition_changed) when the server's config "
+                "changed since (its client file rewritten): nothing approved",
                 "parameters": [_NAME],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["digest"],
+                        "properties": {"digest": {"type": "string", "pattern": "^[0-9a-fA-F]{32,64}$"}},
+                    }
+                ),
                 "responses": {
                     "200": _ok("Discovered"),
+                    "400": _ERR,
                     "404": _ERR,
                     "409": _ERR,
                     "503": _ok("Unavailable", "not running yet"),

@@ -137,7 +137,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "description": "a discovered server; never its env or headers",
-        "required": ["name", "source", "original_name", "status", "transport", "launches"],
+        "required": ["name", "source", "original_name", "status", "transport", "launches", "digest"],
         "properties": {
             "name": {"type": "string"},
             "source": {"type": "string"},
@@ -154,7 +154,14 @@ SCHEMAS: dict[str, Any] = {
             "unresolved": {
                 **_NULLSTR,
                 "description": "why approving it is refused: the client's variable references "
-                "(${input:...}, ${env:...}) the gateway does not fill in, by where they are",
+                "(${input:...}, ${env:...}, ${NAME}) the gateway does not fill in, by where they are "
+                "and the variable they name (never a default written in them)",
+            },
+            "digest": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "names the launch config shown (env and headers included): an approval "
+                "sends it back and is refused (409 definition_changed) if the config changed since",
             },
         },
     },

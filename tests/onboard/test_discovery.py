@@ -16,7 +16,7 @@ import pytest
 from mcp import ClientSession, stdio_client
 
 from gateway.errors import ApprovalError
-from gateway.onboard.discovery import registry_servers
+from gateway.onboard.registry import registry_servers
 from tests.conftest import ROOT, SYMBI, mutable_config, write_config
 from tests.onboard.conftest import discovery, write_json
 from tests.server._clients import gateway_params

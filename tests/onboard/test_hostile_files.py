@@ -17,7 +17,7 @@ from gateway.errors import ConfigError
 from gateway.onboard import apply_plan, clients, make_plan, read_client_file, rewrite_client, undo_client
 from gateway.onboard.apply import backup_path
 from gateway.onboard.clients import file_source
-from gateway.onboard.discovery import registry_servers
+from gateway.onboard.registry import registry_servers
 from tests.conftest import SYMBI, write_config
 from tests.onboard.conftest import SECRET, discovery, write_json
 

@@ -293,9 +293,10 @@ class Dashboard:
         posted = await self._approval(request)
         if isinstance(posted, Response):
             return posted
-        sess, principal, _ = posted
-        try:
-            done = await approve_discovered(self.state.gateway, request.path_params["name"], principal)
+        sess, principal, form = posted
+        try:  # the digest of the config the page showed: a config swapped in since is refused
+            seen = str(form.get("digest") or "")
+            done = await approve_discovered(self.state.gateway, request.path_params["name"], principal, seen)
         except ApprovalError as e:
             page = upstreams_page(sess, upstream_rows(self.state), await self._discovered(), e.message)
             return _html(page, status=e.status)

@@ -253,6 +253,7 @@ def _discovered(sess: dict[str, Any], servers: list[dict[str, Any]], message: st
         return (
             f'<form method="post" action="{e(sess["base"])}/discovered/{quote(d["name"], safe="")}/approve">'
             f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
+            f'<input type="hidden" name="digest" value="{e(d["digest"])}">'
             f'<button type="submit" id="approve-{e(d["name"])}">Approve and start</button></form>'
         )
 

@@ -49,8 +49,11 @@ def test_a_discovered_server_that_cannot_be_approved_shows_why_and_no_button() -
         "source": "/p/.vscode/mcp.json",
         "launches": "API_KEY=*** keyed-mcp",
         "unresolved": "unresolved references ...: env.API_KEY (${API_KEY})",
+        "digest": "ab" * 32,
     }
     page = upstreams_page(SESSION, [], [server], None)
     assert 'id="unresolved-keyed"' in page and 'id="approve-keyed"' not in page
     page = upstreams_page(SESSION, [], [{**server, "unresolved": None}], None)
     assert 'id="unresolved-keyed"' not in page and 'id="approve-keyed"' in page
+    # the form sends back the digest of the config shown (a config swapped in since is refused)
+    assert f'name="digest" value="{"ab" * 32}"' in page

@@ -279,26 +279,29 @@ async def test_screening_findings_shown_in_api_and_dashboard_and_flagged_approva
         assert 'id="screening"' in detail and "SP006" in detail
 
 
+async def _digest(api: httpx2.AsyncClient, key: str, name: str) -> str:
+    listed = (await api.get("/discovered", headers=bearer(key))).json()["servers"]
+    return str(next(d["digest"] for d in listed if d["name"] == name))
+
+
 @pytest.mark.anyio
 async def test_discovered_server_approved_from_the_api_and_dashboard(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Discovery quarantines a server a client config gained; the admin API lists it without
     its secrets, a non-admin cannot approve it, an admin can (dashboard button too), and then
-    its tools are callable; the approval is on the record with who made it."""
+    its tools are callable; the approval is on the record with who made it. Attack (redteam-28):
+    the admin saw one config, the file was rewritten (an env var added) and the approval stored
+    the new one; the approval now names the digest of the config shown and is refused."""
     from tests.onboard.conftest import SECRET, write_json
 
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
-    write_json(
-        home / ".config/Claude/claude_desktop_config.json",
-        {
-            "mcpServers": {
-                "mut": {"command": sys.executable, "args": [str(MUTABLE)], "env": {"TOKEN": SECRET}},
-                "other": {"command": sys.executable, "args": [str(MUTABLE), f"--key={SECRET}"]},
-            }
-        },
-    )
+    servers: dict[str, dict[str, Any]] = {
+        "mut": {"command": sys.executable, "args": [str(MUTABLE)], "env": {"TOKEN": SECRET}},
+        "other": {"command": sys.executable, "args": [str(MUTABLE), f"--key={SECRET}"]},
+    }
+    desktop = write_json(home / ".config/Claude/claude_desktop_config.json", {"mcpServers": servers})
     cfg = write_config(
         tmp_path,
         f"""
@@ -331,7 +334,24 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
             assert shown["mut"] == shlex.join(["TOKEN=***", sys.executable, str(MUTABLE)])  # named, not shown
             assert (await api.post("/discovered/mut/approve", headers=bearer(keys.user))).status_code == 403
             assert (await api.post("/discovered/nope/approve", headers=bearer(keys.admin))).status_code == 404
+            seen = {d["name"]: d["digest"] for d in listed["servers"]}
+            # no digest: which config is approved is not said (as a tool approval without its hash)
             r = await api.post("/discovered/mut/approve", headers=bearer(keys.admin))
+            assert r.status_code == 400 and r.json()["code"] == "reviewed_hash_required"
+            # the file rewritten after the admin looked: the approval of what was shown is refused
+            write_json(
+                desktop,
+                {"mcpServers": {**servers, "mut": {**servers["mut"], "env": {"TOKEN": SECRET, "X": "1"}}}},
+            )
+            with anyio.fail_after(20):
+                while (now := await _digest(api, keys.admin, "mut")) == seen["mut"]:
+                    await anyio.sleep(0.1)
+            body = {"digest": seen["mut"]}
+            r = await api.post("/discovered/mut/approve", headers=bearer(keys.admin), json=body)
+            assert r.status_code == 409 and r.json()["code"] == "definition_changed"
+            assert now not in r.text  # the refusal never hands out the digest to approve unseen
+            assert await _digest(api, keys.admin, "mut") == now  # still quarantined, nothing approved
+            r = await api.post("/discovered/mut/approve", headers=bearer(keys.admin), json={"digest": now})
             assert (
                 check(httpx.Response(r.status_code, content=r.content), 200, "Discovered")["status"]
                 == "approved"
@@ -345,7 +365,12 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
             assert 'id="approve-other"' in page and 'id="approve-mut"' not in page and SECRET not in page
             assert html.escape(shlex.join([sys.executable, str(MUTABLE), "--key=***"])) in page
             csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            done = await web.post(pages + "/discovered/other/approve", data={"csrf": csrf}, cookies=cookies)
+            digest = page.split('name="digest" value="', 1)[1].split('"', 1)[0]  # the config shown
+            wrong = {"csrf": csrf, "digest": "0" * 64}  # another config than the one shown: refused
+            refused = await web.post(pages + "/discovered/other/approve", data=wrong, cookies=cookies)
+            assert refused.status_code == 409 and 'id="approve-other"' in refused.text
+            form = {"csrf": csrf, "digest": digest}
+            done = await web.post(pages + "/discovered/other/approve", data=form, cookies=cookies)
             assert done.status_code == 200 and 'id="approve-other"' not in done.text
             forged = await web.post(pages + "/discovered/other/approve", data={"csrf": "x"}, cookies=cookies)
             assert forged.status_code == 403

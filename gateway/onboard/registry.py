@@ -1,0 +1,82 @@
+"""MCP registry ``server.json`` documents (``mcp.discovery_registry_dir``): the launch config
+each one describes, for discovery to quarantine. Package names are checked as their registry
+names them: they become one argument of npx/uvx/docker, never an option."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.textcheck import not_utf8_at, shown
+
+_logger = logging.getLogger("symbi.discovery")
+
+
+def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        if not path.is_file():  # a FIFO named x.json held the discovery pass forever
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a half-written file is read on the next pass
+        except RecursionError:  # nested a thousand deep: no registry document
+            _logger.warning("discovery: %s skipped: nested too deeply", shown(str(path)))
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+            continue
+        if (bad := not_utf8_at(doc)) is not None:  # json.loads made a lone surrogate of "\\ud800"
+            # its name would go into the audit record and the config, which cannot hold it
+            _logger.warning("discovery: %s skipped: the text at %s is not valid UTF-8", shown(str(path)), bad)
+            continue
+        table = _registry_table(doc)
+        if table is not None:
+            out.append((str(path), doc["name"].rsplit("/", 1)[-1], table))
+    return out
+
+
+def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    for remote in doc.get("remotes") or []:
+        if isinstance(remote, Mapping) and str(remote.get("url", "")).startswith(("http://", "https://")):
+            return {"url": remote["url"]}
+    for pkg in doc.get("packages") or []:
+        if not isinstance(pkg, Mapping) or not pkg.get("identifier"):
+            continue
+        ident, version = str(pkg["identifier"]), pkg.get("version")
+        kind = pkg.get("registryType") or pkg.get("registry_type")
+        pattern = _PACKAGE.get(str(kind))
+        if pattern is None:
+            continue
+        if not pattern.fullmatch(ident) or (version is not None and not _VERSION.fullmatch(str(version))):
+            # they become one argument of npx/uvx/docker: "--call=sh -c ..." was an option
+            # (npx ran it), and nothing shows the arguments to the person approving the server
+            _logger.warning("discovery: %r is not a %s package name: skipped", shown(ident), kind)
+            continue
+        if kind == "npm":
+            return {"command": "npx", "args": ["-y", f"{ident}@{version}" if version else ident]}
+        if kind == "pypi":
+            return {"command": "uvx", "args": [f"{ident}=={version}" if version else ident]}
+        if kind == "oci":
+            return {
+                "command": "docker",
+                "args": ["run", "-i", "--rm", f"{ident}:{version}" if version else ident],
+            }
+    return None
+
+
+# The registry's package identifiers, as each registry names packages (never an option: no
+# leading '-', no spaces, no URL or path for npx/uvx to fetch instead)
+_PACKAGE = {
+    "npm": re.compile(r"^(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]{0,213}$"),
+    "pypi": re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$"),
+    "oci": re.compile(
+        r"^[a-z0-9][a-z0-9._-]*(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9._-]*)+$|^[a-z0-9][a-z0-9._-]*$"
+    ),
+}
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")

@@ -216,8 +216,9 @@ def principal_rows(state: HttpState) -> list[dict[str, Any]] | None:
 async def key_unknown(state: HttpState, principal: str) -> str | None:
     """Why ``key:NAME`` names no caller of this gateway (its key store has no live API key of
     NAME), or None (another kind, or a key of it exists). ``key:alcie`` (a typo of alice) was
-    answered "suspended" and held no one (session 42). A store that cannot be read refuses
-    nothing (logged): the suspension is the safe side, and a resume of a hold skips this."""
+    answered "suspended" and held no one (session 42). A store that cannot be read (down, a
+    malformed key file) refuses nothing (logged): the suspension is the safe side, and a resume
+    of a hold skips this."""
     kind, _, name = principal.partition(":")
     if kind != "key":
         return None
@@ -226,8 +227,14 @@ async def key_unknown(state: HttpState, principal: str) -> str | None:
         records = (
             await anyio.to_thread.run_sync(keys.records) if state.auth.keys_over_network else keys.records()
         )
-    except (StateUnavailable, OSError, ValueError) as e:
-        _logger.warning("principal %s: the API keys could not be read to check it exists: %s", principal, e)
+    except Exception as e:  # noqa: BLE001 - any store that cannot be read: the hold goes ahead
+        # (a malformed record of the key file was a 500 here, KeyError or TypeError; session 42)
+        _logger.warning(
+            "principal %s: the API keys could not be read to check it exists (%s: %s); suspended unchecked",
+            principal,
+            type(e).__name__,
+            e,
+        )
         return None
     if has_live_key(records, name):
         return None

@@ -365,6 +365,11 @@ class PrincipalHolds:
                 except _REDIS_ERRORS as e:
                     _logger.warning("the suspended principals could not be written or read: %s", e)
                     wait = RETRY_S
+                except Exception:  # what Redis holds (text where the version goes) is no fault here
+                    # ended the task, and the gateway with it (session 42): the mirror goes
+                    # unconfirmed instead, session agents refused (fail closed) until it reads
+                    _logger.exception("the suspended principals could not be read from the shared state")
+                    wait = RETRY_S
                 with anyio.move_on_after(wait):
                     await self._poke.wait()
                 self._poke = anyio.Event()

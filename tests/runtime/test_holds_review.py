@@ -15,6 +15,7 @@ Before:
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from gateway.runtime.holds import Hold, PrincipalHolds
 from gateway.runtime.identity import make_agent_id
 from gateway.runtime.status import principal_holds
 from gateway.server.operations import act_on_agent, act_on_principal
-from gateway.state.holdboard import HELD, HoldBoard
+from gateway.state.holdboard import CHANGED, HELD, VERSION, HoldBoard
 from gateway.state.redisclient import open_redis
 from tests.conftest import RecordingSink
 from tests.runtime.test_holds import ALICE, until
@@ -189,3 +190,29 @@ async def test_a_hold_redis_refused_is_shown_with_redis_bound(
         status, body = await act_on_principal(state_of(rt), "key:carol", "suspend", "ops", "")
         assert status == 507 and body["limit"] == 1, body
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_what_redis_holds_cannot_end_the_writer_of_holds(
+    on_redis: aioredis.Redis,
+    redis_engine: Redis,  # noqa: F811 - the fixture
+) -> None:
+    """Anything that can write Redis puts text where the holds' version goes: the read failed
+    with a ``ValueError`` the task did not catch, and the task ended (the gateway with it).
+    Now the mirror goes unconfirmed (session agents refused: fail closed) until it reads again."""
+    rt = replica(on_redis, RecordingSink())
+    holds = rt.holds
+    plain = redis.Redis.from_url(redis_engine.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holds.run)
+        await until("read Redis", lambda: holds.confirmed is not None)
+        plain.set(VERSION, "not a number")
+        plain.publish(CHANGED, "1")  # the task wakes and reads the version
+        await anyio.sleep(0.5)
+        plain.set(VERSION, "7")
+        holds.add(Hold("key:bob", "x", by="ops", at=1.0))
+        assert await holds.flush(5.0)  # before: the task was gone
+        seen = time.monotonic()
+        await until("read again", lambda: (holds.confirmed or 0) > seen)
+        tg.cancel_scope.cancel()
+    assert plain.hexists(HELD, "key:bob")

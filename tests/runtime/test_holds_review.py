@@ -27,16 +27,18 @@ import redis.asyncio as aioredis
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
 from gateway.context import Principal
-from gateway.errors import AgentSuspended
+from gateway.errors import AgentSuspended, AuditError
 from gateway.runtime import AgentState
 from gateway.runtime.agents import Agent
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.holds import Hold, PrincipalHolds
 from gateway.runtime.identity import make_agent_id
+from gateway.runtime.sessionorders import SessionAgents
 from gateway.runtime.status import principal_holds
 from gateway.server.operations import act_on_agent, act_on_principal
 from gateway.state.holdboard import CHANGED, HELD, VERSION, HoldBoard
 from gateway.state.redisclient import open_redis
+from gateway.state.sessionboard import SessionBoard
 from tests.conftest import RecordingSink
 from tests.runtime.test_holds import ALICE, until
 from tests.runtime.test_holds_operator import state_of
@@ -57,6 +59,10 @@ async def on_redis(redis_engine: Redis) -> AsyncIterator[aioredis.Redis]:  # noq
         yield client
     finally:
         await client.aclose()
+
+
+def runtime_with(sink: RecordingSink) -> AgentRuntime:
+    return AgentRuntime(Config(), sink, key=KEY)
 
 
 def replica(client: aioredis.Redis, sink: RecordingSink, *, shared_limit: int | None = None) -> AgentRuntime:
@@ -216,3 +222,49 @@ async def test_what_redis_holds_cannot_end_the_writer_of_holds(
         await until("read again", lambda: (holds.confirmed or 0) > seen)
         tg.cancel_scope.cancel()
     assert plain.hexists(HELD, "key:bob")
+
+
+async def test_a_suspension_the_audit_log_cannot_record_still_holds_its_principal(tmp_path: Path) -> None:
+    """The audit log broken (``on_failure = "deny"``): the agent's state event raised before the
+    state hooks ran, so the agent was suspended and its principal not held, alice's other
+    sessions let in once the log works again. The state hooks follow the state now."""
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
+    rt = runtime_with(RecordingSink(log))
+    agent = rt.agents.for_session(ALICE, "c", "s1")
+    rt.begin(agent, "t")
+    log.close()
+    with pytest.raises(AuditError):
+        rt.suspend(agent, "budget breach")
+    assert agent.state is S.SUSPENDED
+    assert rt.holds.holding(ALICE.qualified)  # False before
+
+
+@pytest.mark.slow
+async def test_an_order_the_audit_log_cannot_record_does_not_end_the_session_orders_task(
+    on_redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Orders passed to this process (``pass_session_action``) emit audit events; the log
+    broken (deny) raised ``AuditError`` out of the task taking them: it ended (the gateway with
+    it), and the orders taken with the failing one were lost. Now each is carried out alone."""
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
+    a = runtime_with(RecordingSink(log))
+    first, second = (a.agents.for_session(p, "c", "s1") for p in (ALICE, BOB))
+    for agent in (first, second):
+        a.begin(agent, "t")  # Running: a suspension is at once
+    holder = SessionAgents(a, a.events, SessionBoard(on_redis, owner="replica-a"))
+    other = SessionAgents(
+        runtime_with(RecordingSink()), RecordingSink(), SessionBoard(on_redis, owner="replica-b")
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder.run)
+        for _ in range(100):  # until A's agents are on the board (its first renewal)
+            if await other.board.holders(second.id):
+                break
+            await anyio.sleep(0.05)
+        log.close()
+        assert await other.pass_order(first.id, "suspend", "ops", "x")
+        await until("A took it", lambda: first.state is S.SUSPENDED)
+        await anyio.sleep(0.2)
+        assert await other.pass_order(second.id, "suspend", "ops", "x")  # the task still runs
+        await until("A carried out the next one", lambda: second.state is S.SUSPENDED)
+        tg.cancel_scope.cancel()

@@ -147,14 +147,15 @@ class ApiKeyStore:
 
 
 def _parse_keys(path: Path, text: str) -> dict[str, ApiKeyRecord]:
-    """The key file's records by id. ``ValueError`` naming the file when it is not JSON or a
+    """The key file's records by id. ``ConfigError`` naming the file when it is not JSON or a
     record is malformed (a missing field, a list where an object goes): ``KeyError`` or
-    ``TypeError`` escaped before, a 500 where a reader meant to log and go on (session 42)."""
+    ``TypeError`` escaped before, a 500 where a reader meant to log and go on, a traceback
+    from ``symbi keys list`` (session 42)."""
     try:
         doc = json.loads(text)
         return {str(r["id"]): ApiKeyRecord.from_json(r) for r in doc.get("keys", [])}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path}: not an API key file: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{path}: not an API key file ({type(e).__name__}: {e})") from e
 
 
 # -- JWT ------------------------------------------------------------------------------------

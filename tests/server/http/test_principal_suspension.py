@@ -16,6 +16,7 @@ import pytest
 
 from gateway.cli import main as symbi_main
 from gateway.config import load_config
+from gateway.errors import ConfigError
 from gateway.runtime.holds import Hold, HoldFile, principal_unknown
 from gateway.server.auth import ApiKeyStore
 from tests.server.http.conftest import (
@@ -164,7 +165,7 @@ def test_a_malformed_key_file_record_does_not_fail_a_suspension(tmp_path: Path) 
     """Review (session 42): the key check of ``key:NAME`` caught a store that cannot be read,
     not a key file with a malformed record (no ``principal``, a list for a record): its
     ``KeyError`` / ``TypeError`` was a 500 where the check means to log and let the hold be
-    made. The file store now says what is wrong with the file (``ValueError``, naming it)."""
+    made. The file store now says what is wrong with the file (``ConfigError``, naming it)."""
     idp = make_idp(tmp_path)
     cfg = everything_config(tmp_path, http_extra=jwt_http_section(idp.jwks_path))
     keys = make_keys(cfg)
@@ -172,7 +173,7 @@ def test_a_malformed_key_file_record_does_not_fail_a_suspension(tmp_path: Path) 
     for bad in ({"id": "0123456789ab"}, ["not", "a", "record"]):  # a KeyError, a TypeError
         doc = json.loads(path.read_text())
         path.write_text(json.dumps({**doc, "keys": [*doc["keys"], bad]}))
-        with pytest.raises(ValueError):  # KeyError, TypeError before
+        with pytest.raises(ConfigError):  # KeyError, TypeError before
             ApiKeyStore(path).records()
         path.write_text(json.dumps(doc))
     doc = json.loads(path.read_text())

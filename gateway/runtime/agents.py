@@ -398,24 +398,27 @@ class AgentRegistry:
             self._count(agent, -1)
         if edge in self.task_transitions:
             self.task_transitions[edge] += 1
-        self.events.emit(
-            Event.AGENT_STATE,
-            {
-                "agent": agent.id,
-                "name": agent.name,
-                "from": str(src),  # a StrEnum's str is its value (``.value`` costs two calls)
-                "to": str(to),
-                "edge": edge,
-                "reason": reason,
-            },
-            principal=agent.principal,
-            agent=agent.id,
-        )
-        for hook in self.on_state:
-            try:
-                hook(agent, src, to)
-            except Exception:
-                _logger.exception("agent state hook failed")
+        try:
+            self.events.emit(
+                Event.AGENT_STATE,
+                {
+                    "agent": agent.id,
+                    "name": agent.name,
+                    "from": str(src),  # a StrEnum's str is its value (``.value`` costs two calls)
+                    "to": str(to),
+                    "edge": edge,
+                    "reason": reason,
+                },
+                principal=agent.principal,
+                agent=agent.id,
+            )
+        finally:  # the state changed: what follows it (a suspension's hold of its principal) too,
+            # also when the record raised (the audit log broken, deny: its principal unheld; session 42)
+            for hook in self.on_state:
+                try:
+                    hook(agent, src, to)
+                except Exception:
+                    _logger.exception("agent state hook failed")
 
 
 def _safe(hook: AgentHook, agent: Agent) -> None:

@@ -221,6 +221,13 @@ class PrincipalHolds:
     def all(self) -> list[Hold]:
         return list(self._view.values())
 
+    def bound_of(self, principal: str) -> int:
+        """The bound that refused ``principal``'s suspension: Redis's (``HoldBoard.limit``) for
+        one held in this process only (``unshared``), this process's ``limit`` otherwise."""
+        if principal in self.unshared and self.board is not None:
+            return self.board.limit
+        return self.limit
+
     # -- changes --------------------------------------------------------------------------------
 
     def add(self, hold: Hold) -> bool:
@@ -358,6 +365,11 @@ class PrincipalHolds:
                 except _REDIS_ERRORS as e:
                     _logger.warning("the suspended principals could not be written or read: %s", e)
                     wait = RETRY_S
+                except Exception:  # what Redis holds (text where the version goes) is no fault here
+                    # ended the task, and the gateway with it (session 42): the mirror goes
+                    # unconfirmed instead, session agents refused (fail closed) until it reads
+                    _logger.exception("the suspended principals could not be read from the shared state")
+                    wait = RETRY_S
                 with anyio.move_on_after(wait):
                     await self._poke.wait()
                 self._poke = anyio.Event()
@@ -388,8 +400,7 @@ class PrincipalHolds:
                         self.limit,
                         h.principal,
                     )
-                    for hook in self.on_unshared:  # on the audit record, and in symbi status
-                        hook(h)
+                    self._tell_unshared(h)
             else:
                 _, change.version = await board.clear(change.principal)
         if self._written is not None and not self.unwritten:
@@ -399,6 +410,16 @@ class PrincipalHolds:
         if version != self._version:
             self._apply(*await board.snapshot())
         self.confirmed = started  # what was read was read after this
+
+    def _tell_unshared(self, hold: Hold) -> None:
+        """``on_unshared``'s hooks (the audit record, ``symbi status``). One that raises (the
+        audit log broken with ``on_failure = "deny"``: ``AuditError``) is logged: it ended this
+        task before, and with it every write and read of the holds here (session 42)."""
+        for hook in self.on_unshared:
+            try:
+                hook(hold)
+            except Exception:
+                _logger.exception("telling that %s is held in this process only failed", hold.principal)
 
     def _apply(self, version: int, docs: dict[str, dict[str, Any]]) -> None:
         """Redis's holds at ``version``, with the changes made here since laid over them; the

@@ -118,15 +118,24 @@ def principal_holds(rt: AgentRuntime) -> dict[str, Any] | None:
     holds = rt.holds
     if not holds.refused and not holds.unshared:
         return None
-    return {
+    bounds = []  # the bound that refused each kind: this process's, Redis's (session 42)
+    if holds.refused:
+        bounds.append(f"{holds.limit} principals held in this process refused those not held")
+    shared = holds.board.limit if holds.board is not None and holds.unshared else None
+    if shared is not None:
+        bounds.append(f"{shared} held on the shared state (Redis) refused those held here only")
+    out: dict[str, Any] = {
         "status": DEGRADED,
-        "detail": f"{holds.limit} principals suspended: some suspensions are not in force everywhere; "
+        "detail": f"{'; '.join(bounds)}: some suspensions are not in force everywhere; "
         "clear those no longer needed (symbi agents suspended), then suspend these again",
         "held": len(holds.all()),
         "limit": holds.limit,
         "not_held": sorted(holds.refused),
         "held_in_this_process_only": sorted(holds.unshared),
     }
+    if shared is not None:
+        out["shared_limit"] = shared
+    return out
 
 
 def overall(comps: dict[str, dict[str, Any]]) -> str:

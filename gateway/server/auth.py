@@ -94,8 +94,7 @@ class ApiKeyStore:
                 return {}
             stamp = (st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
-                doc = json.loads(self.path.read_text(encoding="utf-8"))
-                self._records = {r["id"]: ApiKeyRecord.from_json(r) for r in doc.get("keys", [])}
+                self._records = _parse_keys(self.path, self.path.read_text(encoding="utf-8"))
                 self._stamp = stamp
             return self._records
 
@@ -145,6 +144,18 @@ class ApiKeyStore:
         if hit:
             self._write(out)
         return hit
+
+
+def _parse_keys(path: Path, text: str) -> dict[str, ApiKeyRecord]:
+    """The key file's records by id. ``ConfigError`` naming the file when it is not JSON or a
+    record is malformed (a missing field, a list where an object goes): ``KeyError`` or
+    ``TypeError`` escaped before, a 500 where a reader meant to log and go on, a traceback
+    from ``symbi keys list`` (session 42)."""
+    try:
+        doc = json.loads(text)
+        return {str(r["id"]): ApiKeyRecord.from_json(r) for r in doc.get("keys", [])}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path}: not an API key file ({type(e).__name__}: {e})") from e
 
 
 # -- JWT ------------------------------------------------------------------------------------

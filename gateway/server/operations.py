@@ -25,6 +25,7 @@ from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
+    from gateway.runtime.agents import Agent
     from gateway.runtime.core import AgentRuntime
     from gateway.server.http import HttpState
 
@@ -129,33 +130,31 @@ async def act_on_agent(
     if elsewhere is not None:
         return await pass_hosted_action(state, elsewhere, action, who, reason)
     gw = state.gateway
-    if shared_sessions(state) and gw is not None and gw.runtime.agents.resolve(ref) is None:
+    agent = gw.runtime.agents.resolve(ref) if gw is not None else None
+    if shared_sessions(state) and agent is None:
         return await pass_session_action(state, ref, action, who, reason)
     try:
-        cleared = await _clear_first(state, ref) if action == "resume" else None
+        cleared = await _clear_first(state, agent) if action == "resume" else False
     except StateUnavailable as e:
         return 503, _state_unavailable(e.diagnostics())
-    status, body = agent_action(state, ref, action, who, reason, cleared=cleared is not None)
-    if cleared is not None and status == 404 and gw is not None:  # it ended meanwhile: cleared all the same
-        result = f"the suspension of principal {cleared} cleared"
-        doc = {"agent": ref, "by": who, "reason": reason, "result": result}
-        gw.events.emit(Event.AGENT_RESUME_REQUESTED, doc, principal=who)
-        status, body = 200, {"agent": ref, "result": result, "state": AgentState.TERMINATED.value}
-    if status == 200 and gw is not None and action in ("suspend", "resume"):
+    # the agent resolved before the clear's round trip is the one acted on: resolved again after
+    # it, a ref grown ambiguous meanwhile (an id prefix or a name another agent now matches) was
+    # answered 200 "Terminated" for an agent still suspended, its principal's others too (session 42)
+    status, body = agent_action(state, ref, action, who, reason, agent=agent, cleared=cleared)
+    if status == 200 and gw is not None and agent is not None and action in ("suspend", "resume"):
         await _shared_holds(state, body)  # its principal's suspension, on every replica
-        unheld = _unheld(gw.runtime, body) if action == "suspend" else None
+        unheld = _unheld(gw.runtime, agent, body) if action == "suspend" else None
         if unheld is not None:
             return 507, unheld
     return status, body
 
 
-def _unheld(rt: AgentRuntime, body: dict[str, Any]) -> dict[str, Any] | None:
-    """The 507 ``holds_full`` body when session agent ``body["agent"]`` is suspended but its
+def _unheld(rt: AgentRuntime, agent: Agent, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The 507 ``holds_full`` body when session agent ``agent`` is suspended but its
     principal is not held (``limit`` principals held here) or held in this process only (Redis
     refused it): answered 200 before, as if the principal's other sessions were refused
     (session 42). The agent stays suspended (fail closed); the body says so."""
-    agent = rt.agents.get(body["agent"])
-    if agent is None or agent.hosted or not agent.owner:
+    if agent.hosted or not agent.owner:
         return None
     if agent.state is not AgentState.SUSPENDED and agent.suspend_pending is None:
         return None
@@ -165,25 +164,26 @@ def _unheld(rt: AgentRuntime, body: dict[str, Any]) -> dict[str, Any] | None:
         where = "is held in this process only (the other replicas let it in)"
     else:
         return None
+    limit = rt.holds.bound_of(agent.owner)  # Redis's for a hold it refused, not this process's
     why = (
-        f"agent {agent.id} is suspended, but {rt.holds.limit} principals are suspended already: its "
+        f"agent {agent.id} is suspended, but {limit} principals are suspended already: its "
         f"principal {agent.owner} {where}; clear suspensions no longer needed (symbi agents "
         f"suspended), then symbi agents suspend --principal {agent.owner}"
     )
-    return {**body, "error": "holds_full", "code": HoldsFull.code, "reason": why, "principal_held": False}
+    refused = {"error": "holds_full", "code": HoldsFull.code, "reason": why, "limit": limit}
+    return {**body, **refused, "principal_held": False}
 
 
-async def _clear_first(state: HttpState, ref: str) -> str | None:
-    """Before an operator's resume of session agent ``ref`` here: its principal's hold cleared
-    on Redis (``PrincipalHolds.clear``), when the resume would clear one: the principal whose
-    clear was written (the resume is then done, whatever the agent became meanwhile), or None.
-    Raises ``StateUnavailable`` when Redis does not take it (nothing is resumed then). A
-    resume that will be refused (409) is decided here, before anything is written."""
+async def _clear_first(state: HttpState, agent: Agent | None) -> bool:
+    """Before an operator's resume of session agent ``agent`` here: its principal's hold
+    cleared on Redis (``PrincipalHolds.clear``), when the resume would clear one: whether its
+    clear was written (the resume is then done, whatever the agent became meanwhile). Raises
+    ``StateUnavailable`` when Redis does not take it (nothing is resumed then). A resume that
+    will be refused (409) is decided here, before anything is written."""
     gw = state.gateway
-    agent = gw.runtime.agents.resolve(ref) if gw is not None else None
     if gw is None or agent is None:
-        return None
-    return agent.owner if await gw.runtime.clear_first(agent) else None
+        return False
+    return await gw.runtime.clear_first(agent)
 
 
 async def _shared_holds(state: HttpState, body: dict[str, Any]) -> bool:
@@ -216,8 +216,9 @@ def principal_rows(state: HttpState) -> list[dict[str, Any]] | None:
 async def key_unknown(state: HttpState, principal: str) -> str | None:
     """Why ``key:NAME`` names no caller of this gateway (its key store has no live API key of
     NAME), or None (another kind, or a key of it exists). ``key:alcie`` (a typo of alice) was
-    answered "suspended" and held no one (session 42). A store that cannot be read refuses
-    nothing (logged): the suspension is the safe side, and a resume of a hold skips this."""
+    answered "suspended" and held no one (session 42). A store that cannot be read (down, a
+    malformed key file) refuses nothing (logged): the suspension is the safe side, and a resume
+    of a hold skips this."""
     kind, _, name = principal.partition(":")
     if kind != "key":
         return None
@@ -226,8 +227,14 @@ async def key_unknown(state: HttpState, principal: str) -> str | None:
         records = (
             await anyio.to_thread.run_sync(keys.records) if state.auth.keys_over_network else keys.records()
         )
-    except (StateUnavailable, OSError, ValueError) as e:
-        _logger.warning("principal %s: the API keys could not be read to check it exists: %s", principal, e)
+    except Exception as e:  # noqa: BLE001 - any store that cannot be read: the hold goes ahead
+        # (a malformed record of the key file was a 500 here, KeyError or TypeError; session 42)
+        _logger.warning(
+            "principal %s: the API keys could not be read to check it exists (%s: %s); suspended unchecked",
+            principal,
+            type(e).__name__,
+            e,
+        )
         return None
     if has_live_key(records, name):
         return None
@@ -251,7 +258,12 @@ async def act_on_principal(
         try:
             new = rt.suspend_principal(principal, reason or f"suspended by operator {who}", who)
         except HoldsFull as e:  # refused, never made room for by un-suspending the oldest
-            return 507, {"error": "holds_full", "code": e.code, "reason": e.diagnostics()}
+            return 507, {
+                "error": "holds_full",
+                "code": e.code,
+                "reason": e.diagnostics(),
+                "limit": rt.holds.limit,
+            }
         result = "suspended" if new else "already suspended"
     else:
         try:  # on Redis first: a clear only queued in memory was lost with the process
@@ -270,26 +282,37 @@ async def act_on_principal(
     )
     shared = await _shared_holds(state, body)
     if action == "suspend" and principal in rt.holds.unshared:  # Redis refused it: not "suspended"
+        limit = rt.holds.bound_of(principal)  # Redis's, not this process's
         return 507, {
             "error": "holds_full",
             "code": HoldsFull.code,
-            "reason": f"the shared state holds {rt.holds.limit} suspended principals: {principal} is "
+            "reason": f"the shared state holds {limit} suspended principals: {principal} is "
             "suspended in this process only (the other replicas let it in); clear suspensions "
             "no longer needed (symbi agents suspended)",
+            "limit": limit,
         }
     return (200 if shared else 202), body
 
 
 def agent_action(
-    state: HttpState, ref: str, action: str, who: str, reason: str, *, cleared: bool = False
+    state: HttpState,
+    ref: str,
+    action: str,
+    who: str,
+    reason: str,
+    *,
+    agent: Agent | None = None,
+    cleared: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix) in
-    this process: (HTTP status, JSON body). ``cleared``: a resume whose principal's clear is
-    on Redis already (``_clear_first``)."""
+    this process: (HTTP status, JSON body). ``agent``: the one ``ref`` named, resolved already
+    (else resolved here). ``cleared``: a resume whose principal's clear is on Redis already
+    (``_clear_first``): done on ``agent`` whatever it became, its real state answered."""
     gw = state.gateway
     if gw is None:
         return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
-    agent = gw.runtime.agents.resolve(ref)
+    if agent is None:
+        agent = gw.runtime.agents.resolve(ref)
     if agent is None:
         return 404, {"error": "not_found", "reason": not_here(state, ref)}
     order = Order(action=action, by=who, reason=reason, via="", at=time.time())

@@ -7,15 +7,27 @@ streamable HTTP with server-everything behind it, API keys and the admin API."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway.cli import main as symbi_main
 from gateway.config import load_config
+from gateway.errors import ConfigError
 from gateway.runtime.holds import Hold, HoldFile, principal_unknown
-from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
+from gateway.server.auth import ApiKeyStore
+from tests.server.http.conftest import (
+    DENY_FORBIDDEN_ECHO,
+    bearer,
+    everything_config,
+    jwt_http_section,
+    make_idp,
+    make_keys,
+    run_server,
+)
 from tests.server.http.test_fastlane import reply_to
 from tests.server.http.test_refusal_flood import KeySession
 
@@ -147,3 +159,28 @@ def test_a_key_principal_with_no_live_key_is_no_one_here(tmp_path: Path, capsys:
         assert r.status_code == 200, r.text
         r = httpx.post(f"{api}/suspend", json={"principal": "key:bob"}, headers=admin)
         assert r.status_code == 404, r.text  # revoked: no caller of it is left to hold
+
+
+def test_a_malformed_key_file_record_does_not_fail_a_suspension(tmp_path: Path) -> None:
+    """Review (session 42): the key check of ``key:NAME`` caught a store that cannot be read,
+    not a key file with a malformed record (no ``principal``, a list for a record): its
+    ``KeyError`` / ``TypeError`` was a 500 where the check means to log and let the hold be
+    made. The file store now says what is wrong with the file (``ConfigError``, naming it)."""
+    idp = make_idp(tmp_path)
+    cfg = everything_config(tmp_path, http_extra=jwt_http_section(idp.jwks_path))
+    keys = make_keys(cfg)
+    path = keys.store.path
+    for bad in ({"id": "0123456789ab"}, ["not", "a", "record"]):  # a KeyError, a TypeError
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "keys": [*doc["keys"], bad]}))
+        with pytest.raises(ConfigError):  # KeyError, TypeError before
+            ApiKeyStore(path).records()
+        path.write_text(json.dumps(doc))
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "keys": [*doc["keys"], {"id": "0123456789ab"}]}))
+    admin = bearer(idp.token("ops", roles=["admin"]))  # an admin by JWT: the key file is broken
+    with run_server(cfg) as run:
+        api = run.base + "/api/principals"
+        r = httpx.post(f"{api}/suspend", json={"principal": "key:bob", "reason": "audit"}, headers=admin)
+        assert r.status_code == 200, r.text  # 500 before
+        assert [h["principal"] for h in httpx.get(api, headers=admin).json()["suspended"]] == ["key:bob"]

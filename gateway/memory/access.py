@@ -48,10 +48,11 @@ _DASHES = r"\-.\u00b7\u2010-\u2015\u2027\u30fb"
 # read as '<Instruction >' it tripped the tag rule (SP001)
 _INWORD = re.compile(rf"(?<={_L})(?:[*~`]+|_{{2,}}|[{_DASHES}]{{1,2}})(?={_L})")
 # emphasis as a balanced pair around words ("**Never**", "_previous_", "~~old~~"): opened after
-# a blank or a quote, the words start and end with a letter, closed before a blank or
-# punctuation. Code spans (backticks) are read as code: "stored in `secret` mode" stays; and a
-# lone '_' ("if k in _secret:") is part of a name
-_PAIR = re.compile(rf"(?<![^\s\"'])([*_~]{{1,3}})({_L}(?:[^\n<>]*?{_L})?)\1(?![^\s.,;!?\"')])")
+# a blank or a quote, the words start and end with a letter and hold no mark (each opener
+# scans to the next mark at most: linear), closed before a blank or punctuation. Code spans
+# (backticks) are read as code: "stored in `secret` mode" stays; and a lone '_' ("if k in
+# _secret:") is part of a name
+_PAIR = re.compile(rf"(?<![^\s\"'])([*_~]{{1,3}})({_L}(?:[^\n<>*_~]{{0,200}}?{_L})?)\1(?![^\s.,;!?\"')])")
 # the closing half of '__' emphasis opened inside a word ("Ig__nore__ all")
 _TRAIL = re.compile(rf"(?<={_L})_{{2,}}(?=[\s.,;!?\"')]|\Z)")
 # three or more single letters apart, by one blank (a space, a tab, U+00A0, U+3000), dash, dot,

@@ -39,12 +39,27 @@ MODEL_DIRECTED = frozenset({"hidden-instructions", "concealment", "shadowing"})
 # smuggling"). Dropped with the other invisible characters, a whole instruction written in
 # them disappeared before screening and was stored and handed to agents as it was
 _TAGS = re.compile("[\U000e0020-\U000e007e]")
-# emphasis and code marks, and a lone '-' or '.', inside a word ("Ig**nore**", "pre-vious")
-_MARKS = re.compile(r"[*~`]+|(?<=[^\W\d_])[-.](?=[^\W\d_])")
-# '_' as emphasis ("_previous_"), read as a space; inside a name (secret_key) it stays
-_EMPHASIS = re.compile(r"(?<![^\W_])_+|_+(?![^\W_])")
-# three or more single letters apart ("I g n o r e", "I.g.n.o.r.e")
-_SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-/]){2,}[^\W\d_](?![^\W\d_])")
+_L = r"[^\W\d_]"  # a letter
+# hyphens and dashes (ASCII, U+2010-2015), dots and middle dots: what splits a word for a rule
+_DASHES = r"\-.\u00b7\u2010-\u2015\u2027\u30fb"
+# inside a word only (a letter on both sides): emphasis/code marks ("Ig**nore"), a run of two
+# or more '_' ("Ig__nore"), one or two dashes or dots ("pre-vious", "Ig--nore", "Ig\u2010nore").
+# A mark touching '<', '>', '(', ',' or a blank stays: `std::vector<Instruction *>` is code,
+# read as '<Instruction >' it tripped the tag rule (SP001)
+_INWORD = re.compile(rf"(?<={_L})(?:[*~`]+|_{{2,}}|[{_DASHES}]{{1,2}})(?={_L})")
+# emphasis as a balanced pair around words ("**Never**", "_previous_", "~~old~~"): opened after
+# a blank or a quote, the words start and end with a letter and hold no mark (each opener
+# scans to the next mark at most: linear), closed before a blank or punctuation. Code spans
+# (backticks) are read as code: "stored in `secret` mode" stays; and a lone '_' ("if k in
+# _secret:") is part of a name
+_PAIR = re.compile(rf"(?<![^\s\"'])([*_~]{{1,3}})({_L}(?:[^\n<>*_~]{{0,200}}?{_L})?)\1(?![^\s.,;!?\"')])")
+# the closing half of '__' emphasis opened inside a word ("Ig__nore__ all")
+_TRAIL = re.compile(rf"(?<={_L})_{{2,}}(?=[\s.,;!?\"')]|\Z)")
+# three or more single letters apart, by one blank (a space, a tab, U+00A0, U+3000), dash, dot,
+# '/' or '_' ("I g n o r e", "I\u00a0g\u00a0n", "I.g.n.o.r.e", "I_g_n_o_r_e")
+_SEP = rf"(?:[^\S\r\n]|[/_{_DASHES}])"
+_SPACED = re.compile(rf"(?<!{_L})(?:{_L}{_SEP}){{2,}}{_L}(?!{_L})")
+_SEPS = re.compile(_SEP)
 
 
 def caller_agent(call: CallContext) -> str:
@@ -92,9 +107,12 @@ def as_read(text: str) -> str:
 
 def unformatted(text: str) -> str:
     """``as_read(text)`` without what splits a word for a rule but not for a model: Markdown
-    emphasis and code marks, a hyphen or dot inside a word, letters spaced apart."""
-    text = _EMPHASIS.sub(" ", _MARKS.sub("", as_read(text)))
-    return _SPACED.sub(lambda m: re.sub(r"[ .\-/]", "", m.group()), text)
+    emphasis (a balanced pair around words, or marks inside a word), a dash or dot inside a
+    word, letters spaced apart. Code stays code: a mark next to '<', '>', '(' or a blank, a
+    backtick code span and a '_' inside or before a name are kept."""
+    text = _INWORD.sub("", as_read(text))
+    text = _TRAIL.sub("", _PAIR.sub(lambda m: m.group(2), text))
+    return _SPACED.sub(lambda m: _SEPS.sub("", m.group()), text)
 
 
 def screened_as_read(fields: Sequence[tuple[str, str]], joined: str | None = None) -> list[Finding]:

@@ -170,11 +170,12 @@ class OpenAIEmbedder:
     def _vectors(self, r: Any, n: int) -> np.ndarray:
         """The answer's vectors in the texts' order, or a ``ContextError``: an answer that is
         not JSON, lacks a field or holds ragged rows raised ValueError / KeyError (an internal
-        error), and NaN or infinity (JSON as Python reads it) was stored and searched as a vector."""
+        error), a number too large for a float (a 400-digit integer) raised OverflowError, and NaN
+        or infinity (JSON as Python reads it) was stored and searched as a vector."""
         try:
             data = sorted(r.json().get("data", []), key=lambda d: d.get("index", 0))
             m = np.array([d["embedding"] for d in data], dtype=np.float32)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
             raise ContextError(
                 f"embedding endpoint {self._url} answered what is not a list of embeddings ({type(e).__name__})"
             ) from None

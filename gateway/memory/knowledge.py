@@ -36,6 +36,9 @@ _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)
 CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
 MAX_FILE_BYTES = 5 * 1024 * 1024
 SCREENED = b"\0screened:2"  # part of each file's stored version (see ``KnowledgeBases.add``)
+# the marker before the screening read through formatting (``access.unformatted``): a file
+# stored under it and unchanged since is kept if only that reading flags it (``IngestReport.held``)
+SCREENED_WRITTEN = b"\0screened:1"
 # what a listing of stored files reads of each chunk (never its text)
 SOURCE_SHA = ("source", "sha")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
@@ -59,6 +62,10 @@ class IngestReport:
     redacted: int = 0  # matches of the policy's redact_text patterns replaced before embedding
     flagged: dict[str, list[str]] = field(default_factory=dict)  # source -> screening findings
     accepted: dict[str, list[str]] = field(default_factory=dict)  # source -> rules an operator accepted
+    # source -> findings: stored earlier, bytes unchanged, flagged now only by the reading
+    # through formatting (a heuristic that can misread code): kept as stored, screened and
+    # reported again on every add until accepted (``accept_flagged``) or removed
+    held: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,6 +79,7 @@ class IngestReport:
             "redacted": self.redacted,
             "flagged": len(self.flagged),
             "accepted": len(self.accepted),
+            "held": len(self.held),
             "seconds": round(self.seconds, 3),
         }
 
@@ -202,29 +210,17 @@ class KnowledgeBases:
         stored = self._manifest(base)
         accepted = self._acceptances(base)
         for n, f in enumerate(files, 1):
-            data = read_file(f, inside)
-            # the patterns and the screening are part of the version: a new redaction pattern
-            # redoes every file, and so did the screening's arrival (bases from before it)
-            sha = hashlib.sha256(data + "\0".join(redact).encode() + SCREENED).hexdigest()
             src = str(f)
-            if stored.get(src) == sha:
-                rep.unchanged.append(src)
-            else:
-                text, n_redacted = redact_text(data.decode("utf-8", errors="replace"), redact)
-                found = _screened(text)
-                acceptance = _acceptance(
-                    found, hashlib.sha256(data).hexdigest(), accepted.get(src), accept_flagged
-                )
-                if found and acceptance is None:
-                    # what the file says now would speak to every agent it is handed to
-                    self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
-                    rep.flagged[src] = [line for _, line in found]
-                else:
-                    (rep.updated if src in stored else rep.added).append(src)
-                    if acceptance:
-                        rep.accepted[src] = acceptance["rules"]
-                    rep.redacted += n_redacted
-                    rep.chunks += self._put(base, src, sha, text, acceptance)
+            self._ingest(
+                base,
+                src,
+                read_file(f, inside),
+                redact,
+                stored.get(src),
+                accepted.get(src),
+                accept_flagged,
+                rep,
+            )
             if progress:
                 progress(n, len(files), src)
         if prune and inside is not None:
@@ -232,6 +228,46 @@ class KnowledgeBases:
         rep.seconds = time.perf_counter() - started
         self.m.events.emit(Event.KNOWLEDGE_INGESTED, rep.as_dict())
         return rep
+
+    def _ingest(
+        self,
+        base: str,
+        src: str,
+        data: bytes,
+        redact: Sequence[str],
+        stored_sha: str | None,
+        kept: Any,
+        accept_flagged: frozenset[str],
+        rep: IngestReport,
+    ) -> None:
+        """One file: skipped when this version is stored, else screened, then stored or refused."""
+        # the patterns and the screening are part of the version: a new redaction pattern
+        # redoes every file, and so did the screening's arrival (bases from before it)
+        version = data + "\0".join(redact).encode()
+        sha = hashlib.sha256(version + SCREENED).hexdigest()
+        if stored_sha == sha:
+            rep.unchanged.append(src)
+            return
+        text, n_redacted = redact_text(data.decode("utf-8", errors="replace"), redact)
+        written, formatted = _screened_parts(text)
+        found = written + formatted
+        acceptance = _acceptance(found, hashlib.sha256(data).hexdigest(), kept, accept_flagged)
+        if found and acceptance is None:
+            if not written and stored_sha == hashlib.sha256(version + SCREENED_WRITTEN).hexdigest():
+                # stored under the screening as written, bytes unchanged, flagged now only by
+                # the reading through formatting: kept as it is stored (the old version, so it is
+                # screened and reported again on each add), never dropped silently
+                rep.held[src] = [line for _, line in found]
+                return
+            # what the file says now would speak to every agent it is handed to
+            self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
+            rep.flagged[src] = [line for _, line in found]
+            return
+        (rep.updated if stored_sha is not None else rep.added).append(src)
+        if acceptance:
+            rep.accepted[src] = acceptance["rules"]
+        rep.redacted += n_redacted
+        rep.chunks += self._put(base, src, sha, text, acceptance)
 
     def _prune(self, base: str, root: Path, seen: set[str], stored: dict[str, str]) -> list[str]:
         """Remove the chunks of files once ingested from under ``root`` and gone now."""
@@ -347,11 +383,18 @@ def _acceptance(
 
 def _screened(text: str) -> list[tuple[str, str]]:
     """The high screening findings of a file's text that speak to the model (the tool
-    definitions' rules: hidden instructions, concealment, shadowing), as ``field: summary
-    (rule)``; none: it may be stored. Knowledge is handed to agents as shared memories are. The
-    secrets and exfiltration rules are left out here: documents are about things, and a runbook
-    naming ``~/.ssh`` or ``curl``, or a security policy saying "forward a message asking for your
-    password to the desk" (tests/memory/corpus), is what a knowledge base is for."""
+    definitions' rules: hidden instructions, concealment, shadowing), as ``(rule, "field:
+    summary (rule)")``; none: it may be stored. Knowledge is handed to agents as shared memories
+    are. The secrets and exfiltration rules are left out here: documents are about things, and a
+    runbook naming ``~/.ssh`` or ``curl``, or a security policy saying "forward a message asking
+    for your password to the desk" (tests/memory/corpus), is what a knowledge base is for."""
+    written, formatted = _screened_parts(text)
+    return written + formatted
+
+
+def _screened_parts(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``_screened`` in two parts: the findings of the text as written (invisible characters
+    dropped, tag characters decoded), and those only the reading through formatting adds."""
     # read as the model reads it: "I\u200bgnore all prev\u200bious instructions" matched no rule
     # (and a BOM or soft hyphen alone is no reason to refuse a file); tag characters are read as
     # the ASCII they stand for (dropped, a whole instruction in them passed), and an
@@ -360,8 +403,10 @@ def _screened(text: str) -> list[tuple[str, str]]:
         f for f in screen_texts([("text", as_read(text))]).at_least("high") if f.category in MODEL_DIRECTED
     ]
     rules = {f.rule for f in flagged}
-    flagged += [f for f in screened_as_read([("text", text)]) if f.rule not in rules]
-    return [(f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in flagged]
+    more = [f for f in screened_as_read([("text", text)]) if f.rule not in rules]
+    return [(f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in flagged], [
+        (f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in more
+    ]
 
 
 def read_file(path: Path, inside: Path | None) -> bytes:

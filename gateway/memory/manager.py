@@ -238,9 +238,11 @@ class ContextManager:
 
     def _within_quota(self, principal: str) -> None:
         """Refuse a principal's next stored memory once it holds ``memories_per_principal``
-        (counted in the store: replicas on one Qdrant server count the same items)."""
+        (counted in the store: replicas on one Qdrant server count the same items). Only those
+        within the retention count: one past it is read by no one (``_live``), and a principal
+        whose memories had all expired was refused every store until the purge job ran."""
         limit = self.settings.memories_per_principal
-        held = self.store.count({"kind": "memory", "principal": principal})
+        held = self.store.count({"kind": "memory", "principal": principal, **self._live()})
         if held >= limit:
             raise MemoryQuotaExceeded(
                 f"context.max_memories_per_principal: principal {principal!r} keeps {held} long-term and "

@@ -97,9 +97,10 @@ _STOP = frozenset(
         "your",
     ]
 )
-# a passage's line that reads as a passage's own header ("[2] (base:source#0)") or a part of the
-# rag prompt: a document's author could attribute its words to another source or question
-_HEADER_LIKE = re.compile(r"^(?=[ \t]*(?:\[\d+\]|Question:|Passages:))", re.M)
+# what starts each line of a passage's text in the context: no passage line can start like a
+# passage's header ("[2] (base:source#0)") or a part of the rag prompt ("Question:"), whatever
+# invisible or blank characters, emphasis or case it is written with
+QUOTE = "> "
 _IDENT = re.compile(r"\d|_|\w[.\-/]\w")
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*")
 
@@ -179,9 +180,12 @@ def _merge_hits(
 
 
 def quoted(text: str) -> str:
-    """A passage's text with each line that could pass for a header (``[n] (citation)``,
-    ``Question:``) escaped with a backslash: only the gateway writes a passage's citation."""
-    return _HEADER_LIKE.sub("\\\\", text)
+    """A passage's text with each line (as ``str.splitlines`` breaks them: U+2028, U+0085, a
+    form feed too) quoted with ``QUOTE``: only the gateway writes a line that starts without it,
+    so a document cannot write another passage's header (``[n] (citation)``) or ``Question:``.
+    A test for line starts missed what a model reads through (a zero-width space, U+00A0,
+    ``**[2]**``, ``question :``)."""
+    return "\n".join(QUOTE + line for line in text.splitlines() or [""])
 
 
 class RagPipeline:
@@ -346,7 +350,9 @@ class RagPipeline:
         cites: list[dict[str, Any]] = []
         used = 0
         for item in items:
-            block = f"[{len(parts) + 1}] ({item.citation()})\n{quoted(item.text)}"
+            # a file name can hold a line break: the header stays one line
+            cite = " ".join(item.citation().splitlines())
+            block = f"[{len(parts) + 1}] ({cite})\n{quoted(item.text)}"
             cost = approx_tokens(block)
             if used + cost > budget_tokens:
                 continue

@@ -180,6 +180,8 @@ def broken_embeddings() -> Iterator[str]:
         "ragged": json.dumps({"data": [{"index": 0, "embedding": row}, {"index": 1, "embedding": row[:5]}]}),
         "nan": json.dumps({"data": [{"index": 0, "embedding": [float("nan")] * 384}]}),
         "list": "[1, 2, 3]",
+        # a number Python's JSON reads as an int too large for a float (OverflowError)
+        "huge": '{"data": [{"index": 0, "embedding": [1' + "0" * 400 + "]}]}",
     }
 
     async def embeddings(request: Request) -> Response:
@@ -204,7 +206,7 @@ def broken_embeddings() -> Iterator[str]:
     t.join(10)
 
 
-@pytest.mark.parametrize("model", ["text", "missing", "ragged", "nan", "list"])
+@pytest.mark.parametrize("model", ["text", "missing", "ragged", "nan", "list", "huge"])
 def test_an_endpoint_answering_no_embeddings_is_a_context_error(broken_embeddings: str, model: str) -> None:
     """Attack (session 42): such an answer raised ValueError / KeyError out of the embedder (an
     internal error to the agent), and NaN vectors were stored and searched as any other."""

@@ -60,3 +60,24 @@ async def test_a_retention_of_zero_keeps_memories_readable(tmp_path: Path) -> No
         m.clock = lambda: now + 3650 * 86_400.0
         own = await call(gw, ALICE, "memory__recall", query="door code")
     assert own.structured_content is not None and len(own.structured_content["items"]) == 1
+
+
+async def test_memories_past_their_retention_do_not_hold_the_quota(tmp_path: Path) -> None:
+    """Attack (session 42, mem42b): the quota counted memories past the retention, which no
+    read returns: a principal at its limit whose memories had all expired was refused every
+    store (until the purge job's next round) while every recall showed it nothing."""
+    cfg = _config(
+        tmp_path, "knowledge_retention_days = 1\npurge_interval_s = 3600\nmax_memories_per_principal = 2"
+    )
+    async with gateway(cfg) as gw:
+        await call(gw, ALICE, "memory__store", text="the door code is 4471")
+        await call(gw, ALICE, "memory__store", text="the lift code is 9920")
+        m = gw.builtins["memory"].s.m  # type: ignore[attr-defined]
+        now = m.clock()
+        m.clock = lambda: now + 86_400.0 + 60  # both past the retention, not purged yet
+        r = await call(gw, ALICE, "memory__store", text="the gate code is 1188")
+        assert not r.is_error
+        got = await call(gw, ALICE, "memory__recall", query="code")
+        assert m.store.count({"kind": "memory"}) == 3
+    assert got.structured_content is not None
+    assert [i["text"] for i in got.structured_content["items"]] == ["the gate code is 1188"]

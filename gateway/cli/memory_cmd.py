@@ -169,6 +169,12 @@ def _add(args: argparse.Namespace) -> int:
     d = rep.as_dict()
     for src, reasons in rep.flagged.items():
         print(f"{src}: not ingested: screening flagged it: {'; '.join(reasons)}", file=sys.stderr)
+    for src, reasons in rep.held.items():
+        print(
+            f"{src}: kept as ingested before, but screening now flags it (accept it with "
+            f"--accept-flagged or remove it): {'; '.join(reasons)}",
+            file=sys.stderr,
+        )
     for src, rules in rep.accepted.items():
         print(f"{src}: ingested though screening flags it: {', '.join(rules)} accepted", file=sys.stderr)
     if args.json:
@@ -179,8 +185,9 @@ def _add(args: argparse.Namespace) -> int:
             f"{d['removed']} removed; {d['chunks']} chunks embedded in {d['seconds']} s"
             + (f"; {d['redacted']} secret(s) redacted by the policy" if d["redacted"] else "")
             + (f"; {d['flagged']} file(s) flagged by screening, not ingested" if d["flagged"] else "")
+            + (f"; {d['held']} file(s) kept as before, flagged by screening now" if d["held"] else "")
         )
-    return 1 if rep.flagged else 0
+    return 1 if rep.flagged or rep.held else 0
 
 
 def _list(args: argparse.Namespace) -> int:

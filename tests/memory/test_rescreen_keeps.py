@@ -13,15 +13,22 @@ flags is kept as stored and reported (``IngestReport.held``), never deleted.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from gateway.cli.memory_cmd import _redact_patterns
+from gateway.config.load import load_config
+from gateway.events import LoggingSink
 from gateway.memory import knowledge
+from gateway.memory.build import build_manager
 from gateway.memory.embed import HashingEmbedder
 from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager
 from gateway.memory.store import CollectionSpec, EdgeStore
+from tests.conftest import SYMBI, symbi_env, write_config
 from tests.memory.conftest import Clock
 
 # shaped after llvm-14's Analysis/DDG.h and friends, and docs and Python about secrets
@@ -100,3 +107,34 @@ def test_a_held_file_that_changes_is_screened_as_any_other(
         assert _stored(kb, docs / "travel.md") == 0
     finally:
         kb.m.close()
+
+
+def test_the_cli_names_a_held_file_and_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held file is still handed to agents: ``knowledge add`` names it, says how to settle
+    it, and exits 1 (it exited 0, saying nothing, when only held files were flagged)."""
+
+    cfg = write_config(tmp_path, '[context]\nembedder = "hashing"\n')
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "travel.md").write_text(SPLIT)
+    # stored under the screening as written (screened:1), through the store the CLI opens
+    monkeypatch.setattr(knowledge, "SCREENED", knowledge.SCREENED_WRITTEN)
+    monkeypatch.setattr(knowledge, "_screened_parts", lambda text: ([], []))
+    config = load_config(cfg, {})
+    m = build_manager(config, LoggingSink())
+    try:  # with the policy's redaction patterns, as the CLI adds: the same stored version
+        rep = KnowledgeBases(m).add("dev", docs, redact=_redact_patterns(config, "dev"))
+        assert rep.added == [str(docs / "travel.md")]
+    finally:
+        m.close()
+    monkeypatch.undo()
+    r = subprocess.run(
+        [str(SYMBI), "knowledge", "add", "dev", str(docs), "--json", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=symbi_env(),
+    )
+    assert r.returncode == 1, r.stderr
+    assert "travel.md" in r.stderr and "--accept-flagged" in r.stderr
+    assert json.loads(r.stdout)["held"] == 1

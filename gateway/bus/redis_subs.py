@@ -117,7 +117,8 @@ return 1
 # parked agents: KEYS: subs:exp, procs, holds:<me>, layout, subs, then subs:of:<agent>,
 # subs:made:<agent> for each; ARGV: me, key prefix, then each agent and the generation of its
 # hold here the park saw ('': none) -> those another live process holds (kept). An agent held
-# here with another generation came back since: left alone (one held with none stays parked). The park's time is Redis's, now:
+# here with a later generation came back since: left alone (one held with none, or an older
+# one a resend after a lapse wrote late, is parked). The park's time is Redis's, now:
 # what was made before it goes, on one clock.
 _PARK = (
     _NOW
@@ -133,7 +134,7 @@ local kept = {}
 for i = 3, #ARGV, 2 do
   local agent, live = ARGV[i], false
   local gen = redis.call('HGET', KEYS[3], agent)
-  if gen and gen ~= ARGV[i + 1] then
+  if gen and tonumber(gen) > (tonumber(ARGV[i + 1]) or 0) then
     live = true  -- (back here: a newer hold; neither kept for a re-check nor removed)
   else
     redis.call('HDEL', KEYS[3], agent)

@@ -127,6 +127,20 @@ async def test_a_park_leaves_an_agent_back_here_meanwhile_its_hold_and_new_subsc
     assert _redis(two).hexists(_held(one), "agent-b")
 
 
+async def test_a_park_removes_an_agent_whose_older_hold_a_late_resend_wrote(two: Env) -> None:  # noqa: F811
+    # The resend after a lapse read the holds before agent-b registered again and landed after
+    # it: Redis holds b's older generation. Its park still removes (only a later one is "back").
+    one, _ = await _two(two)
+    await one.subscribe(B, "news")
+    await one.register("agent-b", B.qualified)  # a newer generation here
+    _redis(two).hset(_held(one), "agent-b", "1")  # the late resend's older one
+    task = one.park("agent-b")
+    assert task is not None
+    await task
+    assert await one.backend.subscriptions_of("agent-b") == set()
+    assert not _redis(two).hexists(_held(one), "agent-b")
+
+
 def _old_layout(env: Env, *entries: str) -> None:
     """The layout before: not converted yet (the marker unset), these live in it."""
     r = _redis(env)

@@ -313,9 +313,12 @@ class BusBuiltin:
         try:
             await self.bus.backend.start()
             await self.bus.publish_configured()  # hosted agents are addressable before they run
-            await self.bus.forget_left_behind()  # session agents an earlier run did not end
         except Exception as e:  # noqa: BLE001 - sends will report the backend's error
             _logger.warning("bus backend not reachable at start: %s", e)
+        try:  # session agents an earlier run did not end (the backend down: the sweep retries)
+            await self.bus.forget_left_behind()
+        except Exception as e:  # noqa: BLE001 - the bus serves nevertheless
+            _logger.warning("bus: clearing what an earlier run left failed: %s", e)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -328,4 +331,5 @@ class BusBuiltin:
         finally:
             self._tg = None
             with anyio.CancelScope(shield=True):
+                await self.bus.stop_tasks()  # (a park or the re-check never outlives the backend)
                 await self.bus.backend.close()

@@ -97,6 +97,7 @@ class Bus(Membership):
         self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
         self.sealer = Sealer(ring, self.receiver, max_age_ms=self.max_age_ms, max_body_bytes=max_body_bytes)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._left: list[str] = []
         self._published: set[str] = set()  # agents whose directory entry this process wrote
         self._names: dict[str, str] = {}  # agent id -> the runtime's name for it
         self._configured: dict[str, str] = {}  # configured (hosted) agents' stable ids -> principal
@@ -379,6 +380,8 @@ class Bus(Membership):
             self._leave(agent, now)
         await self.retirements.sweep(now)
         self.counts.sweep(now)
+        if self._left:  # (the backend could not be reached at start)
+            await self.clear_left_behind()
         n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})

@@ -20,6 +20,7 @@ from gateway.bus.counts import Counts
 from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
 from gateway.bus.message import AGENT_RE
 from gateway.bus.receiving import Receiver
+from gateway.bus.redis_subs import BEAT_S, HOLD_TTL_MS
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Sealer
 from gateway.context import Principal
@@ -30,8 +31,7 @@ _logger = logging.getLogger("symbi.bus")
 
 # the start's left-behind agents another process seemed to hold live are looked at again after
 # this long: a process of the run that crashed held them, and its heartbeat lapses by then
-# (``gateway.bus.redis_subs.HOLD_TTL_MS``)
-RECHECK_LEFT_S = 35.0
+RECHECK_LEFT_S = HOLD_TTL_MS / 1000 + BEAT_S / 2
 
 
 class Membership:
@@ -48,6 +48,7 @@ class Membership:
     _published: set[str]  # agents whose directory entry this process wrote
     _names: dict[str, str]  # agent id -> the runtime's name for it
     _configured: dict[str, str]  # configured (hosted) agents' stable ids -> principal
+    _left: list[str]  # the start's left-behind agents whose subscriptions could not be removed yet
 
     async def register(self, agent: str, principal: str, name: str | None = None) -> None:
         """Make (or load) the agent's keys and publish its public keys (and its name)."""
@@ -178,19 +179,58 @@ class Membership:
             self.retirements.leave_soon(agent)
         self.ring.left_behind = []
         # and those whose id recurs: kept for a return, from now, without their subscriptions
-        # (one round trip for all of them: a run may have left thousands)
-        left = self.ring.park_unended(now)
-        kept = await self._unsubscribe_many(left) if left else []
+        # (one round trip for all of them: a run may have left thousands); if the backend
+        # cannot be reached, the expiry sweep tries again (``clear_left_behind``)
+        self._left = [*self._left, *self.ring.park_unended(now)]
+        await self.clear_left_behind()
+
+    async def clear_left_behind(self) -> None:
+        """The start's left-behind agents not cleared yet (the backend was unreachable)."""
+        left = [a for a in self._left if self.ring.ended_at(a) is not None]  # (not back here)
+        if not left:
+            self._left = []
+            return
+        try:
+            kept = await self.backend.unsubscribe_parked(left)
+        except Exception as e:  # noqa: BLE001 - the next expiry sweep tries again
+            _logger.warning(
+                "bus: removing the subscriptions of %d left-behind agents failed: %s", len(left), e
+            )
+            return
+        self._left = []
         if kept:  # live elsewhere, or held by the run that crashed until its heartbeat lapses
-            task = asyncio.get_running_loop().create_task(self._recheck_left(kept))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._task(self._recheck_left(kept))
+
+    def _task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _recheck_left(self, agents: list[str]) -> None:
         await asyncio.sleep(RECHECK_LEFT_S)
-        still = [a for a in agents if self.ring.ended_at(a) is not None]  # (not back here)
-        if still:
-            await self._unsubscribe_many(still)
+        await self.recheck_left(agents)
+
+    async def recheck_left(self, agents: list[str]) -> None:
+        """Those still away here: their subscriptions go unless a live process holds them now
+        (tried twice: once more after ``BEAT_S`` if the backend failed)."""
+        for attempt in range(2):
+            still = [a for a in agents if self.ring.ended_at(a) is not None]  # (not back here)
+            if not still:
+                return
+            try:
+                await self.backend.unsubscribe_parked(still)
+                return
+            except Exception as e:  # noqa: BLE001 - they expire (bus.subscription_ttl_s)
+                _logger.warning("bus: looking again at %d left-behind agents failed: %s", len(still), e)
+                if attempt == 0:
+                    await asyncio.sleep(BEAT_S)
+
+    async def stop_tasks(self) -> None:
+        """Before the backend closes: the parks and the re-check pending are cancelled."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def footprint(self) -> dict[str, int]:
         """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""

@@ -4,7 +4,7 @@ across gateway processes), acknowledged and deleted when settled.
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
 and its expiry), ``keys`` (public key directory, hash), ``subs:exp``, ``subs:of:<agent>``
 and ``subs:made:<agent>`` (the topic subscriptions: ``gateway.bus.redis_subs``), ``procs``
-and ``held:<process>`` (the agents live on each gateway process), ``layout`` (a marker),
+and ``holds:<process>`` (the agents live on each gateway process), ``layout`` (a marker),
 ``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
 clear error); the client reconnects by itself on the next call.
@@ -54,7 +54,7 @@ return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4]
 # it may still answer (``gateway.bus.redis_counts``) and its inboxes; with ARGV[3] = '1'
 # (``forget_agent``) also its directory entry and its name (if still its), else the entry
 # stays (what it sent is verified with it). KEYS: keys, names, subs:exp, open, open:q, open:n,
-# subs:of:<agent>, subs:made:<agent>, held:<me>, inboxes...; ARGV: agent, name, forget
+# subs:of:<agent>, subs:made:<agent>, holds:<me>, inboxes...; ARGV: agent, name, forget
 _LEAVE = (
     LEAVE_SUBS
     + """
@@ -139,12 +139,20 @@ class RedisBackend:
         await self.subs.hold("")
 
     async def _beating(self) -> None:
-        """This process is alive (``procs``): the agents it holds live stay held."""
+        """This process is alive (``procs``): the agents it holds live stay held. Whatever a
+        beat raises (or if it hangs past ``BEAT_S``), the next one is tried: it never stops."""
+        failing = False
         while True:
             try:
-                await self.subs.hold("")
-            except BusError as e:  # its agents count as not held meanwhile (a park removes)
-                _logger.debug("bus: the heartbeat to Redis failed: %s", e.message)
+                await asyncio.wait_for(self.subs.hold(""), BEAT_S)
+            except Exception as e:  # noqa: BLE001 - its agents count as not held meanwhile
+                if not failing:  # (once per outage: a park elsewhere may remove their subscriptions)
+                    _logger.warning("bus: the heartbeat to Redis failed (retried every %ss): %r", BEAT_S, e)
+                failing = True
+            else:
+                if failing:
+                    _logger.warning("bus: the heartbeat to Redis works again")
+                failing = False
             await asyncio.sleep(BEAT_S)
 
     async def close(self) -> None:
@@ -189,6 +197,7 @@ class RedisBackend:
         streams = [self._inbox(i) for i in inboxes]
         keys = [PREFIX + "keys", PREFIX + "names", self.subs.exp, *OPEN_KEYS[:3], *self.subs.keys(agent)[1:]]
         keys += [self.subs.held, *streams]
+        self.subs.forget(agent)
         await self.run(self._leave(keys=keys, args=[agent, name, "1" if forget else "0"]))
         self._groups.difference_update(streams)
 
@@ -338,7 +347,10 @@ class RedisBackend:
         if n:
             await self.run(self._r.hincrby(PREFIX + "stats", "expired", n))
         if not self.subs.upgraded:  # (Redis could not be reached at start)
-            await self.subs.upgrade(now_ms)
+            try:
+                await self.subs.upgrade(now_ms)
+            except BusError as e:  # (the sweep goes on: the next one tries again)
+                _logger.warning("bus: converting the subscriptions' layout before failed: %s", e.message)
         await self.subs.sweep(now_ms)
         return n
 

@@ -9,9 +9,12 @@ that nothing reads every agent's subscriptions but a publication's fan-out:
 * ``subs:made:<agent>`` (hash ``pattern`` -> when it was made or last renewed, ms, Redis's
   own clock (``TIME``), as the park it is compared with: never two processes' clocks).
 * ``procs`` (sorted set: gateway process -> until when it is alive, ms, Redis's clock: its
-  heartbeat) and ``held:<process>`` (set: the agents live on that process, expiring with its
-  heartbeat): a park (or the start's clean-up) leaves alone an agent another live process
-  holds (a stateless client's agent id, live on two replicas behind a balancer).
+  heartbeat) and ``holds:<process>`` (hash: the agents live on that process -> the hold's
+  generation, expiring with its heartbeat): a park (or the start's clean-up) leaves alone an
+  agent another live process holds (a stateless client's agent id, live on two replicas
+  behind a balancer), and one that came back here since the park began (a newer generation).
+  The process keeps its holds in memory too and sends them again when its beat finds the
+  key gone (Redis unreachable for longer than ``HOLD_TTL_MS``, restarted without its data).
 
 Every script changes the three subscription keys together. The layout before (``subs`` hash,
 ``subs:n`` counts) is converted once at start (``upgrade``: bounded ``HSCAN`` batches, then the
@@ -20,10 +23,14 @@ marker ``layout``); its live subscriptions go on delivering.
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
+
+_logger = logging.getLogger("symbi.bus")
 
 SWEEP_BATCH = 500  # expired subscriptions one sweep script removes at most
 PARK_BATCH = 100  # parked agents one script clears at most (the start's left-behind agents)
@@ -31,6 +38,7 @@ UPGRADE_BATCH = 500  # old-layout subscriptions one upgrade script converts at m
 LAYOUT = "42"  # the marker's value: the old layout was converted
 HOLD_TTL_MS = 30_000  # a process that stops beating for this long holds no agent live
 BEAT_S = 10.0  # how often a process beats
+HOLD_BATCH = 500  # holds sent again per command after a lapse
 
 # Redis's clock, ms (the one clock every process's subscription and park are compared on)
 _NOW = """
@@ -72,57 +80,96 @@ return -1
 """
 )
 
-# KEYS: subs:exp, subs:of:<agent>, subs:made:<agent>; ARGV: agent, pattern -> 1 removed, 0 none
-_UNSUBSCRIBE = """
-if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
+# while the layout before is not converted (the marker unset: Redis was unreachable at start,
+# or the conversion runs meanwhile), what an unsubscribe or a park removes goes from it too:
+# a later conversion never brings it back (layout: the marker's key; old: subs)
+_OLD = (
+    """
+local function drop_old(layout, old, agent, pattern)
+  if redis.call('GET', layout) == '"""
+    + LAYOUT
+    + """' then return 0 end
+  if pattern then return redis.call('HDEL', old, agent .. '\\0' .. pattern) end
+  local cursor, n = '0', 0
+  repeat
+    local got = redis.call('HSCAN', old, cursor, 'MATCH', agent .. '\\0*', 'COUNT', 1000)
+    cursor = got[1]
+    for i = 1, #got[2], 2 do n = n + redis.call('HDEL', old, got[2][i]) end
+  until cursor == '0'
+  return n
+end
+"""
+)
+
+# KEYS: subs:exp, subs:of:<agent>, subs:made:<agent>, layout, subs; ARGV: agent, pattern
+# -> 1 removed, 0 none
+_UNSUBSCRIBE = (
+    _OLD
+    + """
+local old = drop_old(KEYS[4], KEYS[5], ARGV[1], ARGV[2])
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return old end
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2])
 return 1
 """
+)
 
-# parked agents: KEYS: subs:exp, procs, held:<me>, then subs:of:<agent>, subs:made:<agent>
-# for each; ARGV: me, key prefix, the agents -> those another live process holds (kept).
-# The park's time is Redis's, now: what was made before it goes, on one clock.
+# parked agents: KEYS: subs:exp, procs, holds:<me>, layout, subs, then subs:of:<agent>,
+# subs:made:<agent> for each; ARGV: me, key prefix, then each agent and the generation of its
+# hold here the park saw ('': none) -> those another live process holds (kept). An agent held
+# here with a later generation came back since: left alone (one held with none, or an older
+# one a resend after a lapse wrote late, is parked). The park's time is Redis's, now:
+# what was made before it goes, on one clock.
 _PARK = (
     _NOW
     + _DROP
+    + _OLD
     + """
 local now = now_ms()
 local others = {}
 for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
-  if p ~= ARGV[1] then others[#others + 1] = ARGV[2] .. 'held:' .. p end
+  if p ~= ARGV[1] then others[#others + 1] = ARGV[2] .. 'holds:' .. p end
 end
 local kept = {}
-for i = 3, #ARGV do
+for i = 3, #ARGV, 2 do
   local agent, live = ARGV[i], false
-  redis.call('SREM', KEYS[3], agent)
-  for _, h in ipairs(others) do
-    if redis.call('SISMEMBER', h, agent) == 1 then
-      live = true
-      break
+  local gen = redis.call('HGET', KEYS[3], agent)
+  if gen and tonumber(gen) > (tonumber(ARGV[i + 1]) or 0) then
+    live = true  -- (back here: a newer hold; neither kept for a re-check nor removed)
+  else
+    redis.call('HDEL', KEYS[3], agent)
+    for _, h in ipairs(others) do
+      if redis.call('HEXISTS', h, agent) == 1 then
+        live = true
+        kept[#kept + 1] = agent
+        break
+      end
     end
   end
-  if live then
-    kept[#kept + 1] = agent
-  else
-    drop(KEYS[1], KEYS[2 * i - 2], KEYS[2 * i - 1], agent, now)
+  if not live then
+    drop(KEYS[1], KEYS[i + 3], KEYS[i + 4], agent, now)
+    drop_old(KEYS[4], KEYS[5], agent, nil)
   end
 end
 return kept
 """
 )
 
-# this process holds ARGV[2] live ('': only its heartbeat): KEYS: procs, held:<me>;
-# ARGV: me, agent, ttl ms (the dead processes' entries go)
+# this process holds ARGV[4] live, generation ARGV[5] ('': only its heartbeat): KEYS: procs,
+# holds:<me>; ARGV: me, ttl ms, then agent, generation pairs (the dead processes' entries go)
+# -> 1 if its holds were there before (0: they lapsed or were lost, or it held none yet)
 _HOLD = (
     _NOW
     + """
 local now = now_ms()
-if ARGV[2] ~= '' then redis.call('SADD', KEYS[2], ARGV[2]) end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+local had = redis.call('EXISTS', KEYS[2])
+for i = 3, #ARGV, 2 do
+  if ARGV[i] ~= '' then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return 1
+return had
 """
 )
 
@@ -133,7 +180,7 @@ LEAVE_SUBS = (
 local function leave_subs(exp, of, made, agent, held)
   drop(exp, of, made, agent, nil)
   redis.call('DEL', of, made)
-  redis.call('SREM', held, agent)
+  redis.call('HDEL', held, agent)
 end
 """
 )
@@ -199,8 +246,10 @@ class RedisSubscriptions:
         self.exp = prefix + "subs:exp"
         self.me = me
         self.procs = prefix + "procs"
-        self.held = f"{prefix}held:{me}"
+        self.held = f"{prefix}holds:{me}"
         self.upgraded = False  # (the layout before converted, or found converted)
+        self.mine: dict[str, str] = {}  # the agents live here -> their hold's generation
+        self._gen = itertools.count(1)
         self._r = r
         self._run = run
         self._subscribe = r.register_script(SUBSCRIBE)
@@ -239,11 +288,37 @@ class RedisSubscriptions:
         return ran
 
     async def hold(self, agent: str) -> None:
-        """``agent`` is live on this process ('': only the heartbeat, ``BEAT_S``)."""
-        await self._run(self._hold(keys=[self.procs, self.held], args=[self.me, agent, HOLD_TTL_MS]))
+        """``agent`` is live on this process ('': only the heartbeat, ``BEAT_S``). If its holds
+        were gone from Redis (a lapse), all it holds are sent again."""
+        gen = ""
+        if agent:
+            gen = self.mine[agent] = str(next(self._gen))
+        had = await self._run(
+            self._hold(keys=[self.procs, self.held], args=[self.me, HOLD_TTL_MS, agent, gen])
+        )
+        if not had and self.mine.keys() - {agent}:
+            _logger.warning(
+                "bus: this process's hold on its %d live agents had lapsed in Redis (unreachable, or"
+                " restarted without its data): sent again",
+                len(self.mine),
+            )
+            await self._hold_all()
+
+    async def _hold_all(self) -> None:
+        held = list(self.mine.items())
+        for i in range(0, len(held), HOLD_BATCH):
+            args: list[Any] = [self.me, HOLD_TTL_MS]
+            for agent, gen in held[i : i + HOLD_BATCH]:
+                args += [agent, gen]
+            await self._run(self._hold(keys=[self.procs, self.held], args=args))
+
+    def forget(self, agent: str) -> None:
+        """``agent`` ended here (its hold goes with its departure's script)."""
+        self.mine.pop(agent, None)
 
     async def release_all(self) -> None:
         """This process stops: it holds no agent live any more."""
+        self.mine.clear()
         pipe = self._r.pipeline(transaction=True)
         pipe.zrem(self.procs, self.me)
         pipe.unlink(self.held)
@@ -255,18 +330,26 @@ class RedisSubscriptions:
         args: list[str | int] = [agent, pattern, cap, until_ms, now_ms]
         return int(await self._run(self._subscribe(keys=self.keys(agent), args=args)))
 
+    def _old(self) -> list[str]:
+        """layout (the marker), subs (the layout before)"""
+        return [self.prefix + "layout", self.prefix + "subs"]
+
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
-        return bool(await self._run(self._unsubscribe(keys=self.keys(agent), args=[agent, pattern])))
+        keys = self.keys(agent) + self._old()
+        return bool(await self._run(self._unsubscribe(keys=keys, args=[agent, pattern])))
 
     async def unsubscribe_parked(self, agents: list[str]) -> list[str]:
         """Their subscriptions made before now (Redis's clock) go, but for those another live
-        process holds (returned): no longer held here, in any case."""
+        process holds (returned) and those back here since (a newer hold): no longer held here
+        otherwise. The generations are read now, before any round trip."""
+        gens = {a: self.mine.pop(a, "") for a in agents}
         kept: list[str] = []
         for i in range(0, len(agents), PARK_BATCH):
-            keys = [self.exp, self.procs, self.held]
+            keys = [self.exp, self.procs, self.held, *self._old()]
+            args = [self.me, self.prefix]
             for agent in agents[i : i + PARK_BATCH]:
                 keys += self.keys(agent)[1:]
-            args = [self.me, self.prefix, *agents[i : i + PARK_BATCH]]
+                args += [agent, gens[agent]]
             got: list[Any] = await self._run(self._park(keys=keys, args=args))
             kept += [bytes(a).decode() for a in got]
         return kept

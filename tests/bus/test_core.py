@@ -65,6 +65,7 @@ class Env:
 
     async def close(self) -> None:
         for b in self.buses:
+            await b.stop_tasks()
             await b.backend.close()
             b.ring.close()
         self.buses.clear()

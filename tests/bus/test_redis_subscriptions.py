@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
 import pytest
 import redis
 
@@ -111,7 +110,14 @@ async def test_a_park_reads_only_the_parked_agents_keys(crowded: Env) -> None:
     # was: HKEYS of every agent's subscriptions (one hash), at every parked session's end;
     # (and the live processes: whether the other one holds agent-b)
     held = {b.backend.subs.held for b in crowded.buses}  # type: ignore[attr-defined]
-    assert _keys(seen) == {EXP, PREFIX + "subs:of:agent-b", PREFIX + "subs:made:agent-b", PROCS, *held}
+    assert _keys(seen) == {
+        EXP,
+        PREFIX + "subs:of:agent-b",
+        PREFIX + "subs:made:agent-b",
+        PROCS,
+        *held,
+        PREFIX + "layout",
+    }
     assert [c for c in seen if c.startswith(f"ZREM {EXP} ")] == [
         f"ZREM {EXP} agent-b\\x00news.*",
         f"ZREM {EXP} agent-b\\x00sports",
@@ -177,14 +183,10 @@ async def test_a_subscribing_process_whose_clock_is_ahead_keeps_nothing_past_a_p
     assert (await one.publish(A, "news.x", "hello")).delivered_to == 0
 
 
-async def test_the_start_leaves_an_agent_live_on_another_process_its_subscriptions(
-    two: Env,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_start_leaves_an_agent_live_on_another_process_its_subscriptions(two: Env) -> None:  # noqa: F811
     # Attack: at start, the agents whose id recurs that an earlier run left unended lost their
     # subscriptions, though live on another process of the fleet at that moment. Those held by
     # the run that crashed (its heartbeat not lapsed yet) are looked at again later.
-    monkeypatch.setattr("gateway.bus.membership.RECHECK_LEFT_S", 0.3, raising=False)
     live = await two.bus()
     crashed = await two.bus()
     r_live = Principal(id="team", agent="agent-r", source="key")
@@ -193,20 +195,16 @@ async def test_the_start_leaves_an_agent_live_on_another_process_its_subscriptio
         assert p.agent is not None
         await bus.register(p.agent, p.qualified)
         await bus.subscribe(p, "news")
-    beat = getattr(crashed.backend, "_beat", None)
-    if beat is not None:
-        beat.cancel()  # it crashed: no heartbeat, nothing released
+    crashed_backend: Any = crashed.backend
+    crashed_backend._beat.cancel()  # it crashed: no heartbeat, nothing released
     after = await two.bus()
     assert two.url is not None
     r: Any = redis.Redis.from_url(two.url)
     await after.forget_left_behind()  # both were stored unended in the data dir's keys
-    r.zadd(PROCS, {getattr(crashed.backend.subs, "me", "-"): 1})  # type: ignore[attr-defined] # its beat lapsed
-    # (before the look again: no await between) was: {} (agent-r removed though live elsewhere)
+    # was: {} (agent-r removed though live elsewhere)
     assert await after.backend.subscriptions() == {"agent-r": {"news"}, "agent-q": {"news"}}
-    for _ in range(250):
-        if "agent-q" not in await after.backend.subscriptions():
-            break
-        await anyio.sleep(0.02)
+    r.zadd(PROCS, {crashed_backend.subs.me: 1})  # its beat lapsed
+    await after.recheck_left(["agent-r", "agent-q"])  # (what RECHECK_LEFT_S later runs)
     assert await after.backend.subscriptions() == {"agent-r": {"news"}}
 
 

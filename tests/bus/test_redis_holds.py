@@ -1,0 +1,253 @@
+"""Which agents a gateway process holds live (``gateway.bus.redis_subs``: ``procs``,
+``holds:<process>``), its heartbeat, and what a park and the start's clean-up remove around
+them; a real redis-server, two or three ``Bus`` objects on it (two processes).
+
+Session 42's second review (bus42c): a hold that lapsed in Redis was never sent again (the
+heartbeat came back with none, and another process's park removed the subscriptions of this
+one's live agents); one unexpected error or one hung call ended the heartbeat for good; a
+park on this process removed the hold and the new subscriptions of an agent that came back
+while it ran; a late conversion of the layout before brought back what was unsubscribed or
+parked meanwhile, and its failure stopped the expiry sweep; the start's clean-up was never
+tried again if Redis was down then, nor its re-check; they outlived the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from gateway.bus import membership
+from gateway.bus.core import Bus
+from gateway.bus.redis_backend import PREFIX
+from gateway.bus.redis_subs import HOLD_TTL_MS
+from gateway.context import Principal
+from gateway.errors import BusUnavailable
+from tests.bus.test_core import B, C, Env
+from tests.bus.test_redis_counts import _two, two  # noqa: F401 - two is the two processes' fixture
+
+pytestmark = pytest.mark.anyio
+
+
+def _redis(env: Env) -> Any:
+    assert env.url is not None
+    return redis.Redis.from_url(env.url)
+
+
+def _held(bus: Bus) -> str:
+    return bus.backend.subs.held  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_a_hold_that_lapsed_in_redis_is_sent_again_by_the_next_beat(two: Env) -> None:  # noqa: F811
+    # Attack: Redis unreachable for longer than HOLD_TTL_MS (or restarted without its data):
+    # this process's holds expire, and its beat came back with none. agent-c, live here in a
+    # session that never registers again, counted as held nowhere: another process's park of
+    # the same id removed its subscriptions. Now the beat finds them gone and sends them again.
+    one, other = await _two(two)
+    await other.register("agent-c", C.qualified)
+    await one.subscribe(C, "news")
+    r = _redis(two)
+    r.delete(_held(one))  # lapsed (as after HOLD_TTL_MS without a beat)
+    await one.backend.subs.hold("")  # type: ignore[attr-defined] # the next beat
+    # was: set() (the heartbeat alone)
+    assert {k.decode() for k in r.hkeys(_held(one))} >= {"agent-a", "agent-b", "agent-c"}
+    assert 0 < int(r.pttl(_held(one))) <= HOLD_TTL_MS
+    task = other.park("agent-c")  # its session on the other process ends
+    assert task is not None
+    await task
+    assert await one.backend.subscriptions_of("agent-c") == {"news"}
+
+
+async def test_the_heartbeat_goes_on_after_an_error_and_a_hung_call(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: the heartbeat caught only BusError (any other error ended it, silently) and one
+    # call that never returned blocked it for good: the process's agents counted as held
+    # nowhere from then on. Now each beat is bounded by BEAT_S and whatever it raises, the next
+    # one is tried.
+    monkeypatch.setattr("gateway.bus.redis_backend.BEAT_S", 0.05)
+    bus = await two.bus()
+    backend: Any = bus.backend
+    real = backend.subs.hold
+    calls: list[int] = []
+
+    async def hold(agent: str) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("unexpected")
+        if len(calls) == 2:
+            await asyncio.Event().wait()  # hangs
+        await real(agent)
+
+    monkeypatch.setattr(backend.subs, "hold", hold)
+    task = asyncio.get_running_loop().create_task(backend._beating())
+    try:
+        for _ in range(200):
+            if len(calls) >= 4:
+                break
+            await asyncio.sleep(0.02)
+        # was: one call, the task ended with the RuntimeError
+        assert len(calls) >= 4 and not task.done()
+    finally:
+        task.cancel()
+
+
+async def test_a_park_leaves_an_agent_back_here_meanwhile_its_hold_and_new_subscriptions(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: agent-b's session ends (a park) and it comes back at once on the same process:
+    # registered (held), subscribed, and then the park's script reached Redis. It removed b's
+    # hold and the subscription just made ("made before now", Redis's now). Now a hold has a
+    # generation and the park passes the one it saw: a newer one means back, left alone.
+    one, _ = await _two(two)
+    backend: Any = one.backend
+    entered, go = asyncio.Event(), asyncio.Event()
+    script = backend.subs._park
+
+    async def late(**kw: Any) -> Any:
+        entered.set()
+        await go.wait()  # the round trip lands late
+        return await script(**kw)
+
+    monkeypatch.setattr(backend.subs, "_park", late)
+    task = one.park("agent-b")
+    assert task is not None
+    await entered.wait()
+    await one.register("agent-b", B.qualified)  # back
+    await one.subscribe(B, "news")
+    go.set()
+    await task
+    # was: set() and no hold (removed by the park that began before b came back)
+    assert await backend.subscriptions_of("agent-b") == {"news"}
+    assert _redis(two).hexists(_held(one), "agent-b")
+
+
+async def test_a_park_removes_an_agent_whose_older_hold_a_late_resend_wrote(two: Env) -> None:  # noqa: F811
+    # The resend after a lapse read the holds before agent-b registered again and landed after
+    # it: Redis holds b's older generation. Its park still removes (only a later one is "back").
+    one, _ = await _two(two)
+    await one.subscribe(B, "news")
+    await one.register("agent-b", B.qualified)  # a newer generation here
+    _redis(two).hset(_held(one), "agent-b", "1")  # the late resend's older one
+    task = one.park("agent-b")
+    assert task is not None
+    await task
+    assert await one.backend.subscriptions_of("agent-b") == set()
+    assert not _redis(two).hexists(_held(one), "agent-b")
+
+
+def _old_layout(env: Env, *entries: str) -> None:
+    """The layout before: not converted yet (the marker unset), these live in it."""
+    r = _redis(env)
+    r.delete(PREFIX + "layout")
+    until = int(time.time() * 1000) + 600_000
+    r.hset(PREFIX + "subs", mapping={e.replace("/", "\0"): until for e in entries})
+
+
+async def test_a_late_conversion_brings_back_nothing_unsubscribed_or_parked_meanwhile(two: Env) -> None:  # noqa: F811
+    # Attack: Redis unreachable at start (or the conversion still running while calls are
+    # served): agent-b unsubscribed and agent-c was parked before the old layout was converted,
+    # and the conversion brought their old subscriptions back. Now, while the marker is unset,
+    # an unsubscribe and a park remove them from the layout before too.
+    one, _ = await _two(two)
+    _old_layout(two, "agent-b/news", "agent-c/news", "agent-c/sports", "agent-a/news")
+    assert await one.unsubscribe(B, "news")  # (it lives in the layout before only)
+    task = one.park("agent-c")
+    assert task is not None
+    await task
+    backend: Any = one.backend
+    backend.subs.upgraded = False
+    await one.expire()  # the sweep converts
+    # was: agent-b and agent-c back with their old subscriptions
+    assert await backend.subscriptions() == {"agent-a": {"news"}}
+
+
+async def test_the_expiry_sweep_goes_on_when_the_conversion_fails(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: while the conversion failed (here: refused), every sweep failed before removing
+    # what expired. Now the conversion has its own try: the expired ones still go.
+    bus = await two.bus()
+    backend: Any = bus.backend
+    past = int(time.time() * 1000) - 1000
+    await backend.subs.subscribe("agent-a", "old", past, past - 1, -1)
+
+    async def refused(now_ms: int) -> int:
+        raise BusUnavailable("down")
+
+    backend.subs.upgraded = False
+    monkeypatch.setattr(backend.subs, "upgrade", refused)
+    await bus.expire()  # was: BusUnavailable
+    assert _redis(two).zcard(PREFIX + "subs:exp") == 0
+
+
+async def _left_by_a_crash(env: Env) -> tuple[Bus, Principal]:
+    """agent-q subscribed on a process that crashed, its holds lapsed: left behind."""
+    crashed = await env.bus()
+    q = Principal(id="team", agent="agent-q", source="key")
+    await crashed.register("agent-q", q.qualified)
+    await crashed.subscribe(q, "news")
+    backend: Any = crashed.backend
+    backend._beat.cancel()
+    await backend.subs.release_all()
+    return crashed, q
+
+
+async def test_the_start_clears_what_an_earlier_run_left_once_redis_is_back(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: Redis unreachable at start: the left-behind agents were parked here but their
+    # subscriptions were never removed (the clean-up was not tried again). Now the expiry
+    # sweep tries again until it worked.
+    await _left_by_a_crash(two)
+    after = await two.bus()
+    backend: Any = after.backend
+    real = backend.unsubscribe_parked
+
+    async def down(agents: list[str]) -> list[str]:
+        raise BusUnavailable("down")
+
+    monkeypatch.setattr(backend, "unsubscribe_parked", down)
+    await after.forget_left_behind()
+    assert await backend.subscriptions_of("agent-q") == {"news"}
+    monkeypatch.setattr(backend, "unsubscribe_parked", real)
+    await after.expire()
+    # was: {"news"} (until bus.subscription_ttl_s)
+    assert await backend.subscriptions_of("agent-q") == set()
+
+
+async def test_the_recheck_is_tried_again_and_stops_with_the_bus(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: the start's re-check of the left-behind agents gave up at its first error, and
+    # it (with the parks under way) outlived the bus's close, running on a closed backend.
+    assert membership.RECHECK_LEFT_S > HOLD_TTL_MS / 1000  # (derived from it)
+    monkeypatch.setattr("gateway.bus.membership.BEAT_S", 0.01)
+    await _left_by_a_crash(two)
+    after = await two.bus()
+    backend: Any = after.backend
+    real = backend.unsubscribe_parked
+    calls: list[int] = []
+
+    async def once_down(agents: list[str]) -> list[str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise BusUnavailable("down")
+        return await real(agents)  # type: ignore[no-any-return]
+
+    after.ring.park_unended(int(time.time() * 1000))
+    monkeypatch.setattr(backend, "unsubscribe_parked", once_down)
+    await after.recheck_left(["agent-q"])
+    # was: {"news"} (one error and the re-check gave up)
+    assert await backend.subscriptions_of("agent-q") == set()
+    after._task(after._recheck_left(["agent-q"]))  # waits RECHECK_LEFT_S
+    await after.stop_tasks()
+    assert not after._tasks

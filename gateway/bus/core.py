@@ -380,9 +380,9 @@ class Bus(Membership):
             self._leave(agent, now)
         await self.retirements.sweep(now)
         self.counts.sweep(now)
+        n = await self.backend.expire(now, self.max_age_ms)  # (converts a layout before first)
         if self._left:  # (the backend could not be reached at start)
             await self.clear_left_behind()
-        n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})
         return n

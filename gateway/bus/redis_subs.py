@@ -23,8 +23,10 @@ marker ``layout``); its live subscriptions go on delivering.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -157,14 +159,18 @@ return kept
 
 # this process holds ARGV[4] live, generation ARGV[5] ('': only its heartbeat): KEYS: procs,
 # holds:<me>; ARGV: me, ttl ms, then agent, generation pairs (the dead processes' entries go)
-# -> 1 if its holds were there before (0: they lapsed or were lost, or it held none yet)
+# (a later generation stored stays: a resend that read the holds before a registration, landing
+# after it) -> 1 if its holds were there before (0: they lapsed or were lost, or it held none yet)
 _HOLD = (
     _NOW
     + """
 local now = now_ms()
 local had = redis.call('EXISTS', KEYS[2])
 for i = 3, #ARGV, 2 do
-  if ARGV[i] ~= '' then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[i]))
+  if ARGV[i] ~= '' and not (cur and cur > tonumber(ARGV[i + 1])) then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])  -- (never over a later generation)
+  end
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
@@ -250,6 +256,8 @@ class RedisSubscriptions:
         self.upgraded = False  # (the layout before converted, or found converted)
         self.mine: dict[str, str] = {}  # the agents live here -> their hold's generation
         self._gen = itertools.count(1)
+        self._resend = False  # a resend of every hold failed or was cut short: the next beat resends
+        self._turn = asyncio.Lock()  # a resend of every hold and a park take turns (one process)
         self._r = r
         self._run = run
         self._subscribe = r.register_script(SUBSCRIBE)
@@ -293,24 +301,33 @@ class RedisSubscriptions:
         gen = ""
         if agent:
             gen = self.mine[agent] = str(next(self._gen))
-        had = await self._run(
-            self._hold(keys=[self.procs, self.held], args=[self.me, HOLD_TTL_MS, agent, gen])
-        )
-        if not had and self.mine.keys() - {agent}:
-            _logger.warning(
-                "bus: this process's hold on its %d live agents had lapsed in Redis (unreachable, or"
-                " restarted without its data): sent again",
-                len(self.mine),
+        try:  # (a failed or cut short call may have lapsed the key or sent part of a resend)
+            had = await self._run(
+                self._hold(keys=[self.procs, self.held], args=[self.me, HOLD_TTL_MS, agent, gen])
             )
-            await self._hold_all()
+            if (not had or self._resend) and self.mine.keys() - {agent}:
+                _logger.warning(
+                    "bus: this process's hold on its %d live agents had lapsed in Redis (unreachable,"
+                    " or restarted without its data) or was not all sent: sent again",
+                    len(self.mine),
+                )
+                self._resend = True
+                await self._hold_all()
+        except BaseException:
+            self._resend = True
+            raise
 
     async def _hold_all(self) -> None:
-        held = list(self.mine.items())
-        for i in range(0, len(held), HOLD_BATCH):
-            args: list[Any] = [self.me, HOLD_TTL_MS]
-            for agent, gen in held[i : i + HOLD_BATCH]:
-                args += [agent, gen]
-            await self._run(self._hold(keys=[self.procs, self.held], args=args))
+        """Every hold here sent again (not while a park runs: one it parked is not sent back);
+        the pending resend is done only once all of them reached Redis."""
+        async with self._turn:
+            held = list(self.mine.items())
+            for i in range(0, len(held), HOLD_BATCH):
+                args: list[Any] = [self.me, HOLD_TTL_MS]
+                for agent, gen in held[i : i + HOLD_BATCH]:
+                    args += [agent, gen]
+                await self._run(self._hold(keys=[self.procs, self.held], args=args))
+            self._resend = False
 
     def forget(self, agent: str) -> None:
         """``agent`` ended here (its hold goes with its departure's script)."""
@@ -341,17 +358,26 @@ class RedisSubscriptions:
     async def unsubscribe_parked(self, agents: list[str]) -> list[str]:
         """Their subscriptions made before now (Redis's clock) go, but for those another live
         process holds (returned) and those back here since (a newer hold): no longer held here
-        otherwise. The generations are read now, before any round trip."""
-        gens = {a: self.mine.pop(a, "") for a in agents}
+        otherwise. The generations are read now, before any round trip; an agent leaves
+        ``mine`` only once its park reached Redis (a failed one keeps it, to be parked again).
+        The layout before is converted first (an old ``subs`` hash is not scanned per agent)."""
+        gens = {a: self.mine.get(a, "") for a in agents}
+        if not self.upgraded:
+            await self.upgrade(int(time.time() * 1000))
         kept: list[str] = []
-        for i in range(0, len(agents), PARK_BATCH):
-            keys = [self.exp, self.procs, self.held, *self._old()]
-            args = [self.me, self.prefix]
-            for agent in agents[i : i + PARK_BATCH]:
-                keys += self.keys(agent)[1:]
-                args += [agent, gens[agent]]
-            got: list[Any] = await self._run(self._park(keys=keys, args=args))
-            kept += [bytes(a).decode() for a in got]
+        async with self._turn:
+            for i in range(0, len(agents), PARK_BATCH):
+                batch = agents[i : i + PARK_BATCH]
+                keys = [self.exp, self.procs, self.held, *self._old()]
+                args = [self.me, self.prefix]
+                for agent in batch:
+                    keys += self.keys(agent)[1:]
+                    args += [agent, gens[agent]]
+                got: list[Any] = await self._run(self._park(keys=keys, args=args))
+                kept += [bytes(a).decode() for a in got]
+                for agent in batch:  # (not one back here meanwhile: a newer generation)
+                    if gens[agent] and self.mine.get(agent) == gens[agent]:
+                        del self.mine[agent]
         return kept
 
     async def live(self, now_ms: int) -> dict[str, set[str]]:

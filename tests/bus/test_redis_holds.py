@@ -9,6 +9,13 @@ park on this process removed the hold and the new subscriptions of an agent that
 while it ran; a late conversion of the layout before brought back what was unsubscribed or
 parked meanwhile, and its failure stopped the expiry sweep; the start's clean-up was never
 tried again if Redis was down then, nor its re-check; they outlived the bus.
+
+Session 42's third review (bus42d): a park whose script failed forgot the agent's generation,
+so its retry left the hold for good; a resend cut short was never finished; a park between a
+resend's reading of the holds and its batch reaching Redis was undone by it; the left-behind
+agents were parked against the unconverted layout (a scan of the whole old hash per agent).
+The failures and delays are injected by wrapping a script call (a faked seam: Redis itself is
+real).
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.bus import membership
+from gateway.bus import membership, redis_subs
 from gateway.bus.core import Bus
 from gateway.bus.redis_backend import PREFIX
-from gateway.bus.redis_subs import HOLD_TTL_MS
+from gateway.bus.redis_subs import HOLD_TTL_MS, LAYOUT
 from gateway.context import Principal
 from gateway.errors import BusUnavailable
 from tests.bus.test_core import B, C, Env
@@ -251,3 +258,137 @@ async def test_the_recheck_is_tried_again_and_stops_with_the_bus(
     after._task(after._recheck_left(["agent-q"]))  # waits RECHECK_LEFT_S
     await after.stop_tasks()
     assert not after._tasks
+
+
+async def test_a_park_that_failed_in_redis_removes_the_hold_when_tried_again(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: the park took agent-b's generation out of memory before its round trip; the script
+    # failed (a Redis blip), so Redis kept b's hold and the retry passed none: the stored one
+    # counted as "back here", the hold stayed for good (renewed by every beat) and every other
+    # process's park of agent-b kept its subscriptions. Now b leaves memory only once parked.
+    one, _ = await _two(two)
+    backend: Any = one.backend
+    script = backend.subs._park
+
+    def blip(**kw: Any) -> Any:
+        raise BusUnavailable("blip")  # (the faked seam: the script's call fails)
+
+    monkeypatch.setattr(backend.subs, "_park", blip)
+    with pytest.raises(BusUnavailable):
+        await backend.unsubscribe_parked(["agent-b"])
+    monkeypatch.setattr(backend.subs, "_park", script)
+    assert await backend.unsubscribe_parked(["agent-b"]) == []
+    await backend.subs.hold("")  # the next beat
+    # was: agent-b still held here (the retry saw no generation: "back here")
+    assert not _redis(two).hexists(_held(one), "agent-b")
+    assert "agent-b" not in backend.subs.mine
+
+
+async def test_a_resend_cut_short_is_finished_by_the_next_beat(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: after a lapse the beat sends every hold again, HOLD_BATCH per script; a later
+    # batch failed (or the beat's BEAT_S bound cut it short) after the first had made the key
+    # exist again: later beats found it and never sent the rest. Now the resend stays pending
+    # until it has all gone through.
+    monkeypatch.setattr(redis_subs, "HOLD_BATCH", 1)
+    one, _ = await _two(two)
+    backend: Any = one.backend
+    r = _redis(two)
+    r.delete(_held(one))  # lapsed
+    script = backend.subs._hold
+    calls: list[int] = []
+
+    def flaky(**kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:  # the beat's own call, the first batch, then this one fails
+            raise BusUnavailable("blip")
+        return script(**kw)
+
+    monkeypatch.setattr(backend.subs, "_hold", flaky)
+    with pytest.raises(BusUnavailable):
+        await backend.subs.hold("")
+    monkeypatch.setattr(backend.subs, "_hold", script)
+    await backend.subs.hold("")  # the next beat
+    # was: only the first batch's agent (the key existed: no resend)
+    assert {k.decode() for k in r.hkeys(_held(one))} == {"agent-a", "agent-b", "agent-c"}
+
+
+async def test_a_park_during_a_resend_is_not_undone_by_it(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: a resend read the holds, then agent-b was parked before the resend's batch
+    # reached Redis: the batch wrote b's hold back, held here for good. Now a resend and a park
+    # take turns on a process.
+    one, _ = await _two(two)
+    backend: Any = one.backend
+    _redis(two).delete(_held(one))  # lapsed
+    script = backend.subs._hold
+    entered, go = asyncio.Event(), asyncio.Event()
+    calls: list[int] = []
+
+    async def late(aw: Any) -> Any:
+        entered.set()
+        await go.wait()  # the batch's round trip lands late
+        return await aw
+
+    def slow(**kw: Any) -> Any:
+        calls.append(1)
+        return script(**kw) if len(calls) == 1 else late(script(**kw))
+
+    monkeypatch.setattr(backend.subs, "_hold", slow)
+    beat = asyncio.get_running_loop().create_task(backend.subs.hold(""))
+    await entered.wait()  # the resend read agent-b's hold
+    park = asyncio.get_running_loop().create_task(backend.unsubscribe_parked(["agent-b"]))
+    await asyncio.sleep(0.05)
+    go.set()
+    await beat
+    assert await park == []
+    # was: agent-b held here again (by the batch that landed after its park)
+    assert not _redis(two).hexists(_held(one), "agent-b")
+    assert "agent-b" not in backend.subs.mine
+
+
+async def test_the_sweep_converts_the_layout_before_it_parks_the_left_behind_agents(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack: Redis unreachable at start: the sweep parked the left-behind agents before it
+    # converted the layout before, so each park script scanned the whole old hash per agent
+    # (100,000 entries: 3.8 s of Redis blocked per script). Now the conversion comes first.
+    await _left_by_a_crash(two)
+    after = await two.bus()
+    backend: Any = after.backend
+    _old_layout(two, "agent-q/old", "agent-a/news")
+    backend.subs.upgraded = False
+    after._left = after.ring.park_unended(int(time.time() * 1000))  # (the start's clean-up failed)
+    assert after._left == ["agent-q"]
+    markers: list[Any] = []
+    script = backend.subs._park
+
+    def seen(**kw: Any) -> Any:
+        markers.append(_redis(two).get(PREFIX + "layout"))
+        return script(**kw)
+
+    monkeypatch.setattr(backend.subs, "_park", seen)
+    await after.expire()
+    # was: [None] (parked against the unconverted layout)
+    assert markers == [LAYOUT.encode()]
+    assert await backend.subscriptions_of("agent-q") == set()
+    assert await backend.subscriptions_of("agent-a") == {"news"}
+
+
+async def test_a_resend_never_writes_an_older_generation_over_a_later_one(two: Env) -> None:  # noqa: F811
+    # A resend read agent-b's hold before b registered again here and landed after it: it
+    # wrote b's older generation over the newer one (a park begun meanwhile then removed b).
+    one, _ = await _two(two)
+    backend: Any = one.backend
+    r = _redis(two)
+    r.hset(_held(one), "agent-b", "1000000")  # b's newer hold, stored before the resend lands
+    await backend.subs._hold_all()
+    # was: b"2" or so (the resend's older generation)
+    assert r.hget(_held(one), "agent-b") == b"1000000"

@@ -188,6 +188,14 @@ def quoted(text: str) -> str:
     return "\n".join(QUOTE + line for line in text.splitlines() or [""])
 
 
+def header_cite(citation: str) -> str:
+    """A citation as a passage's header shows it: one line (a file name can hold a line break)
+    with ``\\()[]`` escaped by a backslash, so a name such as ``a.md#0) Question: …`` or
+    ``) [2] (kb:b`` can neither close the header nor open another passage's."""
+    one = " ".join(citation.splitlines())
+    return re.sub(r"([\\()\[\]])", r"\\\1", one)
+
+
 class RagPipeline:
     def __init__(self, manager: ContextManager) -> None:
         self.m = manager
@@ -350,8 +358,7 @@ class RagPipeline:
         cites: list[dict[str, Any]] = []
         used = 0
         for item in items:
-            # a file name can hold a line break: the header stays one line
-            cite = " ".join(item.citation().splitlines())
+            cite = header_cite(item.citation())
             block = f"[{len(parts) + 1}] ({cite})\n{quoted(item.text)}"
             cost = approx_tokens(block)
             if used + cost > budget_tokens:

@@ -358,7 +358,6 @@ class AgentRuntime:
             _logger.error(
                 "agent %s suspended, its principal %s not held: %s", agent.id, agent.owner, e.message
             )
-            self.holds.refuse(agent.owner, agent.id)  # an operator's suspend is told (507); status shows it
             self.events.emit(
                 Event.PRINCIPAL_HOLD_REFUSED,
                 {"principal": agent.owner, "agent": agent.id, "reason": reason, "in_force": "nowhere"},

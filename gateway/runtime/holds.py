@@ -60,7 +60,6 @@ _REDIS_ERRORS = (RedisError, OSError)
 HOLDS_MAX = 10_000
 STALE_S = LEASE_TTL_MS / 1000  # the mirror not confirmed for this long: session agents refused
 REASON_MAX = 500
-REFUSED_SHOWN = 100  # principals whose suspension was refused past ``limit``, kept for status
 
 
 PRINCIPAL_KINDS = ("key", "jwt", "anonymous")  # the namespaces of a serving gateway's callers
@@ -190,9 +189,6 @@ class PrincipalHolds:
         self._version = -1  # of ``_shared`` (-1: never read)
         self._changes: list[_Change] = []  # made here, not yet in ``_shared``
         self._local: dict[str, Hold] = {}  # held here only (``held_here_only``), with a board
-        self.unshared: set[str] = set()  # of ``_local``: refused by Redis (``limit`` held there)
-        # an agent's suspension past ``limit``: its principal held nowhere (principal -> agent id)
-        self.refused: dict[str, str] = {}
         self.confirmed: float | None = None  # monotonic: the mirror matched Redis then
         self.on_released: list[Released] = []
         self.on_unshared: list[Unshared] = []
@@ -221,6 +217,14 @@ class PrincipalHolds:
     def all(self) -> list[Hold]:
         return list(self._view.values())
 
+    def __len__(self) -> int:
+        return len(self._view)
+
+    @property
+    def unshared(self) -> set[str]:
+        """Of ``_local`` (held here only), those Redis refused (``limit`` held there)."""
+        return {p for p in self._local if not held_here_only(p)}
+
     def bound_of(self, principal: str) -> int:
         """The bound that refused ``principal``'s suspension: Redis's (``HoldBoard.limit``) for
         one held in this process only (``unshared``), this process's ``limit`` otherwise."""
@@ -245,7 +249,6 @@ class PrincipalHolds:
             self._changes.append(_Change(hold.principal, hold))
             self._wake()
         self._view[hold.principal] = hold  # in force first: a failed write must not undo it
-        self.refused.pop(hold.principal, None)
         if self.board is None and self._file is not None and not held_here_only(hold.principal):
             try:
                 self._file.add(hold)
@@ -256,14 +259,6 @@ class PrincipalHolds:
                     hold.principal,
                 )
         return True
-
-    def refuse(self, principal: str, agent: str) -> None:
-        """An agent of ``principal`` was suspended past ``limit``: its principal is held nowhere
-        (shown by ``symbi status``; the newest ``REFUSED_SHOWN`` kept, a report, not a hold)."""
-        self.refused.pop(principal, None)
-        self.refused[principal] = agent
-        while len(self.refused) > REFUSED_SHOWN:
-            del self.refused[next(iter(self.refused))]
 
     def drop(self, principal: str) -> Hold | None:
         """Clear ``principal``'s hold here at once (the runtime's resume of an agent of it): the
@@ -312,8 +307,6 @@ class PrincipalHolds:
         """``principal``'s hold out of this process's view (and its data dir file)."""
         hold = self._view.pop(principal, None)
         self._local.pop(principal, None)
-        self.unshared.discard(principal)
-        self.refused.pop(principal, None)
         if (
             self.board is None
             and self._file is not None
@@ -392,12 +385,11 @@ class PrincipalHolds:
                 doc = {"reason": h.reason, "agent": h.agent, "by": h.by, "at": h.at}
                 new, change.version = await board.hold(h.principal, doc, h.at)
                 if new is None:  # Redis holds ``limit`` principals: in force here only
-                    self._local[h.principal] = h
-                    self.unshared.add(h.principal)  # the operator is told (507), not "suspended"
+                    self._local[h.principal] = h  # unshared: the operator is told (507)
                     _logger.error(
                         "%d principals are suspended on the shared state: %s's suspension is in "
                         "force in this process only; clear suspensions no longer needed",
-                        self.limit,
+                        board.limit,
                         h.principal,
                     )
                     self._tell_unshared(h)

@@ -111,27 +111,33 @@ def components(gw: Gateway) -> dict[str, dict[str, Any]]:
 
 
 def principal_holds(rt: AgentRuntime) -> dict[str, Any] | None:
-    """Degraded while a principal's suspension is not in force everywhere: past the bound of
-    held principals an agent was suspended and its principal held nowhere (``refused``), or
-    Redis refused a hold this process keeps for itself (``unshared``: the other replicas let
-    that principal in). Logged at ERROR only before (session 42); None while neither."""
+    """Degraded while a principal's suspension is not in force everywhere: a session agent is
+    suspended and its principal held nowhere (past the bound of held principals), or Redis
+    refused a hold this process keeps for itself (``unshared``: the other replicas let that
+    principal in). Logged at ERROR only before (session 42); None while neither."""
     holds = rt.holds
-    if not holds.refused and not holds.unshared:
+    unshared = holds.unshared
+    not_held = {
+        a.owner
+        for a in rt.agents
+        if not a.hosted and a.owner and a.state is AgentState.SUSPENDED and not holds.holding(a.owner)
+    }
+    if not not_held and not unshared:
         return None
     bounds = []  # the bound that refused each kind: this process's, Redis's (session 42)
-    if holds.refused:
+    if not_held:
         bounds.append(f"{holds.limit} principals held in this process refused those not held")
-    shared = holds.board.limit if holds.board is not None and holds.unshared else None
+    shared = holds.board.limit if holds.board is not None and unshared else None
     if shared is not None:
         bounds.append(f"{shared} held on the shared state (Redis) refused those held here only")
     out: dict[str, Any] = {
         "status": DEGRADED,
         "detail": f"{'; '.join(bounds)}: some suspensions are not in force everywhere; "
         "clear those no longer needed (symbi agents suspended), then suspend these again",
-        "held": len(holds.all()),
+        "held": len(holds),
         "limit": holds.limit,
-        "not_held": sorted(holds.refused),
-        "held_in_this_process_only": sorted(holds.unshared),
+        "not_held": sorted(not_held),
+        "held_in_this_process_only": sorted(unshared),
     }
     if shared is not None:
         out["shared_limit"] = shared

@@ -266,6 +266,20 @@ async def test_an_operators_suspend_of_an_agent_past_the_bound_says_its_principa
     assert principal_holds(rt) is None  # resumed: nothing left to show
 
 
+async def test_status_stops_showing_an_unheld_principal_once_its_agent_ended() -> None:
+    """The principal an agent's suspension past the bound left unheld was kept in a list of its
+    own, shown by ``symbi status`` (degraded) after the agent's session ended. It is read from
+    the agents now: gone with the agent."""
+    rt = runtime(PrincipalHolds(limit=1))
+    rt.suspend_principal("key:p0", "x", "ops")
+    agent = rt.agents.for_session(ALICE, "c", "s1")
+    rt.begin(agent, "t")
+    assert (await act_on_agent(state_of(rt), agent.id, "suspend", "ops", ""))[0] == 507
+    assert principal_holds(rt) is not None
+    rt.terminate(agent, "the session ended")
+    assert principal_holds(rt) is None  # degraded for good before
+
+
 @pytest.mark.slow
 async def test_a_hold_redis_refuses_is_on_the_record_and_in_status(
     replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture

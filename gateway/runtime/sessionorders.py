@@ -129,20 +129,22 @@ class SessionAgents:
                 # ended, the orders taken with it lost, and the gateway went down; session 42)
                 _logger.exception("agent %s: the %s from %s failed", order.agent, order.action, order.by)
 
+    def _refused(self, order: Order, why: str, agent: str | None = None) -> None:
+        """``order`` refused, on the record (naming ``agent`` when it is one here)."""
+        doc = {"agent": order.agent, "by": order.by, "reason": order.reason, "via": order.via}
+        doc["result"] = f"refused: {why}"
+        self.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by, agent=agent)
+
     async def _carry_out(self, order: Order) -> None:
         """One order left for this process: carried out, or refused on the record."""
         agent = self.runtime.agents.get(order.agent) if order.agent else None
         if agent is None or agent.hosted:  # ended since, or not a session agent: said, not done
-            doc = {"agent": order.agent, "by": order.by, "reason": order.reason, "via": order.via}
-            doc["result"] = "refused: no session agent with this id in this process"
-            self.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
+            self._refused(order, "no session agent with this id in this process")
             return
         try:  # a resume's clear on Redis first, as the operator's own (``clear_first``)
             cleared = order.action == "resume" and await self.runtime.clear_first(agent)
         except StateUnavailable as e:  # nothing cleared or resumed: said, not done
-            doc = {"agent": agent.id, "by": order.by, "reason": order.reason, "via": order.via}
-            doc["result"] = f"refused: {e.message}"
-            self.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by, agent=agent.id)
+            self._refused(order, e.message, agent.id)
             _logger.warning("agent %s: resume from %s refused: %s", agent.id, order.by, e.message)
             return
         _, result = act(self.runtime, self.events, agent, order, cleared=cleared)

@@ -133,8 +133,11 @@ async def act_on_agent(
     agent = gw.runtime.agents.resolve(ref) if gw is not None else None
     if shared_sessions(state) and agent is None:
         return await pass_session_action(state, ref, action, who, reason)
-    try:
-        cleared = await _clear_first(state, agent) if action == "resume" else False
+    cleared = False
+    try:  # before a resume, its principal's hold cleared on Redis (``AgentRuntime.clear_first``:
+        # a refusal, 409, is decided before anything is written)
+        if action == "resume" and gw is not None and agent is not None:
+            cleared = await gw.runtime.clear_first(agent)
     except StateUnavailable as e:
         return 503, _state_unavailable(e.diagnostics())
     # the agent resolved before the clear's round trip is the one acted on: resolved again after
@@ -170,20 +173,12 @@ def _unheld(rt: AgentRuntime, agent: Agent, body: dict[str, Any]) -> dict[str, A
         f"principal {agent.owner} {where}; clear suspensions no longer needed (symbi agents "
         f"suspended), then symbi agents suspend --principal {agent.owner}"
     )
-    refused = {"error": "holds_full", "code": HoldsFull.code, "reason": why, "limit": limit}
-    return {**body, **refused, "principal_held": False}
+    return {**body, **_holds_full(why, limit), "principal_held": False}
 
 
-async def _clear_first(state: HttpState, agent: Agent | None) -> bool:
-    """Before an operator's resume of session agent ``agent`` here: its principal's hold
-    cleared on Redis (``PrincipalHolds.clear``), when the resume would clear one: whether its
-    clear was written (the resume is then done, whatever the agent became meanwhile). Raises
-    ``StateUnavailable`` when Redis does not take it (nothing is resumed then). A resume that
-    will be refused (409) is decided here, before anything is written."""
-    gw = state.gateway
-    if gw is None or agent is None:
-        return False
-    return await gw.runtime.clear_first(agent)
+def _holds_full(reason: str, limit: int) -> dict[str, Any]:
+    """A 507 ``holds_full`` body: a suspension past ``limit`` held principals."""
+    return {"error": "holds_full", "code": HoldsFull.code, "reason": reason, "limit": limit}
 
 
 async def _shared_holds(state: HttpState, body: dict[str, Any]) -> bool:
@@ -258,12 +253,7 @@ async def act_on_principal(
         try:
             new = rt.suspend_principal(principal, reason or f"suspended by operator {who}", who)
         except HoldsFull as e:  # refused, never made room for by un-suspending the oldest
-            return 507, {
-                "error": "holds_full",
-                "code": e.code,
-                "reason": e.diagnostics(),
-                "limit": rt.holds.limit,
-            }
+            return 507, _holds_full(e.diagnostics(), rt.holds.limit)
         result = "suspended" if new else "already suspended"
     else:
         try:  # on Redis first: a clear only queued in memory was lost with the process
@@ -283,14 +273,12 @@ async def act_on_principal(
     shared = await _shared_holds(state, body)
     if action == "suspend" and principal in rt.holds.unshared:  # Redis refused it: not "suspended"
         limit = rt.holds.bound_of(principal)  # Redis's, not this process's
-        return 507, {
-            "error": "holds_full",
-            "code": HoldsFull.code,
-            "reason": f"the shared state holds {limit} suspended principals: {principal} is "
-            "suspended in this process only (the other replicas let it in); clear suspensions "
-            "no longer needed (symbi agents suspended)",
-            "limit": limit,
-        }
+        why = (
+            f"the shared state holds {limit} suspended principals: {principal} is suspended in "
+            "this process only (the other replicas let it in); clear suspensions no longer "
+            "needed (symbi agents suspended)"
+        )
+        return 507, _holds_full(why, limit)
     return (200 if shared else 202), body
 
 
@@ -307,7 +295,7 @@ def agent_action(
     """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix) in
     this process: (HTTP status, JSON body). ``agent``: the one ``ref`` named, resolved already
     (else resolved here). ``cleared``: a resume whose principal's clear is on Redis already
-    (``_clear_first``): done on ``agent`` whatever it became, its real state answered."""
+    (``AgentRuntime.clear_first``): done on ``agent`` whatever it became, its real state answered."""
     gw = state.gateway
     if gw is None:
         return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}

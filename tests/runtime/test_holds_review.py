@@ -202,6 +202,7 @@ async def test_a_hold_redis_refused_is_shown_with_redis_bound(
 async def test_what_redis_holds_cannot_end_the_writer_of_holds(
     on_redis: aioredis.Redis,
     redis_engine: Redis,  # noqa: F811 - the fixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Anything that can write Redis puts text where the holds' version goes: the read failed
     with a ``ValueError`` the task did not catch, and the task ended (the gateway with it).
@@ -214,7 +215,10 @@ async def test_what_redis_holds_cannot_end_the_writer_of_holds(
         await until("read Redis", lambda: holds.confirmed is not None)
         plain.set(VERSION, "not a number")
         plain.publish(CHANGED, "1")  # the task wakes and reads the version
-        await anyio.sleep(0.5)
+        await until(  # the bad version was read (a fixed sleep could end before it)
+            "the bad version read",
+            lambda: any("could not be read from the shared state" in r.getMessage() for r in caplog.records),
+        )
         plain.set(VERSION, "7")
         holds.add(Hold("key:bob", "x", by="ops", at=1.0))
         assert await holds.flush(5.0)  # before: the task was gone

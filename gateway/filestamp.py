@@ -1,11 +1,10 @@
 """Whether a file changed since it was last looked at, without reading it: the one stamp of
-the policy watch (``gateway.policy.watch``) and discovery's client files
-(``gateway.onboard.clients.ReadWhenChanged``)."""
+the policy watch (``gateway.policy.watch``), discovery's client files
+(``gateway.onboard.clients.ReadWhenChanged``) and the API key file (``gateway.server.auth``)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 # (device, inode, size, mtime_ns, ctime_ns): a file replaced (a new inode, even of the same size
 # and time), rewritten in place (size or mtime) or touched back to its old mtime (ctime) differs;
@@ -14,7 +13,7 @@ from pathlib import Path
 Stamp = tuple[int, int, int, int, int]
 
 
-def file_stamp(path: Path) -> Stamp | None:
+def file_stamp(path: str | os.PathLike[str]) -> Stamp | None:
     """The stamp of ``path`` (following a symlink), None when it cannot be looked at (missing,
     a folder not ours to search): the caller decides what a missing file means."""
     try:

@@ -38,6 +38,7 @@ from gateway.config.urls import proxy_address
 from gateway.context import Principal
 from gateway.custody import write_atomic
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
+from gateway.filestamp import Stamp, file_stamp
 from gateway.jsonlimits import too_large
 from gateway.server.jwks import Jwk, JwksUrl, parse_key_set, signing_key
 from gateway.textcheck import not_utf8_at
@@ -79,20 +80,19 @@ class ApiKeyStore:
         self.path = Path(path)
         self._file = os.fspath(self.path)  # stat-ed on every lookup: no Path frames per request
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: Stamp | None = None
         self._records: dict[str, ApiKeyRecord] = {}
 
     # reading --------------------------------------------------------------------------------
 
     def _load(self) -> dict[str, ApiKeyRecord]:
-        """Current records, re-read when the file changed (mtime/size)."""
+        """Current records, re-read when the file changed (``file_stamp``); none while it cannot
+        be looked at (missing: no key yet)."""
         with self._lock:
-            try:
-                st = os.stat(self._file)
-            except FileNotFoundError:
+            stamp = file_stamp(self._file)
+            if stamp is None:
                 self._stamp, self._records = None, {}
                 return {}
-            stamp = (st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
                 self._records = _parse_keys(self.path, self.path.read_text(encoding="utf-8"))
                 self._stamp = stamp

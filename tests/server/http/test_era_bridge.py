@@ -79,6 +79,21 @@ async def _sample(context: Any, params: types.CreateMessageRequestParams) -> typ
     )
 
 
+async def _answers(result: types.InputRequiredResult) -> types.InputResponses:
+    """Answers to each of ``result``'s input requests: the LLM's for sampling, no roots for a
+    roots/list (server-everything asks for roots on its own schedule, into whichever call is
+    waiting); any other kind fails the test."""
+    answers: types.InputResponses = {}
+    for key, request in (result.input_requests or {}).items():
+        if isinstance(request, types.CreateMessageRequest):
+            answers[key] = await _sample(None, request.params)
+        elif isinstance(request, types.ListRootsRequest):
+            answers[key] = types.ListRootsResult(roots=[])
+        else:
+            pytest.fail(f"unexpected input request {request!r}")
+    return answers
+
+
 async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(
     gw: tuple[Running, dict[str, str]],
 ) -> None:
@@ -95,7 +110,10 @@ async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(
         # what the wire carries: an input-required result with the upstream's sampling request
         first = await c.session.call_tool("ev__trigger-sampling-request", args, allow_input_required=True)
         assert isinstance(first, types.InputRequiredResult) and first.request_state
-        (request,) = (first.input_requests or {}).values()
+        # server-everything asks for roots when it pleases: that may ride along, nothing else
+        (request,) = [
+            r for r in (first.input_requests or {}).values() if not isinstance(r, types.ListRootsRequest)
+        ]
         assert isinstance(request, types.CreateMessageRequest)
         # another principal cannot answer (or steal the result of) Alice's waiting call
         async with (
@@ -106,19 +124,26 @@ async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(
                 "ev__trigger-sampling-request",
                 args,
                 allow_input_required=True,
-                input_responses={k: await _sample(None, request.params) for k in first.input_requests or {}},
+                input_responses=await _answers(first),
                 request_state=first.request_state,
             )
             assert isinstance(stolen, types.CallToolResult) and stolen.is_error
             assert (stolen.meta or {})["symbi/error"]["code"] == "policy_denied"
-        answer = await _sample(None, request.params)
-        final = await c.session.call_tool(
-            "ev__trigger-sampling-request",
-            args,
-            allow_input_required=True,
-            input_responses={k: answer for k in first.input_requests or {}},
-            request_state=first.request_state,
-        )
+        pending = first
+        for _ in range(3):  # the sampling answer, then at most a late roots/list or two
+            final = await c.session.call_tool(
+                "ev__trigger-sampling-request",
+                args,
+                allow_input_required=True,
+                input_responses=await _answers(pending),
+                request_state=pending.request_state,
+            )
+            if not isinstance(final, types.InputRequiredResult):
+                break
+            assert all(
+                isinstance(r, types.ListRootsRequest) for r in (final.input_requests or {}).values()
+            ), final
+            pending = final
         assert isinstance(final, types.CallToolResult) and not final.is_error, final
         assert "Paris, said the LLM" in json.dumps(final.model_dump(mode="json"))
         # and the SDK's own driver does the same loop by itself

@@ -172,7 +172,11 @@ OPENAPI: dict[str, Any] = {
                         "400": _ERR,
                         "404": _ERR,
                         "409": _ERR,
-                        "503": _ok("Unavailable", "the shared state (Redis) cannot be reached"),
+                        "503": _ok(
+                            "Unavailable",
+                            "the shared state (Redis) cannot be reached, or the audit log cannot record "
+                            "the action: nothing was done",
+                        ),
                         "507": _ok(
                             "Error",
                             "suspend: the agent is suspended, but its principal is not held everywhere "
@@ -234,7 +238,11 @@ OPENAPI: dict[str, Any] = {
                             "no such principal here (key:NAME with no live API key, a JWT or anonymous "
                             "one not of its config), or none to resume",
                         ),
-                        "503": _ok("Unavailable", "a resume Redis could not take: nothing was cleared"),
+                        "503": _ok(
+                            "Unavailable",
+                            "a resume Redis could not take, or an action the audit log cannot record: "
+                            "nothing was done",
+                        ),
                         "507": _ERR,
                         **_STD,
                     },

@@ -126,6 +126,9 @@ async def act_on_agent(
     """An operator's ``action`` on agent ``ref``, wherever it runs: a hosted agent whose lease
     another process holds is passed to it (``pass_hosted_action``), any other is acted on here
     (``agent_action``). The admin API and the dashboard both act through this."""
+    refused = unrecordable(state, action)
+    if refused is not None:
+        return refused
     elsewhere = hosted_elsewhere(state, ref)
     if elsewhere is not None:
         return await pass_hosted_action(state, elsewhere, action, who, reason)
@@ -150,6 +153,22 @@ async def act_on_agent(
         if unheld is not None:
             return 507, unheld
     return status, body
+
+
+def unrecordable(state: HttpState, action: str) -> tuple[int, dict[str, Any]] | None:
+    """503 ``audit_unavailable`` for an operator's ``action`` the audit log cannot record now
+    (broken or closed, ``audit.on_failure = "deny"``): nothing is done, as a call is refused
+    before it reaches its upstream. It was carried out and its record then raised: a 500 for a
+    suspension or resume that had happened (session 42's review)."""
+    log = audit_log(state)
+    if log is None:
+        return None
+    try:
+        log.ensure_writable()  # (silent with on_failure = "warn": that failure is logged)
+    except AuditError as e:
+        why = f"nothing was done: the audit log cannot record the {action} ({e}); see /readyz"
+        return 503, {"error": "unavailable", "component": "audit", "code": e.code, "reason": why}
+    return None
 
 
 def _unheld(rt: AgentRuntime, agent: Agent, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -247,6 +266,9 @@ async def act_on_principal(
     gw = state.gateway
     if gw is None:
         return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
+    refused = unrecordable(state, action)
+    if refused is not None:
+        return refused
     rt = gw.runtime
     resumed: list[str] = []
     if action == "suspend":

@@ -1,0 +1,47 @@
+"""Attack: an operator's action the audit log cannot record. With ``audit.on_failure = "deny"``
+(the default) a broken log refuses calls before they reach an upstream; an operator's
+suspension of an agent or a principal was carried out and then its record raised: answered 500
+for a change that had happened, unrecorded. Now it is refused first (503 ``audit_unavailable``)
+and nothing changes. A real gateway over streamable HTTP with server-everything; the log is
+broken as a full disk would break it (a trigger refusing every insert)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+
+from gateway.config import load_config
+from gateway.errors import AuditError
+from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.test_refusal_flood import KeySession
+
+
+def _break(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
+    conn.commit()
+    conn.close()
+
+
+def test_an_operator_action_the_audit_log_cannot_record_is_not_carried_out(tmp_path: Path) -> None:
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        bob = KeySession(run.mcp, keys.user)
+        assert bob.call("everything__echo", {"message": "hi"}) is None
+        admin = bearer(keys.admin)
+        [agent] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
+        _break(load_config(cfg, {}).audit_path)
+        assert bob.call("everything__echo", {"message": "hi"}) == AuditError.code  # the log is broken now
+
+        r = httpx.post(run.base + f"/api/agents/{agent['id']}/suspend", json={"reason": "x"}, headers=admin)
+        assert r.status_code == 503 and r.json()["code"] == AuditError.code, r.text  # 500, suspended, before
+        [after] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
+        assert after["state"] == agent["state"] != "suspended"
+
+        api = run.base + "/api/principals"
+        r = httpx.post(api + "/suspend", json={"principal": "key:bob", "reason": "x"}, headers=admin)
+        assert r.status_code == 503 and r.json()["code"] == AuditError.code, r.text
+        assert httpx.get(api, headers=admin).json()["suspended"] == []

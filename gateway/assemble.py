@@ -201,7 +201,7 @@ def _assemble(
     steps = _call_chain(config, catalog, audit, policy, counters, metrics, runtime, builtins, state, verifier)
     _periodic_tasks(config, state, audit, policy, events, verifier, runtime, background)
     _sessions_on_redis(config, state, runtime, events, background)
-    hosted = _hosted_agents(config, state, runtime, events, manager, agent_host, background)
+    hosted = _hosted_agents(config, state, runtime, events, manager, agent_host, background, audit)
     return Gateway(
         config,
         steps,
@@ -383,6 +383,7 @@ def _hosted_agents(
     manager: SandboxManager | None,
     agent_host: AgentHost | None,
     background: list[Background],
+    audit: AuditLog | None,
 ) -> HostedAgents | None:
     """Hosted agents: sandboxed processes with credentials of their own; the HTTP front
     attaches its Unix socket and key store (`symbi serve`), else they fail to start. With
@@ -397,7 +398,10 @@ def _hosted_agents(
         assert st.redis_url is not None
         owner = process_name(config.data_dir)
         board = LeaseBoard(st.redis_url, owner=owner, timeout_s=st.timeout_s, client=state.redis)
-    hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host, board=board)
+    recordable = audit.ensure_writable if audit is not None else None
+    hosted = HostedAgents(
+        config, runtime, events, sandbox=manager, host=agent_host, board=board, recordable=recordable
+    )
     background.append(lambda _gw: hosted.run())
     return hosted
 

@@ -30,21 +30,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from gateway.config.model import Config
 from gateway.config.sections import AgentConfig
-from gateway.errors import GatewayError
+from gateway.errors import AuditError, GatewayError, InvalidTransition
 from gateway.events import Event, EventSink
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
+from gateway.runtime.launch import hosted_command
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
-from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, docker_options
+from gateway.runtime.sandboxed import Sandboxed
 from gateway.runtime.sandboxed import kill_run as _kill
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger("symbi.runtime.hosted")
 
-SOCKET_IN_SANDBOX = "/run/symbi/gateway.sock"
+AUDIT_RETRY_S = 5.0  # a hosted agent's next try while the audit log cannot record it
 _INTERVAL_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -93,8 +93,11 @@ class HostedAgents:
         sandbox: SandboxManager | None,
         host: AgentHost | None,
         board: LeaseBoard | None = None,
+        recordable: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        # raises AuditError while the audit log cannot record (its ensure_writable): no run then
+        self.recordable = recordable
         self.runtime = runtime
         self.events = events
         self.sandbox = sandbox  # None: no tier can run here
@@ -150,6 +153,43 @@ class HostedAgents:
     # -- supervision --------------------------------------------------------------------------
 
     async def _supervise(self, name: str, ac: AgentConfig) -> None:
+        """``name``'s runs, for good. The audit log broken (``on_failure = "deny"``): its next
+        record raised ``AuditError`` out of here and ended the gateway (rt42b's "Still left");
+        now no run is made that cannot be recorded, and the supervisor tries again later."""
+        while True:
+            try:
+                await self._runs(name, ac)
+                return
+            except AuditError as e:
+                _logger.error("agent %s: not run while the audit log cannot record it (%s)", name, e)
+                self.end_record(name, "the audit log cannot record it")  # a run it cut short
+                await anyio.sleep(AUDIT_RETRY_S)
+
+    def end_record(self, name: str, why: str) -> None:
+        """``name``'s run is over here (its process gone): its record says so, as a run that
+        ended. Each move is made even when the audit log refuses its record (a record left
+        Ready or Suspended made the next run's registration raise, and the supervisor end)."""
+        reg = self.runtime.agents
+        agent = reg.by_name(name)
+        if agent is None:
+            return
+        agent.hosted_busy = False
+        moves = (
+            (AgentState.RUNNING, AgentState.SUSPENDED, f"policy violation: {why}"),
+            (AgentState.INITIALIZING, AgentState.FAILED, f"invalid config: {why}"),
+            (AgentState.READY, AgentState.TERMINATED, f"run ended: {why}"),
+            (AgentState.SUSPENDED, AgentState.TERMINATED, f"run ended: {why}"),
+            (AgentState.FAILED, AgentState.TERMINATED, f"run ended: {why}"),
+        )
+        for src, to, reason in moves:
+            if agent.state is not src:
+                continue
+            try:
+                reg.transition(agent, to, reason)
+            except (InvalidTransition, AuditError) as e:  # (the state moves before its record)
+                _logger.warning("agent %s: its record's move to %s: %s", name, to.value, e)
+
+    async def _runs(self, name: str, ac: AgentConfig) -> None:
         every = interval_s(ac.start)
         backoff = ac.restart_backoff_s
         if ac.start == "on-demand":
@@ -192,6 +232,8 @@ class HostedAgents:
 
     async def _run_once(self, name: str, ac: AgentConfig) -> str:
         """One run: ``ok``, ``failed``, ``invalid`` (never started), ``escalated`` or ``stopped``."""
+        if self.recordable is not None:  # AuditError: no run whose records would be refused
+            self.recordable()
         rt = self.runtime
         self.runs[name] += 1
         principal = hosted_principal(name, ac)
@@ -413,85 +455,10 @@ class HostedAgents:
             }
         )
 
-    # -- the sandboxed command ------------------------------------------------------------------
-
     def _command(
         self, name: str, ac: AgentConfig, tier: str, limits: ResourceLimits, key: str, run_tag: str
     ) -> tuple[list[str], Sandboxed]:
         """The run's argv in its tier, and what removes its cgroup or container afterwards."""
-        assert self.socket_path is not None
-        if self.sandbox is None:
-            raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
-        if tier != "gvisor":  # gVisor runs straight from runsc here (see gvisor_agent.py)
-            ok, why = self.sandbox.available(tier)
-            if not ok:
-                raise GatewayError(f"sandbox tier {tier!r} is unavailable: {why}")
-        from gateway.custody import hidden_paths
-        from gateway.sandbox.base import masked_paths, read_only_binds
-        from gateway.sandbox.types import Limits
-
-        hidden = hidden_paths(self.config)  # never visible to the agent, whatever is bound
-        args, env, ro = self._process_inputs(name, ac, key)
-        sb_limits = Limits(
-            memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256, timeout_s=limits.execution_timeout_s
+        return hosted_command(
+            self.config, self.sandbox, self.socket_path, name, ac, tier, limits, key, run_tag
         )
-        socket = (self.socket_path, SOCKET_IN_SANDBOX)
-        t = self.sandbox.tier(tier)
-        if tier == "bwrap":
-            from gateway.sandbox.bwrap import BwrapTier
-
-            assert isinstance(t, BwrapTier)
-            argv, cg = t.hosted_argv(
-                ac.command,
-                args,
-                env,
-                limits=sb_limits,
-                ro_paths=ro,
-                socket=socket,
-                disk_io_mbps=limits.disk_io_mbps,
-                hidden=hidden,
-            )
-            return argv, Cgroup(cg)
-        if tier == "gvisor":
-            from gateway.runtime.gvisor_agent import gvisor_argv
-
-            return gvisor_argv(
-                ac.command, args, env, limits, ro_paths=ro, socket=socket, run_tag=run_tag, hidden=hidden
-            )
-        # docker: a named container, removed when the run ends
-        cname = f"symbi-agent-{name}-{run_tag}"
-        argv = t.stdio_argv(ac.command, args, env, None, network=False, limits=sb_limits)
-        at = argv.index("-v")
-        extra = docker_options(
-            cname,
-            socket,
-            ro,
-            masked_paths([*read_only_binds(ac.command, args, None), *ro], hidden),
-            limits.disk_io_mbps,
-        )
-        argv[at:at] = extra
-        return argv, Container(cname, launch_env=env)
-
-    def _process_inputs(
-        self, name: str, ac: AgentConfig, key: str
-    ) -> tuple[list[str], dict[str, str], list[str]]:
-        """The process's arguments, its environment (the gateway's socket and its credential
-        included) and its read-only paths, with ``./`` and ``../`` paths made absolute."""
-        base = self.config.source.parent if self.config.source else Path.cwd()
-
-        def here(v: str) -> str:  # ./x and ../x are relative to the config file
-            return str((base / v).resolve()) if v.startswith(("./", "../")) else v
-
-        env = {
-            **{k: here(v) for k, v in ac.env.items()},
-            "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
-            "SYMBI_AGENT_TOKEN": key,
-            "SYMBI_AGENT_NAME": name,
-        }
-        args = [here(a) for a in ac.args]
-        ro = [str((base / p).resolve()) for p in ac.read_only_paths]
-        from gateway.sandbox.base import refuse_exposing
-
-        for p in ro:
-            refuse_exposing(p)  # as for the folders of its command and arguments
-        return args, env, ro

@@ -27,7 +27,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from gateway.config.sections import AgentConfig
-from gateway.errors import InvalidTransition
+from gateway.errors import AuditError
 from gateway.events import Event
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
@@ -144,7 +144,11 @@ class LeasedAgents:
                     await self._poke[name].wait()
                 self._poke[name] = anyio.Event()
                 continue
-            await self._run_held(name, ac, lease)
+            try:
+                await self._run_held(name, ac, lease)
+            except AuditError as e:  # the log broken (deny): this loop ended, and the gateway with it
+                _logger.error("agent %s: stopped while the audit log cannot record it (%s)", name, e)
+                await anyio.sleep(RENEW_S)
 
     async def _pass_requests(self, name: str) -> None:
         if name not in self._wanted:
@@ -162,10 +166,10 @@ class LeasedAgents:
         if name in self._wanted:  # asked here before this process took the lease
             self._wanted.discard(name)
             hosted._wake[name].set()
-        hosted.events.emit(Event.AGENT_LEASE_ACQUIRED, {"name": name, "holder": self.board.owner})
-        _logger.info("agent %s: this process holds its lease and runs it", name)
         why = "the gateway stopped"
-        try:
+        try:  # (the record first inside: one that raises still releases the lease)
+            hosted.events.emit(Event.AGENT_LEASE_ACQUIRED, {"name": name, "holder": self.board.owner})
+            _logger.info("agent %s: this process holds its lease and runs it", name)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._supervise, name, ac)
                 why = await self._keep(name, lease)
@@ -173,14 +177,16 @@ class LeasedAgents:
             self._lost(name, why, lease_left(lease) if lease.valid_until else None)
         finally:
             self.held.discard(name)
-            self._end_record(name, why)  # on every way out: lost, stopped or cancelled
+            self.hosted.end_record(
+                name, f"stopped here, {why}"
+            )  # on every way out: lost, stopped or cancelled
             with anyio.CancelScope(shield=True), anyio.move_on_after(RENEW_S):
                 await self._release(lease)
 
     def _lost(self, name: str, why: str, left: float | None) -> None:
         """The run has ended here (its process is gone): on the audit and the log, with how long
         before the lease could have expired (None: it was no longer ours). The agent's record is
-        ended by the caller's ``finally`` (``_end_record``), on every way out."""
+        ended by the caller's ``finally`` (``HostedAgents.end_record``), on every way out."""
         self.hosted.events.emit(
             Event.AGENT_LEASE_LOST,
             {
@@ -192,23 +198,6 @@ class LeasedAgents:
         )
         ahead = "" if left is None else f" {max(left, 0.0):.1f} s before its lease could expire"
         _logger.error("agent %s: its run was stopped here%s: %s", name, ahead, why)
-
-    def _end_record(self, name: str, why: str) -> None:
-        """The run stopped here (its process killed): its record says so, as a run that ended."""
-        reg = self.hosted.runtime.agents
-        agent = reg.by_name(name)
-        if agent is None:
-            return
-        agent.hosted_busy = False
-        try:
-            if agent.state is AgentState.RUNNING:
-                reg.transition(agent, AgentState.SUSPENDED, f"policy violation: stopped here, {why}")
-            if agent.state is AgentState.INITIALIZING:
-                reg.transition(agent, AgentState.FAILED, f"invalid config: stopped here, {why}")
-            if agent.state is not AgentState.TERMINATED:
-                reg.transition(agent, AgentState.TERMINATED, f"run ended here: {why}")
-        except InvalidTransition as e:  # never out of the lease loop: the record only
-            _logger.warning("agent %s: its record not ended (%s)", name, e)
 
     async def _release(self, lease: Lease) -> None:
         try:

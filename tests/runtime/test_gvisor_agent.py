@@ -19,7 +19,7 @@ import pytest
 
 from gateway.config.model import AgentConfig, ResourcesSection
 from gateway.runtime.gvisor_agent import NOBODY, RunscRun, in_netns
-from gateway.runtime.hosted import SOCKET_IN_SANDBOX
+from gateway.runtime.launch import SOCKET_IN_SANDBOX
 from gateway.runtime.resources import ResourceLimits
 from tests.runtime.test_core import Recorder
 from tests.runtime.test_hosted_isolation import _host

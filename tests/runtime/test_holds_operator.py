@@ -49,7 +49,7 @@ S = AgentState
 
 def state_of(rt: AgentRuntime) -> Any:
     """What ``act_on_principal`` / ``act_on_agent`` read of the HTTP state."""
-    gw = SimpleNamespace(runtime=rt, events=rt.events, state=None, hosted=None)
+    gw = SimpleNamespace(runtime=rt, events=rt.events, state=None, hosted=None, audit=None)  # (no audit log)
     return SimpleNamespace(gateway=gw, config=Config())
 
 

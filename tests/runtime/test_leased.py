@@ -22,6 +22,7 @@ import anyio
 import pytest
 import redis
 
+from gateway.errors import AuditError
 from gateway.runtime import AgentState
 from gateway.runtime.hosted import HostedAgents
 from gateway.runtime.leased import LeasedAgents
@@ -218,4 +219,42 @@ async def test_an_overwritten_lease_stops_the_holders_run(tmp_path: Path, fresh:
         assert _lost(rec)[0]["stopped_before_expiry_s"] is None  # it was no longer its lease
         await anyio.sleep(RENEW_S + 1)
         assert not marked(mark)  # the forged lease is not taken over either: it waits for it to end
+        tg.cancel_scope.cancel()
+
+
+class _Breaking(Recorder):
+    """The audit log as ``on_failure = "deny"`` has it once broken: every record raises."""
+
+    broken = False
+
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        if self.broken:
+            raise AuditError("audit log cannot be written: full")
+        super().emit(event_type, details, principal=principal, agent=agent)
+
+
+async def test_a_broken_audit_log_does_not_end_the_lease_runner(tmp_path: Path, fresh: Redis) -> None:
+    """The holder's run is stopped (its lease overwritten) while the audit log is broken: the
+    record of the loss raised ``AuditError`` out of the lease loop and ended the gateway
+    (rt42b's "Still left"). Now the run stops and the lease is released as before, and the
+    loop lives on: once the log records again, it takes the agent back."""
+    mark = f"6006.{os.getpid()}"
+    rec = _Breaking()
+    a = replica(tmp_path / "a", fresh.url, mark, rec)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("it runs", lambda: bool(marked(mark)) and _running(a), START_S)
+        rec.broken = True
+        redis.Redis.from_url(fresh.url).set(LEASE + NAME, "forged", px=int(2 * RENEW_S * 1000))
+        leased = a.leased
+        assert leased is not None
+        # its process gone and the lease let go: the records of both were refused (AuditError
+        # out of run() before, ending this task group)
+        await _until("its run stopped", lambda: not marked(mark) and not leased.holds(NAME), RENEW_S + 5)
+        await anyio.sleep(0.5)
+        assert not _running(a)
+        rec.broken = False
+        await _until("it runs it again", lambda: bool(marked(mark)) and _running(a), 4 * RENEW_S + START_S)
         tg.cancel_scope.cancel()

@@ -44,7 +44,7 @@ TAKEN_S = 2 * RENEW_S + 1  # the holder takes an order after its next renewal (b
 
 def _api(h: HostedAgents, rec: Recorder) -> Callable[..., Awaitable[httpx.Response]]:
     """POST to ``h``'s admin API as ``ADMIN`` (the auth middleware's principal put in the scope)."""
-    gw = SimpleNamespace(hosted=h, runtime=h.runtime, events=rec)
+    gw = SimpleNamespace(hosted=h, runtime=h.runtime, events=rec, audit=None)  # (no audit log here)
     app = Starlette(routes=[Mount("/api", routes=admin_routes(SimpleNamespace(gateway=gw, config=h.config)))])  # type: ignore[arg-type]
 
     async def as_admin(scope: Scope, receive: Receive, send: Send) -> None:

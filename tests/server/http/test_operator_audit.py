@@ -19,7 +19,7 @@ from tests.server.http.test_refusal_flood import KeySession
 
 
 def _break(db: Path) -> None:
-    conn = sqlite3.connect(db)
+    conn = sqlite3.connect(db, timeout=30)  # (the gateway writes meanwhile)
     conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
     conn.commit()
     conn.close()

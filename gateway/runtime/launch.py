@@ -1,0 +1,110 @@
+"""A hosted agent's launch: its process's arguments, environment and read-only paths, and its
+argv in its sandbox tier (bwrap, gVisor or Docker) with the handle that removes what the run
+leaves (``gateway.runtime.sandboxed``). The supervisor (``gateway.runtime.hosted``) runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.config.model import Config
+from gateway.config.sections import AgentConfig
+from gateway.errors import GatewayError
+from gateway.runtime.resources import ResourceLimits
+from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, docker_options
+
+if TYPE_CHECKING:
+    from gateway.sandbox.manager import SandboxManager
+
+SOCKET_IN_SANDBOX = "/run/symbi/gateway.sock"
+
+
+def hosted_command(
+    config: Config,
+    sandbox: SandboxManager | None,
+    socket_path: str | None,
+    name: str,
+    ac: AgentConfig,
+    tier: str,
+    limits: ResourceLimits,
+    key: str,
+    run_tag: str,
+) -> tuple[list[str], Sandboxed]:
+    """Run ``name``'s argv in ``tier``, and what removes its cgroup or container afterwards."""
+    assert socket_path is not None
+    if sandbox is None:
+        raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
+    if tier != "gvisor":  # gVisor runs straight from runsc here (see gvisor_agent.py)
+        ok, why = sandbox.available(tier)
+        if not ok:
+            raise GatewayError(f"sandbox tier {tier!r} is unavailable: {why}")
+    from gateway.custody import hidden_paths
+    from gateway.sandbox.base import masked_paths, read_only_binds
+    from gateway.sandbox.types import Limits
+
+    hidden = hidden_paths(config)  # never visible to the agent, whatever is bound
+    args, env, ro = process_inputs(config, name, ac, key)
+    sb_limits = Limits(
+        memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256, timeout_s=limits.execution_timeout_s
+    )
+    socket = (socket_path, SOCKET_IN_SANDBOX)
+    t = sandbox.tier(tier)
+    if tier == "bwrap":
+        from gateway.sandbox.bwrap import BwrapTier
+
+        assert isinstance(t, BwrapTier)
+        argv, cg = t.hosted_argv(
+            ac.command,
+            args,
+            env,
+            limits=sb_limits,
+            ro_paths=ro,
+            socket=socket,
+            disk_io_mbps=limits.disk_io_mbps,
+            hidden=hidden,
+        )
+        return argv, Cgroup(cg)
+    if tier == "gvisor":
+        from gateway.runtime.gvisor_agent import gvisor_argv
+
+        return gvisor_argv(
+            ac.command, args, env, limits, ro_paths=ro, socket=socket, run_tag=run_tag, hidden=hidden
+        )
+    # docker: a named container, removed when the run ends
+    cname = f"symbi-agent-{name}-{run_tag}"
+    argv = t.stdio_argv(ac.command, args, env, None, network=False, limits=sb_limits)
+    at = argv.index("-v")
+    extra = docker_options(
+        cname,
+        socket,
+        ro,
+        masked_paths([*read_only_binds(ac.command, args, None), *ro], hidden),
+        limits.disk_io_mbps,
+    )
+    argv[at:at] = extra
+    return argv, Container(cname, launch_env=env)
+
+
+def process_inputs(
+    config: Config, name: str, ac: AgentConfig, key: str
+) -> tuple[list[str], dict[str, str], list[str]]:
+    """The process's arguments, its environment (the gateway's socket and its credential
+    included) and its read-only paths, with ``./`` and ``../`` paths made absolute."""
+    base = config.source.parent if config.source else Path.cwd()
+
+    def here(v: str) -> str:  # ./x and ../x are relative to the config file
+        return str((base / v).resolve()) if v.startswith(("./", "../")) else v
+
+    env = {
+        **{k: here(v) for k, v in ac.env.items()},
+        "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
+        "SYMBI_AGENT_TOKEN": key,
+        "SYMBI_AGENT_NAME": name,
+    }
+    args = [here(a) for a in ac.args]
+    ro = [str((base / p).resolve()) for p in ac.read_only_paths]
+    from gateway.sandbox.base import refuse_exposing
+
+    for p in ro:
+        refuse_exposing(p)  # as for the folders of its command and arguments
+    return args, env, ro

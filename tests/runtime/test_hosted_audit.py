@@ -1,0 +1,47 @@
+"""Attack: a broken audit log stops the gateway through its hosted agents. With
+``audit.on_failure = "deny"`` (the default) a log that cannot commit refuses calls, and the
+gateway stays up saying why (``/readyz``). A hosted agent's supervisor recorded its next run
+(``agent.registered``) into it: the ``AuditError`` ended the supervisor, the gateway's task
+group and so the gateway (``/healthz`` 503: "restart this process", which cannot mend a full
+disk). Now no run is made that cannot be recorded, and the supervisor tries again later.
+A real ``symbi serve`` with an interval agent in bwrap; the log is broken as a full disk breaks
+it (a trigger refusing every insert)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import load_config
+from tests.runtime.test_hosted import _config, _env, _wait
+from tests.server._http import serve
+
+pytestmark = pytest.mark.slow
+
+
+def _break(db: Path) -> None:
+    conn = sqlite3.connect(db, timeout=30)  # (the gateway writes meanwhile)
+    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
+    conn.commit()
+    conn.close()
+
+
+def test_a_broken_audit_log_does_not_stop_the_gateway_through_a_hosted_agent(tmp_path: Path) -> None:
+    cfg, admin = _config(tmp_path, "bwrap", _env() + '\nstart = "1s"\nrestart = "never"')
+    with serve(cfg) as base:
+        _wait(base, admin, lambda h: bool(h))  # its runs have begun, recorded
+        _break(load_config(cfg, {}).audit_path)
+        deadline = time.monotonic() + 60
+        while httpx.get(base + "/readyz").status_code == 200:  # until a record meets the trigger
+            assert time.monotonic() < deadline, "the audit log never failed"
+            time.sleep(0.2)
+        time.sleep(3.0)  # the interval's next runs (1 s) meet the broken log
+        assert httpx.get(base + "/healthz").status_code == 200  # 503 before: the gateway had stopped
+        assert httpx.get(base + "/readyz").json()["components"]["audit"] == "unhealthy"
+        assert (
+            httpx.get(base + "/api/agents", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+        )

@@ -89,3 +89,35 @@ async def test_each_revocation_is_read_while_the_rebuild_it_asked_for_waits(tmp_
         with contextlib.suppress(Exception):
             cli.close()
         verifier.close()
+
+
+async def test_a_revocation_is_acted_on_with_the_audit_log_broken(tmp_path: Path) -> None:
+    """The audit log broken (``on_failure = "deny"``: a closed log here): the record of the
+    change raised ``AuditError`` out of the poll, which ended (the gateway with it) before
+    the rebuild it asks for. Now the rebuild is asked for all the same."""
+    from gateway.audit.log import AuditLog
+
+    config = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), environ={})
+    verifier = CountedVerifier(config, RecordingSink())
+    cli = ToolStateStore(config.tool_state_path)
+    gw = RebuildThatWaits()
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
+    log.close()  # every emit raises AuditError from now on
+    gw.events = log  # type: ignore[assignment]
+    try:
+        observed(cli, TOOLS[0])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll_approvals(verifier, 0.05), cast(Gateway, gw))
+            with anyio.fail_after(30):
+                while verifier.reads < 2:
+                    await anyio.sleep(0.02)
+            cli.revoke("up", TOOLS[0])
+            with anyio.fail_after(30):
+                while not gw.refreshes:  # before: AuditError out of the poll, no rebuild
+                    await anyio.sleep(0.02)
+            assert ("up", TOOLS[0]) in verifier.revocations.tools
+            tg.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            cli.close()
+        verifier.close()

@@ -25,7 +25,7 @@ from gateway.compat import connection_of
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
 from gateway.errors import CatalogError, ConfigError
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.heap import settle_heap
 from gateway.listen import ListenHub, StreamOutbound
 from gateway.policy.inputdoc import CallCounters
@@ -268,7 +268,8 @@ class Gateway:
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:
                 if r not in old.refusals:  # on the record once, when it appears
-                    self.events.emit(
+                    record_acted(  # (refused already: a broken log must not end the rebuild's task)
+                        self.events,
                         Event.CATALOG_REFUSED,
                         {"upstream": r.upstream, "kind": r.kind, "name": r.name, "reason": r.reason},
                     )

@@ -186,6 +186,21 @@ class EventSink(Protocol):
         """
 
 
+def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any], **who: str | None) -> bool:
+    """Record a change a background task acts on whatever the audit log says; whether it was.
+    With the log broken (``audit.on_failure = "deny"``) ``emit`` raises ``AuditError``: out of
+    a background task it ended the task, and the gateway's task group with it, before the
+    change was acted on. Every call is refused meanwhile (the audit step), /readyz says why."""
+    from gateway.errors import AuditError
+
+    try:
+        sink.emit(event_type, details, **who)
+        return True
+    except AuditError as e:
+        _logger.error("%s not recorded (acted on all the same): %s", event_type, e.message)
+        return False
+
+
 class LoggingSink:
     """Writes events to the log only."""
 

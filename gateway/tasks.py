@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -15,7 +15,7 @@ from gateway.app import Background, Gateway
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import AuditError
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.state import Changes
 from gateway.verify.verifier import ToolVerifier
 
@@ -77,7 +77,9 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
                     await anyio.to_thread.run_sync(verifier.revocations.reload)
                     _logger.info("approvals or manifests changed: re-verifying the catalogue")
                     # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
-                    _record(gw, Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
+                    record_acted(
+                        gw.events, Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]}
+                    )
                     with contextlib.suppress(anyio.WouldBlock):  # one is due already: it sees this too
                         due.send_nowait(None)
 
@@ -95,21 +97,10 @@ def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
             moved = await verifier.keys.changed()
             if moved:
                 _logger.warning("discovered keys changed for %s: re-verifying the catalogue", moved)
-                _record(gw, Event.TOOL_KEYS_CHANGED, {"upstreams": moved})
+                record_acted(gw.events, Event.TOOL_KEYS_CHANGED, {"upstreams": moved})
                 await gw.refresh()
 
     return run
-
-
-def _record(gw: Gateway, event: Event, details: dict[str, Any]) -> None:
-    """Record a change this task acts on all the same: with the audit log broken
-    (``on_failure = "deny"``) the ``AuditError`` ended the task, the gateway with it, and a
-    revoked tool or key was never re-assessed. Every call is refused meanwhile (the audit
-    step), and /readyz says why."""
-    try:
-        gw.events.emit(event, details)
-    except AuditError as e:
-        _logger.error("%s not recorded (acted on all the same): %s", event, e.message)
 
 
 async def _refresh_when_due(gw: Gateway, wake: MemoryObjectReceiveStream[None]) -> None:

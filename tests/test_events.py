@@ -31,6 +31,12 @@ def _event_arguments() -> list[tuple[str, ast.expr]]:
                 and node.args
             ):
                 found.append((f"{path.relative_to(ROOT)}:{node.lineno}", node.args[0]))
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "record_acted"
+            ):
+                found.append((f"{path.relative_to(ROOT)}:{node.lineno}", node.args[1]))  # (sink, event, ...)
     return found
 
 

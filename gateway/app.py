@@ -184,7 +184,8 @@ class Gateway:
                 try:
                     yield self
                 finally:
-                    self.events.emit(Event.GATEWAY_STOP, {})
+                    # a broken log's AuditError here skipped every upstream's stop below
+                    record_acted(self.events, Event.GATEWAY_STOP, {})
                     for up in self.pool.every_process():
                         await up.stop()
                     tg.cancel_scope.cancel()

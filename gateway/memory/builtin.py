@@ -11,6 +11,7 @@ ids, types, namespaces, counts and sizes, never memory text or queries.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -19,14 +20,16 @@ from mcp import types
 from mcp.shared.message import ServerMessageMetadata
 
 from gateway.context import CallContext
-from gateway.errors import ContextError
-from gateway.events import Event
+from gateway.errors import AuditError, ContextError
+from gateway.events import Event, record_acted
 from gateway.memory.access import MemoryAccess, caller_agent, redact_metadata, redact_text, text_patterns
 from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager, check_bounds
 from gateway.memory.rag import RagPipeline, RagResult
 from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS, RAG_PROMPT, TEMPLATES
 from gateway.memory.types import MEMORY_TYPES, PERSISTENT_TYPES, AgentContext, ContextQuery
+
+_logger = logging.getLogger("symbi.memory")
 
 NO_SAMPLING_NOTE = (
     "The calling client does not support MCP sampling, so no answer was generated: "
@@ -408,7 +411,10 @@ def retention_job(manager: ContextManager, interval_s: float) -> Callable[[Any],
             try:
                 await anyio.to_thread.run_sync(manager.purge)
             except ContextError as e:  # the store is down: try again next round
-                manager.events.emit(Event.MEMORY_PURGE_FAILED, {"error": e.message})
+                record_acted(manager.events, Event.MEMORY_PURGE_FAILED, {"error": e.message})
+            except AuditError as e:  # purged, its record refused (the log broken, deny): it ended
+                # the job and the gateway with it; every call is refused meanwhile
+                _logger.error("memory purged, its record refused: %s", e.message)
 
     return run
 

@@ -322,6 +322,27 @@ async def test_the_retention_job_purges_old_memories_on_its_interval(tmp_path: P
     assert purged and purged[0]["count"] == 1
 
 
+async def test_the_retention_job_purges_with_the_audit_log_broken(tmp_path: Path) -> None:
+    """The audit log broken (``on_failure = "deny"``; closed here): the purge's record raised
+    ``AuditError`` out of the job and ended the gateway's task group. The memories past the
+    retention are purged all the same and the gateway stays up; its stop, whose own record
+    raised too (every upstream's stop skipped), ends cleanly."""
+    cfg = _config(tmp_path, "knowledge_retention_days = 1\npurge_interval_s = 0.05")
+    async with gateway(cfg) as gw:
+        await call(gw, ALICE, "memory__store", text="an old note about the printer")
+        m = gw.builtins["memory"].s.m  # type: ignore[attr-defined]
+        assert gw.audit is not None
+        gw.audit.close()  # every record refused from now on
+        now = m.clock()
+        m.clock = lambda: now + 2 * 86_400.0
+        for _ in range(400):  # bounded: the job runs every 0.05 s
+            if m.store.count({"kind": "memory"}) == 0:
+                break
+            await anyio.sleep(0.05)
+        assert m.store.count({"kind": "memory"}) == 0
+        await anyio.sleep(0.2)  # more rounds: AuditError out of the job ended the gateway before
+
+
 async def test_context_disabled_removes_the_builtins(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[context]\nenabled = false\n")
     async with gateway(cfg) as gw:

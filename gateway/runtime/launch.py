@@ -14,6 +14,7 @@ from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, docker_options
 
 if TYPE_CHECKING:
+    from gateway.sandbox.base import SandboxTier
     from gateway.sandbox.manager import SandboxManager
 
 SOCKET_IN_SANDBOX = "/run/symbi/gateway.sock"
@@ -32,12 +33,7 @@ def hosted_command(
 ) -> tuple[list[str], Sandboxed]:
     """Run ``name``'s argv in ``tier``, and what removes its cgroup or container afterwards."""
     assert socket_path is not None
-    if sandbox is None:
-        raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
-    if tier != "gvisor":  # gVisor runs straight from runsc here (see gvisor_agent.py)
-        ok, why = sandbox.available(tier)
-        if not ok:
-            raise GatewayError(f"sandbox tier {tier!r} is unavailable: {why}")
+    t = _usable(sandbox, tier)
     from gateway.custody import hidden_paths
     from gateway.sandbox.base import masked_paths, read_only_binds
     from gateway.sandbox.types import Limits
@@ -48,7 +44,6 @@ def hosted_command(
         memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256, timeout_s=limits.execution_timeout_s
     )
     socket = (socket_path, SOCKET_IN_SANDBOX)
-    t = sandbox.tier(tier)
     if tier == "bwrap":
         from gateway.sandbox.bwrap import BwrapTier
 
@@ -83,6 +78,17 @@ def hosted_command(
     )
     argv[at:at] = extra
     return argv, Container(cname, launch_env=env)
+
+
+def _usable(sandbox: SandboxManager | None, tier: str) -> SandboxTier:
+    """``tier`` of ``sandbox``, or ``GatewayError`` naming why a run cannot use it."""
+    if sandbox is None:
+        raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
+    if tier != "gvisor":  # gVisor runs straight from runsc here (see gvisor_agent.py)
+        ok, why = sandbox.available(tier)
+        if not ok:
+            raise GatewayError(f"sandbox tier {tier!r} is unavailable: {why}")
+    return sandbox.tier(tier)
 
 
 def process_inputs(

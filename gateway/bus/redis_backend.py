@@ -3,7 +3,7 @@ across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
 and its expiry), ``keys`` (public key directory, hash), ``subs:exp``, ``subs:of:<agent>``
-and ``subs:made:<agent>`` (the topic subscriptions: ``gateway.bus.redis_subs``), ``procs``
+(the topic subscriptions: ``gateway.bus.redis_subs``), ``procs``
 and ``holds:<process>`` (the agents live on each gateway process), ``layout`` (a marker),
 ``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a

@@ -112,8 +112,7 @@ async def test_a_park_reads_only_the_parked_agents_keys(crowded: Env) -> None:
     held = {b.backend.subs.held for b in crowded.buses}  # type: ignore[attr-defined]
     assert _keys(seen) == {
         EXP,
-        PREFIX + "subs:of:agent-b",
-        PREFIX + "subs:made:agent-b",
+        PREFIX + "subs:of:agent-b",  # (and subs:made:agent-b, deleted with it: no longer read)
         PROCS,
         *held,
         PREFIX + "layout",

@@ -146,7 +146,7 @@ def test_a_subscription_lasts_a_day_unless_configured(tmp_path: Path) -> None:
     assert load_config(_bus_config(tmp_path, ""), {}).bus.subscription_ttl_s == 86400.0
 
 
-@pytest.mark.parametrize("ttl", [math.inf, math.nan, -1.0, 0.0])
+@pytest.mark.parametrize("ttl", [math.inf, math.nan, -1.0, 0.0, 365 * 86400.0 + 1])
 async def test_a_bus_made_without_the_config_refuses_a_bad_lifetime_too(
     env: Env,  # noqa: F811
     ttl: float,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import redis
@@ -347,7 +347,7 @@ class _NotedLock(asyncio.Lock):
         super().__init__()
         self.asked = asyncio.Event()
 
-    async def acquire(self) -> bool:
+    async def acquire(self) -> Literal[True]:
         if self.locked():
             self.asked.set()
         return await super().acquire()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Granted, Received, R
 from gateway.bus.results import RECEIVE_MAX_BYTES, item_bytes_of_body, may_not_fit_a_receive, receive_ceiling
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
+from gateway.config.sections import SUBSCRIPTION_TTL_MAX_S
 from gateway.context import Principal
 from gateway.errors import (
     ArgumentsInvalid,
@@ -82,8 +82,10 @@ class Bus(Membership):
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
         self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
-        if not (math.isfinite(subscription_ttl_s) and subscription_ttl_s > 0):  # (the config's check)
-            raise ConfigError(f"bus.subscription_ttl_s must be positive and finite, not {subscription_ttl_s}")
+        if not 0 < subscription_ttl_s <= SUBSCRIPTION_TTL_MAX_S:  # (the config's check; NaN fails it)
+            raise ConfigError(
+                f"bus.subscription_ttl_s must be over 0 and at most {SUBSCRIPTION_TTL_MAX_S}, not {subscription_ttl_s}"
+            )
         self.subscription_ms = max(int(subscription_ttl_s * 1000), 1)  # bus.subscription_ttl_s
         # bus.max_bytes_per_principal, the subscriptions, the requests its agents may answer:
         # counted in this process (embedded) or in Redis, across processes

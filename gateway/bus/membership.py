@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -29,8 +29,8 @@ from gateway.runtime.identity import labelled
 
 _logger = logging.getLogger("symbi.bus")
 
-# the start's left-behind agents another process seemed to hold live are looked at again after
-# this long: a process of the run that crashed held them, and its heartbeat lapses by then
+# parked agents another process held live are looked at again after this long (and again while
+# one does): a process that crashed held them (the run before, at start), its heartbeat lapsed
 RECHECK_LEFT_S = HOLD_TTL_MS / 1000 + BEAT_S / 2
 
 
@@ -120,27 +120,27 @@ class Membership:
             return None
         self.ring.park(agent, int(time.time() * 1000))
         try:
-            task = asyncio.get_running_loop().create_task(self._unsubscribe_parked(agent))
+            return self._task(self._unsubscribe_parked(agent))
         except RuntimeError:  # no loop: they expire (bus.subscription_ttl_s)
             return None
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def _unsubscribe_parked(self, agent: str) -> None:
         if self.ring.ended_at(agent) is None:  # back meanwhile (or not parked): its own to keep
             return
-        await self._unsubscribe_many([agent])
+        kept = await self._park_subscriptions([agent])
+        if kept:  # held by another process: parked once it lets go (or its heartbeat lapses)
+            self._task(self._recheck_left(kept))
 
-    async def _unsubscribe_many(self, parked: list[str]) -> list[str]:
-        """Their subscriptions made up to now go, but for those another gateway process sharing
-        the Redis holds live (a stateless client's agent, on two replicas): returned."""
+    async def _park_subscriptions(self, parked: list[str]) -> list[str] | None:
+        """Their subscriptions go, but for those another gateway process sharing the Redis
+        holds live (a stateless client's agent, on two replicas): returned. None: it failed
+        (logged; the caller tries again, or they expire with bus.subscription_ttl_s)."""
         try:
             return await self.backend.unsubscribe_parked(parked)
-        except Exception as e:  # noqa: BLE001 - they expire (bus.subscription_ttl_s)
+        except Exception as e:  # noqa: BLE001 - any backend failure: tried again or expires
             who = parked[0] if len(parked) == 1 else f"{len(parked)} agents"
             _logger.warning("bus: removing the subscriptions of parked %s failed: %s", who, e)
-            return []
+            return None
 
     def end_soon(self, agent: str) -> None:
         """The agent ended for good (its id never comes back): what the bus holds for it goes
@@ -190,40 +190,40 @@ class Membership:
         if not left:
             self._left = []
             return
-        try:
-            kept = await self.backend.unsubscribe_parked(left)
-        except Exception as e:  # noqa: BLE001 - the next expiry sweep tries again
-            _logger.warning(
-                "bus: removing the subscriptions of %d left-behind agents failed: %s", len(left), e
-            )
+        kept = await self._park_subscriptions(left)
+        if kept is None:  # the next expiry sweep tries again
             return
         self._left = []
         if kept:  # live elsewhere, or held by the run that crashed until its heartbeat lapses
             self._task(self._recheck_left(kept))
 
-    def _task(self, coro: Any) -> None:
+    def _task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of this bus (cancelled by ``stop_tasks``); RuntimeError without a loop."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _recheck_left(self, agents: list[str]) -> None:
-        await asyncio.sleep(RECHECK_LEFT_S)
-        await self.recheck_left(agents)
+        """Every ``RECHECK_LEFT_S`` while another process holds some of them and they stay
+        parked here (their keys go after bus.max_age_s: then they are not parked)."""
+        while agents:
+            await asyncio.sleep(RECHECK_LEFT_S)
+            agents = await self.recheck_left(agents)
 
-    async def recheck_left(self, agents: list[str]) -> None:
+    async def recheck_left(self, agents: list[str]) -> list[str]:
         """Those still away here: their subscriptions go unless a live process holds them now
-        (tried twice: once more after ``BEAT_S`` if the backend failed)."""
+        (returned; tried twice: once more after ``BEAT_S`` if the backend failed)."""
         for attempt in range(2):
             still = [a for a in agents if self.ring.ended_at(a) is not None]  # (not back here)
             if not still:
-                return
-            try:
-                await self.backend.unsubscribe_parked(still)
-                return
-            except Exception as e:  # noqa: BLE001 - they expire (bus.subscription_ttl_s)
-                _logger.warning("bus: looking again at %d left-behind agents failed: %s", len(still), e)
-                if attempt == 0:
-                    await asyncio.sleep(BEAT_S)
+                return []
+            kept = await self._park_subscriptions(still)
+            if kept is not None:
+                return kept
+            if attempt == 0:
+                await asyncio.sleep(BEAT_S)
+        return []  # (failed twice: they expire with bus.subscription_ttl_s)
 
     async def stop_tasks(self) -> None:
         """Before the backend closes: the parks and the re-check pending are cancelled."""

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from gateway.bus.backend import BusBackend, Outcome, Pending
 from gateway.bus.crypto import KeyRing, PublicKeys, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
-from gateway.bus.results import item_bytes, receive_ceiling
+from gateway.bus.results import item_bound, item_bytes, receive_ceiling
 from gateway.context import Decision, Principal
 from gateway.errors import BusError
 from gateway.events import Event, EventSink
@@ -62,6 +64,7 @@ class Received:
     timestamp_ms: int
     expires_ms: int
     body: Any
+    size_bound: int  # at most what it adds to a result (``results.item_bound``), not serialising it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,34 @@ class Received:
     def result_bytes(self) -> int:
         """What this message adds to the built-in's result (``gateway.bus.results``)."""
         return item_bytes(self.as_dict())
+
+
+class _Budget:
+    """What the messages a receive takes add to its result, against its byte budget: summed as
+    upper bounds (``Received.size_bound``, no serialising) while that sum fits, then measured
+    exactly (three ``json.dumps`` a message) once a bound could pass the budget, so a receive
+    far under its budget (most: the ceiling gives every receive one) serialises nothing, and
+    one near it takes exactly what fits."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.spent = 0  # an upper bound until ``exact``, then exact
+        self.exact = False
+        self.taken: list[Received] = []
+
+    def size(self, received: Received) -> int:
+        if not self.exact and self.spent + received.size_bound > self.max_bytes:
+            self.exact = True  # near the budget: what was taken, measured
+            self.spent = sum(r.result_bytes() for r in self.taken)
+        return received.result_bytes() if self.exact else received.size_bound
+
+    def take(self, received: Received, size: int) -> bool:
+        """Whether ``received`` (of ``size``) fits what is left; counted if it does."""
+        if self.spent + size > self.max_bytes:
+            return False
+        self.spent += size
+        self.taken.append(received)
+        return True
 
 
 class Receiver:
@@ -143,21 +174,20 @@ class Receiver:
         kept = [x for x in passed if granted is None or x[1].topic is None or await granted(x[1].topic)]
         held = len(passed) - len(kept)
         opened: list[tuple[Pending, SecureMessage, Received]] = []
-        spent = 0
+        budget = _Budget(max_bytes) if max_bytes is not None else None
         for p, msg, dh_pub in kept[:max_items]:
             received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
             if received is None:
                 outcomes[p.ref] = "rejected"
                 continue
-            size = received.result_bytes() if max_bytes is not None else 0
-            if max_bytes is not None and size > max_bytes:
+            size = budget.size(received) if budget is not None else 0
+            if budget is not None and size > budget.max_bytes:
                 if size > receive_ceiling():  # no receive could ever hold it (sent before the bound)
                     outcomes[p.ref] = self._reject(agent, inbox, msg, "larger than any receive's result")
                 else:  # alone past this receive's cap, not another's: it waits (as if not granted)
                     held += 1
                 continue
-            spent += size
-            if max_bytes is not None and spent > max_bytes:
+            if budget is not None and not budget.take(received, size):
                 break  # this one and those after it stay pending (neither seen nor settled)
             opened.append((p, msg, received))
         # 4. the replay window, for the whole batch at once (one write)
@@ -267,12 +297,25 @@ class Receiver:
                     self._reject(agent, inbox, msg, "no key for this agent")
                     return None
                 cipher = self.ring.pair_cipher(me, msg.sender, dh_pub)
-            body = json.loads(cipher.decrypt(msg.nonce, msg.ciphertext, msg.header()))
+            plain = cipher.decrypt(msg.nonce, msg.ciphertext, msg.header())
+            floats = _Floats()
+            body = json.loads(plain, parse_float=floats)
         except (InvalidTag, ValueError):
             self._reject(agent, inbox, msg, "decryption failed")
             return None
+        # a body written as Sealer.body writes it is never longer written again; one that is not
+        # (a float such as 1e15) is measured exactly
+        bound = sys.maxsize if floats.grow else item_bound(len(plain))
         return Received(
-            msg.id, msg.sender, msg.kind, msg.topic, msg.reply_to, msg.timestamp_ms, msg.expires_ms, body
+            msg.id,
+            msg.sender,
+            msg.kind,
+            msg.topic,
+            msg.reply_to,
+            msg.timestamp_ms,
+            msg.expires_ms,
+            body,
+            bound,
         )
 
     def _reject(self, agent: str, inbox: str, msg: SecureMessage | None, reason: str) -> Outcome:
@@ -281,6 +324,21 @@ class Receiver:
         self.events.emit(Event.BUS_REJECTED, {**meta, "inbox": inbox, "reason": reason}, agent=agent)
         _logger.warning("bus: rejected a message for %s: %s", agent, reason)
         return "rejected"
+
+
+class _Floats:
+    """``json.loads``'s float parser noting a float that ``json.dumps`` writes longer than it
+    was read ('1e15' is '1000000000000000.0', '1e400' 'Infinity'): the body's stored length
+    then bounds nothing."""
+
+    def __init__(self) -> None:
+        self.grow = False
+
+    def __call__(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or len(repr(value)) > len(text):
+            self.grow = True
+        return value
 
 
 def _recipient_problem(msg: SecureMessage, agent: str, inbox: str, subs: set[str]) -> str | None:

@@ -3,7 +3,7 @@ across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
 and its expiry), ``keys`` (public key directory, hash), ``subs:exp``, ``subs:of:<agent>``
-and ``subs:made:<agent>`` (the topic subscriptions: ``gateway.bus.redis_subs``), ``procs``
+(the topic subscriptions: ``gateway.bus.redis_subs``), ``procs``
 and ``holds:<process>`` (the agents live on each gateway process), ``layout`` (a marker),
 ``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
@@ -140,9 +140,11 @@ class RedisBackend:
 
     async def _beating(self) -> None:
         """This process is alive (``procs``): the agents it holds live stay held. Whatever a
-        beat raises (or if it hangs past ``BEAT_S``), the next one is tried: it never stops."""
+        beat raises (or if it hangs past ``BEAT_S``), the next one is tried: it never stops.
+        It sleeps first: ``start`` beats (a second beat at once doubled the first round trip)."""
         failing = False
         while True:
+            await asyncio.sleep(BEAT_S)
             try:
                 await asyncio.wait_for(self.subs.hold(""), BEAT_S)
             except Exception as e:  # noqa: BLE001 - its agents count as not held meanwhile
@@ -153,7 +155,6 @@ class RedisBackend:
                 if failing:
                     _logger.warning("bus: the heartbeat to Redis works again")
                 failing = False
-            await asyncio.sleep(BEAT_S)
 
     async def close(self) -> None:
         if self._beat is not None:

@@ -6,8 +6,9 @@ that nothing reads every agent's subscriptions but a publication's fan-out:
   others from its low end, ``SWEEP_BATCH`` at most per script.
 * ``subs:of:<agent>`` (sorted set ``pattern`` scored by its expiry): the agent's own, so its
   cap counts only its live ones (``ZCOUNT``) and a park or a departure reads only its keys.
-* ``subs:made:<agent>`` (hash ``pattern`` -> when it was made or last renewed, ms, Redis's
-  own clock (``TIME``), as the park it is compared with: never two processes' clocks).
+* ``subs:made:<agent>`` (session 42: when each was made, for a park to compare with) is read
+  by nothing: a park runs in one script, so every subscription it sees was made before it.
+  A park or a departure deletes one left over.
 * ``procs`` (sorted set: gateway process -> until when it is alive, ms, Redis's clock: its
   heartbeat) and ``holds:<process>`` (hash: the agents live on that process -> the hold's
   generation, expiring with its heartbeat): a park (or the start's clean-up) leaves alone an
@@ -16,7 +17,7 @@ that nothing reads every agent's subscriptions but a publication's fan-out:
   The process keeps its holds in memory too and sends them again when its beat finds the
   key gone (Redis unreachable for longer than ``HOLD_TTL_MS``, restarted without its data).
 
-Every script changes the three subscription keys together. The layout before (``subs`` hash,
+Every script changes the subscription keys together. The layout before (``subs`` hash,
 ``subs:n`` counts) is converted once at start (``upgrade``: bounded ``HSCAN`` batches, then the
 marker ``layout``); its live subscriptions go on delivering.
 """
@@ -50,37 +51,29 @@ local function now_ms()
 end
 """
 
-# an agent's subscriptions made at or before ``before`` (nil: all of them)
+# all of an agent's subscriptions (made: a subs:made:<agent> left by session 42)
 _DROP = """
-local function drop(exp, of, made, agent, before)
+local function drop(exp, of, made, agent)
   for _, p in ipairs(redis.call('ZRANGE', of, 0, -1)) do
-    if before == nil or (tonumber(redis.call('HGET', made, p)) or 0) <= before then
-      redis.call('ZREM', of, p)
-      redis.call('HDEL', made, p)
-      redis.call('ZREM', exp, agent .. '\\0' .. p)
-    end
+    redis.call('ZREM', exp, agent .. '\\0' .. p)
   end
+  redis.call('DEL', of, made)
 end
 """
 
-# KEYS: subs:exp, subs:of:<agent>, subs:made:<agent>; ARGV: agent, pattern, cap (-1: none),
-# expiry ms, now ms -> -1 subscribed (or held and live: renewed), else how many live ones it
-# holds (one expired, swept or not, is no longer held: it neither counts nor is renewed free).
-# Made (or renewed) when Redis says, not the subscribing process's clock.
-SUBSCRIBE = (
-    _NOW
-    + """
+# KEYS: subs:exp, subs:of:<agent>; ARGV: agent, pattern, cap (-1: none), expiry ms, now ms
+# -> -1 subscribed (or held and live: renewed), else how many live ones it holds (one
+# expired, swept or not, is no longer held: it neither counts nor is renewed free).
+SUBSCRIBE = """
 local live = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if not (live and tonumber(live) > tonumber(ARGV[5])) and tonumber(ARGV[3]) >= 0 then
   local n = redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[5], '+inf')
   if n >= tonumber(ARGV[3]) then return n end
 end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[2], string.format('%d', now_ms()))
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1] .. '\\0' .. ARGV[2])
 return -1
 """
-)
 
 # while the layout before is not converted (the marker unset: Redis was unreachable at start,
 # or the conversion runs meanwhile), what an unsubscribe or a park removes goes from it too:
@@ -103,14 +96,12 @@ end
 """
 )
 
-# KEYS: subs:exp, subs:of:<agent>, subs:made:<agent>, layout, subs; ARGV: agent, pattern
-# -> 1 removed, 0 none
+# KEYS: subs:exp, subs:of:<agent>, layout, subs; ARGV: agent, pattern -> 1 removed, 0 none
 _UNSUBSCRIBE = (
     _OLD
     + """
-local old = drop_old(KEYS[4], KEYS[5], ARGV[1], ARGV[2])
+local old = drop_old(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return old end
-redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2])
 return 1
 """
@@ -120,8 +111,8 @@ return 1
 # subs:made:<agent> for each; ARGV: me, key prefix, then each agent and the generation of its
 # hold here the park saw ('': none) -> those another live process holds (kept). An agent held
 # here with a later generation came back since: left alone (one held with none, or an older
-# one a resend after a lapse wrote late, is parked). The park's time is Redis's, now:
-# what was made before it goes, on one clock.
+# one a resend after a lapse wrote late, is parked). All their subscriptions go: the
+# script is atomic, so each was made before it (no clock compared: one stepping back kept some).
 _PARK = (
     _NOW
     + _DROP
@@ -149,7 +140,7 @@ for i = 3, #ARGV, 2 do
     end
   end
   if not live then
-    drop(KEYS[1], KEYS[i + 3], KEYS[i + 4], agent, now)
+    drop(KEYS[1], KEYS[i + 3], KEYS[i + 4], agent)
     drop_old(KEYS[4], KEYS[5], agent, nil)
   end
 end
@@ -184,8 +175,7 @@ LEAVE_SUBS = (
     _DROP
     + """
 local function leave_subs(exp, of, made, agent, held)
-  drop(exp, of, made, agent, nil)
-  redis.call('DEL', of, made)
+  drop(exp, of, made, agent)
   redis.call('HDEL', held, agent)
 end
 """
@@ -200,7 +190,6 @@ for _, m in ipairs(gone) do
   if at then  -- (a member without its separator names no agent: it only goes)
     local agent, p = string.sub(m, 1, at - 1), string.sub(m, at + 1)
     redis.call('ZREM', ARGV[3] .. 'subs:of:' .. agent, p)
-    redis.call('HDEL', ARGV[3] .. 'subs:made:' .. agent, p)
   end
   redis.call('ZREM', KEYS[1], m)
 end
@@ -211,11 +200,8 @@ return #gone
 # KEYS: subs, subs:exp; ARGV: cursor, batch, now ms, key prefix -> the next cursor. What
 # expired (or has no expiry: stored before session 41) is not carried over; a subscription
 # the new layout holds already (made since) is left as it is.
-_UPGRADE = (
-    _NOW
-    + """
+_UPGRADE = """
 local got = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
-local made = string.format('%d', now_ms())
 local all = got[2]
 for i = 1, #all, 2 do
   local m, till = all[i], tonumber(all[i + 1])
@@ -223,14 +209,12 @@ for i = 1, #all, 2 do
   if at and till and till > tonumber(ARGV[3]) then
     local agent, p = string.sub(m, 1, at - 1), string.sub(m, at + 1)
     if redis.call('ZADD', ARGV[4] .. 'subs:of:' .. agent, 'NX', till, p) == 1 then
-      redis.call('HSET', ARGV[4] .. 'subs:made:' .. agent, p, made)
       redis.call('ZADD', KEYS[2], 'NX', till, m)
     end
   end
 end
 return got[1]
 """
-)
 
 
 def parse_live(members: Iterable[bytes]) -> dict[str, set[str]]:
@@ -268,7 +252,7 @@ class RedisSubscriptions:
         self._upgrade = r.register_script(_UPGRADE)
 
     def keys(self, agent: str) -> list[str]:
-        """subs:exp, subs:of:<agent>, subs:made:<agent>"""
+        """subs:exp, subs:of:<agent>, and subs:made:<agent> (session 42's: deleted with them)"""
         return [self.exp, f"{self.prefix}subs:of:{agent}", f"{self.prefix}subs:made:{agent}"]
 
     async def upgrade(self, now_ms: int) -> int:
@@ -345,14 +329,14 @@ class RedisSubscriptions:
     async def subscribe(self, agent: str, pattern: str, until_ms: int, now_ms: int, cap: int) -> int:
         """-1 subscribed (renewed), else the live ones it holds (``cap`` reached; -1: no cap)."""
         args: list[str | int] = [agent, pattern, cap, until_ms, now_ms]
-        return int(await self._run(self._subscribe(keys=self.keys(agent), args=args)))
+        return int(await self._run(self._subscribe(keys=self.keys(agent)[:2], args=args)))
 
     def _old(self) -> list[str]:
         """layout (the marker), subs (the layout before)"""
         return [self.prefix + "layout", self.prefix + "subs"]
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
-        keys = self.keys(agent) + self._old()
+        keys = self.keys(agent)[:2] + self._old()
         return bool(await self._run(self._unsubscribe(keys=keys, args=[agent, pattern])))
 
     async def unsubscribe_parked(self, agents: list[str]) -> list[str]:

@@ -40,16 +40,23 @@ def item_bytes(item: dict[str, Any]) -> int:
     return len(json.dumps(text)) + len(structured) + 4
 
 
-# what one stored byte of a body (``Sealer.body``: compact, UTF-8) adds to a result at most: an
-# "é" (2 bytes) is "\\u00e9" in the text escaped again (7) and itself in the structured copy (2)
-ITEM_BYTES_PER_BODY_BYTE = 5
+# what one stored byte of a body (``Sealer.body``: compact, UTF-8) adds to a result at most: a
+# DEL (1 byte, kept raw) is "\\u007f" in the text escaped again (7) and itself in the structured
+# copy (1); an "é" (2 bytes) is 7 + 2. Was 5, which a body of DELs passed (8 per byte).
+ITEM_BYTES_PER_BODY_BYTE = 8
 ITEM_KEY_BYTES = 64  # '{"body": ...}' around it, in both copies
+
+
+def item_bound(stored: int) -> int:
+    """At most what a message whose body is ``stored`` bytes as ``Sealer.body`` writes it adds to
+    a receive's result, found without serialising the body again."""
+    return ITEM_BYTES_PER_BODY_BYTE * stored + ITEM_KEY_BYTES + ITEM_METADATA_BYTES
 
 
 def may_not_fit_a_receive(data: bytes) -> bool:
     """Whether a message whose stored body is ``data`` might not fit one receive: False
     without serialising the body again for the (default) bodies far under the ceiling."""
-    return ITEM_BYTES_PER_BODY_BYTE * len(data) + ITEM_KEY_BYTES + ITEM_METADATA_BYTES > receive_ceiling()
+    return item_bound(len(data)) > receive_ceiling()
 
 
 def item_bytes_of_body(body: Any) -> int:

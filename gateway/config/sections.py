@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, mode
 from gateway.config.sizes import parse_size
 from gateway.config.urls import https_or_loopback, proxy_address
 
+# bus.subscription_ttl_s at most (``gateway.bus.core.Bus`` checks it too, made without a config)
+SUBSCRIPTION_TTL_MAX_S = 365 * 86400.0
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 VerificationMode = Literal["strict", "tofu", "warn", "off"]
 TierName = Literal["none", "bwrap", "docker", "gvisor"]
@@ -431,7 +434,7 @@ class BusSection(Section):
     # lasts; subscribing again renews it (and asks the policy again). Past it the agent is
     # sent no copy and a copy still waiting is rejected: a grant made for a task never
     # outlives it by more than this (at most a year; finite, as every float of this section)
-    subscription_ttl_s: float = Field(default=86400.0, gt=0, le=365 * 86400.0)
+    subscription_ttl_s: float = Field(default=86400.0, gt=0, le=SUBSCRIPTION_TTL_MAX_S)
     # bytes a principal's agents put on the bus within max_age_s (topic copies: the subscriber's):
     # what it sends stays stored that long (the embedded store keeps settled messages as long)
     max_bytes_per_principal: int = Field(default=256 * 1024 * 1024, ge=1024)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import redis
@@ -101,6 +101,29 @@ async def test_the_heartbeat_goes_on_after_an_error_and_a_hung_call(
         assert len(calls) >= 4 and not task.done()
     finally:
         task.cancel()
+
+
+async def test_the_heartbeat_does_not_beat_again_right_after_the_start(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review (session 42): the start beats (its hold), then the heartbeat beat again at once.
+    monkeypatch.setattr("gateway.bus.redis_backend.BEAT_S", 2.0)  # (well past a slow start)
+    real = redis_subs.RedisSubscriptions.hold
+    calls: list[str] = []
+
+    async def hold(self: redis_subs.RedisSubscriptions, agent: str) -> None:
+        calls.append(agent)
+        await real(self, agent)
+
+    monkeypatch.setattr(redis_subs.RedisSubscriptions, "hold", hold)
+    await two.bus()
+    for _ in range(5):  # the heartbeat task runs (it was created before the start's round trips)
+        await asyncio.sleep(0)
+    assert calls == [""]  # was: ["", ""]
+    async with asyncio.timeout(10):  # and it beats, BEAT_S later
+        while len(calls) < 2:
+            await asyncio.sleep(0.02)
 
 
 async def test_a_park_leaves_an_agent_back_here_meanwhile_its_hold_and_new_subscriptions(
@@ -317,6 +340,19 @@ async def test_a_resend_cut_short_is_finished_by_the_next_beat(
     assert {k.decode() for k in r.hkeys(_held(one))} == {"agent-a", "agent-b", "agent-c"}
 
 
+class _NotedLock(asyncio.Lock):
+    """A lock that notes the first time it is asked for while held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        if self.locked():
+            self.asked.set()
+        return await super().acquire()
+
+
 async def test_a_park_during_a_resend_is_not_undone_by_it(
     two: Env,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -341,10 +377,12 @@ async def test_a_park_during_a_resend_is_not_undone_by_it(
         return script(**kw) if len(calls) == 1 else late(script(**kw))
 
     monkeypatch.setattr(backend.subs, "_hold", slow)
+    turn = backend.subs._turn = _NotedLock()
     beat = asyncio.get_running_loop().create_task(backend.subs.hold(""))
     await entered.wait()  # the resend read agent-b's hold
     park = asyncio.get_running_loop().create_task(backend.unsubscribe_parked(["agent-b"]))
-    await asyncio.sleep(0.05)
+    # the park waits its turn (or, without turns, has run: was a 50 ms sleep, a race)
+    await asyncio.wait({park, asyncio.ensure_future(turn.asked.wait())}, return_when=asyncio.FIRST_COMPLETED)
     go.set()
     await beat
     assert await park == []

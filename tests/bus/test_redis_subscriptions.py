@@ -17,6 +17,7 @@ stopped the expiry sweep for good.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -112,8 +113,7 @@ async def test_a_park_reads_only_the_parked_agents_keys(crowded: Env) -> None:
     held = {b.backend.subs.held for b in crowded.buses}  # type: ignore[attr-defined]
     assert _keys(seen) == {
         EXP,
-        PREFIX + "subs:of:agent-b",
-        PREFIX + "subs:made:agent-b",
+        PREFIX + "subs:of:agent-b",  # (and subs:made:agent-b, deleted with it: no longer read)
         PROCS,
         *held,
         PREFIX + "layout",
@@ -276,3 +276,28 @@ async def test_the_agents_an_earlier_run_left_are_cleared_a_batch_per_round_trip
     await after.forget_left_behind()
     assert scripts() - ran == 2  # 100 agents a script (was 150)
     assert r.zcard(EXP) == 0 and await after.backend.subscriptions() == {}
+
+
+async def test_a_park_kept_for_another_process_is_done_once_it_lets_go(
+    two: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review (session 42): a park on this process left alone an agent another process held
+    # live, and never looked again: when that process crashed (its heartbeat lapsed, no park
+    # of its own), the agent's subscriptions filled its inbox until they expired. Now the
+    # park looks again (as the start's clean-up does) until none holds it.
+    monkeypatch.setattr("gateway.bus.membership.RECHECK_LEFT_S", 0.05)
+    one, other = await _two(two)
+    await other.register("agent-c", C.qualified)  # live on both
+    await one.subscribe(C, "news.*")
+    await _parked(one, "agent-c")
+    assert (await one.backend.subscriptions()).get("agent-c") == {"news.*"}  # kept: live on other
+    await asyncio.sleep(0.2)  # looked at again while other still holds it: still kept
+    assert (await one.backend.subscriptions()).get("agent-c") == {"news.*"}
+    backend: Any = other.backend
+    backend._beat.cancel()  # other crashes: its holds go with its heartbeat
+    await backend.subs.release_all()
+    async with asyncio.timeout(5):
+        while "agent-c" in await one.backend.subscriptions():
+            await asyncio.sleep(0.02)
+    # was: {"news.*"} until bus.subscription_ttl_s

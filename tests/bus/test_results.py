@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from gateway.bus import results
 from gateway.bus.builtin import BusBuiltin, receive_budget
+from gateway.bus.receiving import Received
 from gateway.bus.results import RECEIVE_MAX_BYTES, tool_result
 from gateway.context import CallContext, Decision
 from gateway.errors import ArgumentsInvalid
@@ -59,6 +61,10 @@ async def test_a_message_that_cannot_fit_one_receive_is_refused_at_send(env: Env
         await bus.send(A, "agent-b", big)
     with pytest.raises(ArgumentsInvalid):
         await bus.publish(A, "news", big)
+    # 1.2 MB of DEL (8 bytes each in a result) passed the old cheap bound (5 a byte): accepted,
+    # then rejected by every receive
+    with pytest.raises(ArgumentsInvalid):
+        await bus.send(A, "agent-b", "\x7f" * 1_200_000)
     assert env.stored("agent-b") == []
     # a body within bus.max_body_bytes that fits a result is sent, and received whole
     fits = "y" * 3_000_000
@@ -100,14 +106,16 @@ async def test_a_policy_cap_under_the_envelope_destroys_nothing(env: Env) -> Non
         "\U0001f600" * 1000,
         '"\\' * 1000,
         "\x01\x1f" * 1000,
+        "\x7f" * 1000,
         {"k": ["a", 1, None, {"é": "\U0001f600"}] * 200},
         [[[]]] * 500,
     ],
-    ids=["2-byte", "4-byte", "quotes-backslashes", "controls", "nested", "separators"],
+    ids=["2-byte", "4-byte", "quotes-backslashes", "controls", "delete", "nested", "separators"],
 )
 def test_the_cheap_bound_is_never_under_what_a_body_adds_to_a_result(body: Any) -> None:
-    """A send skips serialising the body again (three ``json.dumps``) when 5 bytes per stored
-    byte cannot reach the ceiling: that must be an upper bound for every kind of body."""
+    """A send skips serialising the body again (three ``json.dumps``) when its bound cannot
+    reach the ceiling, and a receive far under its budget sums bounds: that must be an upper
+    bound for every kind of body (5 bytes per stored byte was not, for a DEL's 8)."""
     from gateway.bus import results
 
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()  # as Sealer.body stores it
@@ -115,3 +123,53 @@ def test_the_cheap_bound_is_never_under_what_a_body_adds_to_a_result(body: Any) 
         results.ITEM_BYTES_PER_BODY_BYTE * len(data) + results.ITEM_KEY_BYTES + results.ITEM_METADATA_BYTES
     )
     assert results.item_bytes_of_body(body) <= bound
+
+
+async def test_a_receive_far_under_its_budget_serialises_no_message(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every receive has a budget (the ceiling), so every message was measured exactly: three
+    ``json.dumps`` each, for receives far under it (review, session 42)."""
+    from gateway.bus import receiving
+
+    measured: list[int] = []
+
+    def counted(item: dict[str, Any]) -> int:
+        measured.append(1)
+        return results.item_bytes(item)
+
+    monkeypatch.setattr(receiving, "item_bytes", counted)
+    bus = await _pair(env)
+    for i in range(50):
+        await bus.send(A, "agent-b", {"n": i, "text": "é" * 100})
+    got = await bus.receive(B, max_items=1000, max_bytes=receive_budget(_receive_call(None)))
+    assert len(got) == 50 and measured == []
+
+
+async def test_a_receive_near_its_budget_takes_exactly_what_fits(env: Env) -> None:  # noqa: F811
+    """The bounds summed overstate (four times here); near the budget the messages are
+    measured, so a receive still takes every message whose exact size fits."""
+    bus = await _pair(env)
+    body = "x" * 100
+    sent = [await bus.send(A, "agent-b", body) for _ in range(12)]
+    exact = [
+        Received(
+            m.id, m.sender, m.kind, m.topic, m.reply_to, m.timestamp_ms, m.expires_ms, body, 0
+        ).result_bytes()
+        for m in sent
+    ]
+    got = await bus.receive(B, max_items=100, max_bytes=sum(exact[:10]))
+    assert [r.id for r in got] == [m.id for m in sent[:10]]
+    assert [r.id for r in await bus.receive(B, max_items=100)] == [m.id for m in sent[10:]]
+
+
+@pytest.mark.parametrize(("text", "grows"), [("[1e15]", True), ("[1e400]", True), ("[1.5, 1e+16]", False)])
+def test_a_body_written_longer_again_is_measured_not_bounded(text: str, grows: bool) -> None:
+    """A stored body bounds its result only as ``Sealer.body`` writes it; a float written
+    shorter than Python writes it ('1e15') makes the receive measure that message exactly."""
+    from gateway.bus.receiving import _Floats
+
+    floats = _Floats()
+    json.loads(text, parse_float=floats)
+    assert floats.grow is grows

@@ -146,7 +146,7 @@ def test_a_subscription_lasts_a_day_unless_configured(tmp_path: Path) -> None:
     assert load_config(_bus_config(tmp_path, ""), {}).bus.subscription_ttl_s == 86400.0
 
 
-@pytest.mark.parametrize("ttl", [math.inf, math.nan, -1.0, 0.0])
+@pytest.mark.parametrize("ttl", [math.inf, math.nan, -1.0, 0.0, 365 * 86400.0 + 1])
 async def test_a_bus_made_without_the_config_refuses_a_bad_lifetime_too(
     env: Env,  # noqa: F811
     ttl: float,
@@ -219,5 +219,39 @@ async def test_subscriptions_stored_by_the_layout_before_survive_the_upgrade_and
     # a park removes them (made before it), and they can be made again
     await bus.backend.unsubscribe_parked(["agent-b"])
     assert await bus.backend.subscriptions() == {}
+    await bus.subscribe(B, "a")
+    assert (await bus.publish(A, "a", 1)).delivered_to == 1
+
+
+async def test_a_park_removes_every_subscription_whatever_its_made_time_says(
+    env: Env,  # noqa: F811
+) -> None:
+    # Review (session 42): the subscription's made time (``subs:made:<agent>``, ``made_ms``)
+    # decided nothing but keeping one when the clock stepped back (made "after" the park);
+    # the park is one script (one transaction): every subscription it sees was made before it.
+    # A store left by session 42 (a made time, here one in the future) starts and parks.
+    far = int(time.time() * 1000) + 3_600_000
+    if env.url is None:
+        env.data.mkdir(parents=True)
+        db = sqlite3.connect(env.data / "bus.db")
+        db.execute(
+            "CREATE TABLE subs(agent TEXT NOT NULL, pattern TEXT NOT NULL, until_ms INTEGER NOT NULL "
+            "DEFAULT 0, made_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(agent, pattern))"
+        )
+        db.execute("INSERT INTO subs VALUES ('agent-b', 'news.*', ?, ?)", (far, far))
+        db.commit()
+        db.close()
+    else:
+        r: Any = redis.Redis.from_url(env.url)
+        r.zadd(PREFIX + "subs:of:agent-b", {"news.*": far})
+        r.zadd(PREFIX + "subs:exp", {"agent-b\0news.*": far})
+        r.hset(PREFIX + "subs:made:agent-b", "news.*", str(far))
+    bus = await _pair(env)
+    await bus.subscribe(B, "sports")
+    assert await bus.backend.subscriptions() == {"agent-b": {"news.*", "sports"}}
+    await bus.backend.unsubscribe_parked(["agent-b"])
+    assert await bus.backend.subscriptions() == {}
+    if env.url is not None:  # the hash left over goes with them
+        assert not r.exists(PREFIX + "subs:made:agent-b")
     await bus.subscribe(B, "a")
     assert (await bus.publish(A, "a", 1)).delivered_to == 1

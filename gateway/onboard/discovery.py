@@ -206,9 +206,10 @@ def _client_table(f: FoundServer) -> dict[str, Any]:
 def _seen_again(d: Discovered, table: dict[str, Any]) -> Discovered | None:
     """What a known server becomes when its file holds it (None: unchanged). A removed one
     that comes back is approved again only when it was and its launch config is the one
-    approved; otherwise it is quarantined with the config its file holds now. An approved one
-    keeps the config approved (a change in its file is not run)."""
-    if d.status == "approved" or (d.status == "quarantined" and table == d.table):
+    approved; otherwise it is quarantined with the config its file holds now. So is an approved
+    one whose config changed in its file: the approval was for the config the person saw (it is
+    stopped if it runs, ``gateway.tasks.discover``), and its file no longer says to run that."""
+    if d.status in ("approved", "quarantined") and table == d.table:
         return None
     if d.status == "removed" and d.was == "approved" and table == d.table:
         return replace(d, status="approved", was=None)
@@ -233,15 +234,16 @@ def _check_seen(d: Discovered, expect: str) -> None:
         )
 
 
-def _discovered(d: Discovered, *, again: bool = False) -> dict[str, Any]:
-    """The ``server.discovered`` record of ``d`` (``again``: it was known, back or changed)."""
+def _discovered(d: Discovered, *, was: str | None = None) -> dict[str, Any]:
+    """The ``server.discovered`` record of ``d``; ``was``: its status before, when it was known
+    (back, or changed: "approved" is an approval its file's change took back)."""
     return {
         "server": d.name,
         "source": d.source,
         "original_name": d.original_name,
         "transport": "stdio" if "command" in d.table else "http",
         "status": d.status,
-        **({"again": True} if again else {}),
+        **({"again": True, "was": was} if was is not None else {}),
     }
 
 
@@ -372,10 +374,11 @@ class Discovery:
                 continue
             handled.add((src, original))
             if (src, original) in by_origin:
-                if (again := _seen_again(by_origin[(src, original)], table)) is not None:
+                before = by_origin[(src, original)]
+                if (again := _seen_again(before, table)) is not None:
                     known[again.name] = by_origin[(src, original)] = again
                     added.append(again)
-                    self._events.emit(Event.SERVER_DISCOVERED, _discovered(again, again=True))
+                    self._events.emit(Event.SERVER_DISCOVERED, _discovered(again, was=before.status))
                 continue
             name = unique_name(original, used)
             used.add(name)

@@ -44,7 +44,7 @@ from gateway.onboard.clients import (
     launches_symbi,
 )
 from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
-from gateway.onboard.registry import registry_servers
+from gateway.onboard.registry import RegistryFolder
 from gateway.verify.approve import MIN_HASH_HEX
 
 _logger = logging.getLogger("symbi.discovery")
@@ -316,6 +316,7 @@ class Discovery:
         self._claude_managed = claude_managed  # Claude Code's managed settings (None: this system's)
         # each pass parses only the client files that changed, each once for all its scopes
         self._files = files if files is not None else ReadWhenChanged()
+        self._registry_files = RegistryFolder()  # and only the registry documents that changed
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -353,7 +354,7 @@ class Discovery:
                         found.append((cf.client, str(path), s.name, _client_table(s)))
                     names.add(s.name)
         if self._registry is not None and self._registry.is_dir():
-            found += [("registry", *seen) for seen in registry_servers(self._registry)]
+            found += [("registry", *seen) for seen in self._registry_files.servers(self._registry)]
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:

@@ -79,6 +79,11 @@ class Discovered:
         return Path(self.source).name in (".claude.json", ".mcp.json")
 
     def as_dict(self) -> dict[str, Any]:
+        """Its record in the discovery state."""
+        return {**self.described(), "salt": self.salt}
+
+    def described(self) -> dict[str, Any]:
+        """Everything but its salt (``symbi discover list --json``: the operator's own listing)."""
         return {
             "name": self.name,
             "source": self.source,
@@ -90,7 +95,6 @@ class Discovered:
             "client": self.client,
             "home": self.home,
             "was": self.was,
-            "salt": self.salt,
         }
 
     def unresolved(self) -> str | None:

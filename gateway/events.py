@@ -65,7 +65,8 @@ class Event(StrEnum):
     # an approved discovered server Claude Code's managed MCP policy blocks (or whose config holds
     # references the gateway does not fill in): stopped, or not started
     SERVER_BLOCKED = "server.blocked"
-    SERVER_STOPPED = "server.stopped"  # a running discovered server stopped: gone from its source
+    # a running discovered server stopped: gone from its source, or its launch config changed there
+    SERVER_STOPPED = "server.stopped"
     # agents (gateway.runtime)
     AGENT_REGISTERED = "agent.registered"  # a session or hosted agent got its gateway-made id
     AGENT_STATE = "agent.state"  # an agent moved along one lifecycle edge (from, to, reason)

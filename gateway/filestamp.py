@@ -1,6 +1,7 @@
 """Whether a file changed since it was last looked at, without reading it: the one stamp of
 the policy watch (``gateway.policy.watch``), discovery's client files
-(``gateway.onboard.clients.ReadWhenChanged``) and the API key file (``gateway.server.auth``)."""
+(``gateway.onboard.clients.ReadWhenChanged``) and registry documents
+(``gateway.onboard.registry.RegistryFolder``), and the API key file (``gateway.server.auth``)."""
 
 from __future__ import annotations
 

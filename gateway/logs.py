@@ -35,6 +35,27 @@ def _stamp(record: logging.LogRecord) -> None:
     record.span_id = span_id
 
 
+class Outage:
+    """A failure repeated while something is down (a retry loop's), logged once an outage: a
+    warning at its first failure, an info line when it works again; not one line a retry."""
+
+    def __init__(self, logger: logging.Logger, recovered: str) -> None:
+        self._logger, self._recovered = logger, recovered
+        self.down = False
+
+    def failed(self, msg: str, *args: object, exc_info: bool = False) -> None:
+        """A failure: logged (``exc_info``: with its traceback) when it starts an outage."""
+        if not self.down:
+            self._logger.warning(msg, *args, exc_info=exc_info)
+        self.down = True
+
+    def worked(self) -> None:
+        """A success: the end of the outage, if there was one, is logged."""
+        if self.down:
+            self._logger.info(self._recovered)
+        self.down = False
+
+
 LINE = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the text format ``configure`` sets
 
 # C0 controls but the tab, DEL, C1 controls, and the Unicode line and paragraph separators

@@ -125,7 +125,7 @@ def discover(config: Config, events: EventSink) -> Background:
         while True:
             try:
                 added, removed = await anyio.to_thread.run_sync(discovery.poll)
-                # a "removed" one still running is stopped below
+                # a running one no longer approved (removed, or changed in its file) is stopped below
                 ours = [
                     d
                     for d in discovery.entries().values()
@@ -146,8 +146,8 @@ def discover(config: Config, events: EventSink) -> Background:
             failed = ""
             _log_discovered(added, removed)
             for d in ours:
-                if d.status == "removed":  # gone from its client's config: gone from the gateway
-                    await _stop_removed(gw, d)
+                if d.status != "approved":  # running, its approval gone: removed, or its config changed
+                    await _stop_unapproved(gw, d)
                 elif d.name in refused:
                     await _block(gw, d, refused[d.name], blocked)
                 elif d.status == "approved" and d.name not in gw.upstreams:
@@ -163,39 +163,42 @@ async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -
     or approved with references the gateway does not fill in (before that was refused):
     stopped if it runs; on the record and in the log once per reason."""
     running = d.name in gw.upstreams
-    stopped = False
-    if running:
-        try:
-            await gw.remove_server(d.name)
-            stopped = True
-        except Exception:  # out of the catalogue all the same (remove_server's finally)
-            _logger.exception("discovered server %s, not to run (%s): stopping it failed", d.name, why)
     if logged.get(d.name) == why and not running:
         return
     logged[d.name] = why
-    gw.events.emit(
-        Event.SERVER_BLOCKED,
-        {"server": d.name, "source": d.source, "reason": why, "stopped": stopped},
-    )
+    stopped = await _stop(gw, d, Event.SERVER_BLOCKED, why)
     done = "stopped" if stopped else "could not be stopped" if running else "not started"
     _logger.error("approved server %s %s: %s", d.name, done, why)
 
 
-async def _stop_removed(gw: Gateway, d: Discovered) -> None:
-    """A running discovered server gone from its client's config: stopped (its processes end,
-    its tools leave the catalogue), on the record as ``server.stopped``."""
-    try:
-        await gw.remove_server(d.name)
-        stopped = True
-    except Exception:  # out of the catalogue all the same (remove_server's finally)
-        stopped = False
-        _logger.exception("discovered server %s, gone from %s: stopping it failed", d.name, d.source)
-    gw.events.emit(
-        Event.SERVER_STOPPED,
-        {"server": d.name, "source": d.source, "reason": "removed from its source", "stopped": stopped},
-    )
-    if stopped:
-        _logger.warning("discovered server %s stopped: it is gone from %s", d.name, d.source)
+# why a running discovered server is no longer approved, by its status now
+_UNAPPROVED = {
+    "removed": "removed from its source",
+    # the approval was for the config the person saw: `symbi tools approve` names the new one's digest
+    "quarantined": "its launch config changed in its source: it waits for an approval again",
+}
+
+
+async def _stop_unapproved(gw: Gateway, d: Discovered) -> None:
+    """A running discovered server no longer approved (gone from its client's config, or its
+    launch config changed there): stopped, on the record as ``server.stopped``."""
+    why = _UNAPPROVED.get(d.status, f"its status is {d.status!r}")
+    if await _stop(gw, d, Event.SERVER_STOPPED, why):
+        _logger.warning("discovered server %s stopped (%s): %s", d.name, d.source, why)
+
+
+async def _stop(gw: Gateway, d: Discovered, event: Event, why: str) -> bool:
+    """Stop ``d`` if it runs (its processes end, its tools leave the catalogue) and record
+    ``event`` with the reason; whether it was stopped."""
+    stopped = False
+    if d.name in gw.upstreams:
+        try:
+            await gw.remove_server(d.name)
+            stopped = True
+        except Exception:  # out of the catalogue all the same (remove_server's finally)
+            _logger.exception("discovered server %s (%s): stopping it failed", d.name, why)
+    gw.events.emit(event, {"server": d.name, "source": d.source, "reason": why, "stopped": stopped})
+    return stopped
 
 
 def _log_discovered(added: list[Discovered], removed: list[Discovered]) -> None:

@@ -36,6 +36,7 @@ from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.bus.redis_subs import BEAT_S, LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
+from gateway.logs import Outage
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -142,19 +143,16 @@ class RedisBackend:
         """This process is alive (``procs``): the agents it holds live stay held. Whatever a
         beat raises (or if it hangs past ``BEAT_S``), the next one is tried: it never stops.
         It sleeps first: ``start`` beats (a second beat at once doubled the first round trip)."""
-        failing = False
+        outage = Outage(_logger, "bus: the heartbeat to Redis works again")
         while True:
             await asyncio.sleep(BEAT_S)
             try:
                 await asyncio.wait_for(self.subs.hold(""), BEAT_S)
             except Exception as e:  # noqa: BLE001 - its agents count as not held meanwhile
-                if not failing:  # (once per outage: a park elsewhere may remove their subscriptions)
-                    _logger.warning("bus: the heartbeat to Redis failed (retried every %ss): %r", BEAT_S, e)
-                failing = True
+                # (once per outage: a park elsewhere may remove their subscriptions)
+                outage.failed("bus: the heartbeat to Redis failed (retried every %ss): %r", BEAT_S, e)
             else:
-                if failing:
-                    _logger.warning("bus: the heartbeat to Redis works again")
-                failing = False
+                outage.worked()
 
     async def close(self) -> None:
         if self._beat is not None:

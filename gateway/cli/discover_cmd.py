@@ -27,9 +27,9 @@ def _list(args: argparse.Namespace) -> int:
     entries = discovery_store(cfg).entries()
     if args.json:
         listed = [
-            {**d.as_dict(), "unresolved": d.unresolved(), "digest": d.digest()} for d in entries.values()
+            {**d.described(), "unresolved": d.unresolved(), "digest": d.digest()} for d in entries.values()
         ]
-        print(json.dumps([{k: v for k, v in d.items() if k != "salt"} for d in listed], indent=2))
+        print(json.dumps(listed, indent=2))
         return 0
     for d in sorted(entries.values(), key=lambda d: d.name):
         print(f"{d.name:32} {d.status:12} {d.original_name} ({d.source})")

@@ -289,9 +289,10 @@ def _approve_discovered(cfg: Config, names: list[str], digests: list[str], by: s
     from gateway.onboard.discovery import discovery_store
 
     discovery = discovery_store(cfg)
+    listed = {} if digests else discovery.entries()  # what is printed: read once, not once a name
     for i, name in enumerate(names):
         seen = digests[i] if digests else None
-        if seen is None and (shown := discovery.entries().get(name)) is not None:
+        if seen is None and (shown := listed.get(name)) is not None:
             print(f"approving {name}: launches {shown.launches()} (digest {shown.digest()})")
             seen = shown.digest()
         try:

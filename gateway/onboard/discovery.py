@@ -44,7 +44,7 @@ from gateway.onboard.clients import (
     launches_symbi,
 )
 from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
-from gateway.onboard.registry import registry_servers
+from gateway.onboard.registry import RegistryFolder
 from gateway.verify.approve import MIN_HASH_HEX
 
 _logger = logging.getLogger("symbi.discovery")
@@ -79,6 +79,11 @@ class Discovered:
         return Path(self.source).name in (".claude.json", ".mcp.json")
 
     def as_dict(self) -> dict[str, Any]:
+        """Its record in the discovery state."""
+        return {**self.described(), "salt": self.salt}
+
+    def described(self) -> dict[str, Any]:
+        """Everything but its salt (``symbi discover list --json``: the operator's own listing)."""
         return {
             "name": self.name,
             "source": self.source,
@@ -90,7 +95,6 @@ class Discovered:
             "client": self.client,
             "home": self.home,
             "was": self.was,
-            "salt": self.salt,
         }
 
     def unresolved(self) -> str | None:
@@ -206,9 +210,10 @@ def _client_table(f: FoundServer) -> dict[str, Any]:
 def _seen_again(d: Discovered, table: dict[str, Any]) -> Discovered | None:
     """What a known server becomes when its file holds it (None: unchanged). A removed one
     that comes back is approved again only when it was and its launch config is the one
-    approved; otherwise it is quarantined with the config its file holds now. An approved one
-    keeps the config approved (a change in its file is not run)."""
-    if d.status == "approved" or (d.status == "quarantined" and table == d.table):
+    approved; otherwise it is quarantined with the config its file holds now. So is an approved
+    one whose config changed in its file: the approval was for the config the person saw (it is
+    stopped if it runs, ``gateway.tasks.discover``), and its file no longer says to run that."""
+    if d.status in ("approved", "quarantined") and table == d.table:
         return None
     if d.status == "removed" and d.was == "approved" and table == d.table:
         return replace(d, status="approved", was=None)
@@ -233,15 +238,16 @@ def _check_seen(d: Discovered, expect: str) -> None:
         )
 
 
-def _discovered(d: Discovered, *, again: bool = False) -> dict[str, Any]:
-    """The ``server.discovered`` record of ``d`` (``again``: it was known, back or changed)."""
+def _discovered(d: Discovered, *, was: str | None = None) -> dict[str, Any]:
+    """The ``server.discovered`` record of ``d``; ``was``: its status before, when it was known
+    (back, or changed: "approved" is an approval its file's change took back)."""
     return {
         "server": d.name,
         "source": d.source,
         "original_name": d.original_name,
         "transport": "stdio" if "command" in d.table else "http",
         "status": d.status,
-        **({"again": True} if again else {}),
+        **({"again": True, "was": was} if was is not None else {}),
     }
 
 
@@ -314,6 +320,7 @@ class Discovery:
         self._claude_managed = claude_managed  # Claude Code's managed settings (None: this system's)
         # each pass parses only the client files that changed, each once for all its scopes
         self._files = files if files is not None else ReadWhenChanged()
+        self._registry_files = RegistryFolder()  # and only the registry documents that changed
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -351,7 +358,7 @@ class Discovery:
                         found.append((cf.client, str(path), s.name, _client_table(s)))
                     names.add(s.name)
         if self._registry is not None and self._registry.is_dir():
-            found += [("registry", *seen) for seen in registry_servers(self._registry)]
+            found += [("registry", *seen) for seen in self._registry_files.servers(self._registry)]
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:
@@ -372,10 +379,11 @@ class Discovery:
                 continue
             handled.add((src, original))
             if (src, original) in by_origin:
-                if (again := _seen_again(by_origin[(src, original)], table)) is not None:
+                before = by_origin[(src, original)]
+                if (again := _seen_again(before, table)) is not None:
                     known[again.name] = by_origin[(src, original)] = again
                     added.append(again)
-                    self._events.emit(Event.SERVER_DISCOVERED, _discovered(again, again=True))
+                    self._events.emit(Event.SERVER_DISCOVERED, _discovered(again, was=before.status))
                 continue
             name = unique_name(original, used)
             used.add(name)

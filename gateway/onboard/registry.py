@@ -4,6 +4,7 @@ names them: they become one argument of npx/uvx/docker, never an option."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -11,34 +12,73 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.filestamp import Stamp, file_stamp
 from gateway.textcheck import not_utf8_at, shown
 
 _logger = logging.getLogger("symbi.discovery")
 
 
-def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
+# (source, name, table) of one server.json
+Entry = tuple[str, str, dict[str, Any]]
+
+
+class RegistryFolder:
+    """The servers of a folder of ``server.json`` documents, each file parsed again only when
+    it changed (``gateway.filestamp``), as discovery's client files are: discovery lists the
+    folder every pass, and parsed every document of it each time."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[Stamp, Entry | None]] = {}
+
+    def servers(self, folder: Path) -> list[Entry]:
+        """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
+        out: list[Entry] = []
+        seen: dict[Path, tuple[Stamp, Entry | None]] = {}  # the files gone are forgotten
+        for path in sorted(folder.glob("*.json")):
+            stamp = file_stamp(path)
+            if stamp is None or not path.is_file():  # a FIFO named x.json held the pass forever
+                continue
+            kept = self._seen.get(path)
+            if kept is not None and kept[0] == stamp:
+                entry = kept[1]
+            else:
+                try:
+                    entry = _entry(path)
+                except _NotYet:  # a half-written file is read on the next pass
+                    continue
+            seen[path] = (stamp, entry)
+            if entry is not None:  # a copy: the table is the caller's to keep
+                out.append((entry[0], entry[1], copy.deepcopy(entry[2])))
+        self._seen = seen
+        return out
+
+
+def registry_servers(folder: Path) -> list[Entry]:
     """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
-    out = []
-    for path in sorted(folder.glob("*.json")):
-        if not path.is_file():  # a FIFO named x.json held the discovery pass forever
-            continue
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a half-written file is read on the next pass
-        except RecursionError:  # nested a thousand deep: no registry document
-            _logger.warning("discovery: %s skipped: nested too deeply", shown(str(path)))
-            continue
-        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
-            continue
-        if (bad := not_utf8_at(doc)) is not None:  # json.loads made a lone surrogate of "\\ud800"
-            # its name would go into the audit record and the config, which cannot hold it
-            _logger.warning("discovery: %s skipped: the text at %s is not valid UTF-8", shown(str(path)), bad)
-            continue
-        table = _registry_table(doc)
-        if table is not None:
-            out.append((str(path), doc["name"].rsplit("/", 1)[-1], table))
-    return out
+    return RegistryFolder().servers(folder)
+
+
+class _NotYet(Exception):
+    """A file that could not be read or parsed now (being written): not remembered."""
+
+
+def _entry(path: Path) -> Entry | None:
+    """The server ``path`` describes (None: none; skipped for good until it changes)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise _NotYet from None
+    except RecursionError:  # nested a thousand deep: no registry document
+        _logger.warning("discovery: %s skipped: nested too deeply", shown(str(path)))
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+        return None
+    if (bad := not_utf8_at(doc)) is not None:  # json.loads made a lone surrogate of "\\ud800"
+        # its name would go into the audit record and the config, which cannot hold it
+        _logger.warning("discovery: %s skipped: the text at %s is not valid UTF-8", shown(str(path)), bad)
+        return None
+    table = _registry_table(doc)
+    return None if table is None else (str(path), doc["name"].rsplit("/", 1)[-1], table)
 
 
 def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.filestamp import Stamp, file_stamp
+from gateway.logs import Outage
 
 log = logging.getLogger("symbi.policy")
 
@@ -53,16 +54,14 @@ class FileWatcher:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        failing = False  # one traceback a run of failed passes, not one a pass
+        outage = Outage(log, "policy watch: its passes work again")  # one traceback a run of failures
         while not self._stop.wait(self.interval_s):
             try:
                 self._once()
-            except Exception:  # one failed pass (EMFILE listing a folder) must end no reloads
-                if not failing:
-                    log.exception("policy watch: a pass failed; the next ones try again")
-                failing = True
+            except Exception:  # noqa: BLE001 - one failed pass (EMFILE listing a folder) must end no reloads
+                outage.failed("policy watch: a pass failed; the next ones try again", exc_info=True)
             else:
-                failing = False
+                outage.worked()
 
     def _once(self) -> None:
         if self._poll() == self._stamps:

@@ -27,6 +27,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.compat import close_get_stream, close_http_session, open_http_sessions
 from gateway.context import Principal
 from gateway.errors import GatewayError
+from gateway.logs import Outage
 from gateway.server.connections import REFUSED as CONNECTIONS_REFUSED
 from gateway.server.connections import TRUST, ConnectionBounds, OpenConnections
 from gateway.server.lognoise import throttle_noise
@@ -182,7 +183,7 @@ async def sweep_revoked(
     refused while the store is down) -- it never ends this task, which would take the
     gateway's lifespan (state probes, audit writer) down with it.
     """
-    down = False
+    outage = Outage(_logger, "revoked-key sweep resumed: the key store answers again")
     while True:
         await anyio.sleep(interval)
         hub = listens() if listens is not None else None
@@ -199,14 +200,10 @@ async def sweep_revoked(
         try:
             live = await anyio.to_thread.run_sync(_read_keys, is_live, kids)
         except Exception as e:  # noqa: BLE001 - StateUnavailable, or any failure to read: keep, retry
-            if not down:
-                why = e.message if isinstance(e, GatewayError) else f"{type(e).__name__}: {e}"
-                _logger.warning("revoked-key sweep paused, the key store cannot be read: %s", why)
-            down = True
+            why = e.message if isinstance(e, GatewayError) else f"{type(e).__name__}: {e}"
+            outage.failed("revoked-key sweep paused, the key store cannot be read: %s", why)
             continue  # the store is down: the next sweep tries again
-        if down:
-            _logger.info("revoked-key sweep resumed: the key store answers again")
-            down = False
+        outage.worked()
         for sid, kid in held:
             if not live[kid]:
                 await _close_revoked(manager, sid, on_closed)

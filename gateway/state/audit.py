@@ -34,6 +34,7 @@ from gateway.audit.retention import HANDOFF_PREFIX, Handoff, read_handoff, signa
 from gateway.audit.verify import Problem, VerifyResult, verify_records
 from gateway.errors import AuditError, StateUnavailable
 from gateway.events import Event
+from gateway.logs import Outage
 from gateway.state.audit_roster import (
     Missing,
     Registration,
@@ -197,19 +198,15 @@ class AuditShipper:
     async def run(self, interval_s: float) -> None:
         """Background task: ship every ``interval_s``; PostgreSQL down = retry (the local log
         keeps every event meanwhile); one last pass at shutdown."""
-        down = False
+        outage = Outage(_logger, "audit shipping to PostgreSQL resumed")
         try:
             while True:
                 try:
                     await anyio.to_thread.run_sync(self.ship)
                 except (StateUnavailable, AuditError) as e:
-                    if not down:
-                        _logger.warning("audit shipping to PostgreSQL paused: %s", e.message)
-                    down = True
+                    outage.failed("audit shipping to PostgreSQL paused: %s", e.message)
                 else:
-                    if down:
-                        _logger.info("audit shipping to PostgreSQL resumed")
-                    down = False
+                    outage.worked()
                 await anyio.sleep(interval_s)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):

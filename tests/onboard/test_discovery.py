@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -68,6 +69,38 @@ def test_registry_server_json_maps_to_a_server_table(tmp_path: Path) -> None:
         "weather": {"command": "npx", "args": ["-y", "@example/weather-mcp@1.2.0"]},
         "remote": {"url": "https://mcp.example.test/"},
     }
+
+
+def test_a_registry_document_is_parsed_again_only_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry folder was read and parsed whole on every discovery pass (each 0.2-60 s),
+    unlike the client files. Now a pass reads only a document that is new or changed (its
+    ``file_stamp``); one removed is forgotten, and its server reported gone."""
+    folder = tmp_path / "registry"
+    for name in ("a", "b"):
+        write_json(
+            folder / f"{name}.json", {"name": f"com.example/{name}", "remotes": [{"url": "https://a.test/"}]}
+        )
+    reads: list[str] = []
+    read_text = Path.read_text
+
+    def counted(self: Path, *args: Any, **kwargs: Any) -> str:  # every read, the state's too
+        if self.parent == folder:
+            reads.append(self.name)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    d = discovery(tmp_path / "discovered.json", tmp_path / "home", tmp_path, registry_dir=folder)
+    assert sorted(x.name for x in d.poll()[0]) == ["a", "b"]
+    assert sorted(reads) == ["a.json", "b.json"]
+    assert d.poll() == ([], []) and d.poll() == ([], [])
+    assert sorted(reads) == ["a.json", "b.json"]  # unchanged: not read again
+    write_json(folder / "b.json", {"name": "com.example/b", "remotes": [{"url": "https://b.test/"}]})
+    (folder / "a.json").unlink()
+    added, removed = d.poll()
+    assert ([x.name for x in added], [x.name for x in removed]) == (["b"], ["a"])
+    assert sorted(reads) == ["a.json", "b.json", "b.json"]
 
 
 async def test_edited_client_config_quarantines_then_approval_makes_tools_callable(tmp_path: Path) -> None:

@@ -9,29 +9,22 @@ it for a whole CLI or gateway (``managed_dir``); the reading and the matching ar
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
-from gateway.assemble import make_gateway
 from gateway.cli import main
 from gateway.config.load import load_config
-from gateway.context import CallContext, Principal
 from gateway.errors import ApprovalError, UnknownTool
 from gateway.events import LoggingSink
 from gateway.onboard import claude_managed
 from gateway.onboard.discovery import Discovery, discovery_store
-from tests.conftest import ROOT, upstream_writable, write_config
-from tests.onboard.conftest import write_json
+from tests.conftest import ROOT, write_config
+from tests.onboard.conftest import alive, approved_and_running, audited, until, write_json
 from tests.server.http.conftest import bearer, make_keys, run_server
 
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
@@ -253,24 +246,6 @@ def test_the_admin_api_refuses_it_and_the_gateway_does_not_start_one_approved_be
     assert store.entries()["late"].status == "quarantined"
 
 
-async def _until(done: Callable[[], bool], what: str) -> None:
-    """Wait for ``done`` (the bound is the wait's, not a timing assertion)."""
-    with anyio.move_on_after(60):
-        while not done():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"not {what} within 60 s")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (ProcessLookupError, FileNotFoundError):  # reaped between the two
-        return False
-    return "zombie" not in status.lower()  # ended, not yet reaped
-
-
 @pytest.mark.anyio
 async def test_a_running_approved_server_is_stopped_when_a_policy_blocks_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -283,35 +258,16 @@ async def test_a_running_approved_server_is_stopped_when_a_policy_blocks_it(
     home, managed = tmp_path / "home", tmp_path / "managed"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setattr(claude_managed, "managed_dir", lambda platform=sys.platform: managed)
-    record = upstream_writable(tmp_path) / "calls.jsonl"
-    mut = {"command": sys.executable, "args": [str(MUTABLE)], "env": {"RECORD_FILE": str(record)}}
-    write_json(home / ".claude.json", {"mcpServers": {"mut": mut}})
-    cfg = write_config(
-        tmp_path, "[mcp]\ndiscovery_enabled = true\nrecheck_interval_s = 0.2\n[sandbox]\ncode_tools = false\n"
-    )
-    store = discovery_store(load_config(cfg, {}))
-    store.poll()
-    store.approve("mut", by="admin")
-    tester = Principal(id="tester", roles=("tester",))
-
-    def echo() -> CallContext:
-        return CallContext(
-            principal=tester, kind="tools/call", target="mut__echo", arguments={"message": "hi"}
-        )
-
-    async with make_gateway(load_config(cfg, {})).running() as gw:
-        await _until(lambda: "mut__echo" in gw.catalog.tools, "started")
-        assert not (await gw.call(echo())).is_error
-        pid = json.loads(record.read_text().splitlines()[0])["pid"]
+    async with approved_and_running(tmp_path, home / ".claude.json") as mut:
+        gw = mut.gw
         policy = write_json(managed / "managed-settings.json", {"deniedMcpServers": [{"serverName": "mut"}]})
         # out of the upstreams first (no call reaches it), then the catalogue is rebuilt
-        await _until(lambda: "mut" not in gw.upstreams and "mut__echo" not in gw.catalog.tools, "stopped")
+        await until(lambda: "mut" not in gw.upstreams and "mut__echo" not in gw.catalog.tools, "stopped")
         with pytest.raises(UnknownTool):
-            await gw.call(echo())
-        await _until(lambda: not _alive(pid), "its process ended")
-        assert len(record.read_text().splitlines()) == 1  # the refused call never reached it
-    db = sqlite3.connect(tmp_path / "data" / "audit.db")
-    rows = [json.loads(d) for (d,) in db.execute("SELECT details FROM events WHERE type = 'server.blocked'")]
+            await mut.echo()
+        await until(lambda: not alive(mut.pid), "its process ended")
+        assert len(mut.record.read_text().splitlines()) == 1  # the refused call never reached it
+    rows = audited(tmp_path, "server.blocked")
     assert [(r["server"], r["stopped"]) for r in rows] == [("mut", True)]
-    assert str(policy) in rows[0]["reason"]
-    assert store.entries()["mut"].status == "approved"  # the person's approval stands; the policy rules
+    assert str(policy) in str(rows[0]["reason"])
+    assert mut.store.entries()["mut"].status == "approved"  # the person's approval stands; the policy rules

@@ -6,7 +6,6 @@ listed with the reason, refused approval."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -14,29 +13,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.assemble import make_gateway
 from gateway.cli import main
 from gateway.config.load import load_config
-from gateway.context import CallContext, Principal
 from gateway.errors import ApprovalError, UnknownTool
 from gateway.onboard.discovery import discovery_store
-from tests.conftest import ROOT, upstream_writable, write_config
-from tests.onboard.conftest import discovery, write_json
-from tests.onboard.test_discovery_managed import _alive, _until
+from tests.conftest import write_config
+from tests.onboard.conftest import (
+    DISCOVERING,
+    MUTABLE,
+    alive,
+    approved_and_running,
+    audited,
+    discovery,
+    until,
+    write_json,
+)
 from tests.server.http.conftest import bearer, make_keys, run_server
 
-MUTABLE = ROOT / "tests/peers/mutable_server.py"
 DESKTOP = ".config/Claude/claude_desktop_config.json"  # not Claude Code's: no managed policy
-CONFIG = "[mcp]\ndiscovery_enabled = true\nrecheck_interval_s = 0.2\n[sandbox]\ncode_tools = false\n"
-
-
-def _events(tmp_path: Path, kind: str) -> list[dict[str, object]]:
-    db = sqlite3.connect(tmp_path / "data" / "audit.db")
-    try:
-        rows = db.execute("SELECT details FROM events WHERE type = ? ORDER BY seq", (kind,))
-        return [json.loads(d) for (d,) in rows]
-    finally:
-        db.close()
 
 
 @pytest.mark.anyio
@@ -50,49 +44,33 @@ async def test_a_running_server_deleted_from_its_client_config_is_stopped(
     was approved, it starts again; put back changed, it waits for a person."""
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
-    record = upstream_writable(tmp_path) / "calls.jsonl"
-    mut = {"command": sys.executable, "args": [str(MUTABLE)], "env": {"RECORD_FILE": str(record)}}
-    desktop = write_json(home / DESKTOP, {"mcpServers": {"mut": mut}})
-    cfg = write_config(tmp_path, CONFIG)
-    store = discovery_store(load_config(cfg, {}))
-    store.poll()
-    store.approve("mut", by="admin")
-    tester = Principal(id="tester", roles=("tester",))
-
-    def echo() -> CallContext:  # a call's context is its own (the steps fill it in)
-        return CallContext(
-            principal=tester, kind="tools/call", target="mut__echo", arguments={"message": "hi"}
-        )
-
-    async with make_gateway(load_config(cfg, {})).running() as gw:
-        await _until(lambda: "mut__echo" in gw.catalog.tools, "started")
-        assert not (await gw.call(echo())).is_error
-        pid = json.loads(record.read_text().splitlines()[0])["pid"]
+    async with approved_and_running(tmp_path, home / DESKTOP) as mut:
+        gw, store, desktop = mut.gw, mut.store, mut.file
         write_json(desktop, {"mcpServers": {}})
-        await _until(lambda: "mut" not in gw.upstreams and "mut__echo" not in gw.catalog.tools, "stopped")
+        await until(lambda: "mut" not in gw.upstreams and "mut__echo" not in gw.catalog.tools, "stopped")
         with pytest.raises(UnknownTool):
-            await gw.call(echo())
-        await _until(lambda: not _alive(pid), "its process ended")
-        assert len(record.read_text().splitlines()) == 1  # the refused call never reached it
+            await mut.echo()
+        await until(lambda: not alive(mut.pid), "its process ended")
+        assert len(mut.record.read_text().splitlines()) == 1  # the refused call never reached it
         assert store.entries()["mut"].status == "removed"
-        write_json(desktop, {"mcpServers": {"mut": mut}})  # back as approved: the approval stands
-        await _until(lambda: "mut__echo" in gw.catalog.tools, "started again")
-        assert not (await gw.call(echo())).is_error
+        write_json(desktop, {"mcpServers": {"mut": mut.table}})  # back as approved: the approval stands
+        await until(lambda: "mut__echo" in gw.catalog.tools, "started again")
+        assert not (await mut.echo()).is_error
         write_json(desktop, {"mcpServers": {}})
-        await _until(lambda: "mut" not in gw.upstreams, "stopped again")
-        changed = {**mut, "env": {**mut["env"], "NODE_OPTIONS": "--require ./.x.js"}}  # type: ignore[dict-item]
-        write_json(desktop, {"mcpServers": {"mut": changed, "probe": mut}})
-        await _until(lambda: "probe" in store.entries(), "seen by a pass")
-        write_json(desktop, {"mcpServers": {"mut": changed, "probe": mut, "probe2": mut}})
-        await _until(lambda: "probe2" in store.entries(), "seen by the next pass")
+        await until(lambda: "mut" not in gw.upstreams, "stopped again")
+        changed = {**mut.table, "env": {"RECORD_FILE": str(mut.record), "NODE_OPTIONS": "--require ./.x.js"}}
+        write_json(desktop, {"mcpServers": {"mut": changed, "probe": mut.table}})
+        await until(lambda: "probe" in store.entries(), "seen by a pass")
+        write_json(desktop, {"mcpServers": {"mut": changed, "probe": mut.table, "probe2": mut.table}})
+        await until(lambda: "probe2" in store.entries(), "seen by the next pass")
         assert "mut" not in gw.upstreams  # changed: not what the person approved
     back = store.entries()["mut"]
     assert (back.status, back.approved_by, back.table) == ("quarantined", None, changed)
-    assert [(e["server"], e["stopped"]) for e in _events(tmp_path, "server.stopped")] == [
+    assert [(e["server"], e["stopped"]) for e in audited(tmp_path, "server.stopped")] == [
         ("mut", True),
         ("mut", True),
     ]
-    assert [e["was"] for e in _events(tmp_path, "server.removed")] == ["approved", "approved"]
+    assert [e["was"] for e in audited(tmp_path, "server.removed")] == ["approved", "approved"]
 
 
 def test_a_server_back_in_its_file_is_approved_again_only_as_it_was(tmp_path: Path) -> None:
@@ -147,7 +125,7 @@ def test_a_server_with_references_the_gateway_does_not_fill_cannot_be_approved(
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GH_TOKEN", "ghp_the_gateways_own_0123456789abcdef")
     write_json(project / ".vscode" / "mcp.json", VSCODE)
-    cfg = write_config(project, CONFIG)
+    cfg = write_config(project, DISCOVERING)
     store = discovery_store(load_config(cfg, {}))
     store.poll()
     keyed, plain = store.entries()["keyed"], store.entries()["plain"]
@@ -177,7 +155,7 @@ def test_the_admin_api_lists_the_reason_and_refuses_it(
     monkeypatch.setenv("HOME", str(home))
     mut = {"command": sys.executable, "args": [str(MUTABLE)], "env": {"API_KEY": "${input:api-key}"}}
     write_json(project / ".vscode" / "mcp.json", {"servers": {"keyed": mut, "early": mut}})
-    cfg = write_config(project, CONFIG)
+    cfg = write_config(project, DISCOVERING)
     store = discovery_store(load_config(cfg, {}))
     store.poll()
     state = json.loads(store.state.read_text())
@@ -196,7 +174,7 @@ def test_the_admin_api_lists_the_reason_and_refuses_it(
         gw = run.state.gateway
         assert gw is not None
         deadline = time.monotonic() + 60  # the bound of the wait, not a timing assertion
-        while not (rows := _events(project, "server.blocked")):
+        while not (rows := audited(project, "server.blocked")):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert [(e["server"], e["stopped"]) for e in rows] == [("early", False)]

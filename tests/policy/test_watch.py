@@ -326,7 +326,8 @@ def test_the_watcher_stops_from_its_own_callback(tmp_path: Path, caplog: pytest.
 def test_a_failed_pass_does_not_end_the_watch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Listing the watched files can fail (EMFILE when the process is out of descriptors): the
     thread died of it before, and no later edit was ever reloaded. A run of failed passes is
-    logged once."""
+    logged once (a warning with its traceback), and its end once (``gateway.logs.Outage``)."""
+    caplog.set_level(logging.INFO, logger="symbi.policy")
     f = tmp_path / "p.rego"
     f.write_text("package a\n")
     failing = threading.Event()
@@ -353,4 +354,6 @@ def test_a_failed_pass_does_not_end_the_watch(tmp_path: Path, caplog: pytest.Log
         assert changed.wait(10)
     finally:
         w.stop()
-    assert sum("a pass failed" in r.getMessage() for r in caplog.records) == 1
+    failed = [r for r in caplog.records if "a pass failed" in r.getMessage()]
+    assert [(r.levelno, r.exc_info is not None) for r in failed] == [(logging.WARNING, True)]
+    assert sum("passes work again" in r.getMessage() for r in caplog.records) == 1

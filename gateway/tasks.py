@@ -197,7 +197,8 @@ async def _stop(gw: Gateway, d: Discovered, event: Event, why: str) -> bool:
             stopped = True
         except Exception:  # out of the catalogue all the same (remove_server's finally)
             _logger.exception("discovered server %s (%s): stopping it failed", d.name, why)
-    gw.events.emit(event, {"server": d.name, "source": d.source, "reason": why, "stopped": stopped})
+    # (a stop is the safe side: done whatever the audit log says; a refused record ended the gateway)
+    record_acted(gw.events, event, {"server": d.name, "source": d.source, "reason": why, "stopped": stopped})
     return stopped
 
 

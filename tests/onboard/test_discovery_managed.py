@@ -271,3 +271,22 @@ async def test_a_running_approved_server_is_stopped_when_a_policy_blocks_it(
     assert [(r["server"], r["stopped"]) for r in rows] == [("mut", True)]
     assert str(policy) in str(rows[0]["reason"])
     assert mut.store.entries()["mut"].status == "approved"  # the person's approval stands; the policy rules
+
+
+@pytest.mark.anyio
+async def test_a_blocked_server_is_stopped_with_the_audit_log_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, the audit log broken (``on_failure = "deny"``; closed here): the stop's record
+    raised ``AuditError`` out of the discovery task and ended the gateway with the server still
+    in it. The stop is the safe side: done, its record refused and logged."""
+    home, managed = tmp_path / "home", tmp_path / "managed"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(claude_managed, "managed_dir", lambda platform=sys.platform: managed)
+    async with approved_and_running(tmp_path, home / ".claude.json") as mut:
+        gw = mut.gw
+        assert gw.audit is not None
+        gw.audit.close()  # every record refused from now on
+        write_json(managed / "managed-settings.json", {"deniedMcpServers": [{"serverName": "mut"}]})
+        await until(lambda: "mut" not in gw.upstreams and "mut__echo" not in gw.catalog.tools, "stopped")
+        await until(lambda: not alive(mut.pid), "its process ended")

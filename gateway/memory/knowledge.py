@@ -28,7 +28,7 @@ from gateway.errors import ContextError
 from gateway.events import Event
 from gateway.memory.access import MODEL_DIRECTED, as_read, redact_text, screened_as_read
 from gateway.memory.manager import FILTER_KEY, ContextManager, check_name
-from gateway.memory.store import Point, point_id
+from gateway.memory.store import HELD, Point, point_id
 from gateway.screen.screener import screen_texts
 from gateway.textcheck import not_utf8_at
 
@@ -256,7 +256,9 @@ class KnowledgeBases:
             if not written and stored_sha == hashlib.sha256(version + SCREENED_WRITTEN).hexdigest():
                 # stored under the screening as written, bytes unchanged, flagged now only by
                 # the reading through formatting: kept as it is stored (the old version, so it is
-                # screened and reported again on each add), never dropped silently
+                # screened and reported again on each add), never dropped silently; and marked,
+                # so no search hands it to an agent until the operator accepts or removes it
+                self.m.store.set_payload({"kind": "knowledge", "base": base, "source": src}, HELD)
                 rep.held[src] = [line for _, line in found]
                 return
             # what the file says now would speak to every agent it is handed to

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import ContextError, VectorStoreUnavailable
 from gateway.memory.points import (
+    HELD,
+    SERVED,
     CollectionSpec,
     Filter,
     FilterValue,
     Hit,
+    Not,
     Point,
     Range,
     check_metadata,
@@ -34,11 +37,14 @@ from gateway.memory.points import (
 )
 
 __all__ = [
+    "HELD",
+    "SERVED",
     "CollectionSpec",
     "EdgeStore",
     "Filter",
     "FilterValue",
     "Hit",
+    "Not",
     "Point",
     "QdrantClientStore",
     "Range",
@@ -63,6 +69,7 @@ KEYWORD_FIELDS = (
     "task",
     "source",
     "principal",
+    "screening",  # knowledge a search must not serve (points.SERVED)
 )
 FLOAT_FIELDS = ("ts",)
 
@@ -85,6 +92,10 @@ class VectorStore(Protocol):
     ) -> list[Hit]: ...
 
     def delete(self, *, ids: Sequence[str] | None = None, filter: Filter | None = None) -> None: ...
+
+    def set_payload(self, filter: Filter, payload: Mapping[str, Any]) -> None:
+        """Set ``payload``'s fields on every point matching ``filter`` (others kept)."""
+        ...
 
     def count(self, filter: Filter | None = None) -> int: ...
 
@@ -234,6 +245,10 @@ class QdrantClientStore:
             self._c.delete(
                 self.spec.name, points_selector=m.FilterSelector(filter=self._filter(filter)), wait=True
             )
+
+    def set_payload(self, filter: Filter, payload: Mapping[str, Any]) -> None:
+        selector = self._m.FilterSelector(filter=self._filter(filter))
+        self._c.set_payload(self.spec.name, payload=dict(payload), points=selector, wait=True)
 
     def count(self, filter: Filter | None = None) -> int:
         return int(self._c.count(self.spec.name, count_filter=self._filter(filter), exact=True).count)
@@ -391,6 +406,11 @@ class EdgeStore:
                 self._shard.update(qe.UpdateOperation.delete_points(list(ids)))
             if filter:
                 self._shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(filter)))
+
+    def set_payload(self, filter: Filter, payload: Mapping[str, Any]) -> None:
+        op = self._qe.UpdateOperation.set_payload_by_filter(self._filter(filter), dict(payload))
+        with self._lock:
+            self._shard.update(op)
 
     def count(self, filter: Filter | None = None) -> int:
         with self._lock:

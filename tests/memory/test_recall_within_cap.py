@@ -25,7 +25,9 @@ async def test_a_recall_past_the_cap_leaves_out_whole_items_and_says_how_many(tm
             text = f"note {i}: the printer on floor {i} " + "toner and paper " * 1870
             r = await call(gw, ALICE, "memory__store", text=text, type="long_term")
             assert not r.is_error
-        got = await call(gw, ALICE, "memory__recall", query="printer floor toner", types=["long_term"], top_k=N)
+        got = await call(
+            gw, ALICE, "memory__recall", query="printer floor toner", types=["long_term"], top_k=N
+        )
     assert not got.is_error and result_size(got) <= CAP
     items = json.loads(got.content[0].text)  # whole items: the text parses
     assert got.structured_content is not None

@@ -430,7 +430,7 @@ class EdgeStore:
         def page(offset: Any, n: int) -> tuple[Sequence[Any], Any]:
             req = qe.ScrollRequest(offset=offset, limit=n, filter=flt, with_payload=payload, order_by=order)
             with self._lock:
-                return self._shard.scroll(req)  # type: ignore[no-any-return]
+                return self._shard.scroll(req)
 
         return _paged(page, limit, ordered=order is not None)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mcp import types
 
 from gateway.memory import knowledge
 from gateway.memory.knowledge import KnowledgeBases
@@ -20,6 +21,13 @@ from tests.memory.test_gateway_memory import ALICE, _config, call, gateway
 from tests.memory.test_rescreen_keeps import SPLIT
 
 pytestmark = pytest.mark.anyio
+
+
+def _text(r: types.CallToolResult) -> str:
+    block = r.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
 
 OFFICE = "# Office\nThe travel desk sits on the third floor; the card number is kept by finance.\n"
 QUERY = "travel desk previous instructions reply card number"
@@ -54,13 +62,13 @@ async def test_a_held_file_is_not_served_to_agents_until_accepted(
     async with gateway(cfg) as gw:
         kb: KnowledgeBases = gw.builtins["knowledge"].s.kb  # type: ignore[attr-defined]
         before = await call(gw, ALICE, "knowledge__context", query=QUERY, bases=["hr"])
-        assert "Ig**nore**" in before.content[0].text  # served before the add that holds it
+        assert "Ig**nore**" in _text(before)  # served before the add that holds it
         rep = kb.add("hr", docs)
         assert list(rep.held) == [str(docs / "travel.md")]
         ctx = await call(gw, ALICE, "knowledge__context", query=QUERY, bases=["hr"])
         found = await call(gw, ALICE, "knowledge__search", query=QUERY, base="hr")
         for got in (ctx, found):
-            text = got.content[0].text
+            text = _text(got)
             assert "Ig**nore**" not in text and "travel.md" not in text
             assert "third floor" in text  # the other file still is
         # kept for the operator: still in the base, still reported
@@ -71,4 +79,4 @@ async def test_a_held_file_is_not_served_to_agents_until_accepted(
         accepted = kb.add("hr", docs / "travel.md", accept_flagged=rules)
         assert list(accepted.accepted) == [str(docs / "travel.md")]
         after = await call(gw, ALICE, "knowledge__context", query=QUERY, bases=["hr"])
-        assert "Ig**nore**" in after.content[0].text
+        assert "Ig**nore**" in _text(after)

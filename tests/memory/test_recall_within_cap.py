@@ -9,11 +9,19 @@ import json
 from pathlib import Path
 
 import pytest
+from mcp import types
 
 from gateway.policy.results import result_size
 from tests.memory.test_gateway_memory import ALICE, _config, call, gateway
 
 pytestmark = pytest.mark.anyio
+
+
+def _text(r: types.CallToolResult) -> str:
+    block = r.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
 
 CAP = 1_048_576  # tests/assets/policy/test-data.json: max_result_bytes "*"
 N = 40
@@ -29,7 +37,7 @@ async def test_a_recall_past_the_cap_leaves_out_whole_items_and_says_how_many(tm
             gw, ALICE, "memory__recall", query="printer floor toner", types=["long_term"], top_k=N
         )
     assert not got.is_error and result_size(got) <= CAP
-    items = json.loads(got.content[0].text)  # whole items: the text parses
+    items = json.loads(_text(got))  # whole items: the text parses
     assert got.structured_content is not None
     assert got.structured_content["items"] == items and 0 < len(items) < N
     assert got.structured_content["left_out"] == N - len(items)
@@ -39,5 +47,5 @@ async def test_a_recall_within_the_cap_is_whole(tmp_path: Path) -> None:
     async with gateway(_config(tmp_path)) as gw:
         await call(gw, ALICE, "memory__store", text="the printer is on floor 3", type="long_term")
         got = await call(gw, ALICE, "memory__recall", query="printer", types=["long_term"])
-    assert got.structured_content == {"items": json.loads(got.content[0].text)}
+    assert got.structured_content == {"items": json.loads(_text(got))}
     assert len(got.content) == 1 and len(got.structured_content["items"]) == 1

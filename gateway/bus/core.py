@@ -40,7 +40,8 @@ from gateway.errors import (
 )
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
-from gateway.screen.screener import json_keys, json_texts, screen_texts
+from gateway.screen.asread import Reading, screened
+from gateway.screen.screener import json_keys, json_texts
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -155,12 +156,13 @@ class Bus(Membership):
                 f"body is {len(data)} bytes and would not fit one bus__receive result "
                 f"({RECEIVE_MAX_BYTES} bytes, the body escaped twice): send it in parts"
             )
-        screened = screen_texts(
-            json_texts("body", body), names=json_keys("body", body), joined="body (joined)"
+        # as written and as read (tag characters, formatting splitting a word), as memory is
+        found = screened(
+            list(json_texts("body", body)), names=json_keys("body", body), joined="body (joined)"
         )
-        flagged = screened.at_least("high")
+        flagged = found.findings
         if flagged:
-            reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]
+            reasons = Reading.reasons(flagged)
             self._emit(Event.BUS_DENIED, {"kind": kind, "reasons": reasons}, principal)
             raise ContentFlagged(f"{kind}: the message was not sent: screening flagged it", reasons=reasons)
         return data

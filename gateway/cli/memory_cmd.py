@@ -171,7 +171,7 @@ def _add(args: argparse.Namespace) -> int:
         print(f"{src}: not ingested: screening flagged it: {'; '.join(reasons)}", file=sys.stderr)
     for src, reasons in rep.held.items():
         print(
-            f"{src}: kept as ingested before, but screening now flags it (accept it with "
+            f"{src}: kept as ingested before, not served to agents: screening now flags it (accept it with "
             f"--accept-flagged or remove it): {'; '.join(reasons)}",
             file=sys.stderr,
         )

@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 
 from gateway.config.model import Config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ContextError
 from gateway.events import EventSink
 from gateway.memory.access import MemoryAccess
 from gateway.memory.builtin import MemoryService
 from gateway.memory.embed import Embedder, make_embedder
-from gateway.memory.guard import GuardedStore
+from gateway.memory.guard import GuardedStore, unplaced
 from gateway.memory.manager import ContextManager, MemorySettings
 from gateway.memory.store import CollectionSpec, VectorStore, open_store
 from gateway.policy.engine import PolicyEngine
@@ -67,11 +67,16 @@ def build_manager(
     def store() -> VectorStore:
         e = emb()
         spec = CollectionSpec(COLLECTION, e.dimension, e.id)
-        inner = open_store(
-            spec, url=c.vector_db_url, data_dir=config.gateway.data_dir, backend=c.embedded_store
-        )
+        # the data dir's path is the operator's: logged, never in what an agent is told
+        hide = tuple({str(config.gateway.data_dir), str(config.gateway.data_dir.resolve())})
+        try:
+            inner = open_store(
+                spec, url=c.vector_db_url, data_dir=config.gateway.data_dir, backend=c.embedded_store
+            )
+        except ContextError as e:
+            raise unplaced(e, hide) from e
         # its failures are VectorStoreUnavailable: a refusal with a reason, never a crash
-        return GuardedStore(inner, safe_url(c.vector_db_url) if c.vector_db_url else "(embedded)")
+        return GuardedStore(inner, safe_url(c.vector_db_url) if c.vector_db_url else "(embedded)", hide)
 
     def store_exists() -> bool:
         if c.vector_db_url:

@@ -28,6 +28,7 @@ from gateway.memory.manager import ContextManager, check_bounds
 from gateway.memory.rag import RagPipeline, RagResult
 from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS, RAG_PROMPT, TEMPLATES
 from gateway.memory.types import MEMORY_TYPES, PERSISTENT_TYPES, AgentContext, ContextQuery
+from gateway.policy.results import result_size
 
 _logger = logging.getLogger("symbi.memory")
 
@@ -43,6 +44,45 @@ def _ok(
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)], structured_content=structured, _meta=meta
     )
+
+
+# room for what the chain adds to a result after the tool (its _meta)
+_ENVELOPE_BYTES = 512
+
+
+def result_cap(call: CallContext) -> int | None:
+    """The policy's ``max_result_bytes`` for this call, if any."""
+    cap = call.decision.conditions.get("max_result_bytes") if call.decision is not None else None
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+
+
+def _within_cap(items: list[dict[str, Any]], cap: int | None) -> types.CallToolResult:
+    """The recall's items as JSON text and structured. Past ``cap`` the chain cut the text in
+    the middle of an item (a JSON text that does not parse): the most items that fit are kept
+    whole, and the answer says how many were left out (``left_out``, and a second text)."""
+
+    def built(k: int) -> types.CallToolResult:
+        kept = items[:k]
+        if k == len(items):
+            return _ok(json.dumps(kept, ensure_ascii=False), {"items": kept})
+        left = len(items) - k
+        r = _ok(json.dumps(kept, ensure_ascii=False), {"items": kept, "left_out": left})
+        note = (
+            f"{left} more item(s) left out: past the policy's max_result_bytes ({cap}); ask for fewer (top_k)"
+        )
+        return r.model_copy(update={"content": [*r.content, types.TextContent(type="text", text=note)]})
+
+    whole = built(len(items))
+    if cap is None or result_size(whole) <= cap - _ENVELOPE_BYTES:
+        return whole
+    lo, hi = 0, len(items) - 1  # the most items that fit (a result grows with its items)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if result_size(built(mid)) <= cap - _ENVELOPE_BYTES:
+            lo = mid
+        else:
+            hi = mid - 1
+    return built(lo)
 
 
 def _int(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
@@ -194,8 +234,7 @@ class MemoryBuiltin:
                 "query_chars": len(q.text),
             },
         )
-        body = [i.as_dict() for i in items]
-        return _ok(json.dumps(body, ensure_ascii=False), {"items": body})
+        return _within_cap([i.as_dict() for i in items], result_cap(call))
 
     async def _end_task(self, call: CallContext) -> types.CallToolResult:
         agent = caller_agent(call)

@@ -9,34 +9,59 @@ store that is down, raised out of its task and took the gateway (every session) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gateway.errors import ContextError, VectorStoreUnavailable
 from gateway.memory.store import Filter, Hit, Point, VectorStore
 
 T = TypeVar("T")
+_logger = logging.getLogger("symbi.memory")
+
+
+def unplaced(err: ContextError, hide: Sequence[str]) -> ContextError:
+    """``err`` with the paths in ``hide`` (the gateway's data dir) replaced: its message and
+    reasons reach agents in a tool's error result. The log keeps them whole, for the operator."""
+    texts = (err.message, *err.reasons)
+    if not any(p in t for p in hide for t in texts):
+        return err
+    _logger.error("vector store: %s", err.message)
+
+    def scrub(text: str) -> str:
+        for p in sorted(hide, key=len, reverse=True):
+            text = text.replace(p, "<data dir>")
+        return text
+
+    return type(err)(scrub(err.message), reasons=[scrub(r) for r in err.reasons])
 
 
 class GuardedStore:
     """``VectorStore`` over ``inner``; every other attribute (``indexed``...) is ``inner``'s."""
 
-    def __init__(self, inner: VectorStore, where: str) -> None:
+    def __init__(self, inner: VectorStore, where: str, hide: Sequence[str] = ()) -> None:
         self.inner = inner
         self.where = where
+        self.hide = hide
         self.backend = inner.backend
 
     def _do(self, op: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except ContextError:
-            raise
+        except ContextError as e:
+            raise unplaced(e, self.hide) from e
         except Exception as e:  # whatever the client library raises: refused, with why
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise VectorStoreUnavailable(
-                f"vector store {self.where}: {op} failed: {first}",
-                reasons=[f"the vector store ({self.backend}) cannot be used: {type(e).__name__}"],
+            raise unplaced(
+                VectorStoreUnavailable(
+                    f"vector store {self.where}: {op} failed: {first}",
+                    reasons=[f"the vector store ({self.backend}) cannot be used: {type(e).__name__}"],
+                ),
+                self.hide,
             ) from e
+
+    def set_payload(self, filter: Filter, payload: Mapping[str, Any]) -> None:
+        self._do("set_payload", lambda: self.inner.set_payload(filter, payload))
 
     def upsert(self, points: Sequence[Point]) -> None:
         self._do("upsert", lambda: self.inner.upsert(points))

@@ -26,17 +26,18 @@ import yaml
 
 from gateway.errors import ContextError
 from gateway.events import Event
-from gateway.memory.access import MODEL_DIRECTED, as_read, redact_text, screened_as_read
+from gateway.memory.access import redact_text
 from gateway.memory.manager import FILTER_KEY, ContextManager, check_name
-from gateway.memory.store import Point, point_id
-from gateway.screen.screener import screen_texts
+from gateway.memory.store import HELD, Point, point_id
+from gateway.screen.asread import Reading, screened
+from gateway.screen.screener import Finding
 from gateway.textcheck import not_utf8_at
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)
 CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
 MAX_FILE_BYTES = 5 * 1024 * 1024
 SCREENED = b"\0screened:2"  # part of each file's stored version (see ``KnowledgeBases.add``)
-# the marker before the screening read through formatting (``access.unformatted``): a file
+# the marker before the screening read through formatting (``gateway.screen.asread``): a file
 # stored under it and unchanged since is kept if only that reading flags it (``IngestReport.held``)
 SCREENED_WRITTEN = b"\0screened:1"
 # what a listing of stored files reads of each chunk (never its text)
@@ -256,7 +257,9 @@ class KnowledgeBases:
             if not written and stored_sha == hashlib.sha256(version + SCREENED_WRITTEN).hexdigest():
                 # stored under the screening as written, bytes unchanged, flagged now only by
                 # the reading through formatting: kept as it is stored (the old version, so it is
-                # screened and reported again on each add), never dropped silently
+                # screened and reported again on each add), never dropped silently; and marked,
+                # so no search hands it to an agent until the operator accepts or removes it
+                self.m.store.set_payload({"kind": "knowledge", "base": base, "source": src}, HELD)
                 rep.held[src] = [line for _, line in found]
                 return
             # what the file says now would speak to every agent it is handed to
@@ -381,32 +384,21 @@ def _acceptance(
     return {"sha256": digest, "rules": rules}
 
 
-def _screened(text: str) -> list[tuple[str, str]]:
+def _screened_parts(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The high screening findings of a file's text that speak to the model (the tool
     definitions' rules: hidden instructions, concealment, shadowing), as ``(rule, "field:
-    summary (rule)")``; none: it may be stored. Knowledge is handed to agents as shared memories
-    are. The secrets and exfiltration rules are left out here: documents are about things, and a
-    runbook naming ``~/.ssh`` or ``curl``, or a security policy saying "forward a message asking
-    for your password to the desk" (tests/memory/corpus), is what a knowledge base is for."""
-    written, formatted = _screened_parts(text)
-    return written + formatted
+    summary (rule)")``, in two parts: those of the text as written (invisible characters
+    dropped, tag characters decoded), and those only the reading through formatting adds.
+    None: it may be stored. The secrets and exfiltration rules are left out: documents are
+    about things, and a runbook naming ``~/.ssh`` or ``curl``, or a security policy saying
+    "forward a message asking for your password to the desk" (tests/memory/corpus), is what a
+    knowledge base is for."""
+    r = screened([("text", text)], decoded=True)
 
+    def lines(found: tuple[Finding, ...]) -> list[tuple[str, str]]:
+        return list(zip((f.rule for f in found), Reading.reasons(found), strict=True))
 
-def _screened_parts(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``_screened`` in two parts: the findings of the text as written (invisible characters
-    dropped, tag characters decoded), and those only the reading through formatting adds."""
-    # read as the model reads it: "I\u200bgnore all prev\u200bious instructions" matched no rule
-    # (and a BOM or soft hyphen alone is no reason to refuse a file); tag characters are read as
-    # the ASCII they stand for (dropped, a whole instruction in them passed), and an
-    # instruction split by formatting ("Ig**nore**", "I g n o r e") is read whole
-    flagged = [
-        f for f in screen_texts([("text", as_read(text))]).at_least("high") if f.category in MODEL_DIRECTED
-    ]
-    rules = {f.rule for f in flagged}
-    more = [f for f in screened_as_read([("text", text)]) if f.rule not in rules]
-    return [(f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in flagged], [
-        (f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in more
-    ]
+    return lines(r.written), lines(r.added)
 
 
 def read_file(path: Path, inside: Path | None) -> bytes:

@@ -25,7 +25,7 @@ import numpy as np
 from gateway.errors import ContextError, MemoryQuotaExceeded
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.memory.embed import Embedder
-from gateway.memory.store import Filter, Point, Range, VectorStore
+from gateway.memory.store import SERVED, Filter, Point, Range, VectorStore
 from gateway.memory.types import (
     MEMORY_TYPES,
     NAME_RE,
@@ -319,6 +319,7 @@ class ContextManager:
     ) -> list[KnowledgeItem]:
         flt: dict[str, Any] = {"kind": "knowledge", "base": [check_name(b, "base") for b in bases]}
         flt.update(knowledge_filter(filters))
+        flt.update(SERVED)  # a held file waits for the operator, unseen by agents
         return [
             knowledge_item(h.id, h.payload, h.score)
             for h in self.store.search(vec.tolist(), limit=limit, filter=flt)

@@ -19,8 +19,15 @@ class Range:
     lte: float | None = None
 
 
-# field -> exact value, any of a list of values, or a numeric range
-FilterValue = str | int | bool | Sequence[str] | Range
+@dataclass(frozen=True)
+class Not:
+    """A field that must not hold ``value`` (a point without the field passes)."""
+
+    value: str | int | bool
+
+
+# field -> exact value, any of a list of values, a numeric range, or a value it must not hold
+FilterValue = str | int | bool | Sequence[str] | Range | Not
 Filter = Mapping[str, FilterValue]
 
 
@@ -52,6 +59,13 @@ class CollectionSpec:
         return {"symbi_embedder": self.embedder, "symbi_dimension": self.dimension}
 
 
+# the payload of a knowledge file's chunks the screening now flags, kept for the operator to
+# settle (``KnowledgeBases.add``'s ``held``), and the filter condition that serves no such
+# chunk to agents. A keyword, not a bool: Qdrant Edge matches True as the integer 1
+HELD: Mapping[str, str] = {"screening": "held"}
+SERVED: Mapping[str, FilterValue] = {"screening": Not("held")}
+
+
 def point_id(key: str) -> str:
     """A stable UUID for a string key (Qdrant ids are unsigned ints or UUIDs)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "symbi:" + key))
@@ -79,11 +93,14 @@ def qdrant_filter(flt: Filter | None, ns: Any, range_type: Any) -> Any:
     if not flt:
         return None
     must: list[Any] = []
+    must_not: list[Any] = []
     for key, v in flt.items():
-        if isinstance(v, Range):
+        if isinstance(v, Not):
+            must_not.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=v.value)))
+        elif isinstance(v, Range):
             must.append(ns.FieldCondition(key=key, range=range_type(gte=v.gte, lte=v.lte)))
         elif isinstance(v, list | tuple):
             must.append(ns.FieldCondition(key=key, match=ns.MatchAny(any=list(v))))
         else:
             must.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=v)))
-    return ns.Filter(must=must)
+    return ns.Filter(must=must or None, must_not=must_not or None)

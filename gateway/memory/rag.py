@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gateway.memory.manager import ContextManager, check_name, check_query, knowledge_item
+from gateway.memory.store import SERVED
 from gateway.memory.types import KnowledgeItem
 
 # Score fusion: cosine + BM25_WEIGHT * (BM25 / best BM25 of the candidates) + recency. Rank
@@ -213,21 +214,20 @@ class RagPipeline:
         return QueryAnalysis(norm, kws, phrases, norm.rstrip().endswith("?"), exact[:MAX_KEYWORDS])
 
     def _index(self, base: str) -> _Bm25Index | None:
-        n = self.m.store.count({"kind": "knowledge", "base": base})
+        served: dict[str, Any] = {"kind": "knowledge", "base": base, **SERVED}  # held files left out
+        n = self.m.store.count(served)
         if n == 0 or n > MAX_BM25_CHUNKS:
             return None
         # what is stored, not who stored it: `symbi memory ingest` may re-ingest a changed file
         # (same chunk count, new text) from another process; each file's first chunk carries its sha
-        firsts = self.m.store.scroll(
-            {"kind": "knowledge", "base": base, "chunk": 0}, limit=MAX_BM25_CHUNKS, fields=("source", "sha")
-        )
+        firsts = self.m.store.scroll({**served, "chunk": 0}, limit=MAX_BM25_CHUNKS, fields=("source", "sha"))
         files = sorted(f"{p.payload.get('source')}\0{p.payload.get('sha')}" for p in firsts)
         key = (n, hashlib.sha256("\n".join(files).encode()).hexdigest())
         with self._lock:
             cached = self._bm25.get(base)
             if cached and cached[0] == key:
                 return cached[1]
-        pts = self.m.store.scroll({"kind": "knowledge", "base": base}, limit=MAX_BM25_CHUNKS)
+        pts = self.m.store.scroll(served, limit=MAX_BM25_CHUNKS)
         idx = _Bm25Index([p.id for p in pts], [p.payload for p in pts])
         with self._lock:
             self._bm25[base] = (key, idx)

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import ContextError, VectorStoreUnavailable
 from gateway.memory.points import (
+    HELD,
+    SERVED,
     CollectionSpec,
     Filter,
     FilterValue,
     Hit,
+    Not,
     Point,
     Range,
     check_metadata,
@@ -34,11 +37,14 @@ from gateway.memory.points import (
 )
 
 __all__ = [
+    "HELD",
+    "SERVED",
     "CollectionSpec",
     "EdgeStore",
     "Filter",
     "FilterValue",
     "Hit",
+    "Not",
     "Point",
     "QdrantClientStore",
     "Range",
@@ -63,6 +69,7 @@ KEYWORD_FIELDS = (
     "task",
     "source",
     "principal",
+    "screening",  # knowledge a search must not serve (points.SERVED)
 )
 FLOAT_FIELDS = ("ts",)
 
@@ -85,6 +92,10 @@ class VectorStore(Protocol):
     ) -> list[Hit]: ...
 
     def delete(self, *, ids: Sequence[str] | None = None, filter: Filter | None = None) -> None: ...
+
+    def set_payload(self, filter: Filter, payload: Mapping[str, Any]) -> None:
+        """Set ``payload``'s fields on every point matching ``filter`` (others kept)."""
+        ...
 
     def count(self, filter: Filter | None = None) -> int: ...
 
@@ -235,6 +246,10 @@ class QdrantClientStore:
                 self.spec.name, points_selector=m.FilterSelector(filter=self._filter(filter)), wait=True
             )
 
+    def set_payload(self, filter: Filter, payload: Mapping[str, Any]) -> None:
+        selector = self._m.FilterSelector(filter=self._filter(filter))
+        self._c.set_payload(self.spec.name, payload=dict(payload), points=selector, wait=True)
+
     def count(self, filter: Filter | None = None) -> int:
         return int(self._c.count(self.spec.name, count_filter=self._filter(filter), exact=True).count)
 
@@ -254,29 +269,20 @@ class QdrantClientStore:
     ) -> list[Point]:
         m = self._m
         payload: Any = list(fields) if fields is not None else True
-        if newest_by is not None:  # ordered: one page (Qdrant pages no ordered scroll by offset)
-            recs, _ = self._c.scroll(
+        flt = self._filter(filter)
+        order = None if newest_by is None else m.OrderBy(key=newest_by, direction=m.Direction.DESC)
+
+        def page(offset: Any, n: int) -> tuple[Sequence[Any], Any]:
+            return self._c.scroll(
                 self.spec.name,
-                scroll_filter=self._filter(filter),
-                limit=limit,
-                with_payload=payload,
-                order_by=m.OrderBy(key=newest_by, direction=m.Direction.DESC),
-            )
-            return [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
-        out: list[Point] = []
-        offset = None
-        while len(out) < limit:
-            recs, offset = self._c.scroll(
-                self.spec.name,
-                scroll_filter=self._filter(filter),
-                limit=min(1000, limit - len(out)),
+                scroll_filter=flt,
+                limit=n,
                 offset=offset,
                 with_payload=payload,
+                order_by=order,
             )
-            out += [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
-            if offset is None:
-                break
-        return out
+
+        return _paged(page, limit, ordered=order is not None)
 
     def optimize(self) -> None:
         """A server indexes on its own; local mode has no index."""
@@ -392,6 +398,11 @@ class EdgeStore:
             if filter:
                 self._shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(filter)))
 
+    def set_payload(self, filter: Filter, payload: Mapping[str, Any]) -> None:
+        op = self._qe.UpdateOperation.set_payload_by_filter(self._filter(filter), dict(payload))
+        with self._lock:
+            self._shard.update(op)
+
     def count(self, filter: Filter | None = None) -> int:
         with self._lock:
             return int(self._shard.count(self._qe.CountRequest(exact=True, filter=self._filter(filter))))
@@ -413,31 +424,15 @@ class EdgeStore:
     ) -> list[Point]:
         qe = self._qe
         payload: Any = qe.PayloadSelector.Include(list(fields)) if fields is not None else True
-        if newest_by is not None:  # ordered: one page
-            req = qe.ScrollRequest(
-                limit=limit,
-                filter=self._filter(filter),
-                with_payload=payload,
-                order_by=qe.OrderBy(newest_by, qe.Direction.Desc),
-            )
+        flt = self._filter(filter)
+        order = None if newest_by is None else qe.OrderBy(newest_by, qe.Direction.Desc)
+
+        def page(offset: Any, n: int) -> tuple[Sequence[Any], Any]:
+            req = qe.ScrollRequest(offset=offset, limit=n, filter=flt, with_payload=payload, order_by=order)
             with self._lock:
-                recs, _ = self._shard.scroll(req)
-            return [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
-        out: list[Point] = []
-        offset = None
-        while len(out) < limit:
-            req = qe.ScrollRequest(
-                offset=offset,
-                limit=min(1000, limit - len(out)),
-                filter=self._filter(filter),
-                with_payload=payload,
-            )
-            with self._lock:
-                recs, offset = self._shard.scroll(req)
-            out += [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
-            if offset is None or not recs:
-                break
-        return out
+                return self._shard.scroll(req)
+
+        return _paged(page, limit, ordered=order is not None)
 
     def indexed(self) -> tuple[int, int]:
         """(points, vectors in an HNSW index)."""
@@ -475,6 +470,22 @@ def open_store(
     if backend == "memory":
         return QdrantClientStore(spec, path=":memory:")
     raise ContextError(f"unknown vector store backend {backend!r} (edge | local | memory, or a url)")
+
+
+def _paged(
+    page: Callable[[Any, int], tuple[Sequence[Any], Any]], limit: int, *, ordered: bool
+) -> list[Point]:
+    """A scroll's points, from ``page(offset, n)`` (records and the next offset): ordered, one
+    page (Qdrant pages no ordered scroll by offset); else pages of at most 1,000 until
+    ``limit``, the last page, or an empty one."""
+    out: list[Point] = []
+    offset = None
+    while len(out) < limit:
+        recs, offset = page(offset, limit - len(out) if ordered else min(1000, limit - len(out)))
+        out += [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
+        if ordered or offset is None or not recs:
+            break
+    return out
 
 
 def _flat(v: Any) -> list[float]:

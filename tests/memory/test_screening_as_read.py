@@ -19,7 +19,7 @@ from gateway.assemble import make_gateway
 from gateway.config.load import load_config
 from gateway.context import CallContext
 from gateway.errors import ContentFlagged
-from gateway.memory.access import as_read
+from gateway.screen.asread import as_read
 from tests.conftest import write_config
 from tests.memory.test_gateway_memory import ALICE, BOB, _config, call, gateway
 

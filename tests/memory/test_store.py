@@ -19,7 +19,9 @@ import pytest
 from gateway.errors import EmbedderMismatch, VectorStoreUnavailable
 from gateway.memory.store import (
     FLOAT_FIELDS,
+    HELD,
     KEYWORD_FIELDS,
+    SERVED,
     CollectionSpec,
     EdgeStore,
     Point,
@@ -233,3 +235,16 @@ def test_scroll_newest_first_and_only_the_fields_asked(store: VectorStore) -> No
     newest = store.scroll({"agent": "a0"}, limit=4, newest_by="ts", fields=("ts", "agent"))
     assert [p.payload for p in newest] == [{"ts": float(t), "agent": "a0"} for t in (27, 24, 21, 18)]
     assert {frozenset(p.payload) for p in store.scroll(fields=("text",))} == {frozenset({"text"})}
+
+
+def test_a_marked_point_is_left_out_by_a_must_not_condition(store: VectorStore) -> None:
+    """``set_payload`` marks points by filter; ``Not`` leaves them out of every read (a point
+    without the field passes): how a held knowledge file is kept but not served."""
+    store.upsert(_points(9))
+    store.set_payload({"agent": "a1"}, HELD)
+    served = {**SERVED, "kind": "memory"}
+    assert store.count(served) == 6
+    assert {p.payload["agent"] for p in store.scroll(served)} == {"a0", "a2"}
+    hits = store.search(_points(9)[1].vector, limit=9, filter=served)
+    assert len(hits) == 6 and all(h.payload["agent"] != "a1" for h in hits)
+    assert {p.payload.get("screening") for p in store.retrieve([point_id("p1")])} == {"held"}

@@ -8,15 +8,17 @@ gateway is the real one (``make_gateway``, policies.rego, the audit log), its st
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
 import pytest
 
+from gateway.boundary import error_result
 from gateway.config.load import load_config
 from gateway.errors import VectorStoreUnavailable
 from gateway.memory.build import COLLECTION, embedder_factory
-from gateway.memory.store import CollectionSpec
+from gateway.memory.store import CollectionSpec, EdgeStore
 from tests.local_http import serving
 from tests.memory.qdrant_stand_in import QdrantStandIn
 from tests.memory.test_gateway_memory import ALICE, _config, audit_records, call, gateway
@@ -57,3 +59,26 @@ async def test_a_failing_qdrant_server_refuses_memory_calls_and_the_gateway_stay
     assert audit_records(cfg, "memory.purge_failed")
     calls = [x for x in audit_records(cfg, "tool.call") if x.get("error_code") == "vector_store_unavailable"]
     assert len(calls) == 2
+
+
+async def test_an_embedded_store_that_cannot_be_opened_does_not_name_the_data_dir_to_agents(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Session 43: ``VectorStoreUnavailable`` for an embedded store that cannot be opened (here
+    another process holds its lock) named the gateway's data dir in the error result an agent
+    reads. The path is logged, for the operator; the agent reads "<data dir>"."""
+    cfg = _config(tmp_path)
+    config = load_config(cfg, {})
+    emb = embedder_factory(config)()
+    data_dir = config.gateway.data_dir
+    holder = EdgeStore(CollectionSpec(COLLECTION, emb.dimension, emb.id), data_dir / "vectors" / COLLECTION)
+    try:
+        async with gateway(cfg) as gw:
+            with pytest.raises(VectorStoreUnavailable) as e:
+                await call(gw, ALICE, "memory__store", text="the printer is on floor 3", type="long_term")
+    finally:
+        holder.close()
+    r = error_result(e.value)  # what the MCP front hands the agent
+    told = json.dumps([r.content[0].model_dump(), r.meta])
+    assert str(data_dir) not in told and str(data_dir.resolve()) not in told
+    assert str(data_dir) in caplog.text or str(data_dir.resolve()) in caplog.text

@@ -278,7 +278,7 @@ async def test_the_recheck_is_tried_again_and_stops_with_the_bus(
     await after.recheck_left(["agent-q"])
     # was: {"news"} (one error and the re-check gave up)
     assert await backend.subscriptions_of("agent-q") == set()
-    after._task(after._recheck_left(["agent-q"]))  # waits RECHECK_LEFT_S
+    after._recheck(["agent-q"])  # waits RECHECK_LEFT_S
     await after.stop_tasks()
     assert not after._tasks
 

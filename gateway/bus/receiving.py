@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -298,14 +296,13 @@ class Receiver:
                     return None
                 cipher = self.ring.pair_cipher(me, msg.sender, dh_pub)
             plain = cipher.decrypt(msg.nonce, msg.ciphertext, msg.header())
-            floats = _Floats()
-            body = json.loads(plain, parse_float=floats)
+            body = json.loads(plain)
         except (InvalidTag, ValueError):
             self._reject(agent, inbox, msg, "decryption failed")
             return None
-        # a body written as Sealer.body writes it is never longer written again; one that is not
-        # (a float such as 1e15) is measured exactly
-        bound = sys.maxsize if floats.grow else item_bound(len(plain))
+        # any stored body, Sealer's form or not: its worst (a float such as 1e15, written as
+        # 1000000000000000.0) stays within the bound's bytes per stored byte
+        bound = item_bound(len(plain))
         return Received(
             msg.id,
             msg.sender,
@@ -324,21 +321,6 @@ class Receiver:
         self.events.emit(Event.BUS_REJECTED, {**meta, "inbox": inbox, "reason": reason}, agent=agent)
         _logger.warning("bus: rejected a message for %s: %s", agent, reason)
         return "rejected"
-
-
-class _Floats:
-    """``json.loads``'s float parser noting a float that ``json.dumps`` writes longer than it
-    was read ('1e15' is '1000000000000000.0', '1e400' 'Infinity'): the body's stored length
-    then bounds nothing."""
-
-    def __init__(self) -> None:
-        self.grow = False
-
-    def __call__(self, text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or len(repr(value)) > len(text):
-            self.grow = True
-        return value
 
 
 def _recipient_problem(msg: SecureMessage, agent: str, inbox: str, subs: set[str]) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -172,20 +173,20 @@ class Receiver:
         kept = [x for x in passed if granted is None or x[1].topic is None or await granted(x[1].topic)]
         held = len(passed) - len(kept)
         opened: list[tuple[Pending, SecureMessage, Received]] = []
-        budget = _Budget(max_bytes) if max_bytes is not None else None
+        budget = _Budget(max_bytes if max_bytes is not None else sys.maxsize)  # (None: no byte cap)
         for p, msg, dh_pub in kept[:max_items]:
             received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
             if received is None:
                 outcomes[p.ref] = "rejected"
                 continue
-            size = budget.size(received) if budget is not None else 0
-            if budget is not None and size > budget.max_bytes:
+            size = budget.size(received)
+            if size > budget.max_bytes:
                 if size > receive_ceiling():  # no receive could ever hold it (sent before the bound)
                     outcomes[p.ref] = self._reject(agent, inbox, msg, "larger than any receive's result")
                 else:  # alone past this receive's cap, not another's: it waits (as if not granted)
                     held += 1
                 continue
-            if budget is not None and not budget.take(received, size):
+            if not budget.take(received, size):
                 break  # this one and those after it stay pending (neither seen nor settled)
             opened.append((p, msg, received))
         # 4. the replay window, for the whole batch at once (one write)

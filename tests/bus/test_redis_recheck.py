@@ -88,10 +88,11 @@ async def test_a_park_waiting_its_turn_skips_an_agent_back_here_meanwhile(
     one, _ = await _two(two)
     d = Principal(id="team", agent="agent-d", source="key")
     await one.register("agent-d", d.qualified)
-    subs: Any = one.backend.subs
+    backend: Any = one.backend
+    subs = backend.subs
     async with subs._turn:  # a resend of every hold runs
         park = asyncio.get_running_loop().create_task(one.backend.unsubscribe_parked(["agent-d"]))
-        await asyncio.sleep(0.05)  # it read agent-d's generation, waits its turn
+        await asyncio.sleep(0.05)  # it read agent-d's generation (its first step), waits its turn
         await one.register("agent-d", d.qualified)  # back here meanwhile
         await one.subscribe(d, "news")
         assert two.url is not None

@@ -101,6 +101,8 @@ class Bus(Membership):
         self.sealer = Sealer(ring, self.receiver, max_age_ms=self.max_age_ms, max_body_bytes=max_body_bytes)
         self._tasks: set[asyncio.Task[None]] = set()
         self._left: list[str] = []
+        self._rechecking: set[str] = set()
+        self._rechecker: asyncio.Task[None] | None = None
         self._published: set[str] = set()  # agents whose directory entry this process wrote
         self._names: dict[str, str] = {}  # agent id -> the runtime's name for it
         self._configured: dict[str, str] = {}  # configured (hosted) agents' stable ids -> principal

@@ -49,6 +49,8 @@ class Membership:
     _names: dict[str, str]  # agent id -> the runtime's name for it
     _configured: dict[str, str]  # configured (hosted) agents' stable ids -> principal
     _left: list[str]  # the start's left-behind agents whose subscriptions could not be removed yet
+    _rechecking: set[str]  # parked agents another process held: looked at again, by one task
+    _rechecker: asyncio.Task[None] | None
 
     async def register(self, agent: str, principal: str, name: str | None = None) -> None:
         """Make (or load) the agent's keys and publish its public keys (and its name)."""
@@ -129,7 +131,7 @@ class Membership:
             return
         kept = await self._park_subscriptions([agent])
         if kept:  # held by another process: parked once it lets go (or its heartbeat lapses)
-            self._task(self._recheck_left(kept))
+            self._recheck(kept)
 
     async def _park_subscriptions(self, parked: list[str]) -> list[str] | None:
         """Their subscriptions go, but for those another gateway process sharing the Redis
@@ -195,7 +197,7 @@ class Membership:
             return
         self._left = []
         if kept:  # live elsewhere, or held by the run that crashed until its heartbeat lapses
-            self._task(self._recheck_left(kept))
+            self._recheck(kept)
 
     def _task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task of this bus (cancelled by ``stop_tasks``); RuntimeError without a loop."""
@@ -204,12 +206,21 @@ class Membership:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _recheck_left(self, agents: list[str]) -> None:
+    def _recheck(self, kept: list[str]) -> None:
+        """``kept`` joins the agents looked at again; one task looks at all of them (a stateless
+        client parked again and again on two replicas must not start a loop each time)."""
+        self._rechecking.update(kept)
+        if self._rechecker is None or self._rechecker.done():
+            self._rechecker = self._task(self._recheck_left())
+
+    async def _recheck_left(self) -> None:
         """Every ``RECHECK_LEFT_S`` while another process holds some of them and they stay
         parked here (their keys go after bus.max_age_s: then they are not parked)."""
-        while agents:
+        while self._rechecking:
             await asyncio.sleep(RECHECK_LEFT_S)
-            agents = await self.recheck_left(agents)
+            agents = sorted(self._rechecking)  # (the backend parks them PARK_BATCH a script)
+            kept = set(await self.recheck_left(agents))
+            self._rechecking -= set(agents) - kept  # (those added meanwhile stay)
 
     async def recheck_left(self, agents: list[str]) -> list[str]:
         """Those still away here: their subscriptions go unless a live process holds them now
@@ -223,7 +234,9 @@ class Membership:
                 return kept
             if attempt == 0:
                 await asyncio.sleep(BEAT_S)
-        return []  # (failed twice: they expire with bus.subscription_ttl_s)
+        # failed twice: all still parked are looked at again (an outage must not end the
+        # re-check: one the other process then dropped kept its subscriptions)
+        return [a for a in agents if self.ring.ended_at(a) is not None]
 
     async def stop_tasks(self) -> None:
         """Before the backend closes: the parks and the re-check pending are cancelled."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -174,20 +173,20 @@ class Receiver:
         kept = [x for x in passed if granted is None or x[1].topic is None or await granted(x[1].topic)]
         held = len(passed) - len(kept)
         opened: list[tuple[Pending, SecureMessage, Received]] = []
-        budget = _Budget(max_bytes) if max_bytes is not None else None
+        budget = _Budget(max_bytes if max_bytes is not None else sys.maxsize)  # (None: no byte cap)
         for p, msg, dh_pub in kept[:max_items]:
             received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
             if received is None:
                 outcomes[p.ref] = "rejected"
                 continue
-            size = budget.size(received) if budget is not None else 0
-            if budget is not None and size > budget.max_bytes:
+            size = budget.size(received)
+            if size > budget.max_bytes:
                 if size > receive_ceiling():  # no receive could ever hold it (sent before the bound)
                     outcomes[p.ref] = self._reject(agent, inbox, msg, "larger than any receive's result")
                 else:  # alone past this receive's cap, not another's: it waits (as if not granted)
                     held += 1
                 continue
-            if budget is not None and not budget.take(received, size):
+            if not budget.take(received, size):
                 break  # this one and those after it stay pending (neither seen nor settled)
             opened.append((p, msg, received))
         # 4. the replay window, for the whole batch at once (one write)
@@ -298,14 +297,16 @@ class Receiver:
                     return None
                 cipher = self.ring.pair_cipher(me, msg.sender, dh_pub)
             plain = cipher.decrypt(msg.nonce, msg.ciphertext, msg.header())
-            floats = _Floats()
-            body = json.loads(plain, parse_float=floats)
+            body = json.loads(plain)
         except (InvalidTag, ValueError):
             self._reject(agent, inbox, msg, "decryption failed")
             return None
-        # a body written as Sealer.body writes it is never longer written again; one that is not
-        # (a float such as 1e15) is measured exactly
-        bound = sys.maxsize if floats.grow else item_bound(len(plain))
+        if not _encodable(plain, body):
+            self._reject(agent, inbox, msg, "malformed body")
+            return None
+        # any stored body, Sealer's form or not: its worst (a float such as 1e15, written as
+        # 1000000000000000.0) stays within the bound's bytes per stored byte
+        bound = item_bound(len(plain))
         return Received(
             msg.id,
             msg.sender,
@@ -326,19 +327,17 @@ class Receiver:
         return "rejected"
 
 
-class _Floats:
-    """``json.loads``'s float parser noting a float that ``json.dumps`` writes longer than it
-    was read ('1e15' is '1000000000000000.0', '1e400' 'Infinity'): the body's stored length
-    then bounds nothing."""
-
-    def __init__(self) -> None:
-        self.grow = False
-
-    def __call__(self, text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or len(repr(value)) > len(text):
-            self.grow = True
-        return value
+def _encodable(plain: bytes, body: Any) -> bool:
+    """Whether the body's strings encode as UTF-8: a lone surrogate (an ``\\ud800`` escape, only
+    stored by a sender bypassing ``Sealer.body``) was settled as delivered, then its result
+    could not be built (lost). Only a body with such an escape is written again to find out."""
+    if b"\\ud" not in plain and b"\\uD" not in plain:
+        return True
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _recipient_problem(msg: SecureMessage, agent: str, inbox: str, subs: set[str]) -> str | None:

@@ -351,7 +351,11 @@ class RedisSubscriptions:
         kept: list[str] = []
         async with self._turn:
             for i in range(0, len(agents), PARK_BATCH):
-                batch = agents[i : i + PARK_BATCH]
+                # (one back here since gens was read holds a newer generation: its fresh
+                # subscriptions are its own, even if Redis lost its hold)
+                batch = [a for a in agents[i : i + PARK_BATCH] if self.mine.get(a, "") == gens[a]]
+                if not batch:
+                    continue
                 keys = [self.exp, self.procs, self.held, *self._old()]
                 args = [self.me, self.prefix]
                 for agent in batch:

@@ -105,6 +105,24 @@ async def test_a_sealed_body_that_is_not_json_is_rejected_not_raised(env: Env) -
     assert isinstance(counters, dict) and (counters["delivered"], counters["rejected"]) == (1, 1)
 
 
+@pytest.mark.parametrize("body", [b'"\\ud800"', b'["x",{"k":"\\uDFFF"}]'], ids=["alone", "nested"])
+async def test_a_body_with_a_lone_surrogate_is_rejected_not_delivered(env: Env, body: bytes) -> None:  # noqa: F811
+    """A sender bypassing ``Sealer.body`` seals a lone surrogate escape: it parsed, was settled
+    as delivered, and then the receive's result could not be built (the message lost). Now
+    refused as malformed; a good one behind it is delivered, and a surrogate pair still is."""
+    bus = await _pair(env)
+    me = bus.ring.local("agent-a")
+    assert me is not None
+    env.inject("agent-b", await bus.sealer.seal(me, "direct", body, to="agent-b"))
+    pair = await bus.sealer.seal(me, "direct", b'"\\ud83d\\ude00"', to="agent-b")
+    env.inject("agent-b", pair)
+    good = await bus.send(A, "agent-b", "fine")
+    got = await bus.receive(B, max_items=10)
+    # was: the lone surrogate delivered (its result then failed to build)
+    assert [(r.id, r.body) for r in got] == [(pair.id, "\U0001f600"), (good.id, "fine")]
+    assert sum(bus.rejected.values()) == 1
+
+
 def _attributed(e: Env) -> Attributed:
     e.events = Attributed()
     return e.events

@@ -278,7 +278,7 @@ async def test_the_recheck_is_tried_again_and_stops_with_the_bus(
     await after.recheck_left(["agent-q"])
     # was: {"news"} (one error and the re-check gave up)
     assert await backend.subscriptions_of("agent-q") == set()
-    after._task(after._recheck_left(["agent-q"]))  # waits RECHECK_LEFT_S
+    after._recheck(["agent-q"])  # waits RECHECK_LEFT_S
     await after.stop_tasks()
     assert not after._tasks
 
@@ -382,7 +382,9 @@ async def test_a_park_during_a_resend_is_not_undone_by_it(
     await entered.wait()  # the resend read agent-b's hold
     park = asyncio.get_running_loop().create_task(backend.unsubscribe_parked(["agent-b"]))
     # the park waits its turn (or, without turns, has run: was a 50 ms sleep, a race)
-    await asyncio.wait({park, asyncio.ensure_future(turn.asked.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    asked = asyncio.ensure_future(turn.asked.wait())
+    await asyncio.wait({park, asked}, return_when=asyncio.FIRST_COMPLETED)
+    asked.cancel()  # (not left pending past the test)
     go.set()
     await beat
     assert await park == []

@@ -290,10 +290,20 @@ async def test_a_park_kept_for_another_process_is_done_once_it_lets_go(
     one, other = await _two(two)
     await other.register("agent-c", C.qualified)  # live on both
     await one.subscribe(C, "news.*")
+    rechecks: list[list[str]] = []
+    real = one.backend.unsubscribe_parked
+
+    async def counted(agents: list[str]) -> list[str]:
+        rechecks.append(agents)
+        return await real(agents)
+
+    monkeypatch.setattr(one.backend, "unsubscribe_parked", counted)
     await _parked(one, "agent-c")
     assert (await one.backend.subscriptions()).get("agent-c") == {"news.*"}  # kept: live on other
-    await asyncio.sleep(0.2)  # looked at again while other still holds it: still kept
-    assert (await one.backend.subscriptions()).get("agent-c") == {"news.*"}
+    async with asyncio.timeout(5):  # looked at again, twice, while other still holds it
+        while len(rechecks) < 3:
+            await asyncio.sleep(0.02)
+    assert (await one.backend.subscriptions()).get("agent-c") == {"news.*"}  # still kept
     backend: Any = other.backend
     backend._beat.cancel()  # other crashes: its holds go with its heartbeat
     await backend.subs.release_all()

@@ -80,7 +80,9 @@ async def approve_tool(
         try:  # refused before anything is saved: an approval nobody could tell was made
             gw.audit.ensure_writable()
         except AuditError as e:
-            raise ApprovalUnrecordable(f"nothing was approved: the audit log cannot record it ({e})") from None
+            raise ApprovalUnrecordable(
+                f"nothing was approved: the audit log cannot record it ({e})"
+            ) from None
     srv = gw.config.servers.get(rec.upstream)
     if srv is None:
         raise ApprovalError(f"upstream {rec.upstream!r} is not in the config", 409)

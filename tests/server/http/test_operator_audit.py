@@ -63,7 +63,9 @@ def test_an_operator_action_the_audit_log_cannot_record_is_not_carried_out(tmp_p
         )
         refused.append(httpx.post(run.base + "/api/policy/reload", headers=admin))
         refused.append(httpx.post(run.base + "/api/upstreams/everything/restart", headers=admin))
-        assert [r.status_code for r in refused] == [503] * 5  # the last three were 500 before (done, unrecorded)
+        assert [r.status_code for r in refused] == [
+            503
+        ] * 5  # the last three were 500 before (done, unrecorded)
         assert {r.json()["component"] for r in refused} == {"audit"}
         [after] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
         assert after["state"] == agent["state"] != "terminated"

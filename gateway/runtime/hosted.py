@@ -277,18 +277,11 @@ class HostedAgents:
                 await self._revoke(record.id)
             self._fail(agent, f"invalid config: {e.message}")
             return "invalid"
-        # the slot and the cgroup are given back on every way out: an AuditError out of a
+        # the slot and the cgroup are given back on every way out: a GatewayError out of a
         # displaced victim's terminate left both taken for good (session 43)
         try:
             try:
-                _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
-                for victim in filter(None, map(rt.agents.get, displaced)):  # "priority" placement
-                    try:
-                        rt.terminate(
-                            victim, f"displaced from its resource slot by {name} (priority {ac.priority})"
-                        )
-                    except AuditError as e:  # displaced all the same: its state moved before its record
-                        _logger.error("agent %s: its displacement not recorded: %s", victim.name, e.message)
+                self._place(agent, name, ac, limits)
             except GatewayError as e:
                 await self._revoke(record.id)
                 self._fail(agent, f"invalid config: {e.message}")
@@ -302,6 +295,17 @@ class HostedAgents:
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(cleanup.remove)
+
+    def _place(self, agent: Agent, name: str, ac: AgentConfig, limits: ResourceLimits) -> None:
+        """``agent``'s slot in the pool (``BudgetExceeded`` when none has room); the agents it
+        displaces ("priority") are terminated, also when the audit log refuses their records."""
+        rt = self.runtime
+        _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
+        for victim in filter(None, map(rt.agents.get, displaced)):
+            try:
+                rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
+            except AuditError as e:  # displaced all the same: its state moved before its record
+                _logger.error("agent %s: its displacement not recorded: %s", victim.name, e.message)
 
     def _stop_escalated(self, name: str, ac: AgentConfig, agent: Agent) -> bool:
         """True (and the agent failed, the event emitted) when it failed too often lately."""

@@ -192,6 +192,17 @@ class ApprovalError(GatewayError):
         self.status = status
 
 
+class ApprovalUnrecordable(ApprovalError):
+    """The audit log cannot record the approval now (broken, ``audit.on_failure = "deny"``):
+    503, nothing approved. The approval was saved and its record then raised: a 500, the
+    catalogue not refreshed, and no record of who approved it (session 43)."""
+
+    code = "audit_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503)
+
+
 class ReviewedHashRequired(ApprovalError):
     """An approval names the definition hash the person reviewed (``--hash``, ``{"hash"}``):
     none was given, or it is not one (too short to resist a chosen collision, not hex). A

@@ -37,7 +37,7 @@ import anyio
 from gateway.config.model import Config
 from gateway.config.sections import AgentConfig
 from gateway.errors import AuditError, GatewayError, InvalidTransition
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
@@ -155,7 +155,10 @@ class HostedAgents:
     async def _supervise(self, name: str, ac: AgentConfig) -> None:
         """``name``'s runs, for good. The audit log broken (``on_failure = "deny"``): its next
         record raised ``AuditError`` out of here and ended the gateway (rt42b's "Still left");
-        now no run is made that cannot be recorded, and the supervisor tries again later."""
+        now no run is made that cannot be recorded, and the supervisor tries again later. Only
+        a run not started yet raises it here: once a run has ended its records go through
+        ``record_acted``, and its outcome is applied by the restart policy (an AuditError from
+        its exit's record started an agent that had exited 0, escalated or been stopped again)."""
         while True:
             try:
                 await self._runs(name, ac)
@@ -213,8 +216,10 @@ class HostedAgents:
                 return
             if outcome == "ok":
                 backoff = ac.restart_backoff_s
-            self.events.emit(
-                Event.AGENT_RESTART_SCHEDULED, {"name": name, "after_s": backoff, "outcome": outcome}
+            record_acted(
+                self.events,
+                Event.AGENT_RESTART_SCHEDULED,
+                {"name": name, "after_s": backoff, "outcome": outcome},
             )
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
@@ -267,15 +272,20 @@ class HostedAgents:
             argv, cleanup = self._command(
                 name, ac, tier, limits, key, f"{agent.id[-6:]}{os.urandom(3).hex()}"
             )
-            _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
-            for victim in filter(None, map(rt.agents.get, displaced)):  # "priority" placement
-                rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
         except GatewayError as e:
             if record is not None:
                 await self._revoke(record.id)
             self._fail(agent, f"invalid config: {e.message}")
             return "invalid"
+        # the slot and the cgroup are given back on every way out: a GatewayError out of a
+        # displaced victim's terminate left both taken for good (session 43)
         try:
+            try:
+                self._place(agent, name, ac, limits)
+            except GatewayError as e:
+                await self._revoke(record.id)
+                self._fail(agent, f"invalid config: {e.message}")
+                return "invalid"
             return await self._execute(agent, ac, tier, argv, cleanup, limits, record.id)  # revokes it
         except BaseException:
             await self._revoke(record.id)  # _execute failed, perhaps before its own revocation
@@ -286,6 +296,17 @@ class HostedAgents:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(cleanup.remove)
 
+    def _place(self, agent: Agent, name: str, ac: AgentConfig, limits: ResourceLimits) -> None:
+        """``agent``'s slot in the pool (``BudgetExceeded`` when none has room); the agents it
+        displaces ("priority") are terminated, also when the audit log refuses their records."""
+        rt = self.runtime
+        _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
+        for victim in filter(None, map(rt.agents.get, displaced)):
+            try:
+                rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
+            except AuditError as e:  # displaced all the same: its state moved before its record
+                _logger.error("agent %s: its displacement not recorded: %s", victim.name, e.message)
+
     def _stop_escalated(self, name: str, ac: AgentConfig, agent: Agent) -> bool:
         """True (and the agent failed, the event emitted) when it failed too often lately."""
         failures = self._escalated(name, ac)
@@ -293,7 +314,8 @@ class HostedAgents:
             return False
         reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
         self._fail(agent, reason)
-        self.events.emit(
+        record_acted(
+            self.events,
             Event.AGENT_ESCALATED,
             {"name": name, "failures": failures},
             principal=agent.principal,
@@ -302,9 +324,16 @@ class HostedAgents:
         return True
 
     def _fail(self, agent: Agent, reason: str) -> None:
-        reg = self.runtime.agents
-        reg.transition(agent, AgentState.FAILED, reason)
-        reg.transition(agent, AgentState.TERMINATED, "failed")
+        self._move(agent, AgentState.FAILED, reason)
+        self._move(agent, AgentState.TERMINATED, "failed")
+
+    def _move(self, agent: Agent, to: AgentState, reason: str) -> None:
+        """A move of a run that has ended or was refused: made also when its record is refused
+        (the state moves before it), so the outcome reaches the restart policy, not an error."""
+        try:
+            self.runtime.agents.transition(agent, to, reason)
+        except AuditError as e:
+            _logger.error("agent %s: its move to %s not recorded: %s", agent.name, to.value, e.message)
 
     async def _revoke(self, key_id: str) -> None:
         self.runtime.agents.unbind_credential(key_id)
@@ -394,14 +423,15 @@ class HostedAgents:
     ) -> str:
         """A run's process exited: its usage, its exit on the record, and its state ("ok",
         "stopped" by an operator, or "failed", which counts towards the restart back-off)."""
-        rt, reg = self.runtime, self.runtime.agents
+        rt = self.runtime
         usage = rt.usage_of(agent)
         usage.longest_call_s = max(usage.longest_call_s, time.monotonic() - started)
         usage.memory_peak_mb = cgroup.memory_peak_mb()
         oom = cgroup.oom_killed(code)
         agent.hosted_busy = False
         agent.in_flight -= 1
-        self.events.emit(
+        record_acted(
+            self.events,
             Event.AGENT_EXITED,
             {
                 "agent": agent.id,
@@ -415,9 +445,9 @@ class HostedAgents:
         )
         if code == 0 and not stopped:
             if agent.in_flight == 0 and agent.state is AgentState.RUNNING:
-                reg.transition(agent, AgentState.READY, "task complete: exited 0")
+                self._move(agent, AgentState.READY, "task complete: exited 0")
             if agent.state is AgentState.READY:
-                reg.transition(agent, AgentState.TERMINATED, "shutdown: run ended")
+                self._move(agent, AgentState.TERMINATED, "shutdown: run ended")
             return "ok"
         if oom:
             why = f"resource constraint: OOM-killed at its memory budget of {limits.memory_mb} MB"
@@ -426,9 +456,9 @@ class HostedAgents:
         else:
             why = f"failure: exited with code {code}"
         if agent.state is AgentState.RUNNING:
-            reg.transition(agent, AgentState.SUSPENDED, why)
+            self._move(agent, AgentState.SUSPENDED, why)
         if agent.state is AgentState.SUSPENDED:
-            reg.transition(
+            self._move(
                 agent, AgentState.TERMINATED, f"manual override: run ended ({ac.restart} restart policy)"
             )
         if stopped and stopped[0].startswith("terminated"):
@@ -439,7 +469,8 @@ class HostedAgents:
     def _failed_run(self, agent: Agent, why: str, code: int | None, oom: bool) -> None:
         """A failed run on the record: the restart back-off's count, the audit log, /api/status."""
         self._failures[agent.name].append(time.monotonic())
-        self.events.emit(
+        record_acted(
+            self.events,
             Event.AGENT_FAILED,
             {"name": agent.name, "reason": why, "exit_code": code},
             principal=agent.principal,

@@ -241,14 +241,24 @@ class LeasedAgents:
             _logger.warning("agent %s: operator orders not read (%s)", name, e)
             return
         for order in filter(None, (parse_order(r, now) for r in raw)):
-            agent = self.hosted.runtime.agents.by_name(name)
-            if agent is None:  # on-demand, never started here: nothing to act on
-                doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
-                doc["result"] = "refused: the agent has not run here yet"
-                self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
-                continue
-            _, result = act(self.hosted.runtime, self.hosted.events, agent, order)
-            _logger.info("agent %s: %s from %s via %s: %s", name, order.action, order.by, order.via, result)
+            try:
+                self._carry_out(name, order)
+            except Exception:  # taken off Redis: the rest are carried out and the lease kept
+                # (a record refused, the audit log broken with deny, raised out of _keep: the run
+                # stopped, the lease let go, the batch's other orders lost, and another replica
+                # started the agent afresh, an operator's terminate undone; session 43)
+                _logger.exception("agent %s: the %s from %s failed", name, order.action, order.by)
+
+    def _carry_out(self, name: str, order: Order) -> None:
+        """One order left for ``name``: carried out here, or refused on the record."""
+        agent = self.hosted.runtime.agents.by_name(name)
+        if agent is None:  # on-demand, never started here: nothing to act on
+            doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
+            doc["result"] = "refused: the agent has not run here yet"
+            self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
+            return
+        _, result = act(self.hosted.runtime, self.hosted.events, agent, order)
+        _logger.info("agent %s: %s from %s via %s: %s", name, order.action, order.by, order.via, result)
 
 
 def lease_left(lease: Lease) -> float:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import ApprovalError
+from gateway.errors import ApprovalError, ApprovalUnrecordable
 from gateway.events import Event
 from gateway.jsonlimits import too_large
 from gateway.runtime.holds import principal_malformed, principal_unknown
@@ -43,6 +43,7 @@ from gateway.server.operations import (
     principal_rows,
     shared_sessions,
     tool_rows,
+    unrecordable,
     upstream_rows,
 )
 from gateway.textcheck import not_utf8_at
@@ -102,7 +103,7 @@ def _err(status: int, error: str, reason: str) -> JSONResponse:
 
 def _refused(e: ApprovalError) -> JSONResponse:
     if e.status == 503:
-        return _unavailable("verification", e.message)
+        return _unavailable("audit" if isinstance(e, ApprovalUnrecordable) else "verification", e.message)
     error = {404: "not_found", 400: "bad_request"}.get(e.status, "conflict")
     return JSONResponse({"error": error, "code": e.code, "reason": e.message}, status_code=e.status)
 
@@ -277,6 +278,9 @@ class AdminApi:
         up = gw.upstreams.get(name) if gw is not None else None
         if gw is None or up is None:
             return _err(404, "not_found", f"no upstream named {name!r}")
+        refused = unrecordable(self.state, "upstream restart")  # before every caller's calls end
+        if refused is not None:
+            return JSONResponse(refused[1], status_code=refused[0])
         await up.restart()
         who = request.scope["symbi.principal"].id  # every caller's calls in flight end: whose doing
         gw.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name, "by": who}, principal=who)
@@ -358,6 +362,9 @@ class AdminApi:
             return _unavailable("policy", _NO_POLICY)
         if not eng.reloadable:
             return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
+        refused = unrecordable(self.state, "policy reload")  # a policy in force nobody recorded
+        if refused is not None:
+            return JSONResponse(refused[1], status_code=refused[0])
         # a policy that does not parse or fails its tests is refused; the old one stays in force
         ok = await anyio.to_thread.run_sync(eng.reload)
         who = request.scope["symbi.principal"].id  # the engine's own events do not know who asked
@@ -456,6 +463,9 @@ class AdminApi:
             return _err(
                 404, "not_found", f"hosted agent {name!r} is disabled (agents.{name}.enabled = false)"
             )
+        refused = unrecordable(self.state, "run")  # a start whose record raised was a 500
+        if refused is not None:
+            return JSONResponse(refused[1], status_code=refused[0])
         result = gw.hosted.request_start(name)
         who = request.scope["symbi.principal"].id
         gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result}, principal=who)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gateway.errors import ApprovalError, ScreeningFlagged
+from gateway.errors import ApprovalError, ApprovalUnrecordable, AuditError, ScreeningFlagged
 from gateway.events import Event
 from gateway.verify.approve import (
     approve_current,
@@ -76,6 +76,13 @@ async def approve_tool(
     written in a worker thread (PostgreSQL with [state])."""
     rec = await anyio.to_thread.run_sync(_record, gw, name)
     assert gw is not None
+    if gw.audit is not None:
+        try:  # refused before anything is saved: an approval nobody could tell was made
+            gw.audit.ensure_writable()
+        except AuditError as e:
+            raise ApprovalUnrecordable(
+                f"nothing was approved: the audit log cannot record it ({e})"
+            ) from None
     srv = gw.config.servers.get(rec.upstream)
     if srv is None:
         raise ApprovalError(f"upstream {rec.upstream!r} is not in the config", 409)

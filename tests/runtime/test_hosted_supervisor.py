@@ -27,6 +27,7 @@ from anyio import wait_all_tasks_blocked
 from gateway.config.model import Config
 from gateway.config.sections import AgentConfig, GatewaySection, ResourcesSection
 from gateway.context import Principal
+from gateway.errors import AuditError
 from gateway.runtime import AgentState
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
@@ -254,7 +255,7 @@ async def test_without_symbi_serve_a_run_is_refused_before_any_credential(tmp_pa
 
 
 def _bwrap_host(
-    tmp_path: Path, tier: str = "bwrap", **agents: AgentConfig
+    tmp_path: Path, tier: str = "bwrap", rec: Recorder | None = None, **agents: AgentConfig
 ) -> tuple[HostedAgents, Recorder, ApiKeyStore]:
     from gateway.sandbox.manager import SandboxManager
     from tests.sandbox.conftest import require_tier
@@ -265,9 +266,13 @@ def _bwrap_host(
     socket = tmp_path / "gateway.sock"  # bound into the sandbox; these agents never dial it
     socket.touch()
     keys = ApiKeyStore(tmp_path / "keys.json")
-    rec = Recorder()
+    rec = Recorder() if rec is None else rec
     host = AgentHost(str(socket), keys)
-    return HostedAgents(config, AgentRuntime(config, rec), rec, sandbox=manager, host=host), rec, keys
+    recordable = getattr(rec, "recordable", None)  # the audit log's ensure_writable, when it has one
+    hosted = HostedAgents(
+        config, AgentRuntime(config, rec), rec, sandbox=manager, host=host, recordable=recordable
+    )
+    return hosted, rec, keys
 
 
 class CountingKeys(ApiKeyStore):
@@ -603,3 +608,92 @@ async def test_a_real_run_cannot_read_the_gateways_stdin(tmp_path: Path) -> None
     log = (h.config.data_dir / "agents" / "grab.log").read_text()
     assert "got:" in log  # the command ran and reached the read
     assert secret not in log
+
+
+class _Breaking(Recorder):
+    """The audit log as ``on_failure = "deny"`` has it once broken: every record raises."""
+
+    broken = False
+
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        if self.broken:
+            raise AuditError("audit log cannot be written: full")
+        super().emit(event_type, details, principal=principal, agent=agent)
+
+    def recordable(self) -> None:
+        if self.broken:
+            raise AuditError("audit log cannot be written: full")
+
+
+async def test_a_run_that_ended_while_the_audit_log_was_broken_keeps_its_restart_policy(
+    tmp_path: Path,
+) -> None:
+    """A restart = "on-failure" agent exits 0 while the log is broken: its exit's record raised
+    ``AuditError`` into the supervisor, which started the agent again once the log recorded
+    (a run its policy says not to make; an escalated or operator-stopped one likewise). Now
+    the exit is applied as usual: the supervisor ends after one run."""
+    ok = AgentConfig(command="/usr/bin/sh", args=("-c", "sleep 1"), sandbox="bwrap", restart="on-failure")
+    rec = _Breaking()
+    h, _, _ = _bwrap_host(tmp_path, rec=rec, ok=ok)
+
+    async def mend_after_the_exit() -> None:
+        while h.runtime.agents.by_name("ok") is None or h._stop.get("ok") is None:
+            await anyio.sleep(0.02)  # its process runs
+        rec.broken = True
+        while "ok" in h._stop:
+            await anyio.sleep(0.02)
+        await anyio.sleep(0.5)
+        rec.broken = False  # the log records again before the supervisor's next try
+
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mend_after_the_exit)
+            await h._supervise("ok", ok)
+    assert h.runs["ok"] == 1
+    run = h.runtime.agents.by_name("ok")
+    assert run is not None and run.state is AgentState.TERMINATED
+
+
+class _RefusingOne(Recorder):
+    """An audit log that refuses the records naming one agent (``refused``): a record queued
+    before the log's writer failed passes ``ensure_writable``, the next ones are refused."""
+
+    refused: str | None = None
+
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        if agent is not None and agent == self.refused:
+            raise AuditError("audit log cannot be written: full")
+        super().emit(event_type, details, principal=principal, agent=agent)
+
+
+async def test_a_displaced_victims_refused_record_gives_the_slot_and_cgroup_back(tmp_path: Path) -> None:
+    """A hosted run displaces a lower-priority agent from the only slot; the victim's terminate
+    record raises ``AuditError``. The run was refused ("invalid") and its slot never released
+    (only the run's own ``finally`` did): the pool kept it for good. Now the displacement
+    stands unrecorded, the run is made, and the slot is released on every way out."""
+    from gateway.config.sections import RuntimeSection
+    from gateway.sandbox.manager import SandboxManager
+    from tests.sandbox.conftest import require_tier
+
+    ac = AgentConfig(command="/usr/bin/true", sandbox="bwrap", priority=5)
+    runtime = RuntimeSection(allocation="priority", pool_slots=1, pool_slot_cpu=1.0, pool_slot_memory_mb=1024)
+    config = Config(gateway=GatewaySection(data_dir=tmp_path / "data"), runtime=runtime, agents={"hi": ac})
+    manager = SandboxManager(config, sweep_orphans=False)
+    require_tier(manager, "bwrap")
+    (tmp_path / "gateway.sock").touch()
+    rec = _RefusingOne()
+    host = AgentHost(str(tmp_path / "gateway.sock"), ApiKeyStore(tmp_path / "keys.json"))
+    h = HostedAgents(config, AgentRuntime(config, rec), rec, sandbox=manager, host=host)
+    rt = h.runtime
+    low = rt.agents.add_hosted("low", hosted_principal("low", ac), priority=1, run=1)
+    rt.agents.transition(low, AgentState.READY, "valid config")
+    rt.pool.allocate(low.id, ResourceLimits.from_config(ac.resources), 1)
+    rec.refused = low.id
+    with anyio.fail_after(GUARD_S):
+        assert await h._run_once("hi", ac) == "ok"  # "invalid" before: the run refused
+    assert low.state is AgentState.TERMINATED  # displaced all the same
+    assert rt.pool.as_json() == AgentRuntime(config, Recorder()).pool.as_json()  # its slot free again

@@ -258,3 +258,30 @@ async def test_a_broken_audit_log_does_not_end_the_lease_runner(tmp_path: Path, 
         rec.broken = False
         await _until("it runs it again", lambda: bool(marked(mark)) and _running(a), 4 * RENEW_S + START_S)
         tg.cancel_scope.cancel()
+
+
+async def test_an_order_passed_while_the_audit_log_is_broken_is_carried_out_and_the_lease_kept(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """An operator's terminate passed to the holder while the log is broken: its record raised
+    ``AuditError`` out of the renewal loop, the run stopped and the lease was let go, and
+    another replica (or this one) started the agent afresh: the terminate undone. Now the
+    order is carried out, the agent stays ended, and the holder keeps its lease."""
+    mark = f"6007.{os.getpid()}"
+    rec = _Breaking()
+    a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+        tg.start_soon(b.run)
+        assert a.leased is not None and b.leased is not None
+        owner = redis.Redis.from_url(fresh.url).get(LEASE + NAME)
+        rec.broken = True
+        assert await b.leased.pass_order(NAME, "terminate", "ops", "done") is not None
+        await _until("its process ended", lambda: not marked(mark), RENEW_S + 5)
+        ended = time.monotonic()
+        while time.monotonic() - ended < 2 * RENEW_S + 1:  # renewals, b's tries to take it
+            assert redis.Redis.from_url(fresh.url).get(LEASE + NAME) == owner and a.leased.holds(NAME)
+            assert not marked(mark) and not _running(b)
+            await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()

@@ -45,3 +45,27 @@ def test_an_operator_action_the_audit_log_cannot_record_is_not_carried_out(tmp_p
         r = httpx.post(api + "/suspend", json={"principal": "key:bob", "reason": "x"}, headers=admin)
         assert r.status_code == 503 and r.json()["code"] == AuditError.code, r.text
         assert httpx.get(api, headers=admin).json()["suspended"] == []
+
+        # the agent's other actions, and the operator actions outside agents and principals:
+        # a tool approval was saved and then answered 500 (its record raised, the catalogue not
+        # refreshed), a policy reload or an upstream restart was done and answered 500
+        diff = httpx.get(run.base + "/api/tools/everything__echo/diff", headers=admin).json()
+        refused = [
+            httpx.post(run.base + f"/api/agents/{agent['id']}/{action}", json={"reason": "x"}, headers=admin)
+            for action in ("resume", "terminate")
+        ]
+        refused.append(
+            httpx.post(
+                run.base + "/api/tools/everything__echo/approve",
+                json={"hash": diff["current_hash"]},
+                headers=admin,
+            )
+        )
+        refused.append(httpx.post(run.base + "/api/policy/reload", headers=admin))
+        refused.append(httpx.post(run.base + "/api/upstreams/everything/restart", headers=admin))
+        assert [r.status_code for r in refused] == [
+            503
+        ] * 5  # the last three were 500 before (done, unrecorded)
+        assert {r.json()["component"] for r in refused} == {"audit"}
+        [after] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
+        assert after["state"] == agent["state"] != "terminated"

@@ -10,7 +10,6 @@ reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,6 +25,7 @@ from gateway.runtime.holds import principal_malformed, principal_unknown
 from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
+from gateway.server.auditquery import audit_filters
 from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import (
@@ -51,46 +51,6 @@ from gateway.textcheck import not_utf8_at
 if TYPE_CHECKING:
     from gateway.runtime.agents import Agent
     from gateway.server.http import HttpState
-
-
-_QUERY_KEYS = {"principal", "tool", "type", "decision", "since_ns", "until_ns", "limit"}
-
-
-def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[str, Any]:
-    """Validated ``gateway.audit.store.query`` filters from query parameters (ValueError if bad)."""
-    unknown = set(params) - _QUERY_KEYS
-    if unknown:
-        raise ValueError(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
-    out: dict[str, Any] = {"limit": default_limit}
-    for key in ("principal", "tool", "decision"):
-        if key in params:
-            out[key] = params[key]
-    if out.get("decision") not in (None, "allow", "deny"):
-        raise ValueError("decision must be allow or deny")
-    if "type" in params:
-        out["types"] = tuple(t for t in params["type"].split(",") if t)
-    for key, (low, high) in _BOUNDS.items():
-        if key in params:
-            out[key] = _whole(key, params[key], low, high)
-    if out["limit"] is not None and not 1 <= out["limit"] <= 100_000:  # a caller's default too
-        raise ValueError(_BAD_WHOLE.format(key="limit", low=1, high=100_000))
-    return out
-
-
-# the whole-number parameters of the audit queries: since/until in SQLite's INTEGER range
-# (found by schemathesis)
-_BOUNDS = {"since_ns": (0, 2**63 - 1), "until_ns": (0, 2**63 - 1), "limit": (1, 100_000)}
-_BAD_WHOLE = "{key} must be an integer from {low} to {high}"
-
-
-def _whole(key: str, raw: str, low: int, high: int) -> int:
-    """``raw`` as a whole number from ``low`` to ``high`` (ASCII digits only), or ValueError
-    naming the parameter: never int()'s own text (``1e9`` answered ``invalid literal for
-    int() with base 10``)."""
-    n = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else None  # every bound is >= 0
-    if n is None or not low <= n <= high:
-        raise ValueError(_BAD_WHOLE.format(key=key, low=low, high=high))
-    return n
 
 
 def _unavailable(what: str, reason: str) -> JSONResponse:
@@ -278,9 +238,8 @@ class AdminApi:
         up = gw.upstreams.get(name) if gw is not None else None
         if gw is None or up is None:
             return _err(404, "not_found", f"no upstream named {name!r}")
-        refused = unrecordable(self.state, "upstream restart")  # before every caller's calls end
-        if refused is not None:
-            return JSONResponse(refused[1], status_code=refused[0])
+        if (refused := self._unrecordable("upstream restart")) is not None:  # before every caller's calls end
+            return refused
         await up.restart()
         who = request.scope["symbi.principal"].id  # every caller's calls in flight end: whose doing
         gw.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name, "by": who}, principal=who)
@@ -362,9 +321,8 @@ class AdminApi:
             return _unavailable("policy", _NO_POLICY)
         if not eng.reloadable:
             return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
-        refused = unrecordable(self.state, "policy reload")  # a policy in force nobody recorded
-        if refused is not None:
-            return JSONResponse(refused[1], status_code=refused[0])
+        if (refused := self._unrecordable("policy reload")) is not None:  # a policy in force nobody recorded
+            return refused
         # a policy that does not parse or fails its tests is refused; the old one stays in force
         ok = await anyio.to_thread.run_sync(eng.reload)
         who = request.scope["symbi.principal"].id  # the engine's own events do not know who asked
@@ -374,6 +332,11 @@ class AdminApi:
         )
 
     # -- agents and status (gateway.runtime) ----------------------------------------------------
+
+    def _unrecordable(self, action: str) -> Response | None:
+        """503, nothing done, when the audit log cannot record ``action`` now."""
+        refused = unrecordable(self.state, action)
+        return None if refused is None else JSONResponse(refused[1], status_code=refused[0])
 
     def _agent(self, request: Request) -> Agent | None:
         gw = self.state.gateway
@@ -463,9 +426,8 @@ class AdminApi:
             return _err(
                 404, "not_found", f"hosted agent {name!r} is disabled (agents.{name}.enabled = false)"
             )
-        refused = unrecordable(self.state, "run")  # a start whose record raised was a 500
-        if refused is not None:
-            return JSONResponse(refused[1], status_code=refused[0])
+        if (refused := self._unrecordable("run")) is not None:  # a start whose record raised was a 500
+            return refused
         result = gw.hosted.request_start(name)
         who = request.scope["symbi.principal"].id
         gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result}, principal=who)

@@ -14,7 +14,8 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.server.admin import _limit, _reason, _reviewed, audit_filters
+from gateway.server.admin import _limit, _reason, _reviewed
+from gateway.server.auditquery import audit_filters
 from gateway.server.openapi import OPENAPI
 
 TOP = 2**63 - 1  # SQLite's largest INTEGER

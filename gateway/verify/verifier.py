@@ -97,8 +97,9 @@ class ToolVerifier:
     ) -> None:
         self._config = config
         self._events = events
-        # status records the log refused (state.observe saved the change): sent at the next rebuild
-        self._unsent = Unsent()
+        # records the log refused (state.observe saved the change; a CLI approve/revoke the
+        # approvals poll noticed): sent again, in order, at the next rebuild or poll
+        self.unsent = Unsent()
         self._builtins = builtins
         # built-ins whose tools run agent code (the sandbox); default: all of them
         self._code_builtins = builtins if code_builtins is None else code_builtins
@@ -131,10 +132,6 @@ class ToolVerifier:
         """A server was added at run time (discovery): its settings come from ``config``."""
         self._config = config
         self.keys.config = config
-
-    def unsent(self) -> list[Event]:
-        """Status records the log refused, waiting for the next rebuild."""
-        return self._unsent.held()
 
     def close(self) -> None:
         self.state.close()
@@ -176,7 +173,7 @@ class ToolVerifier:
         rebuild had happened), so one server's change costs its own tools, not everyone's.
         Screening still runs over all (cached by definition).
         """
-        self._unsent.send(self._events)  # what an earlier rebuild could not record, first
+        self.unsent.send(self._events)  # what an earlier rebuild could not record, first
         by_upstream: dict[str, list[ToolInfo]] = defaultdict(list)
         for tool in tools:
             by_upstream[tool.upstream].append(tool)
@@ -251,7 +248,7 @@ class ToolVerifier:
             )
         finally:
             # a refused record must not keep the new catalogue (a revocation) out: held instead
-            self._unsent.send(self._events, pending)
+            self.unsent.send(self._events, pending)
 
     def _assess_with_state(
         self,

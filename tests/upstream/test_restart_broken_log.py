@@ -43,6 +43,7 @@ async def test_an_upstream_killed_with_the_audit_log_broken_comes_back(tmp_path:
     async with gw.running():
         up = gw.upstreams["mut"]
         assert up.state == "up" and "mut__echo" in gw.catalog.tools
+        assert gw.audit is not None
         gw.audit.close()  # every record refused from now on
         [pid] = pids_running(script)
         os.kill(pid, signal.SIGKILL)

@@ -27,6 +27,7 @@ async def test_a_revocation_is_put_in_force_with_the_audit_log_broken(tmp_path: 
     gw = make_gateway(cfg)
     async with gw.running():
         assert "everything__echo" in gw.catalog.tools
+        assert gw.audit is not None
         gw.audit.close()  # every record refused from now on
         cli = ToolStateStore(cfg.tool_state_path)
         cli.revoke("everything", "echo")

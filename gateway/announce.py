@@ -23,7 +23,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog
 from gateway.context import Principal
 from gateway.errors import CatalogError, ResourceAmbiguous
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.listen import ListenHub
 from gateway.upstream.session import Upstream
 
@@ -95,7 +95,9 @@ class Announcer:
         ):
             if kind in kinds:
                 self.listen.push(event, to=[pid for pid, seen in told.items() if kind in seen])
-        self.events.emit(
+        # after the catalogue is in force: a log refusing it must not end the refresh's task
+        record_acted(
+            self.events,
             Event.NOTIFY_LIST_CHANGED,
             {
                 "kinds": sorted(kinds),
@@ -151,8 +153,10 @@ class Announcer:
                     await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
         self.listen.push(ResourceUpdated(uri=uri), to=may)
         if may:
-            self.events.emit(
-                Event.NOTIFY_RESOURCE_UPDATED, {"upstream": up.name, "uri": uri, "told": sorted(may)}
+            record_acted(  # from an upstream's notice (a background task): not to end it
+                self.events,
+                Event.NOTIFY_RESOURCE_UPDATED,
+                {"upstream": up.name, "uri": uri, "told": sorted(may)},
             )
 
 

@@ -12,7 +12,8 @@ A new event type is added here first, with a line saying when it happens.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -200,6 +201,39 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
     except AuditError as e:
         _logger.error("%s not recorded (acted on all the same): %s", event_type, e.message)
         return False
+
+
+class Unsent:
+    """Records a background task acted on that the log refused, kept (in order) to send again
+    at the task's next pass: some are the only record of a change (a CLI revoke, a tool's
+    status) and must not be lost with a log broken for a while. Bounded: past ``cap`` the
+    oldest are dropped, logged (a log broken for days must not grow memory without end)."""
+
+    def __init__(self, cap: int = 10_000) -> None:
+        self._held: deque[tuple[Event, Mapping[str, Any]]] = deque()
+        self._cap = cap
+
+    def held(self) -> list[Event]:
+        """The types of the records waiting, oldest first (what /readyz or a test may show)."""
+        return [kind for kind, _ in self._held]
+
+    def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
+        """Send what is held, then ``records``; what the log refuses is kept. Whether all went."""
+        from gateway.errors import AuditError
+
+        self._held.extend(records)
+        while len(self._held) > self._cap:
+            kind, _ = self._held.popleft()
+            _logger.error("%s never recorded: over %d records held for a broken log", kind, self._cap)
+        while self._held:
+            kind, details = self._held[0]
+            try:
+                sink.emit(kind, details)
+            except AuditError as e:
+                _logger.error("%d records held until the log takes them: %s", len(self._held), e.message)
+                return False
+            self._held.popleft()
+        return True
 
 
 class LoggingSink:

@@ -15,7 +15,7 @@ from gateway.app import Background, Gateway
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import AuditError
-from gateway.events import Event, EventSink, record_acted
+from gateway.events import Event, EventSink
 from gateway.state import Changes
 from gateway.verify.verifier import ToolVerifier
 
@@ -64,6 +64,9 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
         seen = await anyio.to_thread.run_sync(verifier.fingerprint)
         await anyio.to_thread.run_sync(verifier.revocations.reload)
         due, wake = anyio.create_memory_object_stream[None](1)
+        # the only record of a CLI approve/revoke (the CLI writes none): a broken log's refusal
+        # is held and sent again at the next pass, not dropped
+        unsent = verifier.unsent
         async with anyio.create_task_group() as tg:
             tg.start_soon(_refresh_when_due, gw, wake)
             while True:
@@ -71,15 +74,15 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
                     await anyio.sleep(interval)
                 else:
                     await changes.wait(interval)
+                unsent.send(gw.events)
                 now = await anyio.to_thread.run_sync(verifier.fingerprint)
                 if now != seen:
                     seen = now
                     await anyio.to_thread.run_sync(verifier.revocations.reload)
                     _logger.info("approvals or manifests changed: re-verifying the catalogue")
                     # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
-                    record_acted(
-                        gw.events, Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]}
-                    )
+                    fingerprint = {"fingerprint": [str(x) for x in now]}
+                    unsent.send(gw.events, [(Event.TOOL_APPROVALS_CHANGED, fingerprint)])
                     with contextlib.suppress(anyio.WouldBlock):  # one is due already: it sees this too
                         due.send_nowait(None)
 
@@ -92,12 +95,14 @@ def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
     made with (a developer revoking a compromised key, on a running gateway)."""
 
     async def run(gw: Gateway) -> None:
+        unsent = verifier.unsent  # refused by a broken log: sent again at the next pass, not dropped
         while True:
             await anyio.sleep(interval)
+            unsent.send(gw.events)
             moved = await verifier.keys.changed()
             if moved:
                 _logger.warning("discovered keys changed for %s: re-verifying the catalogue", moved)
-                record_acted(gw.events, Event.TOOL_KEYS_CHANGED, {"upstreams": moved})
+                unsent.send(gw.events, [(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})])
                 await gw.refresh()
 
     return run

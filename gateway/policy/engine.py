@@ -46,7 +46,7 @@ from gateway.config.model import Config
 from gateway.context import Decision
 from gateway.custody import FileVersion, changes, read_trusted, snapshot, writable_by_others
 from gateway.errors import PolicyLoadError
-from gateway.events import Event, EventSink, LoggingSink
+from gateway.events import Event, EventSink, LoggingSink, record_acted
 from gateway.policy.decision import deny, validate_decision
 from gateway.policy.inputkey import InputReads
 from gateway.policy.loader import (
@@ -356,7 +356,8 @@ class EmbeddedEngine(PolicyEngine):
                 bundle = load_checked(files, self.decision_path)
             except PolicyLoadError as e:
                 log.error("policy reload refused, the previous policy stays in force: %s", e.message)
-                self._events.emit(
+                record_acted(
+                    self._events,
                     Event.POLICY_RELOAD_REFUSED,
                     {
                         "policy": str(self.files.policy),
@@ -374,7 +375,10 @@ class EmbeddedEngine(PolicyEngine):
             self._bundle = bundle  # one reference assignment: threads see old or new, never half
             self._origin, self._refused = {"source": "file"}, None
             log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
-            self._events.emit(
+            # in force already: a broken log's refusal must not keep it from the other replicas
+            # (on_local_load) nor end the policy sync (a stricter policy refused would fail open)
+            record_acted(
+                self._events,
                 Event.POLICY_RELOADED,
                 {
                     "policy": str(self.files.policy),
@@ -396,7 +400,8 @@ class EmbeddedEngine(PolicyEngine):
         self._origin = {"source": "broadcast", "version": version, "publisher": publisher}
         self._refused = None
         log.info("policy version %d from %s in force (digest %s)", version, publisher, bundle.digest[:12])
-        self._events.emit(
+        record_acted(
+            self._events,
             Event.POLICY_RELOADED,
             {"source": "broadcast", "digest": bundle.digest, "version": version, "publisher": publisher},
         )
@@ -409,7 +414,8 @@ class EmbeddedEngine(PolicyEngine):
         """A published policy failed the checks here: the policy in force keeps deciding."""
         self._refused = {"version": version, "digest": digest, "publisher": publisher, "error": e.message}
         log.error("published policy version %d from %s refused: %s", version, publisher, e.message)
-        self._events.emit(
+        record_acted(
+            self._events,
             Event.POLICY_RELOAD_REFUSED,
             {
                 "source": "broadcast",

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from mcp import types
 
 from gateway.context import ToolInfo
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.screen.screener import Kind, Screener, Screening
 
 
@@ -85,8 +85,11 @@ class RefreshScreening:
                 result = replace(result, accepted=True)
             out[name] = info if info.screening == result else replace(info, screening=result)
             flagged = result.at_least("medium")
+            recorded = True
             if flagged and self._screened.get(name) != info.definition_hash:
-                self._events.emit(
+                # refused by a broken log: not marked seen, so recorded at a later refresh
+                recorded = record_acted(
+                    self._events,
                     Event.TOOL_SCREENING,
                     {
                         "tool": name,
@@ -101,7 +104,7 @@ class RefreshScreening:
                 _logger.warning(
                     "tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged)
                 )
-            self._screened[name] = info.definition_hash if flagged else None
+            self._screened[name] = info.definition_hash if flagged and recorded else None
         return out
 
     def _others_sets(self, names_by_upstream: Mapping[str, set[str]]) -> dict[str, frozenset[str]]:
@@ -149,8 +152,10 @@ class RefreshScreening:
             key = f"{kind}:{name}"
             out[key] = result
             flagged = result.at_least("medium")
+            recorded = True
             if flagged and self._screened.get(key) != digest:
-                self._events.emit(
+                recorded = record_acted(  # refused: recorded at a later refresh (not marked seen)
+                    self._events,
                     Event.TOOL_SCREENING,
                     {
                         "kind": kind,
@@ -168,5 +173,5 @@ class RefreshScreening:
                     name,
                     ", ".join(f"{f.rule}({f.severity})" for f in flagged),
                 )
-            self._screened[key] = digest if flagged else None
+            self._screened[key] = digest if flagged and recorded else None
         return out

@@ -37,7 +37,7 @@ import anyio
 import anyio.to_thread
 
 from gateway.errors import PolicyLoadError, StateUnavailable
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.policy.loader import PolicyBundle, bundle_from_sources, check_bundle
 from gateway.state.postgres import POLICY_CHANNEL, Postgres
 
@@ -178,8 +178,11 @@ class PolicySync:
             self._unpublished = None
         self.seen = max(self.seen, version)
         _logger.info("policy %s published as version %d", bundle.digest[:12], version)
-        self.events.emit(
-            Event.POLICY_PUBLISHED, {"digest": bundle.digest, "version": version, "replica": self.replica}
+        # published already: a broken log's refusal must not end PolicySync.run (the sync)
+        record_acted(
+            self.events,
+            Event.POLICY_PUBLISHED,
+            {"digest": bundle.digest, "version": version, "replica": self.replica},
         )
 
     def start(self) -> None:

@@ -26,7 +26,7 @@ from pydantic import TypeAdapter
 from gateway.compat import negotiate_auto
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.handouts import HandedOut
 from gateway.jsonlimits import too_large
 from gateway.telemetry import current_span_recorded, exporting
@@ -150,7 +150,8 @@ class Upstream:
             self._lane = None
             self._up_event = anyio.Event()
             self.listing = Listing()
-            self._events.emit(Event.UPSTREAM_DOWN, {"upstream": self.name, "error": self.last_error})
+            # outside the try: a broken log's refusal here ended the supervisor, and the gateway
+            record_acted(self._events, Event.UPSTREAM_DOWN, {"upstream": self.name, "error": self.last_error})
             if was_up:
                 await self._notify_change()
             if self._stop:
@@ -184,7 +185,9 @@ class Upstream:
                 self._tasks.start_soon(self._listen_for_changes, session)
             self.state = "up"
             self.last_error = None
-            self._events.emit(
+            # refused: the upstream is up all the same (not torn down and restarted in a loop)
+            record_acted(
+                self._events,
                 Event.UPSTREAM_UP,
                 {
                     "upstream": self.name,
@@ -261,7 +264,9 @@ class Upstream:
 
     def _oversized(self, what: str) -> None:
         self.last_error = f"sent {what} (mcp.max_message_bytes): refused"
-        self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
+        record_acted(
+            self._events, Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error}
+        )
 
     def _session_gone(self) -> None:
         """The HTTP server answered 404 to our session: it ended it (restarted, dropped it idle).
@@ -292,8 +297,10 @@ class Upstream:
             if self._session is session:
                 self.last_error = f"wedged: no answer to a ping after a timed-out request ({describe(e)})"
                 _logger.warning("upstream %s %s: restarting it", self.name, self.last_error)
-                self._events.emit(
-                    Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error}
+                record_acted(  # refused: the wedged server is restarted all the same
+                    self._events,
+                    Event.UPSTREAM_MISBEHAVED,
+                    {"upstream": self.name, "reason": self.last_error},
                 )
                 self._closed.set()
 

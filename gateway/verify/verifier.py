@@ -31,7 +31,7 @@ import anyio
 from gateway.config.model import Config
 from gateway.context import ToolInfo, is_blocked
 from gateway.errors import ConfigError, StateUnavailable
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, Unsent
 from gateway.screen.accepted import AcceptedFindings
 from gateway.screen.refresh import Listings, RefreshScreening
 from gateway.verify.definitions import META_KEY, approved_definition, same_json
@@ -97,6 +97,9 @@ class ToolVerifier:
     ) -> None:
         self._config = config
         self._events = events
+        # records the log refused (state.observe saved the change; a CLI approve/revoke the
+        # approvals poll noticed): sent again, in order, at the next rebuild or poll
+        self.unsent = Unsent()
         self._builtins = builtins
         # built-ins whose tools run agent code (the sandbox); default: all of them
         self._code_builtins = builtins if code_builtins is None else code_builtins
@@ -170,6 +173,7 @@ class ToolVerifier:
         rebuild had happened), so one server's change costs its own tools, not everyone's.
         Screening still runs over all (cached by definition).
         """
+        self.unsent.send(self._events)  # what an earlier rebuild could not record, first
         by_upstream: dict[str, list[ToolInfo]] = defaultdict(list)
         for tool in tools:
             by_upstream[tool.upstream].append(tool)
@@ -243,8 +247,8 @@ class ToolVerifier:
                 lambda: self._assess_with_state(upstream, entries, present, trust, pending)
             )
         finally:
-            for kind, details in pending:
-                self._events.emit(kind, details)
+            # a refused record must not keep the new catalogue (a revocation) out: held instead
+            self.unsent.send(self._events, pending)
 
     def _assess_with_state(
         self,

@@ -1,0 +1,56 @@
+"""An upstream that dies with the audit log broken (a full disk, ``on_failure = "deny"``):
+its ``upstream.down`` record raised out of the supervisor (outside its try), which ended the
+gateway's task group: the gateway stopped. Now the record is refused, logged, and the
+upstream is restarted; the gateway stays up. A real gateway, the log closed as a broken disk
+would leave it, the upstream killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.assemble import make_gateway
+from gateway.config import load_config
+from tests.conftest import ROOT, write_config
+from tests.upstream.test_restart import pids_running
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_upstream_killed_with_the_audit_log_broken_comes_back(tmp_path: Path) -> None:
+    script = tmp_path / "mutable_copy.py"  # a unique path, so we kill only this test's process
+    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        restart_backoff_initial_s = 0.2
+        restart_backoff_max_s = 1.0
+
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{script}"]
+        verification = "warn"
+        """,
+    )
+    gw = make_gateway(load_config(cfg, {}))
+    async with gw.running():
+        up = gw.upstreams["mut"]
+        assert up.state == "up" and "mut__echo" in gw.catalog.tools
+        assert gw.audit is not None
+        gw.audit.close()  # every record refused from now on
+        [pid] = pids_running(script)
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(15):  # down, then restarted (a task ended by a record: cancelled here)
+            while not (up.restarts >= 1 and up.state == "up"):
+                await anyio.sleep(0.05)
+        new = pids_running(script)
+        assert new and pid not in new
+        await anyio.sleep(0.3)  # its catalogue rebuild, with the log broken, ends nothing either
+        assert "mut__echo" in gw.catalog.tools

@@ -1,0 +1,43 @@
+"""A revocation with the audit log broken (a full disk, ``on_failure = "deny"``): the rebuild's
+status records raised out of the verifier, the new catalogue was never installed, and the
+approvals task ended the gateway's task group (the gateway stopped). Now the catalogue with
+the revocation is installed, the records are held for the next rebuild, the gateway stays up.
+A real gateway with server-everything; the log is closed as a broken disk would leave it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.assemble import make_gateway
+from gateway.config import load_config
+from gateway.events import Event
+from gateway.verify.state import ToolStateStore
+from tests.conftest import everything_stdio_config, require_peers
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_revocation_is_put_in_force_with_the_audit_log_broken(tmp_path: Path) -> None:
+    require_peers()
+    extra = "[mcp]\nrecheck_interval_s = 0.1\n"
+    cfg = load_config(everything_stdio_config(tmp_path, "warn", extra=extra), {})
+    gw = make_gateway(cfg)
+    async with gw.running():
+        assert "everything__echo" in gw.catalog.tools
+        assert gw.audit is not None
+        gw.audit.close()  # every record refused from now on
+        cli = ToolStateStore(cfg.tool_state_path)
+        cli.revoke("everything", "echo")
+        cli.close()
+        with anyio.fail_after(10):  # the approvals poll sees it and rebuilds the catalogue
+            while (t := gw.catalog.tools.get("everything__echo")) is not None and (
+                t.info.verification != "revoked"
+            ):
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # a task ended by the record would have stopped the gateway by now
+        # not lost: the poll's record of the CLI's change and the status change, held in order
+        held = gw.verifier.unsent.held()
+        assert held[:2] == [Event.TOOL_APPROVALS_CHANGED, Event.TOOL_VERIFICATION], held

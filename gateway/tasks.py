@@ -15,7 +15,7 @@ from gateway.app import Background, Gateway
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import AuditError
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 from gateway.state import Changes
 from gateway.verify.verifier import ToolVerifier
 

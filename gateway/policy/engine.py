@@ -12,9 +12,8 @@ after a reload. They live in one module-level ``threading.local`` that is never 
 a thread's engines are only ever freed on that thread: by its next decision once their
 ``EmbeddedEngine`` is gone, or when the thread ends. (A ``threading.local`` per
 ``EmbeddedEngine`` freed every thread's engine on the thread that collected it.) regorus
-holds the GIL for the 0.1-1 ms of a decision, so the async path calls it inline (the policy
-step takes the decisions asked while other calls are in flight back to back:
-``gateway.policy.together``).
+holds the GIL for the 0.1-1 ms of a decision, so the async path calls it inline (back to back
+while other calls are in flight: ``gateway.policy.together``).
 
 Each thread also remembers its recent decisions, keyed on exactly the parts of the input the
 policy can read (``gateway.policy.inputkey``): a repeated question (the same tool listed
@@ -375,8 +374,7 @@ class EmbeddedEngine(PolicyEngine):
             self._bundle = bundle  # one reference assignment: threads see old or new, never half
             self._origin, self._refused = {"source": "file"}, None
             log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
-            # in force already: a broken log's refusal must not keep it from the other replicas
-            # (on_local_load) nor end the policy sync (a stricter policy refused would fail open)
+            # in force already: a refused record must not keep it from the replicas nor end the sync
             record_acted(
                 self._events,
                 Event.POLICY_RELOADED,

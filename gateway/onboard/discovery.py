@@ -333,7 +333,7 @@ class Discovery:
 
     def seen_now(self) -> tuple[list[tuple[str, str, str, dict[str, Any]]], set[str]]:
         """(client, source, name, table) of every server the client files and the registry
-        folder hold now, and the client files that could not be read this pass (a file being
+        folder hold now, and the files (client or registry) that could not be read this pass (a file being
         written, a broken one: what they held is unknown, not gone)."""
         found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
@@ -358,7 +358,9 @@ class Discovery:
                         found.append((cf.client, str(path), s.name, _client_table(s)))
                     names.add(s.name)
         if self._registry is not None and self._registry.is_dir():
-            found += [("registry", *seen) for seen in self._registry_files.servers(self._registry)]
+            entries, half_read = self._registry_files.servers(self._registry)
+            found += [("registry", *seen) for seen in entries]
+            unread |= half_read  # an entry's source is its file's path
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:

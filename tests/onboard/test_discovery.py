@@ -18,12 +18,11 @@ from mcp import ClientSession, stdio_client
 
 from gateway.errors import ApprovalError
 from gateway.onboard.registry import RegistryFolder
-from tests.conftest import ROOT, SYMBI, mutable_config, write_config
-from tests.onboard.conftest import discovery, write_json
+from tests.conftest import SYMBI, mutable_config, write_config
+from tests.onboard.conftest import MUTABLE, discovery, write_json
 from tests.server._clients import gateway_params
 
 pytestmark = pytest.mark.anyio
-MUTABLE = ROOT / "tests/peers/mutable_server.py"
 
 
 def symbi(*args: str, home: Path) -> subprocess.CompletedProcess[str]:

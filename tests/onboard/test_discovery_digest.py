@@ -88,7 +88,7 @@ def test_without_expect_a_server_not_in_the_listing_is_not_approved(
     cfg = write_config(project, CONFIG)
     store = discovery_store(load_config(cfg, {}))
     store.poll()
-    real, passes = Discovery.entries, []
+    real, passes = Discovery.entries, list[Path]()
 
     def listing_then_a_pass(self: Discovery) -> dict[str, Any]:
         known = real(self)

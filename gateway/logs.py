@@ -37,23 +37,28 @@ def _stamp(record: logging.LogRecord) -> None:
 
 class Outage:
     """A failure repeated while something is down (a retry loop's), logged once an outage: a
-    warning at its first failure, an info line when it works again; not one line a retry."""
+    warning at its first failure and again when the failure changes (another cause mid-outage
+    was never seen), and a warning when it works again (at the failure's level: an info line
+    was lost under ``log_level = "WARNING"``, the outage never seen to end); not one a retry."""
 
     def __init__(self, logger: logging.Logger, recovered: str) -> None:
         self._logger, self._recovered = logger, recovered
         self.down = False
+        self._last: str | None = None  # the failure logged last, as written
 
     def failed(self, msg: str, *args: object, exc_info: bool = False) -> None:
-        """A failure: logged (``exc_info``: with its traceback) when it starts an outage."""
-        if not self.down:
+        """A failure: logged (``exc_info``: with its traceback) when it starts an outage or
+        differs from the one logged last."""
+        said = msg % args if args else msg
+        if not self.down or said != self._last:
             self._logger.warning(msg, *args, exc_info=exc_info)
-        self.down = True
+        self.down, self._last = True, said
 
     def worked(self) -> None:
         """A success: the end of the outage, if there was one, is logged."""
         if self.down:
-            self._logger.info(self._recovered)
-        self.down = False
+            self._logger.warning(self._recovered)
+        self.down, self._last = False, None
 
 
 LINE = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the text format ``configure`` sets

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.logs import configure
+from gateway.logs import Outage, configure
 
 
 @pytest.fixture
@@ -134,3 +134,17 @@ def test_the_handler_keeps_filters_and_logging_error_path(
     monkeypatch.setattr(handler, "handleError", failed.append)
     log.warning("bad %d", "not a number")  # formatting fails: handleError, never the caller
     assert len(failed) == 1
+
+
+def test_an_outage_logs_each_new_failure_and_its_end_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A failure whose cause changed mid-outage was not logged (the first one stood for all);
+    its end was an info line, never seen under ``log_level = "WARNING"``."""
+    outage = Outage(logging.getLogger("symbi.test.outage"), "works again")
+    with caplog.at_level(logging.WARNING, logger="symbi.test.outage"):
+        outage.failed("down: %s", "ConnectionRefusedError")
+        outage.failed("down: %s", "ConnectionRefusedError")  # the same: not again
+        outage.failed("down: %s", "TimeoutError")  # another cause: logged
+        outage.worked()
+        outage.worked()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 3
+    assert [r.args for r in caplog.records[:2]] == [("ConnectionRefusedError",), ("TimeoutError",)]

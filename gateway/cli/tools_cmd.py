@@ -290,11 +290,15 @@ def _approve_discovered(cfg: Config, names: list[str], digests: list[str], by: s
 
     discovery = discovery_store(cfg)
     listed = {} if digests else discovery.entries()  # what is printed: read once, not once a name
+    if not digests and (unlisted := [n for n in names if n not in listed]):
+        # found after this read, it would be approved unseen: refused before any is approved
+        raise ConfigError(
+            f"no discovered server named {', '.join(map(repr, unlisted))} (see `symbi discover list`)"
+        )
     for i, name in enumerate(names):
-        seen = digests[i] if digests else None
-        if seen is None and (shown := listed.get(name)) is not None:
-            print(f"approving {name}: launches {shown.launches()} (digest {shown.digest()})")
-            seen = shown.digest()
+        seen = digests[i] if digests else listed[name].digest()
+        if not digests:
+            print(f"approving {name}: launches {listed[name].launches()} (digest {seen})")
         try:
             d = discovery.approve(name, by=by or "symbi tools approve", expect=seen)
         except ApprovalError as e:  # no such server: the argument is wrong (a usage error, exit 2)

@@ -45,6 +45,7 @@ from gateway.onboard.clients import (
 )
 from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
 from gateway.onboard.registry import RegistryFolder
+from gateway.onboard.statelock import state_locked
 from gateway.verify.approve import MIN_HASH_HEX
 
 _logger = logging.getLogger("symbi.discovery")
@@ -333,7 +334,7 @@ class Discovery:
 
     def seen_now(self) -> tuple[list[tuple[str, str, str, dict[str, Any]]], set[str]]:
         """(client, source, name, table) of every server the client files and the registry
-        folder hold now, and the client files that could not be read this pass (a file being
+        folder hold now, and the files (client or registry) that could not be read this pass (a file being
         written, a broken one: what they held is unknown, not gone)."""
         found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
@@ -358,7 +359,9 @@ class Discovery:
                         found.append((cf.client, str(path), s.name, _client_table(s)))
                     names.add(s.name)
         if self._registry is not None and self._registry.is_dir():
-            found += [("registry", *seen) for seen in self._registry_files.servers(self._registry)]
+            entries, half_read = self._registry_files.servers(self._registry)
+            found += [("registry", *seen) for seen in entries]
+            unread |= half_read  # an entry's source is its file's path
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:
@@ -366,6 +369,10 @@ class Discovery:
         server of a client file that cannot be read this pass keeps its status (the next pass
         decides). One that comes back after its removal is approved again only with the launch
         config that was approved; a quarantined one's config follows its file."""
+        with state_locked(self.state):  # an approval meanwhile is neither lost nor undoes the pass
+            return self._poll()
+
+    def _poll(self) -> tuple[list[Discovered], list[Discovered]]:
         known = self.entries()
         by_origin: dict[tuple[str, str], Discovered] = {}
         for d in sorted(known.values(), key=lambda d: (d.status == "removed", d.first_seen)):
@@ -436,6 +443,10 @@ class Discovery:
         ``expect``: the ``digest`` of the config the person saw (a listing's); another one now
         (its file rewritten since) is ``DefinitionChanged`` 409, a missing ("") or malformed one
         ``ReviewedHashRequired`` 400. None approves the config as it is (the caller showed it)."""
+        with state_locked(self.state):  # a pass meanwhile is neither lost nor undone
+            return self._approve(name, by, expect)
+
+    def _approve(self, name: str, by: str | None, expect: str | None) -> Discovered:
         known = self.entries()
         d = known.get(name)
         if d is None or d.status == "removed":
@@ -459,6 +470,7 @@ class Discovery:
         return known[name]
 
     def _save(self, entries: Mapping[str, Discovered]) -> None:
+        """Written under ``state_locked`` (by ``poll`` and ``approve``, its only callers)."""
         self.state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # the servers' env and headers (the client configs' secrets) are in it: a fresh 0600
         # file of a random name (O_EXCL), never one planted at a predictable name

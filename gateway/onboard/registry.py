@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.filestamp import Stamp, file_stamp
+from gateway.onboard.clients import MAX_CLIENT_FILE_BYTES
 from gateway.textcheck import not_utf8_at, shown
 
 _logger = logging.getLogger("symbi.discovery")
@@ -30,9 +31,12 @@ class RegistryFolder:
     def __init__(self) -> None:
         self._seen: dict[Path, tuple[Stamp, Entry | None]] = {}
 
-    def servers(self, folder: Path) -> list[Entry]:
-        """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
+    def servers(self, folder: Path) -> tuple[list[Entry], set[str]]:
+        """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``, and
+        the files that could not be read this pass (half-written: what they hold is unknown,
+        not gone; left out, their running server was stopped as removed, then restarted)."""
         out: list[Entry] = []
+        unread: set[str] = set()
         seen: dict[Path, tuple[Stamp, Entry | None]] = {}  # the files gone are forgotten
         for path in sorted(folder.glob("*.json")):
             stamp = file_stamp(path)
@@ -45,17 +49,13 @@ class RegistryFolder:
                 try:
                     entry = _entry(path)
                 except _NotYet:  # a half-written file is read on the next pass
+                    unread.add(str(path))
                     continue
             seen[path] = (stamp, entry)
             if entry is not None:  # a copy: the table is the caller's to keep
                 out.append((entry[0], entry[1], copy.deepcopy(entry[2])))
         self._seen = seen
-        return out
-
-
-def registry_servers(folder: Path) -> list[Entry]:
-    """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
-    return RegistryFolder().servers(folder)
+        return out, unread
 
 
 class _NotYet(Exception):
@@ -65,7 +65,14 @@ class _NotYet(Exception):
 def _entry(path: Path) -> Entry | None:
     """The server ``path`` describes (None: none; skipped for good until it changes)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:  # bounded as the client files are: read on every change
+            raw = f.read(MAX_CLIENT_FILE_BYTES + 1)
+        if len(raw) > MAX_CLIENT_FILE_BYTES:
+            _logger.warning(
+                "discovery: %s skipped: more than %d bytes", shown(str(path)), MAX_CLIENT_FILE_BYTES
+            )
+            return None
+        doc = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError):
         raise _NotYet from None
     except RecursionError:  # nested a thousand deep: no registry document

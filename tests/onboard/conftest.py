@@ -25,6 +25,7 @@ from gateway.onboard.discovery import Discovery, discovery_store
 from tests.conftest import ROOT, upstream_writable, write_config
 
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
+DESKTOP = ".config/Claude/claude_desktop_config.json"  # not Claude Code's: no managed policy
 # a gateway that discovers every 0.2 s (its code tools off: nothing but the discovered server)
 DISCOVERING = "[mcp]\ndiscovery_enabled = true\nrecheck_interval_s = 0.2\n[sandbox]\ncode_tools = false\n"
 SECRET = "sk-live-0123456789abcdefSECRET"

@@ -17,13 +17,12 @@ import pytest
 from mcp import ClientSession, stdio_client
 
 from gateway.errors import ApprovalError
-from gateway.onboard.registry import registry_servers
-from tests.conftest import ROOT, SYMBI, mutable_config, write_config
-from tests.onboard.conftest import discovery, write_json
+from gateway.onboard.registry import RegistryFolder
+from tests.conftest import SYMBI, mutable_config, write_config
+from tests.onboard.conftest import MUTABLE, discovery, write_json
 from tests.server._clients import gateway_params
 
 pytestmark = pytest.mark.anyio
-MUTABLE = ROOT / "tests/peers/mutable_server.py"
 
 
 def symbi(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -64,7 +63,7 @@ def test_registry_server_json_maps_to_a_server_table(tmp_path: Path) -> None:
     write_json(
         tmp_path / "bad-url.json", {"name": "com.example/y", "remotes": [{"url": "https://a.test/\udcff"}]}
     )
-    got = {name: table for _, name, table in registry_servers(tmp_path)}
+    got = {name: table for _, name, table in RegistryFolder().servers(tmp_path)[0]}
     assert got == {
         "weather": {"command": "npx", "args": ["-y", "@example/weather-mcp@1.2.0"]},
         "remote": {"url": "https://mcp.example.test/"},
@@ -83,14 +82,14 @@ def test_a_registry_document_is_parsed_again_only_when_it_changed(
             folder / f"{name}.json", {"name": f"com.example/{name}", "remotes": [{"url": "https://a.test/"}]}
         )
     reads: list[str] = []
-    read_text = Path.read_text
+    opened = Path.open
 
-    def counted(self: Path, *args: Any, **kwargs: Any) -> str:  # every read, the state's too
-        if self.parent == folder:
+    def counted(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:  # every open, writes too
+        if self.parent == folder and "r" in mode:
             reads.append(self.name)
-        return read_text(self, *args, **kwargs)
+        return opened(self, mode, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", counted)
+    monkeypatch.setattr(Path, "open", counted)
     d = discovery(tmp_path / "discovered.json", tmp_path / "home", tmp_path, registry_dir=folder)
     assert sorted(x.name for x in d.poll()[0]) == ["a", "b"]
     assert sorted(reads) == ["a.json", "b.json"]
@@ -174,6 +173,27 @@ def test_a_client_file_mid_edit_keeps_its_servers_status(tmp_path: Path) -> None
     added, removed = d.poll()
     assert not added and [x.name for x in removed] == ["mut"]
     assert d.entries()["mut"].status == "removed"
+
+
+def test_a_registry_file_mid_edit_keeps_its_servers_status(tmp_path: Path) -> None:
+    """Attack (on availability): a registry ``server.json`` caught half-written was left out of
+    the pass, and registry files were never counted unread: an approved server was marked
+    removed (stopped if it ran), then approved again once the file was whole. Now it keeps its
+    status until a pass reads the file."""
+    registry = tmp_path / "registry"
+    doc = {"name": "io.example/weather", "remotes": [{"url": "https://mcp.example.test/"}]}
+    weather = write_json(registry / "weather.json", doc)
+    d = discovery(tmp_path / "discovered.json", tmp_path / "home", tmp_path, registry_dir=registry)
+    added, removed = d.poll()
+    assert [x.name for x in added] == ["weather"] and not removed
+    d.approve("weather", by="p", expect=added[0].digest())
+    for half_written in ("", '{"name": "io.example/weather", "remo'):
+        weather.write_text(half_written)
+        assert d.poll() == ([], [])
+        assert d.entries()["weather"].status == "approved"
+    weather.write_text('{"name": "io.example/weather", "remotes": []}')  # whole, without a server
+    added, removed = d.poll()
+    assert not added and [x.name for x in removed] == ["weather"]
 
 
 async def test_the_gateway_keeps_serving_when_a_discovery_pass_fails(tmp_path: Path) -> None:

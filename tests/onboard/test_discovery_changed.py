@@ -11,9 +11,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.errors import DefinitionChanged, UnknownTool
-from tests.onboard.conftest import alive, approved_and_running, audited, until, write_json
-
-DESKTOP = ".config/Claude/claude_desktop_config.json"  # not Claude Code's: no managed policy
+from tests.onboard.conftest import DESKTOP, alive, approved_and_running, audited, until, write_json
 
 
 @pytest.mark.anyio

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,34 @@ def test_without_expect_the_cli_approves_what_it_prints(
     capsys.readouterr()
     assert main(["tools", "approve", "a", "--config", str(cfg)]) == 0
     assert f"npx -y gh-mcp (digest {a.digest()})" in capsys.readouterr().out
+
+
+def test_without_expect_a_server_not_in_the_listing_is_not_approved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack (review of disc43): ``symbi tools approve a b`` reads the listing once; ``b``
+    found by a pass after that read was approved as it was, nothing printed, unseen. Now a name
+    not in the listing is refused (exit 2, as an unknown name) and nothing is approved, ``a`` neither."""
+    project = tmp_path / "project"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    mcp = write_json(project / ".mcp.json", {"mcpServers": {"a": GH}})
+    cfg = write_config(project, CONFIG)
+    store = discovery_store(load_config(cfg, {}))
+    store.poll()
+    real, passes = Discovery.entries, list[Path]()
+
+    def listing_then_a_pass(self: Discovery) -> dict[str, Any]:
+        known = real(self)
+        if not passes:  # the CLI's listing read; then a pass finds ``b``
+            passes.append(write_json(mcp, {"mcpServers": {"a": GH, "b": GH}}))
+            store.poll()
+        return known
+
+    monkeypatch.setattr(Discovery, "entries", listing_then_a_pass)
+    assert main(["tools", "approve", "a", "b", "--config", str(cfg)]) == 2  # a usage error, as a 404
+    assert "approving" not in capsys.readouterr().out
+    monkeypatch.undo()
+    assert {n: d.status for n, d in store.entries().items()} == {"a": "quarantined", "b": "quarantined"}
 
 
 def test_an_entry_of_an_earlier_gateway_gets_its_salt(tmp_path: Path) -> None:

@@ -23,11 +23,10 @@ from gateway.errors import ApprovalError, UnknownTool
 from gateway.events import LoggingSink
 from gateway.onboard import claude_managed
 from gateway.onboard.discovery import Discovery, discovery_store
-from tests.conftest import ROOT, write_config
-from tests.onboard.conftest import alive, approved_and_running, audited, until, write_json
+from tests.conftest import write_config
+from tests.onboard.conftest import MUTABLE, alive, approved_and_running, audited, until, write_json
 from tests.server.http.conftest import bearer, make_keys, run_server
 
-MUTABLE = ROOT / "tests/peers/mutable_server.py"
 EXFIL = {"command": "npx", "args": ["-y", "unapproved-package"]}
 GITHUB = {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-github"]}
 PASTE = {"type": "http", "url": "https://paste.evil.example/mcp"}

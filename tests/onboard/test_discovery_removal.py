@@ -19,6 +19,7 @@ from gateway.errors import ApprovalError, UnknownTool
 from gateway.onboard.discovery import discovery_store
 from tests.conftest import write_config
 from tests.onboard.conftest import (
+    DESKTOP,
     DISCOVERING,
     MUTABLE,
     alive,
@@ -29,8 +30,6 @@ from tests.onboard.conftest import (
     write_json,
 )
 from tests.server.http.conftest import bearer, make_keys, run_server
-
-DESKTOP = ".config/Claude/claude_desktop_config.json"  # not Claude Code's: no managed policy
 
 
 @pytest.mark.anyio

@@ -17,7 +17,7 @@ from gateway.errors import ConfigError
 from gateway.onboard import apply_plan, clients, make_plan, read_client_file, rewrite_client, undo_client
 from gateway.onboard.apply import backup_path
 from gateway.onboard.clients import file_source
-from gateway.onboard.registry import registry_servers
+from gateway.onboard.registry import RegistryFolder
 from tests.conftest import SYMBI, write_config
 from tests.onboard.conftest import SECRET, discovery, write_json
 
@@ -105,7 +105,7 @@ def test_a_registry_identifier_that_is_an_option_is_never_a_server(tmp_path: Pat
     os.mkfifo(tmp_path / "pipe.json")  # never waited on
     deep = tmp_path / "deep.json"
     deep.write_text('{"name": "example/deep", "x": ' + "[" * 5000 + "]" * 5000 + "}")
-    assert {name: table for _, name, table in registry_servers(tmp_path)} == {
+    assert {name: table for _, name, table in RegistryFolder().servers(tmp_path)[0]} == {
         "fine": {"command": "npx", "args": ["-y", "@scope/fine@1.0.0"]}
     }
 

@@ -22,9 +22,10 @@ from mcp import types
 
 from gateway.bus.core import Bus, validate_topic
 from gateway.bus.crypto import TOPIC_KEYS_CAP
-from gateway.bus.results import RESULT_ENVELOPE_BYTES, receive_ceiling, tool_result
+from gateway.bus.results import receive_ceiling, tool_result
 from gateway.context import CallContext, Principal
 from gateway.errors import ArgumentsInvalid, BusQuotaExceeded, CatalogError, UnknownTool
+from gateway.policy.results import RESULT_ENVELOPE_BYTES, result_cap
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -131,8 +132,8 @@ def receive_budget(call: CallContext) -> int:
     """The bytes of messages one ``bus__receive`` may take: its result must fit the policy's
     ``max_result_bytes``, since a result cut to it after the messages were settled loses them
     (marked delivered, never read), and ``RECEIVE_MAX_BYTES`` whatever the policy says."""
-    cap = call.decision.conditions.get("max_result_bytes") if call.decision is not None else None
-    if not isinstance(cap, int) or isinstance(cap, bool):
+    cap = result_cap(call)
+    if cap is None:
         return receive_ceiling()
     return min(max(cap - RESULT_ENVELOPE_BYTES, 0), receive_ceiling())
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from mcp import types
 
-# the result's own bytes around its messages ({"content":[{"type":"text","text":"{\"messages\": []}"}],...})
-RESULT_ENVELOPE_BYTES = 512
+from gateway.policy.results import RESULT_ENVELOPE_BYTES
+
 RECEIVE_MAX_BYTES = 8 * 1024 * 1024  # one bus__receive result at most (the policy may cap lower)
 # a received message's fields other than its body, at most (ids, agent ids, a topic of 128)
 ITEM_METADATA_BYTES = 1024

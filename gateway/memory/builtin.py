@@ -28,7 +28,7 @@ from gateway.memory.manager import ContextManager, check_bounds
 from gateway.memory.rag import RagPipeline, RagResult
 from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS, RAG_PROMPT, TEMPLATES
 from gateway.memory.types import MEMORY_TYPES, PERSISTENT_TYPES, AgentContext, ContextQuery
-from gateway.policy.results import result_size
+from gateway.policy.results import RESULT_ENVELOPE_BYTES, result_cap, result_size
 
 _logger = logging.getLogger("symbi.memory")
 
@@ -44,16 +44,6 @@ def _ok(
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)], structured_content=structured, _meta=meta
     )
-
-
-# room for what the chain adds to a result after the tool (its _meta)
-_ENVELOPE_BYTES = 512
-
-
-def result_cap(call: CallContext) -> int | None:
-    """The policy's ``max_result_bytes`` for this call, if any."""
-    cap = call.decision.conditions.get("max_result_bytes") if call.decision is not None else None
-    return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
 
 
 def _within_cap(items: list[dict[str, Any]], cap: int | None) -> types.CallToolResult:
@@ -73,12 +63,12 @@ def _within_cap(items: list[dict[str, Any]], cap: int | None) -> types.CallToolR
         return r.model_copy(update={"content": [*r.content, types.TextContent(type="text", text=note)]})
 
     whole = built(len(items))
-    if cap is None or result_size(whole) <= cap - _ENVELOPE_BYTES:
+    if cap is None or result_size(whole) <= cap - RESULT_ENVELOPE_BYTES:
         return whole
     lo, hi = 0, len(items) - 1  # the most items that fit (a result grows with its items)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if result_size(built(mid)) <= cap - _ENVELOPE_BYTES:
+        if result_size(built(mid)) <= cap - RESULT_ENVELOPE_BYTES:
             lo = mid
         else:
             hi = mid - 1

@@ -9,6 +9,7 @@ store that is down, raised out of its task and took the gateway (every session) 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -24,12 +25,14 @@ def unplaced(err: ContextError, hide: Sequence[str]) -> ContextError:
     """``err`` with the paths in ``hide`` (the gateway's data dir) replaced: its message and
     reasons reach agents in a tool's error result. The log keeps them whole, for the operator."""
     texts = (err.message, *err.reasons)
-    if not any(p in t for p in hide for t in texts):
+    # a library may quote the path as a repr or as JSON (quotes, backslashes escaped)
+    forms = {f for p in hide if p for f in (p, repr(p)[1:-1], json.dumps(p)[1:-1])}
+    if not any(p in t for p in forms for t in texts):
         return err
     _logger.error("vector store: %s", err.message)
 
     def scrub(text: str) -> str:
-        for p in sorted(hide, key=len, reverse=True):
+        for p in sorted(forms, key=len, reverse=True):
             text = text.replace(p, "<data dir>")
         return text
 

@@ -29,6 +29,7 @@ import numpy as np
 from gateway.memory.manager import ContextManager, check_name, check_query, knowledge_item
 from gateway.memory.store import SERVED
 from gateway.memory.types import KnowledgeItem
+from gateway.screen.asread import screened
 
 # Score fusion: cosine + BM25_WEIGHT * (BM25 / best BM25 of the candidates) + recency. Rank
 # fusion (RRF) was tried and lost paraphrase precision (the keyword list's top rank outweighed
@@ -180,6 +181,15 @@ def _merge_hits(
     return cands, ranks
 
 
+def _servable(payload: Mapping[str, Any]) -> bool:
+    """A stored chunk may be handed to an agent: an operator accepted its file, or its heading
+    and text, read as the model reads them, say nothing to the model (the rules ingest uses)."""
+    if isinstance(payload.get("accepted"), dict):
+        return True
+    fields = [("heading", str(payload.get("heading", ""))), ("text", str(payload.get("text", "")))]
+    return not screened(fields, decoded=True).findings
+
+
 def quoted(text: str) -> str:
     """A passage's text with each line (as ``str.splitlines`` breaks them: U+2028, U+0085, a
     form feed too) quoted with ``QUOTE``: only the gateway writes a line that starts without it,
@@ -267,10 +277,13 @@ class RagPipeline:
 
         s = clock()
         cands, ranks = _merge_hits(vec_hits, kw_hits, q.phrases)
+        pts = self.m.store.retrieve(list(cands), with_vectors=True)
+        # a base ingested before the held marks (or under an older screening) is not trusted
+        # to be marked: each candidate is screened as read here, and a flagged one is not served
+        unsafe = {p.id for p in pts if not _servable(p.payload)} | (set(cands) - {p.id for p in pts})
+        cands = {k: v for k, v in cands.items() if k not in unsafe}
         vectors = {
-            p.id: np.asarray(p.vector, dtype=np.float32)
-            for p in self.m.store.retrieve(list(cands), with_vectors=True)
-            if len(p.vector)
+            p.id: np.asarray(p.vector, dtype=np.float32) for p in pts if len(p.vector) and p.id in cands
         }
         t["retrieval"] = clock() - s
 

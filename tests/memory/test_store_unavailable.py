@@ -82,3 +82,18 @@ async def test_an_embedded_store_that_cannot_be_opened_does_not_name_the_data_di
     told = json.dumps([r.content[0].model_dump(), r.meta])
     assert str(data_dir) not in told and str(data_dir.resolve()) not in told
     assert str(data_dir) in caplog.text or str(data_dir.resolve()) in caplog.text
+
+
+def test_a_data_dir_quoted_with_escapes_is_replaced_too() -> None:
+    """A store library may name the path as a repr or as JSON: a data dir with a quote or a
+    backslash in it then reads escaped, and was passed to agents as it came."""
+    from gateway.memory.guard import unplaced
+
+    data_dir = '/srv/sym\'bi\\data "x"'
+    err = VectorStoreUnavailable(
+        f"cannot open {data_dir!r}/vectors", reasons=[f"path {json.dumps(data_dir)} is locked"]
+    )
+    out = unplaced(err, [data_dir])
+    assert isinstance(out, VectorStoreUnavailable)
+    told = " ".join((out.message, *out.reasons))
+    assert "sym" not in told and "<data dir>" in told

@@ -197,7 +197,7 @@ class ApprovalUnrecordable(ApprovalError):
     503, nothing approved. The approval was saved and its record then raised: a 500, the
     catalogue not refreshed, and no record of who approved it (session 43)."""
 
-    code = "audit_unavailable"
+    code = "approval_unrecordable"  # (each error its own code: AuditError is audit_unavailable)
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 503)

@@ -9,6 +9,7 @@ import re
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -497,3 +498,12 @@ def symbi_audit(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def audit_verifies(cfg: Path) -> None:
     out = symbi_audit(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def break_audit_log(db: Path) -> None:
+    """Break the audit log at ``db`` as a full disk would: a trigger refuses every insert (a
+    running gateway may hold the write lock meanwhile: waited for)."""
+    conn = sqlite3.connect(db, timeout=30)
+    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
+    conn.commit()
+    conn.close()

@@ -19,6 +19,7 @@ from gateway.config.sections import AuditSection, GatewaySection
 from gateway.errors import AuditError
 from gateway.events import Event, EventSink
 from tests.audit.conftest import LogPaths
+from tests.conftest import break_audit_log
 
 
 def test_is_an_event_sink_and_acknowledges_in_order(
@@ -113,18 +114,10 @@ def test_reopening_continues_the_chain(open_log: Callable[..., AuditLog], log_pa
     assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).check().last_seq == 2
 
 
-def _break_inserts(db: Path) -> None:
-    """Make the store refuse every insert (a real SQLite failure, injected from outside)."""
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    conn.commit()
-    conn.close()
-
-
 def test_unwritable_log_fails_closed(open_log: Callable[..., AuditLog], log_paths: LogPaths) -> None:
     log = open_log()
     log.append("ok", {})
-    _break_inserts(log_paths[0])
+    break_audit_log(log_paths[0])
     with pytest.raises(AuditError):
         log.append("lost", {})
     log.emit("lost-too", {})  # nobody waits for it: the log must refuse everything after
@@ -140,7 +133,7 @@ def test_on_failure_warn_logs_instead(
     open_log: Callable[..., AuditLog], log_paths: LogPaths, caplog: pytest.LogCaptureFixture
 ) -> None:
     log = open_log(on_failure="warn")
-    _break_inserts(log_paths[0])
+    break_audit_log(log_paths[0])
     assert log.append("lost", {}) is None
     assert asyncio.run(log.record("lost", {})) is None
     assert any("not recorded" in r.getMessage() for r in caplog.records)

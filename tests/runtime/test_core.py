@@ -16,7 +16,7 @@ import pytest
 from gateway.config.model import Config
 from gateway.config.sections import RuntimeSection
 from gateway.context import Principal
-from gateway.errors import AgentSuspended, InvalidTransition, PolicyDenied, RateLimited
+from gateway.errors import AgentSuspended, AuditError, InvalidTransition, PolicyDenied, RateLimited
 from gateway.runtime import AgentState
 from gateway.runtime.core import AgentRuntime
 
@@ -34,6 +34,23 @@ class Recorder:
 
     def reasons(self, agent: str) -> list[tuple[str, str]]:
         return [(d["to"], d["reason"]) for t, d, _, a in self.events if t == "agent.state" and a == agent]
+
+
+class BreakingRecorder(Recorder):
+    """The audit log as ``on_failure = "deny"`` has it once broken: every record raises (as
+    does ``recordable``, the log's ``ensure_writable`` for hosted runs)."""
+
+    broken = False
+
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        self.recordable()
+        super().emit(event_type, details, principal=principal, agent=agent)
+
+    def recordable(self) -> None:
+        if self.broken:
+            raise AuditError("audit log cannot be written: full")
 
 
 def runtime(**section: Any) -> tuple[Recorder, AgentRuntime]:

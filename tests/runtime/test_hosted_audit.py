@@ -9,7 +9,6 @@ it (a trigger refusing every insert)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
@@ -17,24 +16,18 @@ import httpx
 import pytest
 
 from gateway.config import load_config
+from tests.conftest import break_audit_log
 from tests.runtime.test_hosted import _config, _env, _wait
 from tests.server._http import serve
 
 pytestmark = pytest.mark.slow
 
 
-def _break(db: Path) -> None:
-    conn = sqlite3.connect(db, timeout=30)  # (the gateway writes meanwhile)
-    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
-    conn.commit()
-    conn.close()
-
-
 def test_a_broken_audit_log_does_not_stop_the_gateway_through_a_hosted_agent(tmp_path: Path) -> None:
     cfg, admin = _config(tmp_path, "bwrap", _env() + '\nstart = "1s"\nrestart = "never"')
     with serve(cfg) as base:
         _wait(base, admin, lambda h: bool(h))  # its runs have begun, recorded
-        _break(load_config(cfg, {}).audit_path)
+        break_audit_log(load_config(cfg, {}).audit_path)
         deadline = time.monotonic() + 60
         while httpx.get(base + "/readyz").status_code == 200:  # until a record meets the trigger
             assert time.monotonic() < deadline, "the audit log never failed"

@@ -39,7 +39,7 @@ from gateway.runtime.hosted import (
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, root_device
 from gateway.server.auth import ApiKeyStore
-from tests.runtime.test_core import Recorder
+from tests.runtime.test_core import BreakingRecorder, Recorder
 
 pytestmark = pytest.mark.anyio
 GUARD_S = 60  # a hang guard for a broken loop, never a timing assertion
@@ -610,23 +610,6 @@ async def test_a_real_run_cannot_read_the_gateways_stdin(tmp_path: Path) -> None
     assert secret not in log
 
 
-class _Breaking(Recorder):
-    """The audit log as ``on_failure = "deny"`` has it once broken: every record raises."""
-
-    broken = False
-
-    def emit(
-        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-    ) -> None:
-        if self.broken:
-            raise AuditError("audit log cannot be written: full")
-        super().emit(event_type, details, principal=principal, agent=agent)
-
-    def recordable(self) -> None:
-        if self.broken:
-            raise AuditError("audit log cannot be written: full")
-
-
 async def test_a_run_that_ended_while_the_audit_log_was_broken_keeps_its_restart_policy(
     tmp_path: Path,
 ) -> None:
@@ -635,7 +618,7 @@ async def test_a_run_that_ended_while_the_audit_log_was_broken_keeps_its_restart
     (a run its policy says not to make; an escalated or operator-stopped one likewise). Now
     the exit is applied as usual: the supervisor ends after one run."""
     ok = AgentConfig(command="/usr/bin/sh", args=("-c", "sleep 1"), sandbox="bwrap", restart="on-failure")
-    rec = _Breaking()
+    rec = BreakingRecorder()
     h, _, _ = _bwrap_host(tmp_path, rec=rec, ok=ok)
 
     async def mend_after_the_exit() -> None:

@@ -22,14 +22,13 @@ import anyio
 import pytest
 import redis
 
-from gateway.errors import AuditError
 from gateway.runtime import AgentState
 from gateway.runtime.hosted import HostedAgents
 from gateway.runtime.leased import LeasedAgents
 from gateway.state.leases import LEASE, LEASE_TTL_MS, RENEW_S, STOP_MARGIN_S
 from tests.conftest import ROOT
 from tests.runtime._leases import NAME, marked, replica
-from tests.runtime.test_core import Recorder
+from tests.runtime.test_core import BreakingRecorder, Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
 
@@ -222,26 +221,13 @@ async def test_an_overwritten_lease_stops_the_holders_run(tmp_path: Path, fresh:
         tg.cancel_scope.cancel()
 
 
-class _Breaking(Recorder):
-    """The audit log as ``on_failure = "deny"`` has it once broken: every record raises."""
-
-    broken = False
-
-    def emit(
-        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-    ) -> None:
-        if self.broken:
-            raise AuditError("audit log cannot be written: full")
-        super().emit(event_type, details, principal=principal, agent=agent)
-
-
 async def test_a_broken_audit_log_does_not_end_the_lease_runner(tmp_path: Path, fresh: Redis) -> None:
     """The holder's run is stopped (its lease overwritten) while the audit log is broken: the
     record of the loss raised ``AuditError`` out of the lease loop and ended the gateway
     (rt42b's "Still left"). Now the run stops and the lease is released as before, and the
     loop lives on: once the log records again, it takes the agent back."""
     mark = f"6006.{os.getpid()}"
-    rec = _Breaking()
+    rec = BreakingRecorder()
     a = replica(tmp_path / "a", fresh.url, mark, rec)
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
@@ -268,7 +254,7 @@ async def test_an_order_passed_while_the_audit_log_is_broken_is_carried_out_and_
     another replica (or this one) started the agent afresh: the terminate undone. Now the
     order is carried out, the agent stays ended, and the holder keeps its lease."""
     mark = f"6007.{os.getpid()}"
-    rec = _Breaking()
+    rec = BreakingRecorder()
     a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)

@@ -18,6 +18,7 @@ from gateway.context import CallContext, Decision, Principal, ToolInfo, Upstream
 from gateway.errors import AuditError, PolicyDenied, VerificationDenied
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
+from tests.conftest import break_audit_log
 from tests.steps._chain import run_chain
 
 SECRET = "hunter2-SECRET-VALUE"
@@ -173,15 +174,8 @@ def test_resource_read_event_type(log: AuditLog) -> None:
     assert ev["type"] == "resource.read" and ev["details"]["target"] == "file:///etc/motd"
 
 
-def _break(db: Path) -> None:
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
-    conn.commit()
-    conn.close()
-
-
 def test_unrecordable_call_fails_with_audit_error(log: AuditLog, tmp_path: Path) -> None:
-    _break(tmp_path / "audit.db")
+    break_audit_log(tmp_path / "audit.db")
     with pytest.raises(AuditError):
         asyncio.run(AuditStep(log)(_call(), _allowed))
     # a lost emit() breaks the log: the next call is refused before it reaches the upstream
@@ -202,7 +196,7 @@ def test_unrecordable_call_fails_with_audit_error(log: AuditLog, tmp_path: Path)
 def test_on_failure_warn_lets_the_call_through(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem", on_failure="warn")
     try:
-        _break(tmp_path / "audit.db")
+        break_audit_log(tmp_path / "audit.db")
         result = asyncio.run(AuditStep(log)(_call(), _allowed))
         assert result.is_error is False
     finally:

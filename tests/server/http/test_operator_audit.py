@@ -7,22 +7,15 @@ broken as a full disk would break it (a trigger refusing every insert)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import httpx
 
 from gateway.config import load_config
 from gateway.errors import AuditError
+from tests.conftest import break_audit_log
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
 from tests.server.http.test_refusal_flood import KeySession
-
-
-def _break(db: Path) -> None:
-    conn = sqlite3.connect(db, timeout=30)  # (the gateway writes meanwhile)
-    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
-    conn.commit()
-    conn.close()
 
 
 def test_an_operator_action_the_audit_log_cannot_record_is_not_carried_out(tmp_path: Path) -> None:
@@ -33,7 +26,7 @@ def test_an_operator_action_the_audit_log_cannot_record_is_not_carried_out(tmp_p
         assert bob.call("everything__echo", {"message": "hi"}) is None
         admin = bearer(keys.admin)
         [agent] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
-        _break(load_config(cfg, {}).audit_path)
+        break_audit_log(load_config(cfg, {}).audit_path)
         assert bob.call("everything__echo", {"message": "hi"}) == AuditError.code  # the log is broken now
 
         r = httpx.post(run.base + f"/api/agents/{agent['id']}/suspend", json={"reason": "x"}, headers=admin)

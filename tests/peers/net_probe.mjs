@@ -36,7 +36,9 @@ function probe(host, port) {
 const listeners = [];
 function listen() {
   return new Promise((resolve) => {
-    const srv = net.createServer((sock) => sock.end("hello"));
+    // a probe that connects then destroys resets this end: without a handler that error
+    // ended the whole server (and its namespace with it)
+    const srv = net.createServer((sock) => { sock.on("error", () => {}); sock.end("hello"); });
     listeners.push(srv);
     srv.listen(0, "127.0.0.1", () => resolve(String(srv.address().port)));
   });

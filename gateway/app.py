@@ -23,7 +23,7 @@ from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
 from gateway.compat import connection_of
 from gateway.config.model import Config, ServerConfig
-from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
+from gateway.context import CallContext, Principal, UpstreamInfo
 from gateway.errors import CatalogError, ConfigError
 from gateway.events import Event, EventSink, record_acted
 from gateway.heap import settle_heap
@@ -51,6 +51,7 @@ from gateway.visibility import Visibility
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
+    from gateway.context import Downstream
     from gateway.policy.engine import PolicyEngine
     from gateway.runtime.hosted import HostedAgents
     from gateway.verify.verifier import ToolVerifier

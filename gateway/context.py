@@ -12,14 +12,15 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from mcp.server import ServerRequestContext
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.screen.screener import Screening
 
 # The SDK's context of the client request a call serves (None for calls made inside the gateway).
-Downstream = ServerRequestContext[Any, Any]
+if TYPE_CHECKING:  # the SDK only for the type: the admin CLI imports this module (0.6 s of mcp)
+    from mcp.server import ServerRequestContext
+
+    Downstream = ServerRequestContext[Any, Any]
 
 VerificationStatus = Literal[
     "verified", "pinned", "unverified", "drifted", "revoked", "off", "failed", "unavailable"

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio.abc
 from mcp import types
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from gateway.context import CallContext, Downstream, Principal
+from gateway.context import CallContext, Principal
 from gateway.errors import PolicyDenied, UpstreamError
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
@@ -22,6 +22,9 @@ from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_cli
 from gateway.upstream.caller_caps import DOWNSTREAM_CAPABILITIES, downstream_ref
 from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import Upstream
+
+if TYPE_CHECKING:
+    from gateway.context import Downstream
 
 _logger = logging.getLogger("symbi.relay")
 

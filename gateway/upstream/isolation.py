@@ -18,15 +18,19 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 
 from gateway.compat import connection_of
 from gateway.config.model import ServerConfig
-from gateway.context import CallContext, Downstream
+from gateway.context import CallContext
 from gateway.errors import UpstreamUnavailable
 from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import Upstream
+
+if TYPE_CHECKING:
+    from gateway.context import Downstream
 
 _logger = logging.getLogger("symbi.isolation")
 

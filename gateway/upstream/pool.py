@@ -9,13 +9,13 @@ the primaries (``upstreams``) only: a replica's listing is its primary's.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
 from gateway.config.model import Config, ServerConfig
-from gateway.context import CallContext, Downstream, Principal
+from gateway.context import CallContext, Principal
 from gateway.errors import UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.handouts import HandedOut
@@ -24,6 +24,9 @@ from gateway.upstream.eras import on_behalf_of
 from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.session import Upstream
 from gateway.upstream.transport import CommandWrapper
+
+if TYPE_CHECKING:
+    from gateway.context import Downstream
 
 OnChange = Callable[[Upstream], Awaitable[None]]
 ResourceUpdated = Callable[[Upstream, str], Awaitable[None]]

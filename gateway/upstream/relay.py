@@ -29,18 +29,21 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp import types
 from mcp.client.session import ClientRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.message import ServerMessageMetadata
 
-from gateway.context import CallContext, Downstream, Principal
+from gateway.context import CallContext, Principal
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
 from gateway.policy.results import log_data
 from gateway.upstream.asked import Refusal, Requester, RequestGate, refusal_error
+
+if TYPE_CHECKING:
+    from gateway.context import Downstream
 
 _logger = logging.getLogger("symbi.relay")
 

@@ -107,10 +107,11 @@ class HostedAgents:
         self._stop: dict[str, Callable[[], None]] = {}
         self._failures: dict[str, deque[float]] = {name: deque() for name in config.agents}
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
-        # run credentials whose revocation failed (the key store was down): retried until done
+        # run credentials not revoked (the key store was down): retried until done
         self.unrevoked: set[str] = set()
         # each agent's live run credential (its key id): on the lease board for other replicas
         self.run_keys: dict[str, str] = {}
+        self.refusing: set[str] = set()  # agents whose runs are refused now (the audit log broken)
         runtime.on_terminate.append(self._terminated)
         # [state] redis_url: replicas share the config, each agent runs where its lease is; the
         # board is the assembly's, on the process's one Redis client (``gateway.assemble``)
@@ -153,12 +154,10 @@ class HostedAgents:
     # -- supervision --------------------------------------------------------------------------
 
     async def _supervise(self, name: str, ac: AgentConfig) -> None:
-        """``name``'s runs, for good. The audit log broken (``on_failure = "deny"``): its next
-        record raised ``AuditError`` out of here and ended the gateway (rt42b's "Still left");
-        now no run is made that cannot be recorded, and the supervisor tries again later. Only
-        a run not started yet raises it here: once a run has ended its records go through
-        ``record_acted``, and its outcome is applied by the restart policy (an AuditError from
-        its exit's record started an agent that had exited 0, escalated or been stopped again)."""
+        """``name``'s runs, for good. The audit log broken (``on_failure = "deny"``): no run is
+        made that cannot be recorded (``AuditError`` ended the gateway, rt42b), it is tried again
+        later. Only a run not started yet raises it here: an ended run's records go through
+        ``record_acted`` and its outcome to the restart policy (session 43)."""
         while True:
             try:
                 await self._runs(name, ac)
@@ -166,7 +165,11 @@ class HostedAgents:
             except AuditError as e:
                 _logger.error("agent %s: not run while the audit log cannot record it (%s)", name, e)
                 self.end_record(name, "the audit log cannot record it")  # a run it cut short
-                await anyio.sleep(AUDIT_RETRY_S)
+                self.refusing.add(name)  # its lease's holder lets it go to a replica that can
+                try:
+                    await anyio.sleep(AUDIT_RETRY_S)
+                finally:
+                    self.refusing.discard(name)
 
     def end_record(self, name: str, why: str) -> None:
         """``name``'s run is over here (its process gone): its record says so, as a run that

@@ -22,6 +22,7 @@ within ``failure_window_s`` escalate: the next run is Failed and no more restart
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -107,10 +108,11 @@ class HostedAgents:
         self._stop: dict[str, Callable[[], None]] = {}
         self._failures: dict[str, deque[float]] = {name: deque() for name in config.agents}
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
-        # run credentials whose revocation failed (the key store was down): retried until done
+        # run credentials not revoked (the key store was down): retried until done
         self.unrevoked: set[str] = set()
         # each agent's live run credential (its key id): on the lease board for other replicas
         self.run_keys: dict[str, str] = {}
+        self.refusing: set[str] = set()  # agents whose runs are refused now (the audit log broken)
         runtime.on_terminate.append(self._terminated)
         # [state] redis_url: replicas share the config, each agent runs where its lease is; the
         # board is the assembly's, on the process's one Redis client (``gateway.assemble``)
@@ -153,12 +155,10 @@ class HostedAgents:
     # -- supervision --------------------------------------------------------------------------
 
     async def _supervise(self, name: str, ac: AgentConfig) -> None:
-        """``name``'s runs, for good. The audit log broken (``on_failure = "deny"``): its next
-        record raised ``AuditError`` out of here and ended the gateway (rt42b's "Still left");
-        now no run is made that cannot be recorded, and the supervisor tries again later. Only
-        a run not started yet raises it here: once a run has ended its records go through
-        ``record_acted``, and its outcome is applied by the restart policy (an AuditError from
-        its exit's record started an agent that had exited 0, escalated or been stopped again)."""
+        """``name``'s runs, for good. The audit log broken (``on_failure = "deny"``): no run is
+        made that cannot be recorded (``AuditError`` ended the gateway, rt42b), it is tried again
+        later. Only a run not started yet raises it here: an ended run's records go through
+        ``record_acted`` and its outcome to the restart policy (session 43)."""
         while True:
             try:
                 await self._runs(name, ac)
@@ -166,14 +166,17 @@ class HostedAgents:
             except AuditError as e:
                 _logger.error("agent %s: not run while the audit log cannot record it (%s)", name, e)
                 self.end_record(name, "the audit log cannot record it")  # a run it cut short
-                await anyio.sleep(AUDIT_RETRY_S)
+                self.refusing.add(name)  # its lease's holder lets it go to a replica that can
+                try:
+                    await anyio.sleep(AUDIT_RETRY_S)
+                finally:
+                    self.refusing.discard(name)
 
     def end_record(self, name: str, why: str) -> None:
         """``name``'s run is over here (its process gone): its record says so, as a run that
         ended. Each move is made even when the audit log refuses its record (a record left
         Ready or Suspended made the next run's registration raise, and the supervisor end)."""
-        reg = self.runtime.agents
-        agent = reg.by_name(name)
+        agent = self.runtime.agents.by_name(name)
         if agent is None:
             return
         agent.hosted_busy = False
@@ -184,13 +187,9 @@ class HostedAgents:
             (AgentState.SUSPENDED, AgentState.TERMINATED, f"run ended: {why}"),
             (AgentState.FAILED, AgentState.TERMINATED, f"run ended: {why}"),
         )
-        for src, to, reason in moves:
-            if agent.state is not src:
-                continue
-            try:
-                reg.transition(agent, to, reason)
-            except (InvalidTransition, AuditError) as e:  # (the state moves before its record)
-                _logger.warning("agent %s: its record's move to %s: %s", name, to.value, e)
+        for src, to, reason in moves:  # each a lifecycle edge from the state it is made in
+            if agent.state is src:
+                self._move(agent, to, reason)
 
     async def _runs(self, name: str, ac: AgentConfig) -> None:
         every = interval_s(ac.start)
@@ -285,7 +284,8 @@ class HostedAgents:
             except GatewayError as e:
                 await self._revoke(record.id)
                 self._fail(agent, f"invalid config: {e.message}")
-                return "invalid"
+                # a victim still Initializing refused it: "invalid" never ran the agent again
+                return "failed" if isinstance(e, InvalidTransition) else "invalid"
             return await self._execute(agent, ac, tier, argv, cleanup, limits, record.id)  # revokes it
         except BaseException:
             await self._revoke(record.id)  # _execute failed, perhaps before its own revocation
@@ -301,11 +301,9 @@ class HostedAgents:
         displaces ("priority") are terminated, also when the audit log refuses their records."""
         rt = self.runtime
         _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
+        why = f"displaced from its resource slot by {name} (priority {ac.priority})"
         for victim in filter(None, map(rt.agents.get, displaced)):
-            try:
-                rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
-            except AuditError as e:  # displaced all the same: its state moved before its record
-                _logger.error("agent %s: its displacement not recorded: %s", victim.name, e.message)
+            self._unrecorded(victim, "displacement", functools.partial(rt.terminate, victim, why))
 
     def _stop_escalated(self, name: str, ac: AgentConfig, agent: Agent) -> bool:
         """True (and the agent failed, the event emitted) when it failed too often lately."""
@@ -330,10 +328,16 @@ class HostedAgents:
     def _move(self, agent: Agent, to: AgentState, reason: str) -> None:
         """A move of a run that has ended or was refused: made also when its record is refused
         (the state moves before it), so the outcome reaches the restart policy, not an error."""
+        move = functools.partial(self.runtime.agents.transition, agent, to, reason)
+        self._unrecorded(agent, f"move to {to.value}", move)
+
+    @staticmethod
+    def _unrecorded(agent: Agent, what: str, step: Callable[[], object]) -> None:
+        """``step`` on ``agent``, done also when the log refuses its record (written after it)."""
         try:
-            self.runtime.agents.transition(agent, to, reason)
+            step()
         except AuditError as e:
-            _logger.error("agent %s: its move to %s not recorded: %s", agent.name, to.value, e.message)
+            _logger.error("agent %s: its %s not recorded: %s", agent.name, what, e.message)
 
     async def _revoke(self, key_id: str) -> None:
         self.runtime.agents.unbind_credential(key_id)

@@ -27,8 +27,8 @@ import anyio
 from redis.exceptions import RedisError
 
 from gateway.config.sections import AgentConfig
-from gateway.errors import AuditError
-from gateway.events import Event
+from gateway.errors import AuditError, InvalidTransition
+from gateway.events import Event, record_acted
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
 from gateway.state.leases import RENEW_S, RETRY_S, STOP_MARGIN_S, Lease, LeaseBoard
@@ -134,11 +134,8 @@ class LeasedAgents:
         lease = self.board.lease(name)
         while True:
             await self._pass_requests(name)
-            try:
-                taken = await lease.acquire(self._doc(name))
-            except _REDIS_ERRORS as e:
-                _logger.debug("agent %s: lease not taken (%s)", name, e)
-                taken = False
+            # a lease its audit log cannot use is not taken: a replica whose log works runs it
+            taken = self._unusable() is None and await self._acquire(lease, name)
             if not taken:
                 with anyio.move_on_after(RENEW_S):
                     await self._poke[name].wait()
@@ -146,9 +143,27 @@ class LeasedAgents:
                 continue
             try:
                 await self._run_held(name, ac, lease)
-            except AuditError as e:  # the log broken (deny): this loop ended, and the gateway with it
-                _logger.error("agent %s: stopped while the audit log cannot record it (%s)", name, e)
+            except* AuditError as eg:  # the log broken (deny): this loop ended, and the gateway with it
+                # (except*: one raised inside _run_held's task group comes as an ExceptionGroup)
+                _logger.error("agent %s: stopped while the audit log cannot record it (%s)", name, eg)
                 await anyio.sleep(RENEW_S)
+
+    async def _acquire(self, lease: Lease, name: str) -> bool:
+        try:
+            return await lease.acquire(self._doc(name))
+        except _REDIS_ERRORS as e:
+            _logger.debug("agent %s: lease not taken (%s)", name, e)
+            return False
+
+    def _unusable(self) -> str | None:
+        """Why this process cannot run a hosted agent now (its audit log refuses), or None."""
+        if self.hosted.recordable is None:
+            return None
+        try:
+            self.hosted.recordable()
+        except AuditError as e:
+            return f"its audit log cannot record it ({e.message})"
+        return None
 
     async def _pass_requests(self, name: str) -> None:
         if name not in self._wanted:
@@ -187,7 +202,8 @@ class LeasedAgents:
         """The run has ended here (its process is gone): on the audit and the log, with how long
         before the lease could have expired (None: it was no longer ours). The agent's record is
         ended by the caller's ``finally`` (``HostedAgents.end_record``), on every way out."""
-        self.hosted.events.emit(
+        record_acted(  # (the loss itself may be that the audit log cannot record)
+            self.hosted.events,
             Event.AGENT_LEASE_LOST,
             {
                 "name": name,
@@ -216,6 +232,10 @@ class LeasedAgents:
             with anyio.move_on_after(wait):
                 await self._changed[name].wait()
             self._changed[name] = anyio.Event()
+            # its runs refused while its log is broken: the lease goes to a replica that can run
+            # it (kept, it ran nowhere). A run live or ended is kept: an operator's stop stands
+            if name in self.hosted.refusing and (why := self._unusable()) is not None:
+                return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:
                 return "could not renew its lease in time (Redis unreachable)"
@@ -243,11 +263,15 @@ class LeasedAgents:
         for order in filter(None, (parse_order(r, now) for r in raw)):
             try:
                 self._carry_out(name, order)
-            except Exception:  # taken off Redis: the rest are carried out and the lease kept
-                # (a record refused, the audit log broken with deny, raised out of _keep: the run
-                # stopped, the lease let go, the batch's other orders lost, and another replica
-                # started the agent afresh, an operator's terminate undone; session 43)
-                _logger.exception("agent %s: the %s from %s failed", name, order.action, order.by)
+            except (AuditError, InvalidTransition) as e:  # taken off Redis: the rest carried out
+                # and the lease kept (out of _keep it let the lease go, and another replica ran
+                # the agent afresh: a terminate undone; session 43). The state moves and the
+                # process stops before the record: done, its record refused, so the log has it
+                # (a bug is not caught here: it ends the lease loop, the run and the gateway)
+                _logger.error(
+                    "agent %s: the %s by %s via %s (%r) is not on the audit record: %s",
+                    *(name, order.action, order.by, order.via, order.reason, e),
+                )
 
     def _carry_out(self, name: str, order: Order) -> None:
         """One order left for ``name``: carried out here, or refused on the record."""

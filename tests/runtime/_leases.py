@@ -40,7 +40,16 @@ def replica(folder: Path, redis_url: str, mark: str, events: EventSink) -> Hoste
     manager = SandboxManager(config, sweep_orphans=False)
     # the board the assembly would make (on the process's Redis client; here one of its own)
     board = LeaseBoard(redis_url, owner=process_name(config.data_dir), timeout_s=config.state.timeout_s)
-    return HostedAgents(config, AgentRuntime(config, events), events, sandbox=manager, host=host, board=board)
+    recordable = getattr(events, "recordable", None)  # the audit log's ensure_writable, when it has one
+    return HostedAgents(
+        config,
+        AgentRuntime(config, events),
+        events,
+        sandbox=manager,
+        host=host,
+        board=board,
+        recordable=recordable,
+    )
 
 
 def marked(mark: str) -> set[int]:

@@ -653,11 +653,9 @@ class _RefusingOne(Recorder):
         super().emit(event_type, details, principal=principal, agent=agent)
 
 
-async def test_a_displaced_victims_refused_record_gives_the_slot_and_cgroup_back(tmp_path: Path) -> None:
-    """A hosted run displaces a lower-priority agent from the only slot; the victim's terminate
-    record raises ``AuditError``. The run was refused ("invalid") and its slot never released
-    (only the run's own ``finally`` did): the pool kept it for good. Now the displacement
-    stands unrecorded, the run is made, and the slot is released on every way out."""
+def _one_slot_taken(tmp_path: Path, rec: Recorder) -> tuple[HostedAgents, AgentConfig, Any]:
+    """A real bwrap host whose pool has one slot ("priority" allocation), taken by ``low``
+    (priority 1, left Initializing); ``hi`` (priority 5) displaces it: (host, hi, low)."""
     from gateway.config.sections import RuntimeSection
     from gateway.sandbox.manager import SandboxManager
     from tests.sandbox.conftest import require_tier
@@ -668,15 +666,38 @@ async def test_a_displaced_victims_refused_record_gives_the_slot_and_cgroup_back
     manager = SandboxManager(config, sweep_orphans=False)
     require_tier(manager, "bwrap")
     (tmp_path / "gateway.sock").touch()
-    rec = _RefusingOne()
     host = AgentHost(str(tmp_path / "gateway.sock"), ApiKeyStore(tmp_path / "keys.json"))
     h = HostedAgents(config, AgentRuntime(config, rec), rec, sandbox=manager, host=host)
-    rt = h.runtime
-    low = rt.agents.add_hosted("low", hosted_principal("low", ac), priority=1, run=1)
+    low = h.runtime.agents.add_hosted("low", hosted_principal("low", ac), priority=1, run=1)
+    h.runtime.pool.allocate(low.id, ResourceLimits.from_config(ac.resources), 1)
+    return h, ac, low
+
+
+async def test_a_displaced_victims_refused_record_gives_the_slot_and_cgroup_back(tmp_path: Path) -> None:
+    """A hosted run displaces a lower-priority agent from the only slot; the victim's terminate
+    record raises ``AuditError``. The run was refused ("invalid") and its slot never released
+    (only the run's own ``finally`` did): the pool kept it for good. Now the displacement
+    stands unrecorded, the run is made, and the slot is released on every way out."""
+    rec = _RefusingOne()
+    h, ac, low = _one_slot_taken(tmp_path, rec)
+    rt, config = h.runtime, h.config
     rt.agents.transition(low, AgentState.READY, "valid config")
-    rt.pool.allocate(low.id, ResourceLimits.from_config(ac.resources), 1)
     rec.refused = low.id
     with anyio.fail_after(GUARD_S):
         assert await h._run_once("hi", ac) == "ok"  # "invalid" before: the run refused
     assert low.state is AgentState.TERMINATED  # displaced all the same
     assert rt.pool.as_json() == AgentRuntime(config, Recorder()).pool.as_json()  # its slot free again
+
+
+async def test_a_displacement_refused_by_an_initializing_victim_is_a_failed_run_that_is_retried(
+    tmp_path: Path,
+) -> None:
+    """The victim of a displacement is still Initializing: its terminate is refused
+    (``InvalidTransition``). The run was reported "invalid" (a bad config), so a with-gateway
+    agent was never run again. Now it is a failed run: the restart back-off runs it again."""
+    h, ac, low = _one_slot_taken(tmp_path, Recorder())
+    with anyio.fail_after(GUARD_S):
+        assert await h._run_once("hi", ac) == "failed"  # "invalid" before: never retried
+    run = h.runtime.agents.by_name("hi")
+    assert run is not None and run.state is AgentState.TERMINATED
+    assert low.state is AgentState.INITIALIZING  # left as it was

@@ -271,3 +271,27 @@ async def test_an_order_passed_while_the_audit_log_is_broken_is_carried_out_and_
             assert not marked(mark) and not _running(b)
             await anyio.sleep(0.1)
         tg.cancel_scope.cancel()
+
+
+async def test_a_holder_whose_audit_log_is_broken_lets_the_agent_go_to_a_replica_that_can_run_it(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """The holder's log breaks and its run ends: every next run is refused there (the audit log
+    cannot record it), yet it kept renewing the lease, so the replica whose log works never
+    took it: the agent ran nowhere. Now the holder lets the lease go, does not take it back
+    while its log is broken, and the other replica runs the agent."""
+    mark = f"6008.{os.getpid()}"
+    rec = BreakingRecorder()
+    a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+        tg.start_soon(b.run)
+        rec.broken = True
+        for pid in marked(mark):  # its run ends (a crash): the restart policy runs it again
+            os.kill(pid, signal.SIGKILL)
+        await _until("b runs it", lambda: len(marked(mark)) == 1 and _running(b), 3 * RENEW_S + START_S)
+        assert a.leased is not None and not a.leased.holds(NAME) and not _running(a)
+        await anyio.sleep(RENEW_S + 1)  # a's tries to take it back go by: its log is still broken
+        assert _running(b) and len(marked(mark)) == 1 and not _running(a)
+        tg.cancel_scope.cancel()

@@ -81,7 +81,11 @@ def test_the_background_tasks_with_the_audit_log_broken_do_not_stop_the_gateway(
             [pid] = pids_running(script)
             os.kill(pid, signal.SIGKILL)
             _until(lambda: httpx.get(run.base + "/readyz").status_code != 200, 30, "the log never failed")
-            _until(lambda n=n: mut.restarts >= n and mut.state == "up", 30, "mut never came back")
+
+            def came_back(n: int = n) -> bool:
+                return mut.restarts >= n and mut.state == "up"
+
+            _until(came_back, 30, "mut never came back")
 
         listing.write_text(json.dumps({"many_tools": LIMIT}))  # with announce: one over
         _until(lambda: not _thief_tools(run), 30, "the list over the limit stayed served")

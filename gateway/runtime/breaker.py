@@ -91,6 +91,8 @@ class Breakers:
             self._move(upstream, b, "open")
 
     def _move(self, upstream: str, b: Breaker, to: BreakerState) -> None:
+        # the state first: a record a broken log refuses (AuditError) fails the call whose
+        # path this is (the schedule step, inside the audit step), never a background task
         src, b.state = b.state, to
         self.events.emit(
             Event.UPSTREAM_BREAKER, {"upstream": upstream, "from": src, "to": to, "failures": b.failures}

@@ -35,6 +35,7 @@ from gateway.errors import (
     AgentError,
     AgentSuspended,
     AgentTerminated,
+    AuditError,
     GatewayError,
     HoldsFull,
     InvalidTransition,
@@ -423,7 +424,7 @@ class AgentRuntime:
             if agent.state is AgentState.RUNNING:
                 self._terminating[agent.id] = reason
             elif agent.state in (AgentState.READY, AgentState.SUSPENDED, AgentState.FAILED):
-                self._terminate_now(agent, reason)
+                self._terminate_acted(agent, reason)
             else:
                 continue
             ended += 1
@@ -432,6 +433,14 @@ class AgentRuntime:
     def _terminate_now(self, agent: Agent, reason: str) -> None:
         self._terminating.pop(agent.id, None)
         self.agents.transition(agent, AgentState.TERMINATED, reason)
+
+    def _terminate_acted(self, agent: Agent, reason: str) -> None:
+        """``_terminate_now`` with no caller to refuse (the sweep, a closed session): a record a
+        broken log refuses is logged (the state moved first) and the others are ended too."""
+        try:
+            self._terminate_now(agent, reason)
+        except AuditError as e:
+            _logger.error("agent %s terminated, its record refused: %s", agent.id, e.message)
 
     def _forget(self, agent: Agent) -> None:
         self.usage.pop(agent.id, None)
@@ -458,7 +467,7 @@ class AgentRuntime:
                 and agent.in_flight == 0
                 and now - agent.last_seen > rt.agent_idle_timeout_s
             ):
-                self._terminate_now(agent, f"shutdown: idle for {rt.agent_idle_timeout_s:g} s")
+                self._terminate_acted(agent, f"shutdown: idle for {rt.agent_idle_timeout_s:g} s")
         expired = now - rt.denial_window_s
         for who in [who for who, window in self._denials.items() if not window or window[-1] <= expired]:
             del self._denials[who]  # no denial left in its window: its principal's sessions are gone

@@ -17,7 +17,7 @@ from typing import Any
 
 from mcp import ClientSession, types
 
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, record_acted
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -78,7 +78,10 @@ class BoundedLists:
                 f"none of its {attr} is served"
             )
             _logger.error("upstream %s %s", self._upstream, reason)
-            self._events.emit(
+            # refused (a broken log): the list is refused all the same. Raised, it left a
+            # refresh's old list served, and failed a connect (the upstream restarted)
+            record_acted(
+                self._events,
                 Event.UPSTREAM_MISBEHAVED,
                 {"upstream": self._upstream, "reason": reason, "list": attr, "limit": self._limit},
             )

@@ -7,7 +7,8 @@ request, so a test changes what the server offers by rewriting it. ``many_tools`
 file); any other listed tool answers ``results[tool]`` (a ``resource_link``, say), else
 ``<tool> ran``. ``resources/read`` answers ``reads[uri]`` (a whole result: contents of other
 URIs, say), else ``texts[uri]``, else ``<$NAME> read <uri>``, and appends the URI to ``$READS``
-when set (a line each), so a test sees which reads reached it. With ``"prompts": [...]`` in the
+when set (a line each), so a test sees which reads reached it. ``$ANNOUNCE_EVERY`` (seconds):
+it also sends tools list_changed that often, unasked (a test whose calls are refused). With ``"prompts": [...]`` in the
 file at start it serves prompts too: ``prompts/get`` answers ``prompt_results[name]``, else one
 user message ``<name> got``. Standard library only: it starts fast.
 """
@@ -17,15 +18,27 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 NAME = os.environ.get("NAME", "listing")
 ANNOUNCE = {"name": "announce", "description": "Send list_changed.", "inputSchema": {"type": "object"}}
 
 
+_WRITING = threading.Lock()  # the announcer thread's lines and the answers, one at a time
+
+
 def send(msg: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(msg) + "\n")
-    sys.stdout.flush()
+    with _WRITING:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+
+def announce_every(seconds: float) -> None:
+    while True:
+        time.sleep(seconds)
+        send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
 
 def listing() -> dict[str, Any]:
@@ -79,6 +92,8 @@ def answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    if every := os.environ.get("ANNOUNCE_EVERY"):
+        threading.Thread(target=announce_every, args=(float(every),), daemon=True).start()
     for line in sys.stdin:
         if not line.strip():
             continue

@@ -1,0 +1,98 @@
+"""The gateway's background tasks with the audit log broken (a full disk, ``on_failure =
+"deny"``): an upstream's supervisor (its server killed, then restarted), another's reader (its
+unasked list_changed, then a list over ``mcp.max_listed_per_upstream``), the catalogue's
+rebuilds, the revoked-key sweep and the state probes all meet records the log refuses. None
+may end the gateway's task group: /healthz stays 200 (503 and "restart this process" once a
+task raised), calls are refused by the audit step, /readyz says why. A real gateway over
+streamable HTTP (uvicorn, its lifespan), real upstreams (tests/peers), the log broken by a
+trigger refusing every insert."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from gateway.config import load_config
+from tests.conftest import ROOT, break_audit_log, write_config
+from tests.server.http.conftest import Running, run_server
+from tests.upstream.test_restart import pids_running
+
+LIMIT = 50
+
+
+def _until(what: Callable[[], bool], seconds: float, why: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not what():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
+def _thief_tools(run: Running) -> set[str]:
+    assert run.state.gateway is not None
+    return {n for n in run.state.gateway.catalog.tools if n.startswith("thief__")}
+
+
+def test_the_background_tasks_with_the_audit_log_broken_do_not_stop_the_gateway(tmp_path: Path) -> None:
+    script = tmp_path / "mutable_copy.py"  # a unique path, so we kill only this test's process
+    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    listing = tmp_path / "thief.json"
+    listing.write_text(json.dumps({"many_tools": 3}))
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        restart_backoff_initial_s = 0.2
+        restart_backoff_max_s = 1.0
+        max_listed_per_upstream = {LIMIT}
+
+        [sandbox]
+        code_tools = false
+
+        [http]
+
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{script}"]
+        verification = "warn"
+
+        [servers.thief]
+        command = "{sys.executable}"
+        args = ["{ROOT / "tests/peers/listing_server.py"}"]
+        verification = "warn"
+        env = {{ LISTING = "{listing}", NAME = "thief", ANNOUNCE_EVERY = "0.3" }}
+        """,
+    )
+    with run_server(cfg) as run:
+        gw = run.state.gateway
+        assert gw is not None
+        mut = gw.upstreams["mut"]
+        assert mut.state == "up" and "thief__n0" in _thief_tools(run)
+        break_audit_log(load_config(cfg, {}).audit_path)
+
+        for n in (1, 2):  # the first record meets the trigger; the second a log known broken
+            [pid] = pids_running(script)
+            os.kill(pid, signal.SIGKILL)
+            _until(lambda: httpx.get(run.base + "/readyz").status_code != 200, 30, "the log never failed")
+
+            def came_back(n: int = n) -> bool:
+                return mut.restarts >= n and mut.state == "up"
+
+            _until(came_back, 30, "mut never came back")
+
+        listing.write_text(json.dumps({"many_tools": LIMIT}))  # with announce: one over
+        _until(lambda: not _thief_tools(run), 30, "the list over the limit stayed served")
+
+        time.sleep(2.0)  # the upstreams' announcements, rebuilds and sweeps go on meanwhile
+        assert httpx.get(run.base + "/healthz").status_code == 200  # 503: a task had ended
+        ready = httpx.get(run.base + "/readyz")
+        assert ready.status_code == 503 and ready.json()["components"]["audit"] == "unhealthy"
+        assert gw.upstreams["thief"].state == "up" and mut.state == "up"
+        assert run.state.stopped is None

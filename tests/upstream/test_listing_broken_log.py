@@ -1,0 +1,64 @@
+"""A list over ``mcp.max_listed_per_upstream`` with the audit log broken (a full disk,
+``on_failure = "deny"``): its ``upstream.misbehaved`` record raised ``AuditError`` out of the
+listing. After a list_changed the refresh failed, and the upstream's old list stayed served;
+at a connect the connection failed, and the upstream was restarted once more. Now the record
+is refused (logged) and the list refused whole all the same. A real gateway, real upstreams
+(tests/peers/listing_server.py), the log closed as a broken disk would leave it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.app import Gateway
+from gateway.assemble import make_gateway
+from gateway.config import load_config
+from tests.upstream.test_listing import LIMIT, config
+
+pytestmark = pytest.mark.anyio
+
+
+def _thief_tools(gw: Gateway) -> set[str]:
+    return {n for n in gw.catalog.tools if n.startswith("thief__")}
+
+
+def _break_log(gw: Gateway) -> None:
+    assert gw.audit is not None
+    gw.audit.close()  # every record refused from now on
+
+
+async def test_a_list_changed_over_the_limit_with_the_log_broken_serves_none_of_it(tmp_path: Path) -> None:
+    cfg, files = config(tmp_path, {"thief": {"many_tools": 3}})
+    gw = make_gateway(load_config(cfg, {}))
+    async with gw.running():
+        up = gw.upstreams["thief"]
+        assert {"thief__n0", "thief__announce"} <= _thief_tools(gw)
+        _break_log(gw)
+        files["thief"].write_text(json.dumps({"many_tools": LIMIT}))  # with announce: one over
+        await up.call_tool("announce", {})  # straight to the upstream: it sends list_changed
+        with anyio.fail_after(15):  # before: the refresh failed, the old list stayed served
+            while _thief_tools(gw):
+                await anyio.sleep(0.05)
+        assert up.state == "up" and up.restarts == 0 and up.listing.tools == []
+
+
+async def test_a_connect_over_the_limit_with_the_log_broken_is_not_restarted(tmp_path: Path) -> None:
+    cfg, files = config(tmp_path, {"thief": {"many_tools": 3}})
+    fast = "[mcp]\nrestart_backoff_initial_s = 0.2\nrestart_backoff_max_s = 1.0\n"
+    cfg.write_text(cfg.read_text().replace("[mcp]\n", fast, 1))
+    gw = make_gateway(load_config(cfg, {}))
+    async with gw.running():
+        up = gw.upstreams["thief"]
+        assert "thief__n0" in _thief_tools(gw)
+        _break_log(gw)
+        files["thief"].write_text(json.dumps({"many_tools": LIMIT}))
+        await up.restart()
+        with anyio.fail_after(30):
+            while not (up.restarts >= 1 and up.state == "up"):
+                await anyio.sleep(0.05)
+        # before: the connect failed on the record, and a second restart came up
+        assert up.restarts == 1 and up.listing.tools == []
+        assert not _thief_tools(gw)

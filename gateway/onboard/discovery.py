@@ -292,8 +292,9 @@ class Discovery:
 
     def seen_now(self) -> tuple[list[tuple[str, str, str, dict[str, Any]]], set[str]]:
         """(client, source, name, table) of every server the client files and the registry
-        folder hold now, and the files (client or registry) that could not be read this pass (a file being
-        written, a broken one: what they held is unknown, not gone)."""
+        folder hold now, and the files (client or registry) that could not be read this pass (a
+        file being written, a broken one: what they held is unknown, not gone), or the registry
+        folder when it cannot be listed (then so are all its files)."""
         found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
         scopes: dict[Path, list[ClientFile]] = {}  # ~/.claude.json: the user and local scopes
@@ -317,7 +318,12 @@ class Discovery:
                         found.append((cf.client, str(path), s.name, _client_table(s)))
                     names.add(s.name)
         if self._registry is not None and self._registry.is_dir():
-            entries, half_read = self._registry_files.servers(self._registry)
+            try:
+                entries, half_read = self._registry_files.servers(self._registry)
+            except ConfigError as e:  # every file of it unread (``_removed``: by their folder)
+                unread.add(str(self._registry))
+                _logger.debug("registry folder not read this pass: %s", e.message)
+                return found, unread
             found += [("registry", *seen) for seen in entries]
             unread |= half_read  # an entry's source is its file's path
         return found, unread
@@ -384,6 +390,7 @@ class Discovery:
             if (
                 d.status != "removed"
                 and d.source not in unread
+                and str(Path(d.source).parent) not in unread  # a registry folder not listed
                 and seen.get((d.source, d.original_name)) != name
             ):
                 known[name] = replace(d, status="removed", was=d.status)

@@ -317,7 +317,7 @@ class Discovery:
                     if s.name not in names and not launches_symbi(s):
                         found.append((cf.client, str(path), s.name, _client_table(s)))
                     names.add(s.name)
-        if self._registry is not None and self._registry.is_dir():
+        if self._registry is not None:
             try:
                 entries, half_read = self._registry_files.servers(self._registry)
             except ConfigError as e:  # every file of it unread (``_removed``: by their folder)

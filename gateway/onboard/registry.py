@@ -37,12 +37,17 @@ class RegistryFolder:
         the files that could not be read this pass (half-written: what they hold is unknown,
         not gone; left out, their running server was stopped as removed, then restarted).
 
+        A folder that is not there (or no folder) holds none.
+
         Raises:
-            ConfigError: the folder cannot be listed this pass (glob listed it as empty: every
-                server of it was marked removed, and an approved one stopped).
+            ConfigError: the folder cannot be listed this pass (its mode, or its parent's:
+                glob listed it as empty, every server of it marked removed and an approved one
+                stopped; ``is_dir`` raised out of the pass).
         """
         try:
             paths = sorted(p for p in folder.iterdir() if p.name.endswith(".json"))
+        except (FileNotFoundError, NotADirectoryError):
+            return [], set()
         except OSError as e:
             raise ConfigError(f"{shown(str(folder))}: the registry folder cannot be listed: {e}") from None
         out: list[Entry] = []

@@ -27,7 +27,7 @@ from gateway.events import LoggingSink
 from gateway.onboard.discovery import Discovery
 state, home, registry = map(Path, sys.argv[1:4])
 try:
-    os.listdir(registry)
+    os.listdir(registry)  # the folder, or its parent, closed
 except PermissionError:
     pass
 else:
@@ -56,12 +56,15 @@ def _unprivileged_pass(state: Path, home: Path, registry: Path) -> list[list[str
     return result
 
 
-def test_a_registry_folder_that_cannot_be_listed_keeps_its_servers_status(tmp_path: Path) -> None:
+@pytest.mark.parametrize("closed", ["registry", "parent"])
+def test_a_registry_folder_that_cannot_be_listed_keeps_its_servers_status(
+    tmp_path: Path, closed: str
+) -> None:
     """Attack (on availability): the registry folder unreadable as a whole (its mode changed,
     a mount gone stale) listed as empty: every registry server was marked removed (an approved
-    one stopped), then quarantined or approved again once the folder could be read. Now the
-    servers keep their status until a pass lists the folder."""
-    registry, home, state = tmp_path / "registry", tmp_path / "home", tmp_path / "discovered.json"
+    one stopped), then quarantined or approved again once the folder could be read; its parent
+    closed, the pass raised. Now the servers keep their status until a pass lists the folder."""
+    registry, home, state = tmp_path / "parent/registry", tmp_path / "home", tmp_path / "discovered.json"
     write_json(
         registry / "weather.json", {"name": "io.example/weather", "remotes": [{"url": "https://w.test/"}]}
     )
@@ -70,11 +73,12 @@ def test_a_registry_folder_that_cannot_be_listed_keeps_its_servers_status(tmp_pa
     added, removed = d.poll()
     assert sorted(x.name for x in added) == ["notes", "weather"] and not removed
     d.approve("weather", by="p", expect=d.entries()["weather"].digest())
-    registry.chmod(0)
+    shut = registry if closed == "registry" else registry.parent
+    shut.chmod(0)
     try:
         assert _unprivileged_pass(state, home, registry) == [[], []]
     finally:
-        registry.chmod(0o755)
+        shut.chmod(0o755)
     statuses = {n: e.status for n, e in d.entries().items()}
     assert statuses == {"weather": "approved", "notes": "quarantined"}
     (registry / "notes.json").unlink()  # listed again, without it: now it is gone

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from gateway.errors import EmbedderMismatch
 
@@ -87,20 +89,30 @@ def check_metadata(spec: CollectionSpec, found: Mapping[str, Any] | None, where:
         )
 
 
-def qdrant_filter(flt: Filter | None, ns: Any, range_type: Any) -> Any:
+def qdrant_filter(
+    flt: Filter | None, ns: Any, range_type: Any, value: Callable[[Any], Any] = lambda v: v
+) -> Any:
     """A ``Filter`` as both backends take it: qdrant-client's models and qdrant-edge name the
-    conditions alike and differ only in the range's type (``Range`` / ``RangeFloat``)."""
+    conditions alike and differ only in the range's type (``Range`` / ``RangeFloat``) and in
+    how a matched value must be passed (``value``: see ``edge_match_value``)."""
     if not flt:
         return None
     must: list[Any] = []
     must_not: list[Any] = []
     for key, v in flt.items():
         if isinstance(v, Not):
-            must_not.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=v.value)))
+            must_not.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=value(v.value))))
         elif isinstance(v, Range):
             must.append(ns.FieldCondition(key=key, range=range_type(gte=v.gte, lte=v.lte)))
         elif isinstance(v, list | tuple):
             must.append(ns.FieldCondition(key=key, match=ns.MatchAny(any=list(v))))
         else:
-            must.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=v)))
+            must.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=value(v))))
     return ns.Filter(must=must or None, must_not=must_not or None)
+
+
+def edge_match_value(v: Any) -> Any:
+    """A value for qdrant-edge's ``MatchValue``. Its binding reads a Python bool as the int it
+    subclasses, so ``True`` matched the integer 1 and never a stored ``true``; numpy's bool is
+    no int and reaches the binding's bool match."""
+    return np.bool_(v) if isinstance(v, bool) else v

@@ -32,6 +32,7 @@ from gateway.memory.points import (
     Point,
     Range,
     check_metadata,
+    edge_match_value,
     point_id,
     qdrant_filter,
 )
@@ -358,7 +359,7 @@ class EdgeStore:
         )
 
     def _filter(self, flt: Filter | None) -> Any:
-        return qdrant_filter(flt, self._qe, self._qe.RangeFloat)
+        return qdrant_filter(flt, self._qe, self._qe.RangeFloat, edge_match_value)
 
     def upsert(self, points: Sequence[Point]) -> None:
         if not points:

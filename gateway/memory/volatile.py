@@ -190,8 +190,13 @@ def _meta_ok(meta: dict[str, Any], filters: dict[str, Any] | None) -> bool:
     for k, want in (filters or {}).items():
         have = meta.get(k)
         if isinstance(want, list | tuple):
-            if have not in want:
+            if not any(_same(have, w) for w in want):
                 return False
-        elif have != want:
+        elif not _same(have, want):
             return False
     return True
+
+
+def _same(have: Any, want: Any) -> bool:
+    """Equal as the vector stores match: a bool is not the integer 1 or 0 (Python says it is)."""
+    return isinstance(have, bool) is isinstance(want, bool) and have == want

@@ -9,11 +9,12 @@ client's environment: never filled in from the gateway's) cannot be approved; th
 why. Every discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
 
 A server found in a Claude Code config follows its administrator's managed MCP policy
-(``gateway.onboard.claude_managed``), as ``symbi import claude-code`` does: approving one the
-policy blocks is refused with the reason, and an approved one it blocks (a policy deployed
-since) is not started, or is stopped if it runs. Which client a server came from and whose
-home it was found in are recorded when it is found: an approval made under another ``HOME``
-(``sudo``, a service account) applies the same policy."""
+(``gateway.onboard.claude_managed``, applied by ``gateway.onboard.discovery_managed``), as
+``symbi import claude-code`` does: approving one the policy blocks is refused with the reason,
+and an approved one it blocks (a policy deployed since) is not started, or is stopped if it
+runs. Which client a server came from and whose home it was found in are recorded when it is
+found: an approval made under another ``HOME`` (``sudo``, a service account) applies the same
+policy."""
 
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ from gateway.config.model import Config, ServerConfig
 from gateway.custody import write_atomic
 from gateway.errors import ApprovalError, ConfigError, DefinitionChanged, ReviewedHashRequired
 from gateway.events import Event, EventSink, LoggingSink
-from gateway.onboard.claude_managed import ClaudeCodeManaged
 from gateway.onboard.clients import (
     ClientFile,
     FoundServer,
@@ -43,6 +43,7 @@ from gateway.onboard.clients import (
     client_file_candidates,
     launches_symbi,
 )
+from gateway.onboard.discovery_managed import ManagedPolicy
 from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
 from gateway.onboard.registry import RegistryFolder
 from gateway.onboard.statelock import state_locked
@@ -256,49 +257,6 @@ def _discovered(d: Discovered, *, was: str | None = None) -> dict[str, Any]:
 _SCOPE_FIRST = {"local": 0, "project": 1, "user": 2}
 
 
-class ManagedPolicy:
-    """Claude Code's managed MCP policy as one discovery pass (or one approval) sees it: read
-    once, on first need, for each home the servers were found through (its user's own lists);
-    a policy that cannot be read blocks every Claude Code server (its denials would be lost)."""
-
-    def __init__(self, home: Path, folder: Path | None) -> None:
-        self._home, self._folder = home, folder  # folder None: this system's managed settings
-        self._read: dict[Path, ClaudeCodeManaged | str] = {}
-
-    def refusal(self, d: Discovered) -> str | None:
-        """Why the policy blocks ``d`` (None: it does not, or ``d`` is not Claude Code's)."""
-        if not d.from_claude_code():
-            return None
-        policy = self._policy(Path(d.home) if d.home else self._home)
-        if isinstance(policy, str):
-            return policy
-        args = d.table.get("args")
-        server = FoundServer(
-            ClientFile("claude-code", Path(d.source), "user"),
-            d.original_name,
-            command=d.table.get("command"),
-            args=tuple(str(a) for a in args) if isinstance(args, list) else (),
-            url=d.table.get("url"),
-        )
-        return policy.skipped(server)
-
-    def refusals(self, entries: list[Discovered]) -> dict[str, str]:
-        """The reason of each of ``entries`` the policy blocks, by name."""
-        return {d.name: why for d in entries if (why := self.refusal(d)) is not None}
-
-    def _policy(self, home: Path) -> ClaudeCodeManaged | str:
-        if home not in self._read:
-            try:
-                self._read[home] = ClaudeCodeManaged(home, self._folder)
-            except ConfigError as e:
-                self._read[home] = f"Claude Code's managed MCP policy cannot be read ({e.message})"
-            except OSError as e:  # its folder not ours to look into
-                self._read[home] = (
-                    f"Claude Code's managed MCP policy cannot be read ({type(e).__name__}: {e})"
-                )
-        return self._read[home]
-
-
 class Discovery:
     def __init__(
         self,
@@ -334,8 +292,9 @@ class Discovery:
 
     def seen_now(self) -> tuple[list[tuple[str, str, str, dict[str, Any]]], set[str]]:
         """(client, source, name, table) of every server the client files and the registry
-        folder hold now, and the files (client or registry) that could not be read this pass (a file being
-        written, a broken one: what they held is unknown, not gone)."""
+        folder hold now, and the files (client or registry) that could not be read this pass (a
+        file being written, a broken one: what they held is unknown, not gone), or the registry
+        folder when it cannot be listed (then so are all its files)."""
         found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
         scopes: dict[Path, list[ClientFile]] = {}  # ~/.claude.json: the user and local scopes
@@ -358,8 +317,13 @@ class Discovery:
                     if s.name not in names and not launches_symbi(s):
                         found.append((cf.client, str(path), s.name, _client_table(s)))
                     names.add(s.name)
-        if self._registry is not None and self._registry.is_dir():
-            entries, half_read = self._registry_files.servers(self._registry)
+        if self._registry is not None:
+            try:
+                entries, half_read = self._registry_files.servers(self._registry)
+            except ConfigError as e:  # every file of it unread (``_removed``: by their folder)
+                unread.add(str(self._registry))
+                _logger.debug("registry folder not read this pass: %s", e.message)
+                return found, unread
             found += [("registry", *seen) for seen in entries]
             unread |= half_read  # an entry's source is its file's path
         return found, unread
@@ -426,6 +390,7 @@ class Discovery:
             if (
                 d.status != "removed"
                 and d.source not in unread
+                and str(Path(d.source).parent) not in unread  # a registry folder not listed
                 and seen.get((d.source, d.original_name)) != name
             ):
                 known[name] = replace(d, status="removed", was=d.status)

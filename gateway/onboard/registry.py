@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import ConfigError
 from gateway.filestamp import Stamp, file_stamp
 from gateway.onboard.clients import MAX_CLIENT_FILE_BYTES
 from gateway.textcheck import not_utf8_at, shown
@@ -34,11 +35,25 @@ class RegistryFolder:
     def servers(self, folder: Path) -> tuple[list[Entry], set[str]]:
         """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``, and
         the files that could not be read this pass (half-written: what they hold is unknown,
-        not gone; left out, their running server was stopped as removed, then restarted)."""
+        not gone; left out, their running server was stopped as removed, then restarted).
+
+        A folder that is not there (or no folder) holds none.
+
+        Raises:
+            ConfigError: the folder cannot be listed this pass (its mode, or its parent's:
+                glob listed it as empty, every server of it marked removed and an approved one
+                stopped; ``is_dir`` raised out of the pass).
+        """
+        try:
+            paths = sorted(p for p in folder.iterdir() if p.name.endswith(".json"))
+        except (FileNotFoundError, NotADirectoryError):
+            return [], set()
+        except OSError as e:
+            raise ConfigError(f"{shown(str(folder))}: the registry folder cannot be listed: {e}") from None
         out: list[Entry] = []
         unread: set[str] = set()
         seen: dict[Path, tuple[Stamp, Entry | None]] = {}  # the files gone are forgotten
-        for path in sorted(folder.glob("*.json")):
+        for path in paths:
             stamp = file_stamp(path)
             if stamp is None or not path.is_file():  # a FIFO named x.json held the pass forever
                 continue

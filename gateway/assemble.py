@@ -39,7 +39,8 @@ from gateway.policy.remote import warn_open_opa
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.ended import EndedSessions
 from gateway.runtime.holds import HoldFile, PrincipalHolds
-from gateway.runtime.hosted import AgentHost, HostedAgents
+from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.launch import AgentHost
 from gateway.sandbox import SandboxManager
 from gateway.sandbox.upstreams import sandbox_manager, sandboxed_command
 from gateway.state import SharedState, build_state, warn_open_backends

@@ -1,9 +1,8 @@
 """One small vector store interface, three qdrant backends.
 
-- ``EdgeStore``: Qdrant Edge (``qdrant-edge-py``), the embedded default: Qdrant's own segment
-  engine in process (HNSW, int8 scalar quantisation, payload indexes, a WAL). Chosen over
-  qdrant-client's local mode because local mode is brute force in numpy with filters as a Python
-  loop (``bench/context.py`` measures both in the same run).
+- ``EdgeStore``: Qdrant Edge (``qdrant-edge-py``), the embedded default: Qdrant's own segment engine
+  in process (HNSW, int8 scalar quantisation, payload indexes, a WAL). Chosen over qdrant-client's
+  local mode: brute force in numpy, filters a Python loop (``bench/context.py`` measures both).
 - ``QdrantClientStore``: ``qdrant-client`` against a Qdrant server (``vector_db_url`` /
   ``QDRANT_URL``), or in local mode (``:memory:`` / a path; tests and tiny stores only).
 

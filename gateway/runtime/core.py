@@ -415,10 +415,8 @@ class AgentRuntime:
 
     def close_session(self, session: str, reason: str) -> int:
         """The client's session ``session`` ended: its agents end too (when their calls do).
-
-        Without this an HTTP session's agent would stay live until ``agent_idle_timeout_s``,
-        and a client that opens and closes sessions would fill ``max_concurrent_agents``.
-        """
+        Else an HTTP session's agent stayed live until ``agent_idle_timeout_s``, and a client
+        that opens and closes sessions would fill ``max_concurrent_agents``."""
         ended = 0
         for agent in self.agents.of_session(session):
             if agent.state is AgentState.RUNNING:
@@ -435,8 +433,7 @@ class AgentRuntime:
         self.agents.transition(agent, AgentState.TERMINATED, reason)
 
     def _terminate_acted(self, agent: Agent, reason: str) -> None:
-        """``_terminate_now`` with no caller to refuse (the sweep, a closed session): a record a
-        broken log refuses is logged (the state moved first) and the others are ended too."""
+        """``_terminate_now`` with no caller to refuse (sweep, closed session): a refused record is logged."""
         try:
             self._terminate_now(agent, reason)
         except AuditError as e:

@@ -30,8 +30,7 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -42,7 +41,7 @@ from gateway.events import Event, EventSink, record_acted
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.launch import hosted_command
+from gateway.runtime.launch import AgentHost, Credentials, hosted_command
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Sandboxed
@@ -63,23 +62,6 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 def interval_s(start: str) -> float | None:
     m = _INTERVAL_RE.match(start)
     return float(m.group(1)) * _UNIT[m.group(2)] if m else None
-
-
-class Credentials(Protocol):
-    """Makes and revokes a run's API key (the HTTP front's ``ApiKeyStore``)."""
-
-    def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, Any]: ...
-
-    def revoke(self, kid: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class AgentHost:
-    """Where hosted agents reach the gateway: the HTTP front's Unix socket and key store
-    (``symbi serve`` builds it before assembly; without it hosted agents fail to start)."""
-
-    socket_path: str
-    keys: Credentials
 
 
 class HostedAgents:
@@ -249,16 +231,7 @@ class HostedAgents:
         tier = ac.sandbox or self.config.security.default_sandbox_tier
         record: Any = None
         try:
-            if tier == "none":
-                raise GatewayError(
-                    "a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
-                    " is 'none': set agents.NAME.sandbox)"
-                )
-            if self.keys is None or self.socket_path is None:
-                raise GatewayError(
-                    "hosted agents need `symbi serve` (they reach the gateway over its Unix socket)"
-                )
-            keys = self.keys
+            keys = self._launchable(tier)
             if self.unrevoked:  # a past run's key an outage kept alive goes first
                 await anyio.to_thread.run_sync(self.revoke_pending)
             # off the event loop: with [state] postgres_url the key store is a round trip
@@ -295,6 +268,19 @@ class HostedAgents:
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(cleanup.remove)
+
+    def _launchable(self, tier: str) -> Credentials:
+        """The key store a run's credential is made in; GatewayError when no run can start."""
+        if tier == "none":
+            raise GatewayError(
+                "a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
+                " is 'none': set agents.NAME.sandbox)"
+            )
+        if self.keys is None or self.socket_path is None:
+            raise GatewayError(
+                "hosted agents need `symbi serve` (they reach the gateway over its Unix socket)"
+            )
+        return self.keys
 
     def _place(self, agent: Agent, name: str, ac: AgentConfig, limits: ResourceLimits) -> None:
         """``agent``'s slot in the pool (``BudgetExceeded`` when none has room); the agents it

@@ -4,8 +4,9 @@ leaves (``gateway.runtime.sandboxed``). The supervisor (``gateway.runtime.hosted
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config.model import Config
 from gateway.config.sections import AgentConfig
@@ -18,6 +19,23 @@ if TYPE_CHECKING:
     from gateway.sandbox.manager import SandboxManager
 
 SOCKET_IN_SANDBOX = "/run/symbi/gateway.sock"
+
+
+class Credentials(Protocol):
+    """Makes and revokes a run's API key (the HTTP front's ``ApiKeyStore``)."""
+
+    def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, Any]: ...
+
+    def revoke(self, kid: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class AgentHost:
+    """Where hosted agents reach the gateway: the HTTP front's Unix socket and key store
+    (``symbi serve`` builds it before assembly; without it hosted agents fail to start)."""
+
+    socket_path: str
+    keys: Credentials
 
 
 def hosted_command(

@@ -44,7 +44,7 @@ from gateway.compat import open_http_sessions
 from gateway.config.model import Config
 from gateway.listen import ListenHub
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
-from gateway.runtime.hosted import AgentHost
+from gateway.runtime.launch import AgentHost
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes
 from gateway.server.agentsocket import open_agent_socket, remove_agent_folder

@@ -17,7 +17,8 @@ from gateway.config.model import Config
 from gateway.config.sections import AgentConfig, GatewaySection, StateSection
 from gateway.events import EventSink
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.hosted import AgentHost, HostedAgents
+from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.launch import AgentHost
 from gateway.sandbox.manager import SandboxManager
 from gateway.server.auth import ApiKeyStore
 from gateway.state.leases import LeaseBoard, process_name

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.anyio
 def _host(tmp_path: Path, tier: str, **agents: AgentConfig) -> HostedAgents:
     """A gateway whose config folder holds its data dir and the agent's files (the layout of
     `symbi init`: ./symbi.toml, ./.symbi/, ./agent.py): bound into the sandbox with the script."""
-    from gateway.runtime.hosted import AgentHost
+    from gateway.runtime.launch import AgentHost
     from gateway.sandbox.manager import SandboxManager
     from tests.sandbox.conftest import require_tier
 

@@ -31,11 +31,8 @@ from gateway.errors import AuditError
 from gateway.runtime import AgentState
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.hosted import (
-    AgentHost,
-    HostedAgents,
-    interval_s,
-)
+from gateway.runtime.hosted import HostedAgents, interval_s
+from gateway.runtime.launch import AgentHost
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, root_device
 from gateway.server.auth import ApiKeyStore

@@ -14,7 +14,8 @@ import pytest
 from gateway.config.load import load_config
 from gateway.events import LoggingSink
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.hosted import AgentHost, HostedAgents
+from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.launch import AgentHost
 from gateway.state.pgkeys import PgApiKeyStore
 from gateway.state.postgres import Postgres
 from tests.conftest import write_config

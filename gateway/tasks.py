@@ -74,7 +74,7 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
                     await anyio.sleep(interval)
                 else:
                     await changes.wait(interval)
-                unsent.send(gw.events)
+                await unsent.send(gw.events)
                 now = await anyio.to_thread.run_sync(verifier.fingerprint)
                 if now != seen:
                     seen = now
@@ -82,7 +82,7 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
                     _logger.info("approvals or manifests changed: re-verifying the catalogue")
                     # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
                     fingerprint = {"fingerprint": [str(x) for x in now]}
-                    unsent.send(gw.events, [(Event.TOOL_APPROVALS_CHANGED, fingerprint)])
+                    await unsent.send(gw.events, [(Event.TOOL_APPROVALS_CHANGED, fingerprint)])
                     with contextlib.suppress(anyio.WouldBlock):  # one is due already: it sees this too
                         due.send_nowait(None)
 
@@ -98,11 +98,11 @@ def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
         unsent = verifier.unsent  # refused by a broken log: sent again at the next pass, not dropped
         while True:
             await anyio.sleep(interval)
-            unsent.send(gw.events)
+            await unsent.send(gw.events)
             moved = await verifier.keys.changed()
             if moved:
                 _logger.warning("discovered keys changed for %s: re-verifying the catalogue", moved)
-                unsent.send(gw.events, [(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})])
+                await unsent.send(gw.events, [(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})])
                 await gw.refresh()
 
     return run

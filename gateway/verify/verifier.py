@@ -173,7 +173,7 @@ class ToolVerifier:
         rebuild had happened), so one server's change costs its own tools, not everyone's.
         Screening still runs over all (cached by definition).
         """
-        self.unsent.send(self._events)  # what an earlier rebuild could not record, first
+        await self.unsent.send(self._events)  # what an earlier rebuild could not record, first
         by_upstream: dict[str, list[ToolInfo]] = defaultdict(list)
         for tool in tools:
             by_upstream[tool.upstream].append(tool)
@@ -248,7 +248,7 @@ class ToolVerifier:
             )
         finally:
             # a refused record must not keep the new catalogue (a revocation) out: held instead
-            self.unsent.send(self._events, pending)
+            await self.unsent.send(self._events, pending)
 
     def _assess_with_state(
         self,

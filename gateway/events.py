@@ -192,29 +192,45 @@ class EventSink(Protocol):
         """
 
 
-def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any], **who: str | None) -> bool:
+def record_acted(
+    sink: EventSink,
+    event_type: Event,
+    details: Mapping[str, Any],
+    *,
+    hold: Unsent | None = None,
+    **who: str | None,
+) -> bool:
     """Record a change a background task acts on whatever the audit log says; whether it was.
     With the log broken (``audit.on_failure = "deny"``) ``emit`` raises ``AuditError``: out of
     a background task it ended the task, and the gateway's task group with it, before the
-    change was acted on. Every call is refused meanwhile (the audit step), /readyz says why."""
+    change was acted on. Every call is refused meanwhile (the audit step), /readyz says why.
+    Refused: dropped (logged), or with ``hold`` kept there, sent (and committed) at its next
+    ``send``: for the only record of a change."""
     from gateway.errors import AuditError
 
     try:
         sink.emit(event_type, details, **who)
         return True
     except AuditError as e:
-        _refused(event_type, e, None)
+        _refused(event_type, details, who, e, hold)
         return False
 
 
-def _refused(event_type: str, err: Exception, hold: Unsent | None) -> None:
+def _refused(
+    event_type: Event,
+    details: Mapping[str, Any],
+    who: Mapping[str, str | None],
+    err: Exception,
+    hold: Unsent | None,
+) -> None:
     """The one place a record the log refused is dropped or held: dropped (logged) what a
-    background task acts on all the same (``record_acted``), held to send again the only
-    record of a change (``Unsent``)."""
+    background task acts on all the same, held to send again the only record of a change
+    (``Unsent``; a record it sent is held already)."""
     if hold is None:
         _logger.error("%s not recorded (acted on all the same): %s", event_type, err)
-    else:
-        _logger.error("%s and %d more held until the log commits them: %s", event_type, len(hold) - 1, err)
+        return
+    hold.keep(event_type, details, who, refused=True)
+    _logger.error("%s held, %d records in all, until the log commits them: %s", event_type, len(hold), err)
 
 
 @runtime_checkable
@@ -250,14 +266,14 @@ async def _commit(sink: EventSink, batch: list[_Held]) -> list[Exception | None]
         for h in batch:
             if refusal is None:
                 try:
-                    sink.emit(h.kind, h.sent_details())
+                    sink.emit(h.kind, h.sent_details(), **h.who)
                 except AuditError as e:
                     refusal = e
             outcome.append(refusal)
         return outcome
     # each record() queues its event before its first wait: queued in order
     seqs = await asyncio.gather(
-        *(sink.record(h.kind, h.sent_details(), timeout=COMMIT_WAIT_S) for h in batch),
+        *(sink.record(h.kind, h.sent_details(), timeout=COMMIT_WAIT_S, **h.who) for h in batch),
         return_exceptions=True,
     )
     return [
@@ -271,10 +287,10 @@ async def _commit(sink: EventSink, batch: list[_Held]) -> list[Exception | None]
 
 
 class _Held:
-    __slots__ = ("details", "kind", "late", "since_ns")
+    __slots__ = ("details", "kind", "late", "since_ns", "who")
 
-    def __init__(self, kind: Event, details: Mapping[str, Any]) -> None:
-        self.kind, self.details = kind, details
+    def __init__(self, kind: Event, details: Mapping[str, Any], who: Mapping[str, str | None]) -> None:
+        self.kind, self.details, self.who = kind, details, who
         self.since_ns = time.time_ns()  # when the task acted on it
         self.late = False  # refused once: stamped with since_ns when it is sent
 
@@ -305,15 +321,30 @@ class Unsent:
         """The records waiting, oldest first, as they will be sent (what /readyz or a test shows)."""
         return [(h.kind, h.sent_details()) for h in self._held]
 
+    def keep(
+        self,
+        kind: Event,
+        details: Mapping[str, Any],
+        who: Mapping[str, str | None] | None = None,
+        *,
+        refused: bool = False,
+    ) -> None:
+        """Hold one record, after the others, to send at the next ``send`` (``refused``: the
+        log refused it once, so it goes late, stamped)."""
+        held = _Held(kind, details, who or {})
+        held.late = refused
+        self._held.append(held)
+        while len(self._held) > self._cap:
+            dropped = self._held.popleft()
+            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
+
     async def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
         """Send what is held, then ``records``, each waited for until committed; what the log
         refuses is kept, in order. Whether all went."""
         from gateway.errors import AuditError
 
-        self._held.extend(_Held(kind, details) for kind, details in records)  # before any wait
-        while len(self._held) > self._cap:
-            dropped = self._held.popleft()
-            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
+        for kind, details in records:  # held before any wait: a cancelled send loses none
+            self.keep(kind, details)
         async with self._sending:
             batch = list(self._held)
             outcome = await _commit(sink, batch)
@@ -324,8 +355,7 @@ class Unsent:
             return True
         for h in self._held:
             h.late = True
-        first, err = refused[0]
-        _refused(first.kind, err, self)
+        _logger.error("%d records held until the log commits them: %s", len(self._held), refused[0][1])
         bug = next((e for _, e in refused if not isinstance(e, AuditError)), None)
         if bug is not None:
             raise bug  # not a refusal: the records are kept all the same

@@ -15,7 +15,7 @@ import pytest
 from gateway.audit.log import AuditLog
 from gateway.audit.record import AuditRecord
 from gateway.audit.store import iter_records
-from gateway.events import Event, LoggingSink, Unsent
+from gateway.events import Event, LoggingSink, Unsent, record_acted
 from gateway.metrics import GatewayMetrics, MetricsSink
 from tests.conftest import break_audit_log
 
@@ -100,3 +100,17 @@ async def test_past_its_bound_the_oldest_are_dropped(tmp_path: Path) -> None:
     for n in range(3):
         await unsent.send(broken, [(Event.TOOL_KEYS_CHANGED, {"upstreams": [str(n)]})])
     assert [d["upstreams"] for _, d in unsent.held()] == [["1"], ["2"]]  # the newest kept, in order
+
+
+async def test_record_acted_drops_a_refused_record_or_holds_it(tmp_path: Path) -> None:
+    broken, unsent = _closed(tmp_path), Unsent()
+    assert not record_acted(broken, *FIRST)  # acted on all the same: dropped, logged
+    assert unsent.held() == []
+    assert not record_acted(broken, *SECOND, hold=unsent, principal="key:ops")  # the only record: held
+    [(kind, details)] = unsent.held()
+    assert (kind, details["status"], "held_since_ns" in details) == (SECOND[0], "revoked", True)
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await unsent.send(working)
+    working.close()
+    [revoked] = _tool_records(tmp_path / "b.db")
+    assert (revoked.type, revoked.principal) == (SECOND[0], "key:ops")

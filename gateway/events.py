@@ -11,11 +11,15 @@ A new event type is added here first, with a line saying when it happens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
 
 _logger = logging.getLogger("symbi.events")
 
@@ -188,52 +192,174 @@ class EventSink(Protocol):
         """
 
 
-def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any], **who: str | None) -> bool:
+def record_acted(
+    sink: EventSink,
+    event_type: Event,
+    details: Mapping[str, Any],
+    *,
+    hold: Unsent | None = None,
+    **who: str | None,
+) -> bool:
     """Record a change a background task acts on whatever the audit log says; whether it was.
     With the log broken (``audit.on_failure = "deny"``) ``emit`` raises ``AuditError``: out of
     a background task it ended the task, and the gateway's task group with it, before the
-    change was acted on. Every call is refused meanwhile (the audit step), /readyz says why."""
+    change was acted on. Every call is refused meanwhile (the audit step), /readyz says why.
+    Refused: dropped (logged), or with ``hold`` kept there, sent (and committed) at its next
+    ``send``: for the only record of a change."""
     from gateway.errors import AuditError
 
     try:
         sink.emit(event_type, details, **who)
         return True
     except AuditError as e:
-        _logger.error("%s not recorded (acted on all the same): %s", event_type, e.message)
+        _refused(event_type, details, who, e, hold)
         return False
+
+
+def _refused(
+    event_type: Event,
+    details: Mapping[str, Any],
+    who: Mapping[str, str | None],
+    err: Exception,
+    hold: Unsent | None,
+) -> None:
+    """The one place a record the log refused is dropped or held: dropped (logged) what a
+    background task acts on all the same, held to send again the only record of a change
+    (``Unsent``; a record it sent is held already)."""
+    if hold is None:
+        _logger.error("%s not recorded (acted on all the same): %s", event_type, err)
+        return
+    hold.keep(event_type, details, who, refused=True)
+    _logger.error("%s held, %d records in all, until the log commits them: %s", event_type, len(hold), err)
+
+
+@runtime_checkable
+class Recording(Protocol):
+    """A sink that can say when an event is committed (``AuditLog.record``)."""
+
+    async def record(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+    ) -> int | None: ...
+
+
+# how long a held record's commit is waited for (as a call's, ``steps.audit``): a stalled disk
+# must not hold the approvals poll (its revocations) up without end
+COMMIT_WAIT_S = 30.0
+
+
+async def _commit(sink: EventSink, batch: list[_Held]) -> list[Exception | None]:
+    """Record ``batch`` in order and wait until the log committed it: per record, None
+    (committed) or why not. Waited for together: one commit for all, as concurrent calls
+    share one (group commit). A sink that cannot say (logging) has written a record once
+    ``emit`` returned; after its first refusal the rest are not tried (kept in order)."""
+    from gateway.errors import AuditError
+
+    if not isinstance(sink, Recording):
+        outcome: list[Exception | None] = []
+        refusal: Exception | None = None
+        for h in batch:
+            if refusal is None:
+                try:
+                    sink.emit(h.kind, h.sent_details(), **h.who)
+                except AuditError as e:
+                    refusal = e
+            outcome.append(refusal)
+        return outcome
+    # each record() queues its event before its first wait: queued in order
+    seqs = await asyncio.gather(
+        *(sink.record(h.kind, h.sent_details(), timeout=COMMIT_WAIT_S, **h.who) for h in batch),
+        return_exceptions=True,
+    )
+    return [
+        None
+        if isinstance(seq, int)
+        else seq
+        if isinstance(seq, Exception)
+        else AuditError(f"{h.kind} could not be committed")  # None: on_failure = "warn"
+        for h, seq in zip(batch, seqs, strict=True)
+    ]
+
+
+class _Held:
+    __slots__ = ("details", "kind", "late", "since_ns", "who")
+
+    def __init__(self, kind: Event, details: Mapping[str, Any], who: Mapping[str, str | None]) -> None:
+        self.kind, self.details, self.who = kind, details, who
+        self.since_ns = time.time_ns()  # when the task acted on it
+        self.late = False  # refused once: stamped with since_ns when it is sent
+
+    def sent_details(self) -> Mapping[str, Any]:
+        # a record sent after later ones were recorded directly says when the change was made
+        return {**self.details, "held_since_ns": self.since_ns} if self.late else self.details
 
 
 class Unsent:
     """Records a background task acted on that the log refused, kept (in order) to send again
     at the task's next pass: some are the only record of a change (a CLI revoke, a tool's
-    status) and must not be lost with a log broken for a while. Bounded: past ``cap`` the
-    oldest are dropped, logged (a log broken for days must not grow memory without end)."""
+    status) and must not be lost with a log broken for a while. A record is dropped once the
+    log COMMITTED it, not once it was queued: a writer failing after it took the record loses
+    it otherwise. At least once: a send cancelled while it waits for the commit sends that
+    record again (its ``held_since_ns`` tells the repeat). A record sent late carries
+    ``held_since_ns``, the time it was acted on. Bounded: past ``cap`` the oldest are dropped,
+    logged (a log broken for days must not grow memory without end)."""
 
     def __init__(self, cap: int = 10_000) -> None:
-        self._held: deque[tuple[Event, Mapping[str, Any]]] = deque()
+        self._held: deque[_Held] = deque()
         self._cap = cap
+        self._sending = anyio.Lock()  # the rebuild and the polls share one: one sender at a time
 
-    def held(self) -> list[Event]:
-        """The types of the records waiting, oldest first (what /readyz or a test may show)."""
-        return [kind for kind, _ in self._held]
+    def __len__(self) -> int:
+        return len(self._held)
 
-    def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
-        """Send what is held, then ``records``; what the log refuses is kept. Whether all went."""
+    def held(self) -> list[tuple[Event, Mapping[str, Any]]]:
+        """The records waiting, oldest first, as they will be sent (what /readyz or a test shows)."""
+        return [(h.kind, h.sent_details()) for h in self._held]
+
+    def keep(
+        self,
+        kind: Event,
+        details: Mapping[str, Any],
+        who: Mapping[str, str | None] | None = None,
+        *,
+        refused: bool = False,
+    ) -> None:
+        """Hold one record, after the others, to send at the next ``send`` (``refused``: the
+        log refused it once, so it goes late, stamped)."""
+        held = _Held(kind, details, who or {})
+        held.late = refused
+        self._held.append(held)
+        while len(self._held) > self._cap:
+            dropped = self._held.popleft()
+            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
+
+    async def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
+        """Send what is held, then ``records``, each waited for until committed; what the log
+        refuses is kept, in order. Whether all went."""
         from gateway.errors import AuditError
 
-        self._held.extend(records)
-        while len(self._held) > self._cap:
-            kind, _ = self._held.popleft()
-            _logger.error("%s never recorded: over %d records held for a broken log", kind, self._cap)
-        while self._held:
-            kind, details = self._held[0]
-            try:
-                sink.emit(kind, details)
-            except AuditError as e:
-                _logger.error("%d records held until the log takes them: %s", len(self._held), e.message)
-                return False
-            self._held.popleft()
-        return True
+        for kind, details in records:  # held before any wait: a cancelled send loses none
+            self.keep(kind, details)
+        async with self._sending:
+            batch = list(self._held)
+            outcome = await _commit(sink, batch)
+            done = {id(h) for h, err in zip(batch, outcome, strict=True) if err is None}
+            self._held = deque(h for h in self._held if id(h) not in done)
+        refused = [(h, err) for h, err in zip(batch, outcome, strict=True) if err is not None]
+        if not refused:
+            return True
+        for h in self._held:
+            h.late = True
+        _logger.error("%d records held until the log commits them: %s", len(self._held), refused[0][1])
+        bug = next((e for _, e in refused if not isinstance(e, AuditError)), None)
+        if bug is not None:
+            raise bug  # not a refusal: the records are kept all the same
+        return False
 
 
 class LoggingSink:

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, Recording
 
 _logger = logging.getLogger("symbi.metrics")
 
@@ -251,6 +251,25 @@ class MetricsSink:
     ) -> None:
         self.count(event_type, details)
         self.inner.emit(event_type, details, principal=principal, agent=agent)
+
+    async def record(
+        self,
+        event_type: Event,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+    ) -> int | None:
+        """Count, then record and wait for the commit (``events.Recording``): its sequence
+        number, None when not committed. A sink that does not commit (logging) wrote it: 0."""
+        self.count(event_type, details)
+        if isinstance(self.inner, Recording):
+            return await self.inner.record(
+                event_type, details, principal=principal, agent=agent, timeout=timeout
+            )
+        self.inner.emit(event_type, details, principal=principal, agent=agent)
+        return 0
 
     def count(self, event_type: Event, details: Mapping[str, Any]) -> None:
         """Count one event (never raises: a metrics bug must not lose the event itself)."""

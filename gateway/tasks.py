@@ -74,17 +74,20 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
                     await anyio.sleep(interval)
                 else:
                     await changes.wait(interval)
-                unsent.send(gw.events)
                 now = await anyio.to_thread.run_sync(verifier.fingerprint)
-                if now != seen:
-                    seen = now
-                    await anyio.to_thread.run_sync(verifier.revocations.reload)
-                    _logger.info("approvals or manifests changed: re-verifying the catalogue")
-                    # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
-                    fingerprint = {"fingerprint": [str(x) for x in now]}
-                    unsent.send(gw.events, [(Event.TOOL_APPROVALS_CHANGED, fingerprint)])
-                    with contextlib.suppress(anyio.WouldBlock):  # one is due already: it sees this too
-                        due.send_nowait(None)
+                if now == seen:
+                    await unsent.send(gw.events)  # what an earlier pass could not record
+                    continue
+                seen = now
+                # in force before its record is waited for: a stalled disk must not hold a revoke up
+                await anyio.to_thread.run_sync(verifier.revocations.reload)
+                _logger.info("approvals or manifests changed: re-verifying the catalogue")
+                # made outside this process (symbi tools approve/revoke, a manifest edit): on the
+                # record (committed, or held) before the rebuild's records
+                fingerprint = {"fingerprint": [str(x) for x in now]}
+                await unsent.send(gw.events, [(Event.TOOL_APPROVALS_CHANGED, fingerprint)])
+                with contextlib.suppress(anyio.WouldBlock):  # one is due already: it sees this too
+                    due.send_nowait(None)
 
     return run
 
@@ -98,12 +101,13 @@ def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
         unsent = verifier.unsent  # refused by a broken log: sent again at the next pass, not dropped
         while True:
             await anyio.sleep(interval)
-            unsent.send(gw.events)
             moved = await verifier.keys.changed()
-            if moved:
-                _logger.warning("discovered keys changed for %s: re-verifying the catalogue", moved)
-                unsent.send(gw.events, [(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})])
-                await gw.refresh()
+            if not moved:
+                await unsent.send(gw.events)  # what an earlier pass could not record
+                continue
+            _logger.warning("discovered keys changed for %s: re-verifying the catalogue", moved)
+            await unsent.send(gw.events, [(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})])
+            await gw.refresh()
 
     return run
 

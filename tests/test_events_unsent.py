@@ -1,39 +1,116 @@
 """``events.Unsent``: records a background task acted on that a broken log refused are held,
 in order, and sent at the next chance; before, they were raised (the task ended) or dropped.
-Real audit logs: one closed (as a broken disk leaves it), then a working one."""
+A held record is dropped only once a log COMMITTED it (it was dropped once queued: a writer
+failing right after took the only record of a CLI revoke with it), and one sent late says
+when it was acted on. Real audit logs on SQLite: one closed (as a broken disk leaves it), one
+broken under its writer (a trigger refusing inserts), then a working one."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from gateway.audit.log import AuditLog
+from gateway.audit.record import AuditRecord
 from gateway.audit.store import iter_records
-from gateway.events import Event, Unsent
+from gateway.events import Event, LoggingSink, Unsent, record_acted
+from gateway.metrics import GatewayMetrics, MetricsSink
+from tests.conftest import break_audit_log
+
+pytestmark = pytest.mark.anyio
+
+FIRST = (Event.TOOL_APPROVALS_CHANGED, {"fingerprint": ["1"]})
+SECOND = (Event.TOOL_VERIFICATION, {"tool": "s__t", "status": "revoked"})
 
 
-def test_refused_records_are_held_in_order_and_sent_when_a_log_takes_them(tmp_path: Path) -> None:
-    broken = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
-    broken.close()
+def _closed(tmp_path: Path) -> AuditLog:
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    log.close()
+    return log
+
+
+def _tool_records(db: Path) -> list[AuditRecord]:
+    with sqlite3.connect(db) as conn:
+        return [r for r in iter_records(conn) if r.type.startswith("tool.")]
+
+
+async def test_refused_records_are_held_in_order_and_sent_when_a_log_takes_them(tmp_path: Path) -> None:
+    broken = _closed(tmp_path)
     unsent = Unsent()
-    first = (Event.TOOL_APPROVALS_CHANGED, {"fingerprint": ["1"]})
-    second = (Event.TOOL_VERIFICATION, {"tool": "s__t"})
-    assert not unsent.send(broken, [first])
-    assert not unsent.send(broken, [second])
-    assert unsent.held() == [Event.TOOL_APPROVALS_CHANGED, Event.TOOL_VERIFICATION]
+    assert not await unsent.send(broken, [FIRST])
+    assert not await unsent.send(broken, [SECOND])
+    assert [(kind, {k: v for k, v in d.items() if k != "held_since_ns"}) for kind, d in unsent.held()] == [
+        FIRST,
+        SECOND,
+    ]
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    assert unsent.send(working)
+    assert await unsent.send(working)
     working.close()
     assert unsent.held() == []
-    with sqlite3.connect(tmp_path / "b.db") as conn:
-        types = [r.type for r in iter_records(conn) if r.type.startswith("tool.")]
-    assert types == [Event.TOOL_APPROVALS_CHANGED, Event.TOOL_VERIFICATION]
+    records = _tool_records(tmp_path / "b.db")
+    assert [r.type for r in records] == [FIRST[0], SECOND[0]]
+    assert records[0].details["fingerprint"] == ["1"]
+    assert records[1].details["status"] == "revoked"
 
 
-def test_past_its_bound_the_oldest_are_dropped(tmp_path: Path) -> None:
-    broken = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
-    broken.close()
+async def test_records_a_writer_took_and_then_failed_are_kept_and_sent_later(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+    break_audit_log(tmp_path / "a.db")  # the log accepts the records; its writer cannot commit them
+    assert not await unsent.send(log, [FIRST, SECOND])
+    assert [kind for kind, _ in unsent.held()] == [FIRST[0], SECOND[0]]  # dropped once queued, before
+    log.close()
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await unsent.send(working)
+    working.close()
+    assert [r.type for r in _tool_records(tmp_path / "b.db")] == [FIRST[0], SECOND[0]]
+
+
+async def test_through_the_metrics_tee_too(tmp_path: Path) -> None:
+    # the gateway's sink with metrics on: the tee waits for the log's commit as well
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+    break_audit_log(tmp_path / "a.db")
+    assert not await unsent.send(MetricsSink(log, GatewayMetrics()), [FIRST])
+    assert [kind for kind, _ in unsent.held()] == [FIRST[0]]
+    log.close()
+    assert await unsent.send(MetricsSink(LoggingSink(), GatewayMetrics()))  # a sink with no commit
+    assert unsent.held() == []
+
+
+async def test_a_record_sent_late_carries_when_it_was_acted_on(tmp_path: Path) -> None:
+    unsent = Unsent()
+    assert not await unsent.send(_closed(tmp_path), [SECOND])  # a revocation the log refused
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await working.record(Event.TOOL_DRIFT, {"tool": "s__u"}) is not None  # recorded at once, later
+    assert await unsent.send(working, [FIRST])  # FIRST went at once: no stamp
+    working.close()
+    drift, revoked, prompt = _tool_records(tmp_path / "b.db")
+    assert [drift.type, revoked.type, prompt.type] == [Event.TOOL_DRIFT, SECOND[0], FIRST[0]]
+    # the timeline: the revocation took effect before the drift recorded ahead of it
+    assert revoked.details["held_since_ns"] < drift.ts_ns < revoked.ts_ns
+    assert "held_since_ns" not in prompt.details
+
+
+async def test_past_its_bound_the_oldest_are_dropped(tmp_path: Path) -> None:
+    broken = _closed(tmp_path)
     unsent = Unsent(cap=2)
     for n in range(3):
-        unsent.send(broken, [(Event.TOOL_KEYS_CHANGED, {"upstreams": [str(n)]})])
-    assert len(unsent.held()) == 2
+        await unsent.send(broken, [(Event.TOOL_KEYS_CHANGED, {"upstreams": [str(n)]})])
+    assert [d["upstreams"] for _, d in unsent.held()] == [["1"], ["2"]]  # the newest kept, in order
+
+
+async def test_record_acted_drops_a_refused_record_or_holds_it(tmp_path: Path) -> None:
+    broken, unsent = _closed(tmp_path), Unsent()
+    assert not record_acted(broken, *FIRST)  # acted on all the same: dropped, logged
+    assert unsent.held() == []
+    assert not record_acted(broken, *SECOND, hold=unsent, principal="key:ops")  # the only record: held
+    [(kind, details)] = unsent.held()
+    assert (kind, details["status"], "held_since_ns" in details) == (SECOND[0], "revoked", True)
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await unsent.send(working)
+    working.close()
+    [revoked] = _tool_records(tmp_path / "b.db")
+    assert (revoked.type, revoked.principal) == (SECOND[0], "key:ops")

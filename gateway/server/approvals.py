@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gateway.errors import ApprovalError, ApprovalUnrecordable, AuditError, ScreeningFlagged
+from gateway.errors import ApprovalError, ApprovalUnrecordable, ScreeningFlagged
 from gateway.events import Event
+from gateway.server.operations import unrecordable_why
 from gateway.verify.approve import (
     approve_current,
     check_reviewed,
@@ -76,13 +77,9 @@ async def approve_tool(
     written in a worker thread (PostgreSQL with [state])."""
     rec = await anyio.to_thread.run_sync(_record, gw, name)
     assert gw is not None
-    if gw.audit is not None:
-        try:  # refused before anything is saved: an approval nobody could tell was made
-            gw.audit.ensure_writable()
-        except AuditError as e:
-            raise ApprovalUnrecordable(
-                f"nothing was approved: the audit log cannot record it ({e})"
-            ) from None
+    # refused before anything is saved: an approval nobody could tell was made
+    if (why := unrecordable_why(gw.audit, "tool approval")) is not None:
+        raise ApprovalUnrecordable(why)
     srv = gw.config.servers.get(rec.upstream)
     if srv is None:
         raise ApprovalError(f"upstream {rec.upstream!r} is not in the config", 409)

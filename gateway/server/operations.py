@@ -160,14 +160,21 @@ def unrecordable(state: HttpState, action: str) -> tuple[int, dict[str, Any]] | 
     (broken or closed, ``audit.on_failure = "deny"``): nothing is done, as a call is refused
     before it reaches its upstream. It was carried out and its record then raised: a 500 for a
     suspension or resume that had happened (session 42's review)."""
-    log = audit_log(state)
+    why = unrecordable_why(audit_log(state), action)
+    if why is None:
+        return None
+    return 503, {"error": "unavailable", "component": "audit", "code": AuditError.code, "reason": why}
+
+
+def unrecordable_why(log: AuditLog | None, action: str) -> str | None:
+    """Why ``log`` cannot record ``action`` now, or None (it can, or auditing is off). Silent
+    with ``on_failure = "warn"``: that failure is logged. Every operator action asks this."""
     if log is None:
         return None
     try:
-        log.ensure_writable()  # (silent with on_failure = "warn": that failure is logged)
+        log.ensure_writable()
     except AuditError as e:
-        why = f"nothing was done: the audit log cannot record the {action} ({e}); see /readyz"
-        return 503, {"error": "unavailable", "component": "audit", "code": e.code, "reason": why}
+        return f"nothing was done: the audit log cannot record the {action} ({e}); see /readyz"
     return None
 
 

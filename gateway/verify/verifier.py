@@ -173,7 +173,6 @@ class ToolVerifier:
         rebuild had happened), so one server's change costs its own tools, not everyone's.
         Screening still runs over all (cached by definition).
         """
-        self.unsent.send(self._events)  # what an earlier rebuild could not record, first
         by_upstream: dict[str, list[ToolInfo]] = defaultdict(list)
         for tool in tools:
             by_upstream[tool.upstream].append(tool)
@@ -218,6 +217,8 @@ class ToolVerifier:
         # prompts, resources and templates are screened with the catalogue (screen_listings)
         listed = {n: i for n, i in infos.items() if is_listed(n)}
         proper = {n: i for n, i in infos.items() if n not in listed}
+        # what an earlier pass could not record, then this rebuild's: one wait for their commit
+        await self.unsent.send(self._events)
         return {**self._screening.tools(proper, self._builtins, accepted), **listed}
 
     def screen_listings(self, catalog: Listings) -> None:
@@ -247,8 +248,10 @@ class ToolVerifier:
                 lambda: self._assess_with_state(upstream, entries, present, trust, pending)
             )
         finally:
-            # a refused record must not keep the new catalogue (a revocation) out: held instead
-            self.unsent.send(self._events, pending)
+            # held, sent when the rebuild is assessed (``assess``): a refused record must not
+            # keep the new catalogue (a revocation) out
+            for kind, details in pending:
+                self.unsent.keep(kind, details)
 
     def _assess_with_state(
         self,

@@ -40,4 +40,6 @@ async def test_a_revocation_is_put_in_force_with_the_audit_log_broken(tmp_path: 
         await anyio.sleep(0.5)  # a task ended by the record would have stopped the gateway by now
         # not lost: the poll's record of the CLI's change and the status change, held in order
         held = gw.verifier.unsent.held()
-        assert held[:2] == [Event.TOOL_APPROVALS_CHANGED, Event.TOOL_VERIFICATION], held
+        assert [kind for kind, _ in held[:2]] == [Event.TOOL_APPROVALS_CHANGED, Event.TOOL_VERIFICATION], held
+        assert held[1][1]["tool"] == "everything__echo" and held[1][1]["status"] == "revoked", held
+        assert all("held_since_ns" in details for _, details in held)  # sent late: when it was acted on

@@ -7,14 +7,17 @@ broken as a full disk would break it (a trigger refusing every insert)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 
 from gateway.config import load_config
 from gateway.errors import AuditError
+from gateway.server.dashboard import COOKIE
 from tests.conftest import break_audit_log
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.test_dashboard import signed_in
 from tests.server.http.test_refusal_flood import KeySession
 
 
@@ -62,3 +65,42 @@ def test_an_operator_action_the_audit_log_cannot_record_is_not_carried_out(tmp_p
         assert {r.json()["component"] for r in refused} == {"audit"}
         [after] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
         assert after["state"] == agent["state"] != "terminated"
+        _still_pending(run.base, admin)
+
+
+def _still_pending(base: str, admin: dict[str, str]) -> None:
+    """The tool's definition is not approved: a refused approval saved nothing."""
+    diff = httpx.get(base + "/api/tools/everything__echo/diff", headers=admin).json()
+    assert (diff["approved_hash"], diff["status"]) == (None, "unverified"), diff
+
+
+def test_a_hosted_run_and_a_dashboard_approval_are_refused_with_the_log_broken(tmp_path: Path) -> None:
+    """``/api/agents/NAME/run`` started the agent and its record then raised (a 500, an
+    unrecorded run); the dashboard's approval goes through the same refusal as the API's."""
+    agent = '[agents.idle]\ncommand = "/bin/true"\nstart = "on-demand"\nrestart = "never"\n'
+    cfg = everything_config(tmp_path, top_extra=agent)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        admin = bearer(keys.admin)
+        login = httpx.post(run.base + "/login", data={"api_key": keys.admin}, follow_redirects=False)
+        pages, cookie = signed_in("", login)
+        cookies = {COOKIE: cookie}
+        page = httpx.get(run.base + pages + "/tools/everything__echo", cookies=cookies).text
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        current = httpx.get(run.base + "/api/tools/everything__echo/diff", headers=admin).json()[
+            "current_hash"
+        ]
+        break_audit_log(load_config(cfg, {}).audit_path)
+        # the broken disk is found by the next write (a call's record), as in the test above
+        assert KeySession(run.mcp, keys.user).call("everything__echo", {"message": "hi"}) == AuditError.code
+
+        r = httpx.post(run.base + "/api/agents/idle/run", headers=admin)
+        assert r.status_code == 503 and r.json()["code"] == AuditError.code, r.text
+        time.sleep(0.5)  # a start requested would have registered the agent by now
+        agents = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
+        assert not [a for a in agents if a.get("name") == "idle"], agents  # nothing ran
+
+        form = {"csrf": csrf, "hash": current}
+        r = httpx.post(run.base + pages + "/tools/everything__echo/approve", data=form, cookies=cookies)
+        assert r.status_code == 503, r.text
+        _still_pending(run.base, admin)

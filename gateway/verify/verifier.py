@@ -168,10 +168,9 @@ class ToolVerifier:
     ) -> dict[str, ToolInfo]:
         """Each tool with its verification verdict, by namespaced name (the catalogue's input).
 
-        ``changed``: only that upstream's listing changed (its list_changed); the others keep
-        their ``previous`` verdicts when every definition is the one assessed then (as if no
-        rebuild had happened), so one server's change costs its own tools, not everyone's.
-        Screening still runs over all (cached by definition).
+        ``changed``: only that upstream's listing changed (its list_changed); the others keep their
+        ``previous`` verdicts when every definition is the one assessed then (as if no rebuild had
+        happened): one server's change costs its own tools. Screening runs over all (cached).
         """
         by_upstream: dict[str, list[ToolInfo]] = defaultdict(list)
         for tool in tools:

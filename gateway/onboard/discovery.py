@@ -36,6 +36,7 @@ from gateway.config.model import Config, ServerConfig
 from gateway.custody import write_atomic
 from gateway.errors import ApprovalError, ConfigError, DefinitionChanged, ReviewedHashRequired
 from gateway.events import Event, EventSink, LoggingSink
+from gateway.logs import Outage
 from gateway.onboard.clients import (
     ClientFile,
     FoundServer,
@@ -280,6 +281,8 @@ class Discovery:
         # each pass parses only the client files that changed, each once for all its scopes
         self._files = files if files is not None else ReadWhenChanged()
         self._registry_files = RegistryFolder()  # and only the registry documents that changed
+        # a folder that stays unlistable holds its servers as they were: said, not silent
+        self._registry_outage = Outage(_logger, "registry folder listed again")
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -322,8 +325,11 @@ class Discovery:
                 entries, half_read = self._registry_files.servers(self._registry)
             except ConfigError as e:  # every file of it unread (``_removed``: by their folder)
                 unread.add(str(self._registry))
-                _logger.debug("registry folder not read this pass: %s", e.message)
+                self._registry_outage.failed(
+                    "registry folder not read, its servers kept as they were: %s", e.message
+                )
                 return found, unread
+            self._registry_outage.worked()
             found += [("registry", *seen) for seen in entries]
             unread |= half_read  # an entry's source is its file's path
         return found, unread

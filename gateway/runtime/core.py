@@ -14,9 +14,8 @@ lifecycle transitions:
   terminates (Suspended/Ready/Failed -> Terminated; a Running agent ends when its calls do).
 
 A session agent's suspension is its principal's (``gateway.runtime.holds``): from then on every
-session agent of that principal, in any session (and on every replica with ``[state]
-redis_url``), is suspended at its next call with the same reason, until an operator resumes one
-of them or the principal; that resumes all of them.
+session agent of that principal, in any session (on every replica with ``[state] redis_url``),
+is suspended at its next call with the same reason, until an operator resumes one or the principal.
 """
 
 from __future__ import annotations
@@ -196,10 +195,12 @@ class AgentRuntime:
             u.busy_s += elapsed_s
             u.longest_call_s = max(u.longest_call_s, elapsed_s)
             u.bytes_out += result_bytes or 0
-        if agent.in_flight == 0 and agent.state is AgentState.RUNNING and not agent.hosted_busy:
-            self.agents.transition(agent, AgentState.READY, "task complete")
-        if agent.id in self._terminating and agent.state is AgentState.READY and agent.in_flight == 0:
-            self._terminate_now(agent, self._terminating[agent.id])
+        try:
+            if agent.in_flight == 0 and agent.state is AgentState.RUNNING and not agent.hosted_busy:
+                self.agents.transition(agent, AgentState.READY, "task complete")
+        finally:  # its record refused (a broken log), the state moved: a closed session's agent ends
+            if agent.id in self._terminating and agent.state is AgentState.READY and agent.in_flight == 0:
+                self._terminate_acted(agent, self._terminating[agent.id])
 
     def note_error(self, agent: Agent | None, error: BaseException, target: str) -> None:
         """A failed or denied call: counted toward suspension when it is a policy denial of this

@@ -78,13 +78,14 @@ class BoundedLists:
                 f"none of its {attr} is served"
             )
             _logger.error("upstream %s %s", self._upstream, reason)
-            # refused (a broken log): the list is refused all the same. Raised, it left a
-            # refresh's old list served, and failed a connect (the upstream restarted)
-            record_acted(
+            # refused (a broken log): the list is refused all the same (raised, it left a
+            # refresh's old list served, and failed a connect), and reported again next fetch
+            if not record_acted(
                 self._events,
                 Event.UPSTREAM_MISBEHAVED,
                 {"upstream": self._upstream, "reason": reason, "list": attr, "limit": self._limit},
-            )
+            ):
+                self._oversized.discard(attr)
         return []
 
     async def offered(self, session: ClientSession, old: Listing, kinds: set[str] | None) -> Listing:

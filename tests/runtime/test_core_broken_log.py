@@ -13,6 +13,7 @@ import pytest
 from gateway.assemble import make_gateway
 from gateway.config import load_config
 from gateway.context import Principal
+from gateway.errors import AuditError
 from gateway.runtime import AgentState
 from tests.conftest import write_config
 
@@ -45,3 +46,21 @@ async def test_the_sweep_ends_every_idle_agent_with_the_log_broken(tmp_path: Pat
         later = max(a.last_seen for a in agents) + gw.config.runtime.agent_idle_timeout_s + 1
         gw.runtime.sweep(now=later)
         assert {a.state for a in agents} == {AgentState.TERMINATED}
+
+
+async def test_an_agent_mid_call_when_its_session_closed_ends_with_its_call_with_the_log_broken(
+    tmp_path: Path,
+) -> None:
+    """Its Running -> Ready record refused, the terminate after it never ran: the agent stayed
+    Ready (its slot held) until the idle sweep."""
+    gw = make_gateway(load_config(_config(tmp_path), {}))
+    async with gw.running():
+        agent = gw.agents.for_session(TESTER, "a", "s1")
+        gw.runtime.begin(agent, "tools/call everything__echo")
+        assert agent.state is AgentState.RUNNING
+        assert gw.runtime.close_session("s1", "shutdown: the client closed its session") == 1
+        assert gw.audit is not None
+        gw.audit.close()
+        with pytest.raises(AuditError):  # the call's own end: its record refused, as any other
+            gw.runtime.end(agent, 0.01, 10)
+        assert agent.state.value == AgentState.TERMINATED.value  # (mypy narrowed it to RUNNING above)

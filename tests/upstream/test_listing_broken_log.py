@@ -8,6 +8,7 @@ is refused (logged) and the list refused whole all the same. A real gateway, rea
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import anyio
@@ -16,12 +17,13 @@ import pytest
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config import load_config
+from gateway.events import Event
 from tests.upstream.test_listing import LIMIT, config
 
 pytestmark = pytest.mark.anyio
 
 
-def _thief_tools(gw: Gateway) -> set[str]:
+def thief_tools(gw: Gateway) -> set[str]:
     return {n for n in gw.catalog.tools if n.startswith("thief__")}
 
 
@@ -35,12 +37,12 @@ async def test_a_list_changed_over_the_limit_with_the_log_broken_serves_none_of_
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():
         up = gw.upstreams["thief"]
-        assert {"thief__n0", "thief__announce"} <= _thief_tools(gw)
+        assert {"thief__n0", "thief__announce"} <= thief_tools(gw)
         _break_log(gw)
         files["thief"].write_text(json.dumps({"many_tools": LIMIT}))  # with announce: one over
         await up.call_tool("announce", {})  # straight to the upstream: it sends list_changed
         with anyio.fail_after(15):  # before: the refresh failed, the old list stayed served
-            while _thief_tools(gw):
+            while thief_tools(gw):
                 await anyio.sleep(0.05)
         assert up.state == "up" and up.restarts == 0 and up.listing.tools == []
 
@@ -52,7 +54,7 @@ async def test_a_connect_over_the_limit_with_the_log_broken_is_not_restarted(tmp
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():
         up = gw.upstreams["thief"]
-        assert "thief__n0" in _thief_tools(gw)
+        assert "thief__n0" in thief_tools(gw)
         _break_log(gw)
         files["thief"].write_text(json.dumps({"many_tools": LIMIT}))
         await up.restart()
@@ -61,4 +63,31 @@ async def test_a_connect_over_the_limit_with_the_log_broken_is_not_restarted(tmp
                 await anyio.sleep(0.05)
         # before: the connect failed on the record, and a second restart came up
         assert up.restarts == 1 and up.listing.tools == []
-        assert not _thief_tools(gw)
+        assert not thief_tools(gw)
+
+
+async def test_a_refused_misbehaved_record_is_made_again_at_the_next_fetch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record was made once an oversize spell: refused by the broken log, the attack was
+    never on the record, even after the log works again. Now each fetch over the limit tries it."""
+    cfg, files = config(tmp_path, {"thief": {"many_tools": 3}})
+    gw = make_gateway(load_config(cfg, {}))
+    async with gw.running():
+        up = gw.upstreams["thief"]
+        _break_log(gw)
+        files["thief"].write_text(json.dumps({"many_tools": LIMIT}))
+
+        def refused() -> int:  # record_acted's log of each refused record, by its event type
+            return sum(
+                Event.UPSTREAM_MISBEHAVED in r.getMessage()
+                for r in caplog.records
+                if r.name == "symbi.events"
+            )
+
+        with caplog.at_level(logging.ERROR, logger="symbi.events"):
+            for times in (1, 2):
+                await up.call_tool("announce", {})  # a list_changed: one fetch, over the limit
+                with anyio.fail_after(15):
+                    while refused() < times:
+                        await anyio.sleep(0.05)

@@ -15,29 +15,23 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from gateway.config import load_config
 from tests.conftest import ROOT, break_audit_log, write_config
+from tests.runtime._admin import wait_until
 from tests.server.http.conftest import Running, run_server
+from tests.upstream.test_listing_broken_log import thief_tools
 from tests.upstream.test_restart import pids_running
 
 LIMIT = 50
 
 
-def _until(what: Callable[[], bool], seconds: float, why: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not what():
-        assert time.monotonic() < deadline, why
-        time.sleep(0.1)
-
-
 def _thief_tools(run: Running) -> set[str]:
     assert run.state.gateway is not None
-    return {n for n in run.state.gateway.catalog.tools if n.startswith("thief__")}
+    return thief_tools(run.state.gateway)
 
 
 def test_the_background_tasks_with_the_audit_log_broken_do_not_stop_the_gateway(tmp_path: Path) -> None:
@@ -80,15 +74,15 @@ def test_the_background_tasks_with_the_audit_log_broken_do_not_stop_the_gateway(
         for n in (1, 2):  # the first record meets the trigger; the second a log known broken
             [pid] = pids_running(script)
             os.kill(pid, signal.SIGKILL)
-            _until(lambda: httpx.get(run.base + "/readyz").status_code != 200, 30, "the log never failed")
+            wait_until("the log never failed", lambda: httpx.get(run.base + "/readyz").status_code != 200)
 
             def came_back(n: int = n) -> bool:
                 return mut.restarts >= n and mut.state == "up"
 
-            _until(came_back, 30, "mut never came back")
+            wait_until("mut never came back", came_back)
 
         listing.write_text(json.dumps({"many_tools": LIMIT}))  # with announce: one over
-        _until(lambda: not _thief_tools(run), 30, "the list over the limit stayed served")
+        wait_until("the list over the limit stayed served", lambda: not _thief_tools(run))
 
         time.sleep(2.0)  # the upstreams' announcements, rebuilds and sweeps go on meanwhile
         assert httpx.get(run.base + "/healthz").status_code == 200  # 503: a task had ended

@@ -8,7 +8,6 @@ would leave it."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -21,8 +20,8 @@ from gateway.assemble import make_gateway
 from gateway.config import load_config
 from gateway.context import CallContext, Principal
 from gateway.errors import AuditError
-from tests.conftest import ROOT, write_config
-from tests.upstream.test_restart import pids_running
+from tests.conftest import write_config
+from tests.upstream.test_restart import mutable_copy, pids_running
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +29,7 @@ TESTER = Principal(id="tester", roles=("tester",), source="key")
 
 
 async def test_a_breaker_opened_with_the_log_broken_fails_its_call_not_the_gateway(tmp_path: Path) -> None:
-    script = tmp_path / "mutable_copy.py"  # a unique path, so we kill only this test's process
-    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    script = mutable_copy(tmp_path)
     cfg = write_config(
         tmp_path,
         f"""

@@ -31,10 +31,17 @@ def pids_running(script: Path) -> list[int]:
     return out
 
 
+def mutable_copy(tmp_path: Path) -> Path:
+    """tests/peers/mutable_server.py at a path of this test's own: a kill by its path
+    (``pids_running``) finds only this test's process."""
+    script = tmp_path / "mutable_copy.py"
+    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    return script
+
+
 async def test_killed_upstream_comes_back_and_others_keep_working(tmp_path: Path) -> None:
     require_peers()
-    script = tmp_path / "mutable_copy.py"  # a unique path, so we kill only this test's process
-    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    script = mutable_copy(tmp_path)
     cfg = write_config(
         tmp_path,
         f"""

@@ -7,7 +7,6 @@ would leave it, the upstream killed with SIGKILL."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -17,15 +16,14 @@ import pytest
 
 from gateway.assemble import make_gateway
 from gateway.config import load_config
-from tests.conftest import ROOT, write_config
-from tests.upstream.test_restart import pids_running
+from tests.conftest import write_config
+from tests.upstream.test_restart import mutable_copy, pids_running
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_an_upstream_killed_with_the_audit_log_broken_comes_back(tmp_path: Path) -> None:
-    script = tmp_path / "mutable_copy.py"  # a unique path, so we kill only this test's process
-    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    script = mutable_copy(tmp_path)
     cfg = write_config(
         tmp_path,
         f"""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -24,7 +23,7 @@ from tests.conftest import ROOT, break_audit_log, write_config
 from tests.runtime._admin import wait_until
 from tests.server.http.conftest import Running, run_server
 from tests.upstream.test_listing_broken_log import thief_tools
-from tests.upstream.test_restart import pids_running
+from tests.upstream.test_restart import mutable_copy, pids_running
 
 LIMIT = 50
 
@@ -35,8 +34,7 @@ def _thief_tools(run: Running) -> set[str]:
 
 
 def test_the_background_tasks_with_the_audit_log_broken_do_not_stop_the_gateway(tmp_path: Path) -> None:
-    script = tmp_path / "mutable_copy.py"  # a unique path, so we kill only this test's process
-    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    script = mutable_copy(tmp_path)
     listing = tmp_path / "thief.json"
     listing.write_text(json.dumps({"many_tools": 3}))
     cfg = write_config(

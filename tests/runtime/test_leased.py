@@ -355,8 +355,9 @@ async def test_a_refused_record_of_the_lease_taken_does_not_end_the_lease_runner
     a = replica(tmp_path / "a", fresh.url, mark, rec)
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
-        tries = lambda: rec.refused.count("agent.lease_acquired")  # noqa: E731
-        await _until("taken and refused twice", lambda: tries() >= 2, 3 * RENEW_S)
+        await _until(
+            "taken and refused twice", lambda: rec.refused.count("agent.lease_acquired") >= 2, 3 * RENEW_S
+        )
         assert not marked(mark) and not _running(a)
         rec.refuse.clear()
         await _until("it runs", lambda: bool(marked(mark)) and _running(a), 2 * RENEW_S + START_S)

@@ -435,8 +435,8 @@ class AuditLog:
     def _check(self) -> None:
         if self._closed:
             raise AuditError("audit log is closed")
-        if self._writer.broken is not None:
-            raise self._writer.broken
+        if self._writer.broken is not None:  # (its frames dropped: see ``_failed``)
+            raise self._writer.broken.with_traceback(None)
         if not self._writer.running:
             raise AuditError("audit writer thread is not running")
 
@@ -460,7 +460,9 @@ class AuditLog:
         if self.on_failure == "warn":
             _logger.warning("audit event not recorded (audit.on_failure = unsafe_warn): %s", err.message)
             return
-        raise err
+        # the stored ``broken`` error is raised again and again (every hosted agent's check, each
+        # renewal): each raise added its frames to that one object, which grew without end
+        raise err.with_traceback(None)
 
     def _release_lock(self) -> None:
         if self._lock_fd >= 0:

@@ -256,9 +256,13 @@ class HostedAgents:
                 self._place(agent, name, ac, limits)
             except GatewayError as e:
                 await self._revoke(record.id)
-                self._fail(agent, f"invalid config: {e.message}")
-                # a victim still Initializing refused it: "invalid" never ran the agent again
-                return "failed" if isinstance(e, InvalidTransition) else "invalid"
+                # a victim still Initializing: a failed run (counted, recorded), run again later
+                busy = isinstance(e, InvalidTransition)
+                why = f"{'resource constraint' if busy else 'invalid config'}: {e.message}"
+                self._fail(agent, why)
+                if busy:
+                    self._failed_run(agent, why, None, False)
+                return "failed" if busy else "invalid"
             return await self._execute(agent, ac, tier, argv, cleanup, limits, record.id)  # revokes it
         except BaseException:
             await self._revoke(record.id)  # _execute failed, perhaps before its own revocation
@@ -284,11 +288,19 @@ class HostedAgents:
 
     def _place(self, agent: Agent, name: str, ac: AgentConfig, limits: ResourceLimits) -> None:
         """``agent``'s slot in the pool (``BudgetExceeded`` when none has room); the agents it
-        displaces ("priority") are terminated, also when the audit log refuses their records."""
+        displaces ("priority") are terminated, also when the audit log refuses their records
+        (``InvalidTransition``, nothing displaced: one of them cannot be, it is Initializing)."""
         rt = self.runtime
+        before = rt.pool.placements()
         _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
+        victims = [v for v in map(rt.agents.get, displaced) if v is not None]
+        if busy := [v.name for v in victims if v.state is AgentState.INITIALIZING]:
+            # checked before any is terminated: one refused part-way left those before it gone
+            # and the pool short of them (the retry over-committed it); the pool as it was
+            rt.pool.restore(before)
+            raise InvalidTransition(f"the agents it would displace are Initializing: {busy}")
         why = f"displaced from its resource slot by {name} (priority {ac.priority})"
-        for victim in filter(None, map(rt.agents.get, displaced)):
+        for victim in victims:
             self._unrecorded(victim, "displacement", functools.partial(rt.terminate, victim, why))
 
     def _stop_escalated(self, name: str, ac: AgentConfig, agent: Agent) -> bool:

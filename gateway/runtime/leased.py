@@ -235,6 +235,10 @@ class LeasedAgents:
             # its runs refused while its log is broken: the lease goes to a replica that can run
             # it (kept, it ran nowhere). A run live or ended is kept: an operator's stop stands
             if name in self.hosted.refusing and (why := self._unusable()) is not None:
+                if self.hosted.config.agents[name].start == "on-demand":
+                    # its refused run was asked for (a start, or a restart): passed on to the next
+                    # holder, which waited for a start that never came (the one taken here)
+                    self._wanted.add(name)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:

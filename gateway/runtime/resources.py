@@ -144,6 +144,14 @@ class ResourcePool:
                     return i, victims
         return None
 
+    def placements(self) -> list[dict[str, tuple[float, int, int]]]:
+        """Every slot's agents, as ``restore`` puts them back (a displacement undone)."""
+        return [dict(s.placed) for s in self.slots]
+
+    def restore(self, saved: list[dict[str, tuple[float, int, int]]]) -> None:
+        for s, placed in zip(self.slots, saved, strict=True):
+            s.placed = dict(placed)
+
     def release(self, agent: str) -> None:
         for s in self.slots:
             s.placed.pop(agent, None)

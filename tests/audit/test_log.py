@@ -129,6 +129,35 @@ def test_unwritable_log_fails_closed(open_log: Callable[..., AuditLog], log_path
         log.ensure_writable()
 
 
+def _frames(err: BaseException) -> int:
+    tb, n = err.__traceback__, 0
+    while tb is not None:
+        tb, n = tb.tb_next, n + 1
+    return n
+
+
+def test_a_broken_logs_error_does_not_grow_with_each_refusal(
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
+) -> None:
+    """The writer's one ``broken`` error was raised as is by every refusal after: each raise
+    added its frames to it (a hosted agent's check each renewal, for ever). Now its traceback
+    is as long after the hundredth refusal as after the first."""
+    log = open_log()
+    break_audit_log(log_paths[0])
+    with pytest.raises(AuditError):
+        log.append("lost", {})
+    log.emit("lost-too", {})
+    with pytest.raises(AuditError):  # once waited for, the writer has its ``broken`` error
+        log.flush()
+    sizes = []
+    for _ in range(100):
+        for refuse in (log.ensure_writable, lambda: log.emit("after", {})):
+            with pytest.raises(AuditError) as caught:
+                refuse()
+            sizes.append(_frames(caught.value))
+    assert max(sizes) <= 4, sizes
+
+
 def test_on_failure_warn_logs_instead(
     open_log: Callable[..., AuditLog], log_paths: LogPaths, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -26,10 +26,14 @@ from gateway.state.leases import LeaseBoard, process_name
 NAME = "sleeper"
 
 
-def replica(folder: Path, redis_url: str, mark: str, events: EventSink) -> HostedAgents:
+def replica(
+    folder: Path, redis_url: str, mark: str, events: EventSink, start: str = "with-gateway"
+) -> HostedAgents:
     """One gateway's hosted agents in ``folder``: ``sleeper`` runs ``sleep MARK`` in bwrap."""
     folder.mkdir(parents=True, exist_ok=True)
-    agent = AgentConfig(command="/usr/bin/sleep", args=(mark,), sandbox="bwrap", restart_backoff_s=0.2)
+    agent = AgentConfig(
+        command="/usr/bin/sleep", args=(mark,), sandbox="bwrap", restart_backoff_s=0.2, start=start
+    )
     config = Config(
         gateway=GatewaySection(data_dir=folder / "data"),
         state=StateSection(redis_url=redis_url),

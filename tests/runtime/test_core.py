@@ -9,6 +9,7 @@ accounting and denial windows are per agent.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -38,14 +39,22 @@ class Recorder:
 
 class BreakingRecorder(Recorder):
     """The audit log as ``on_failure = "deny"`` has it once broken: every record raises (as
-    does ``recordable``, the log's ``ensure_writable`` for hosted runs)."""
+    does ``recordable``, the log's ``ensure_writable`` for hosted runs). The event types in
+    ``refuse`` raise also while ``recordable`` passes; ``refused`` lists every record refused."""
 
     broken = False
+
+    def __init__(self, refuse: Collection[str] = ()) -> None:
+        super().__init__()
+        self.refuse = set(refuse)
+        self.refused: list[str] = []
 
     def emit(
         self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
     ) -> None:
-        self.recordable()
+        if self.broken or event_type in self.refuse:
+            self.refused.append(event_type)
+            raise AuditError("audit log cannot be written: full")
         super().emit(event_type, details, principal=principal, agent=agent)
 
     def recordable(self) -> None:

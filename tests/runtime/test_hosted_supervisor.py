@@ -15,6 +15,7 @@ attribute), so every decision in ``HostedAgents._supervise`` survived being brok
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -692,9 +693,35 @@ async def test_a_displacement_refused_by_an_initializing_victim_is_a_failed_run_
     """The victim of a displacement is still Initializing: its terminate is refused
     (``InvalidTransition``). The run was reported "invalid" (a bad config), so a with-gateway
     agent was never run again. Now it is a failed run: the restart back-off runs it again."""
-    h, ac, low = _one_slot_taken(tmp_path, Recorder())
+    rec = Recorder()
+    h, ac, low = _one_slot_taken(tmp_path, rec)
+    placed = h.runtime.pool.as_json()
     with anyio.fail_after(GUARD_S):
         assert await h._run_once("hi", ac) == "failed"  # "invalid" before: never retried
     run = h.runtime.agents.by_name("hi")
     assert run is not None and run.state is AgentState.TERMINATED
     assert low.state is AgentState.INITIALIZING  # left as it was
+    # its slot still its own: taken out of the pool before, the retry placed ``hi`` beside it
+    assert h.runtime.pool.as_json() == placed
+    # a failed run as any other: counted for escalation, on the record
+    assert len(h._failures["hi"]) == 1
+    assert [d["name"] for t, d, _, _ in rec.events if t == "agent.failed"] == ["hi"]
+
+
+async def test_a_displacement_with_an_initializing_victim_displaces_none_of_them(tmp_path: Path) -> None:
+    """Two victims: ``ready`` (Ready, displaced first) and ``low`` (Initializing). ``ready`` was
+    terminated before ``low``'s terminate was refused: an agent ended for a run never made.
+    Now the states are checked first: nobody is displaced and the pool is as it was."""
+    h, ac, low = _one_slot_taken(tmp_path, Recorder())
+    rt = h.runtime
+    rt.pool.release(low.id)
+    half = dataclasses.replace(ResourceLimits.from_config(ac.resources), cpu_cores=0.5)
+    ready = rt.agents.add_hosted("ready", hosted_principal("ready", ac), priority=1, run=1)
+    rt.agents.transition(ready, AgentState.READY, "valid config")
+    rt.pool.allocate(ready.id, half, 1)
+    rt.pool.allocate(low.id, half, 2)
+    placed = rt.pool.as_json()
+    with anyio.fail_after(GUARD_S):
+        assert await h._run_once("hi", ac) == "failed"
+    assert ready.state is AgentState.READY and low.state is AgentState.INITIALIZING
+    assert rt.pool.as_json() == placed

@@ -295,3 +295,70 @@ async def test_a_holder_whose_audit_log_is_broken_lets_the_agent_go_to_a_replica
         await anyio.sleep(RENEW_S + 1)  # a's tries to take it back go by: its log is still broken
         assert _running(b) and len(marked(mark)) == 1 and not _running(a)
         tg.cancel_scope.cancel()
+
+
+async def test_a_start_taken_by_a_holder_whose_audit_log_is_broken_is_passed_to_the_next(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """An on-demand agent's start passed to the holder after its log broke: the holder took it
+    off Redis, its run was refused, and it let the lease go; the replica that took the lease
+    then waited for a start that never came (the operator's 202 lost). Now the start goes on
+    to the next holder, which runs the agent."""
+    mark = f"6009.{os.getpid()}"
+    rec = BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
+    b = replica(tmp_path / "b", fresh.url, mark, Recorder(), start="on-demand")
+    assert a.leased is not None and b.leased is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
+        tg.start_soon(b.run)
+        await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)
+        assert not marked(mark)  # on-demand: nobody runs it yet
+        rec.broken = True
+        b.request_start(NAME)  # passed to a (it holds the lease)
+        await _until("b runs it", lambda: bool(marked(mark)) and _running(b), 4 * RENEW_S + START_S)
+        assert not a.leased.holds(NAME) and not _running(a) and len(marked(mark)) == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_a_replica_whose_audit_log_is_broken_does_not_take_a_free_lease(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """Its log broken from the start: the lease is never taken (no ``agent.lease_acquired``
+    tried, the lease key stays empty over several tries); once the log records, it is."""
+    mark = f"6010.{os.getpid()}"
+    rec = BreakingRecorder()
+    rec.broken = True
+    a = replica(tmp_path / "a", fresh.url, mark, rec)
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        until = time.monotonic() + 2 * RENEW_S + 1
+        while time.monotonic() < until:
+            assert r.get(LEASE + NAME) is None
+            await anyio.sleep(0.02)
+        assert "agent.lease_acquired" not in rec.refused and not marked(mark)
+        rec.broken = False
+        await _until("it runs", lambda: bool(marked(mark)) and _running(a), 2 * RENEW_S + START_S)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_refused_record_of_the_lease_taken_does_not_end_the_lease_runner(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """The log refuses only ``agent.lease_acquired`` (``recordable`` passes): the lease is let
+    go and taken again later (``except* AuditError`` in the lease loop); the loop does not end
+    (out of ``run`` it ended the gateway), and once recorded the agent runs."""
+    mark = f"6011.{os.getpid()}"
+    rec = BreakingRecorder(refuse={"agent.lease_acquired"})
+    a = replica(tmp_path / "a", fresh.url, mark, rec)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until(
+            "taken and refused twice", lambda: rec.refused.count("agent.lease_acquired") >= 2, 3 * RENEW_S
+        )
+        assert not marked(mark) and not _running(a)
+        rec.refuse.clear()
+        await _until("it runs", lambda: bool(marked(mark)) and _running(a), 2 * RENEW_S + START_S)
+        tg.cancel_scope.cancel()

@@ -12,14 +12,14 @@ A new event type is added here first, with a line saying when it happens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
-
-import anyio
 
 _logger = logging.getLogger("symbi.events")
 
@@ -204,8 +204,8 @@ def record_acted(
     With the log broken (``audit.on_failure = "deny"``) ``emit`` raises ``AuditError``: out of
     a background task it ended the task, and the gateway's task group with it, before the
     change was acted on. Every call is refused meanwhile (the audit step), /readyz says why.
-    Refused: dropped (logged), or with ``hold`` kept there, sent (and committed) at its next
-    ``send``: for the only record of a change."""
+    Refused: dropped (logged), or with ``hold`` kept there, sent again (until committed) from
+    its next ``queue``: for the only record of a change."""
     from gateway.errors import AuditError
 
     try:
@@ -235,64 +235,36 @@ def _refused(
 
 @runtime_checkable
 class Recording(Protocol):
-    """A sink that can say when an event is committed (``AuditLog.record``)."""
+    """A sink that can say when an event is committed (``AuditLog.submit``)."""
 
-    async def record(
+    def submit(
         self,
         event_type: str,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
         agent: str | None = None,
-        timeout: float | None = None,
-    ) -> int | None: ...
+    ) -> asyncio.Future[int]:
+        """Queue one event now (ahead of any emitted later) and return its commit: the
+        sequence number, or the error the writer failed it with. Raises ``AuditError`` when
+        the log refuses it before it is queued (broken, closed)."""
+        ...
 
 
-# how long a held record's commit is waited for (as a call's, ``steps.audit``): a stalled disk
-# must not hold the approvals poll (its revocations) up without end
+# how long ``Unsent.send`` waits for the commits it queued (as a call's, ``steps.audit``); a
+# commit not come by then stays in flight, not cancelled: the event is queued in the writer
+# and is written once the disk moves again
 COMMIT_WAIT_S = 30.0
 
 
-async def _commit(sink: EventSink, batch: list[_Held]) -> list[Exception | None]:
-    """Record ``batch`` in order and wait until the log committed it: per record, None
-    (committed) or why not. Waited for together: one commit for all, as concurrent calls
-    share one (group commit). A sink that cannot say (logging) has written a record once
-    ``emit`` returned; after its first refusal the rest are not tried (kept in order)."""
-    from gateway.errors import AuditError
-
-    if not isinstance(sink, Recording):
-        outcome: list[Exception | None] = []
-        refusal: Exception | None = None
-        for h in batch:
-            if refusal is None:
-                try:
-                    sink.emit(h.kind, h.sent_details(), **h.who)
-                except AuditError as e:
-                    refusal = e
-            outcome.append(refusal)
-        return outcome
-    # each record() queues its event before its first wait: queued in order
-    seqs = await asyncio.gather(
-        *(sink.record(h.kind, h.sent_details(), timeout=COMMIT_WAIT_S, **h.who) for h in batch),
-        return_exceptions=True,
-    )
-    return [
-        None
-        if isinstance(seq, int)
-        else seq
-        if isinstance(seq, Exception)
-        else AuditError(f"{h.kind} could not be committed")  # None: on_failure = "warn"
-        for h, seq in zip(batch, seqs, strict=True)
-    ]
-
-
 class _Held:
-    __slots__ = ("details", "kind", "late", "since_ns", "who")
+    __slots__ = ("commit", "details", "kind", "late", "since_ns", "who")
 
     def __init__(self, kind: Event, details: Mapping[str, Any], who: Mapping[str, str | None]) -> None:
         self.kind, self.details, self.who = kind, details, who
         self.since_ns = time.time_ns()  # when the task acted on it
         self.late = False  # refused once: stamped with since_ns when it is sent
+        self.commit: asyncio.Future[int] | None = None  # queued in the log, not committed yet
 
     def sent_details(self) -> Mapping[str, Any]:
         # a record sent after later ones were recorded directly says when the change was made
@@ -300,25 +272,24 @@ class _Held:
 
 
 class Unsent:
-    """Records a background task acted on that the log refused, kept (in order) to send again
-    at the task's next pass: some are the only record of a change (a CLI revoke, a tool's
-    status) and must not be lost with a log broken for a while. A record is dropped once the
-    log COMMITTED it, not once it was queued: a writer failing after it took the record loses
-    it otherwise. At least once: a send cancelled while it waits for the commit sends that
-    record again (its ``held_since_ns`` tells the repeat). A record sent late carries
-    ``held_since_ns``, the time it was acted on. Bounded: past ``cap`` the oldest are dropped,
-    logged (a log broken for days must not grow memory without end)."""
+    """Records a background task acted on, kept (in order) until the log COMMITTED them: some
+    are the only record of a change (a CLI revoke, a tool's status) and must not be lost with a
+    log broken for a while, nor with a writer failing after it took them. ``queue`` hands the
+    held records to the log without waiting (a stalled disk must hold up no revocation nor
+    catalogue swap); ``send`` queues and waits a while. A record queued stays in flight until
+    its commit comes, however long: queued once, written once. Only one whose commit failed is
+    queued again, carrying ``held_since_ns``, the time it was acted on. Bounded: past ``cap``
+    the oldest are dropped, logged (a log broken for days must not grow memory without end)."""
 
     def __init__(self, cap: int = 10_000) -> None:
         self._held: deque[_Held] = deque()
         self._cap = cap
-        self._sending = anyio.Lock()  # the rebuild and the polls share one: one sender at a time
 
     def __len__(self) -> int:
         return len(self._held)
 
     def held(self) -> list[tuple[Event, Mapping[str, Any]]]:
-        """The records waiting, oldest first, as they will be sent (what /readyz or a test shows)."""
+        """The records not committed yet, oldest first, as they are (or will be) sent."""
         return [(h.kind, h.sent_details()) for h in self._held]
 
     def keep(
@@ -329,7 +300,7 @@ class Unsent:
         *,
         refused: bool = False,
     ) -> None:
-        """Hold one record, after the others, to send at the next ``send`` (``refused``: the
+        """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
         log refused it once, so it goes late, stamped)."""
         held = _Held(kind, details, who or {})
         held.late = refused
@@ -338,28 +309,71 @@ class Unsent:
             dropped = self._held.popleft()
             _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
 
-    async def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
-        """Send what is held, then ``records``, each waited for until committed; what the log
-        refuses is kept, in order. Whether all went."""
+    def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
+        """Hand every held record not in flight to ``sink``, in order, without waiting: what is
+        emitted after this is queued after them. The commits in flight are returned. A sink
+        that cannot say when it committed (logging) wrote a record once ``emit`` returned.
+        After a refusal the rest are not tried (kept in order, stamped)."""
         from gateway.errors import AuditError
 
+        for h in list(self._held):
+            if h.commit is not None:
+                continue  # in flight: queued once, not again
+            try:
+                if isinstance(sink, Recording):
+                    h.commit = sink.submit(h.kind, h.sent_details(), **h.who)
+                    h.commit.add_done_callback(functools.partial(self._settled, h))
+                else:
+                    sink.emit(h.kind, h.sent_details(), **h.who)
+                    self._held.remove(h)
+            except AuditError as e:
+                self._late()
+                _logger.error("%d records held until the log commits them: %s", len(self._held), e)
+                break
+        return [h.commit for h in self._held if h.commit is not None]
+
+    async def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
+        """Hold ``records`` after what is held, ``queue`` them all and wait up to
+        ``COMMIT_WAIT_S`` for their commits (not cancelled when it ends: they stay in flight).
+        Whether every one of them was committed."""
         for kind, details in records:  # held before any wait: a cancelled send loses none
             self.keep(kind, details)
-        async with self._sending:
-            batch = list(self._held)
-            outcome = await _commit(sink, batch)
-            done = {id(h) for h, err in zip(batch, outcome, strict=True) if err is None}
-            self._held = deque(h for h in self._held if id(h) not in done)
-        refused = [(h, err) for h, err in zip(batch, outcome, strict=True) if err is not None]
-        if not refused:
-            return True
+        batch = list(self._held)
+        try:
+            flying = self.queue(sink)
+            if flying:
+                await asyncio.wait(flying, timeout=COMMIT_WAIT_S)
+        except BaseException:
+            self._late()  # cancelled or failed: whatever of it goes again goes stamped
+            raise
+        left = {id(h) for h in self._held}
+        waiting = sum(1 for h in batch if id(h) in left)
+        if waiting:
+            _logger.error("%d records not committed yet, held until they are", waiting)
+        return not waiting
+
+    def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:
+        """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
+        from gateway.errors import AuditError
+
+        if h.commit is not commit:
+            return
+        err = None if commit.cancelled() else commit.exception()
+        if not commit.cancelled() and err is None:
+            with contextlib.suppress(ValueError):  # dropped already (past the cap)
+                self._held.remove(h)
+            return
+        h.commit = None
+        self._late()
+        # a bug, not a refusal, is logged with its trace: the record is kept all the same
+        bug = err is not None and not isinstance(err, AuditError)
+        _logger.error("%s not committed, held: %r", h.kind, err, exc_info=err if bug else None)
+
+    def _late(self) -> None:
+        # sent after records made later: each one not in flight says when it was acted on
         for h in self._held:
-            h.late = True
-        _logger.error("%d records held until the log commits them: %s", len(self._held), refused[0][1])
-        bug = next((e for _, e in refused if not isinstance(e, AuditError)), None)
-        if bug is not None:
-            raise bug  # not a refusal: the records are kept all the same
-        return False
+            if h.commit is None:
+                h.late = True
 
 
 class LoggingSink:

@@ -19,6 +19,7 @@ Components with their own timings call ``observe_policy(seconds)`` and
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -252,24 +253,30 @@ class MetricsSink:
         self.count(event_type, details)
         self.inner.emit(event_type, details, principal=principal, agent=agent)
 
-    async def record(
+    def submit(
         self,
         event_type: Event,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
         agent: str | None = None,
-        timeout: float | None = None,
-    ) -> int | None:
-        """Count, then record and wait for the commit (``events.Recording``): its sequence
-        number, None when not committed. A sink that does not commit (logging) wrote it: 0."""
-        self.count(event_type, details)
+    ) -> asyncio.Future[int]:
+        """Queue and count once committed (``events.Recording``): a held record is offered
+        again after each failed attempt, and counted once. A sink that does not commit
+        (logging) wrote it when ``emit`` returned: counted then, its commit 0."""
         if isinstance(self.inner, Recording):
-            return await self.inner.record(
-                event_type, details, principal=principal, agent=agent, timeout=timeout
-            )
+            commit = self.inner.submit(event_type, details, principal=principal, agent=agent)
+            commit.add_done_callback(lambda c: self._committed(c, event_type, details))
+            return commit
         self.inner.emit(event_type, details, principal=principal, agent=agent)
-        return 0
+        self.count(event_type, details)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.set_result(0)
+        return done
+
+    def _committed(self, commit: asyncio.Future[int], event_type: Event, details: Mapping[str, Any]) -> None:
+        if not commit.cancelled() and commit.exception() is None:
+            self.count(event_type, details)
 
     def count(self, event_type: Event, details: Mapping[str, Any]) -> None:
         """Count one event (never raises: a metrics bug must not lose the event itself)."""

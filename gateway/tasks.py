@@ -64,11 +64,12 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
         seen = await anyio.to_thread.run_sync(verifier.fingerprint)
         await anyio.to_thread.run_sync(verifier.revocations.reload)
         due, wake = anyio.create_memory_object_stream[None](1)
-        # the only record of a CLI approve/revoke (the CLI writes none): a broken log's refusal
-        # is held and sent again at the next pass, not dropped
+        # the only record of a CLI approve/revoke (the CLI writes none): held until the log
+        # commits it. Never waited for here: a stalled disk must not hold the next revoke up
         unsent = verifier.unsent
         async with anyio.create_task_group() as tg:
             tg.start_soon(_refresh_when_due, gw, wake)
+            tg.start_soon(_send_held, gw, verifier, interval)
             while True:
                 if changes is None:
                     await anyio.sleep(interval)
@@ -76,20 +77,28 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
                     await changes.wait(interval)
                 now = await anyio.to_thread.run_sync(verifier.fingerprint)
                 if now == seen:
-                    await unsent.send(gw.events)  # what an earlier pass could not record
                     continue
                 seen = now
-                # in force before its record is waited for: a stalled disk must not hold a revoke up
                 await anyio.to_thread.run_sync(verifier.revocations.reload)
                 _logger.info("approvals or manifests changed: re-verifying the catalogue")
-                # made outside this process (symbi tools approve/revoke, a manifest edit): on the
-                # record (committed, or held) before the rebuild's records
-                fingerprint = {"fingerprint": [str(x) for x in now]}
-                await unsent.send(gw.events, [(Event.TOOL_APPROVALS_CHANGED, fingerprint)])
+                # made outside this process (symbi tools approve/revoke, a manifest edit): queued
+                # before the rebuild's records, not waited for
+                unsent.keep(Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
+                unsent.queue(gw.events)
                 with contextlib.suppress(anyio.WouldBlock):  # one is due already: it sees this too
                     due.send_nowait(None)
 
     return run
+
+
+async def _send_held(gw: Gateway, verifier: ToolVerifier, interval: float) -> None:
+    """Every ``interval``, the held records the log has not committed (refused, or failed by
+    its writer) queued again and waited for: apart from the poll, which a stalled disk must not
+    hold up. One in flight (a stalled commit) is waited on, not queued again."""
+    while True:
+        await anyio.sleep(interval)
+        if len(verifier.unsent):
+            await verifier.unsent.send(gw.events)
 
 
 def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
@@ -98,15 +107,16 @@ def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
     made with (a developer revoking a compromised key, on a running gateway)."""
 
     async def run(gw: Gateway) -> None:
-        unsent = verifier.unsent  # refused by a broken log: sent again at the next pass, not dropped
         while True:
             await anyio.sleep(interval)
             moved = await verifier.keys.changed()
             if not moved:
-                await unsent.send(gw.events)  # what an earlier pass could not record
                 continue
             _logger.warning("discovered keys changed for %s: re-verifying the catalogue", moved)
-            await unsent.send(gw.events, [(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})])
+            # queued ahead of the rebuild's records, not waited for (the approvals poll's sender
+            # does): a stalled disk must not hold the new verdicts (a revoked key) up
+            verifier.unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})
+            verifier.unsent.queue(gw.events)
             await gw.refresh()
 
     return run

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from gateway.audit.log import AuditLog
     from gateway.events import Event, EventSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -507,3 +509,22 @@ def break_audit_log(db: Path) -> None:
     conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
     conn.commit()
     conn.close()
+
+
+class Stall:
+    """The log's writer thread held in a maintenance task (a hung fsync would hold it so):
+    commits hang, the log is not broken. ``end`` lets it go."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self._started, self._release = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=log.maintain, args=(self._hold,), daemon=True)
+        self._thread.start()
+        assert self._started.wait(10)
+
+    def _hold(self, _ctx: object) -> None:
+        self._started.set()
+        self._release.wait(30)
+
+    def end(self) -> None:
+        self._release.set()
+        self._thread.join(10)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 
+from gateway import events
 from gateway.audit.log import AuditLog
 from gateway.audit.record import AuditRecord
 from gateway.audit.store import iter_records
 from gateway.events import Event, LoggingSink, Unsent, record_acted
 from gateway.metrics import GatewayMetrics, MetricsSink
-from tests.conftest import break_audit_log
+from tests.conftest import Stall, break_audit_log
 
 pytestmark = pytest.mark.anyio
 
@@ -114,3 +116,73 @@ async def test_record_acted_drops_a_refused_record_or_holds_it(tmp_path: Path) -
     working.close()
     [revoked] = _tool_records(tmp_path / "b.db")
     assert (revoked.type, revoked.principal) == (SECOND[0], "key:ops")
+
+
+async def test_a_stalled_commit_is_queued_once_however_often_it_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a send's wait ends before the commit; the record stays queued in the writer. Each send
+    # queued another copy (counted as refused): N passes, N copies, the writer's queue growing
+    monkeypatch.setattr(events, "COMMIT_WAIT_S", 0.1)
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+    stall = Stall(log)
+    assert not await unsent.send(log, [FIRST, SECOND])
+    for _ in range(3):
+        assert not await unsent.send(log)  # still in flight: waited on, not queued again
+    assert len(unsent) == 2
+    stall.end()
+    with anyio.fail_after(10):
+        while not await unsent.send(log):  # the sender's next passes
+            pass
+    log.close()
+    assert [r.type for r in _tool_records(tmp_path / "a.db")] == [FIRST[0], SECOND[0]]
+    assert not len(unsent)
+
+
+async def test_a_cancelled_send_leaves_its_records_in_flight(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+    stall = Stall(log)
+    with anyio.move_on_after(0.2):  # the task sending is cancelled while the disk hangs
+        await unsent.send(log, [SECOND])
+    stall.end()
+    assert await unsent.send(log)  # committed once: its queued event, not a copy of it
+    log.close()
+    assert [r.type for r in _tool_records(tmp_path / "a.db")] == [SECOND[0]]
+
+
+async def test_a_cancelled_send_whose_commit_fails_goes_again_stamped(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+    stall = Stall(log)
+    with anyio.move_on_after(0.2):
+        await unsent.send(log, [SECOND])
+    break_audit_log(tmp_path / "a.db")  # the writer, once it moves, cannot commit it
+    stall.end()
+    assert not await unsent.send(log)
+    log.close()
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await unsent.send(working)
+    working.close()
+    [revoked] = _tool_records(tmp_path / "b.db")
+    assert "held_since_ns" in revoked.details  # sent again, after the time it was acted on
+
+
+async def test_the_metrics_tee_counts_a_held_record_once_committed(tmp_path: Path) -> None:
+    metrics = GatewayMetrics()
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+    break_audit_log(tmp_path / "a.db")
+    for _ in range(3):  # failed by the writer, then refused by the broken log
+        assert not await unsent.send(MetricsSink(log, metrics), [FIRST] if not len(unsent) else [])
+    log.close()
+
+    def counted() -> float | None:
+        return metrics.registry.get_sample_value("symbi_audit_events_total", {"event_type": FIRST[0]})
+
+    assert not counted()  # every attempt was counted, none of them recorded
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await unsent.send(MetricsSink(working, metrics))
+    working.close()
+    assert counted() == 1.0

@@ -13,11 +13,13 @@ import anyio
 import pytest
 
 from gateway.app import Gateway
+from gateway.audit.log import AuditLog
 from gateway.config.load import load_config
-from gateway.tasks import poll_approvals
+from gateway.events import Event
+from gateway.tasks import poll_approvals, watch_keys
 from gateway.verify.state import ToolStateStore
 from gateway.verify.verifier import ToolVerifier
-from tests.conftest import RecordingSink, write_config
+from tests.conftest import RecordingSink, Stall, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -95,8 +97,6 @@ async def test_a_revocation_is_acted_on_with_the_audit_log_broken(tmp_path: Path
     """The audit log broken (``on_failure = "deny"``: a closed log here): the record of the
     change raised ``AuditError`` out of the poll, which ended (the gateway with it) before
     the rebuild it asks for. Now the rebuild is asked for all the same."""
-    from gateway.audit.log import AuditLog
-
     config = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), environ={})
     verifier = CountedVerifier(config, RecordingSink())
     cli = ToolStateStore(config.tool_state_path)
@@ -120,4 +120,82 @@ async def test_a_revocation_is_acted_on_with_the_audit_log_broken(tmp_path: Path
     finally:
         with contextlib.suppress(Exception):
             cli.close()
+        verifier.close()
+
+
+class RebuildThatEnds:
+    """The gateway's ``refresh`` faked (counted, returns at once) and its sink a real audit log."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.events = log
+        self.refreshes = 0
+
+    async def refresh(self) -> None:
+        self.refreshes += 1
+
+
+async def test_a_revocation_is_read_while_the_log_is_stalled(tmp_path: Path) -> None:
+    """A stalled writer (commits hang, the log is not broken) with a held record: the poll
+    waited up to COMMIT_WAIT_S (30 s) for its commit each pass, and a `symbi tools revoke`
+    made meanwhile was read only at the next pass: a revoked tool stayed callable."""
+    config = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), environ={})
+    verifier = CountedVerifier(config, RecordingSink())
+    cli = ToolStateStore(config.tool_state_path)
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
+    gw = RebuildThatEnds(log)
+    stall = Stall(log)
+    try:
+        observed(cli, TOOLS[0])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll_approvals(verifier, 0.05), cast(Gateway, gw))
+            with anyio.fail_after(30):
+                while verifier.reads < 2:
+                    await anyio.sleep(0.02)
+            verifier.unsent.keep(
+                Event.TOOL_VERIFICATION, {"tool": "up__x", "status": "revoked"}, refused=True
+            )
+            await anyio.sleep(0.2)  # a few passes with the record held
+            cli.revoke("up", TOOLS[0])
+            with anyio.fail_after(3):  # a few poll intervals, not a commit's wait
+                while ("up", TOOLS[0]) not in verifier.revocations.tools or not gw.refreshes:
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+    finally:
+        stall.end()
+        log.close()
+        cli.close()
+        verifier.close()
+
+
+async def test_a_key_change_asks_for_the_rebuild_while_the_log_is_stalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys watch waited for its record's commit before the rebuild: with a stalled writer
+    a revoked key's tools kept their old verdicts up to COMMIT_WAIT_S."""
+    config = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), environ={})
+    verifier = ToolVerifier(config, RecordingSink())
+    moved = [["up"]]
+
+    async def changed() -> list[str]:  # the seam faked: the upstream's key was revoked once
+        return moved.pop() if moved else []
+
+    monkeypatch.setattr(verifier.keys, "changed", changed)
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
+    gw = RebuildThatEnds(log)
+    stall = Stall(log)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_keys(verifier, 0.05), cast(Gateway, gw))
+            with anyio.fail_after(3):
+                while not gw.refreshes:
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+        assert [kind for kind, _ in verifier.unsent.held()] == [Event.TOOL_KEYS_CHANGED]  # in flight
+        stall.end()
+        with anyio.fail_after(10):
+            while verifier.unsent.held():  # committed once the writer moves
+                await anyio.sleep(0.02)
+    finally:
+        stall.end()
+        log.close()
         verifier.close()

@@ -289,6 +289,26 @@ class AuditLog:
                     waiter.cancel()
                 waits.settled()
 
+    def submit(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> asyncio.Future[int]:
+        """Queue one event now (an event emitted after it is written after it) and return its
+        commit: settled with its sequence number, or with the writer's error. No timeout: on a
+        stalled disk it stays pending and the event queued, once (``events.Unsent`` waits on it
+        a while, then again later, without queueing a copy).
+
+        Raises:
+            AuditError: refused before it was queued (the log is closed or broken).
+        """
+        commit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._put(event_item(event_type, details, principal, agent, None, commit))
+        return commit
+
     def append(
         self,
         event_type: str,

@@ -97,8 +97,8 @@ class ToolVerifier:
     ) -> None:
         self._config = config
         self._events = events
-        # records the log refused (state.observe saved the change; a CLI approve/revoke the
-        # approvals poll noticed): sent again, in order, at the next rebuild or poll
+        # records not committed yet (state.observe saved the change; a CLI approve/revoke the
+        # approvals poll noticed): queued in order, re-queued until committed (tasks._send_held)
         self.unsent = Unsent()
         self._builtins = builtins
         # built-ins whose tools run agent code (the sandbox); default: all of them
@@ -216,8 +216,8 @@ class ToolVerifier:
         # prompts, resources and templates are screened with the catalogue (screen_listings)
         listed = {n: i for n, i in infos.items() if is_listed(n)}
         proper = {n: i for n, i in infos.items() if n not in listed}
-        # what an earlier pass could not record, then this rebuild's: one wait for their commit
-        await self.unsent.send(self._events)
+        # queued ahead of the screening's, not waited for: a stalled disk must not hold the swap
+        self.unsent.queue(self._events)
         return {**self._screening.tools(proper, self._builtins, accepted), **listed}
 
     def screen_listings(self, catalog: Listings) -> None:
@@ -247,7 +247,7 @@ class ToolVerifier:
                 lambda: self._assess_with_state(upstream, entries, present, trust, pending)
             )
         finally:
-            # held, sent when the rebuild is assessed (``assess``): a refused record must not
+            # held, queued when the rebuild is assessed (``assess``): a refused record must not
             # keep the new catalogue (a revocation) out
             for kind, details in pending:
                 self.unsent.keep(kind, details)

@@ -15,7 +15,7 @@ from gateway.assemble import make_gateway
 from gateway.config import load_config
 from gateway.events import Event
 from gateway.verify.state import ToolStateStore
-from tests.conftest import everything_stdio_config, require_peers
+from tests.conftest import Stall, everything_stdio_config, require_peers
 
 pytestmark = pytest.mark.anyio
 
@@ -43,3 +43,29 @@ async def test_a_revocation_is_put_in_force_with_the_audit_log_broken(tmp_path: 
         assert [kind for kind, _ in held[:2]] == [Event.TOOL_APPROVALS_CHANGED, Event.TOOL_VERIFICATION], held
         assert held[1][1]["tool"] == "everything__echo" and held[1][1]["status"] == "revoked", held
         assert all("held_since_ns" in details for _, details in held)  # sent late: when it was acted on
+
+
+async def test_a_revocation_swaps_the_catalogue_with_the_audit_log_stalled(tmp_path: Path) -> None:
+    """A stalled writer (commits hang, the log not broken): the rebuild waited for its held
+    records' commit (up to COMMIT_WAIT_S, 30 s) before the new catalogue was installed, so a
+    revoked tool kept its old verdict meanwhile. Now the catalogue is swapped at once."""
+    require_peers()
+    extra = "[mcp]\nrecheck_interval_s = 60\n"  # no poll during the test: the rebuild alone
+    cfg = load_config(everything_stdio_config(tmp_path, "warn", extra=extra), {})
+    gw = make_gateway(cfg)
+    async with gw.running():
+        assert gw.audit is not None and "everything__echo" in gw.catalog.tools
+        stall = Stall(gw.audit)
+        try:
+            cli = ToolStateStore(cfg.tool_state_path)
+            cli.revoke("everything", "echo")
+            cli.close()
+            with anyio.fail_after(5):
+                await gw.refresh()
+            assert gw.catalog.tools["everything__echo"].info.verification == "revoked"
+            held = gw.verifier.unsent.held()
+            assert any(d.get("tool") == "everything__echo" for _, d in held), held  # in flight
+        finally:
+            stall.end()
+        with anyio.fail_after(10):
+            assert await gw.verifier.unsent.send(gw.events)  # committed once the writer moved

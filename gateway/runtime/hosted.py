@@ -151,6 +151,8 @@ class HostedAgents:
                 self.refusing.add(name)  # its lease's holder lets it go to a replica that can
                 try:
                     await anyio.sleep(AUDIT_RETRY_S)
+                    if ac.start == "on-demand":  # the refused run was asked for: asked again
+                        self._wake[name].set()  # (cancelled in the sleep when passed on: not twice)
                 finally:
                     self.refusing.discard(name)
 

@@ -30,6 +30,7 @@ from gateway.config.sections import AgentConfig, GatewaySection, ResourcesSectio
 from gateway.context import Principal
 from gateway.errors import AuditError
 from gateway.runtime import AgentState
+from gateway.runtime import hosted as hosted_module
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import HostedAgents, interval_s
@@ -725,3 +726,30 @@ async def test_a_displacement_with_an_initializing_victim_displaces_none_of_them
         assert await h._run_once("hi", ac) == "failed"
     assert ready.state is AgentState.READY and low.state is AgentState.INITIALIZING
     assert rt.pool.as_json() == placed
+
+
+async def test_an_on_demand_start_refused_by_a_broken_log_is_run_once_the_log_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's start was refused (the log broken when the run was to start); after the
+    retry wait the supervisor waited for a new start: the one asked for was dropped."""
+    monkeypatch.setattr(hosted_module, "AUDIT_RETRY_S", 0.2)  # the retry's wait, not under test
+    od = AgentConfig(command="/usr/bin/true", sandbox="bwrap", start="on-demand", restart="never")
+    rec = BreakingRecorder()
+    h, _, _ = _bwrap_host(tmp_path, rec=rec, od=od)
+    rec.broken = True
+    h._wake["od"].set()  # the operator's start
+
+    async def mend() -> None:
+        while "od" not in h.refusing:
+            await anyio.sleep(0.02)  # the run refused
+        rec.broken = False
+
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mend)
+            tg.start_soon(h._supervise, "od", od)
+            while h.runs["od"] < 1:  # before: never (the start was dropped)
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert h.runs["od"] == 1 and "od" not in h.refusing

@@ -358,16 +358,22 @@ class Unsent:
 
         if h.commit is not commit:
             return
+        # a cancelled wait leaves the event in the writer's queue: written, not queued again
         err = None if commit.cancelled() else commit.exception()
-        if not commit.cancelled() and err is None:
+        if err is None:
             with contextlib.suppress(ValueError):  # dropped already (past the cap)
                 self._held.remove(h)
             return
-        h.commit = None
-        self._late()
-        # a bug, not a refusal, is logged with its trace: the record is kept all the same
-        bug = err is not None and not isinstance(err, AuditError)
-        _logger.error("%s not committed, held: %r", h.kind, err, exc_info=err if bug else None)
+        h.commit, h.late = None, True  # (this one only: a batch failing at once is not N² work)
+        # a bug, not a refusal, is logged with its trace; a refusal is counted by ``send``
+        bug = not isinstance(err, AuditError)
+        _logger.log(
+            logging.ERROR if bug else logging.DEBUG,
+            "%s not committed, held: %r",
+            h.kind,
+            err,
+            exc_info=err if bug else None,
+        )
 
     def _late(self) -> None:
         # sent after records made later: each one not in flight says when it was acted on

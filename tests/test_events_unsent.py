@@ -33,7 +33,7 @@ def _closed(tmp_path: Path) -> AuditLog:
     return log
 
 
-def _tool_records(db: Path) -> list[AuditRecord]:
+def tool_records(db: Path) -> list[AuditRecord]:
     with sqlite3.connect(db) as conn:
         return [r for r in iter_records(conn) if r.type.startswith("tool.")]
 
@@ -51,7 +51,7 @@ async def test_refused_records_are_held_in_order_and_sent_when_a_log_takes_them(
     assert await unsent.send(working)
     working.close()
     assert unsent.held() == []
-    records = _tool_records(tmp_path / "b.db")
+    records = tool_records(tmp_path / "b.db")
     assert [r.type for r in records] == [FIRST[0], SECOND[0]]
     assert records[0].details["fingerprint"] == ["1"]
     assert records[1].details["status"] == "revoked"
@@ -67,7 +67,7 @@ async def test_records_a_writer_took_and_then_failed_are_kept_and_sent_later(tmp
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
     assert await unsent.send(working)
     working.close()
-    assert [r.type for r in _tool_records(tmp_path / "b.db")] == [FIRST[0], SECOND[0]]
+    assert [r.type for r in tool_records(tmp_path / "b.db")] == [FIRST[0], SECOND[0]]
 
 
 async def test_through_the_metrics_tee_too(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ async def test_a_record_sent_late_carries_when_it_was_acted_on(tmp_path: Path) -
     assert await working.record(Event.TOOL_DRIFT, {"tool": "s__u"}) is not None  # recorded at once, later
     assert await unsent.send(working, [FIRST])  # FIRST went at once: no stamp
     working.close()
-    drift, revoked, prompt = _tool_records(tmp_path / "b.db")
+    drift, revoked, prompt = tool_records(tmp_path / "b.db")
     assert [drift.type, revoked.type, prompt.type] == [Event.TOOL_DRIFT, SECOND[0], FIRST[0]]
     # the timeline: the revocation took effect before the drift recorded ahead of it
     assert revoked.details["held_since_ns"] < drift.ts_ns < revoked.ts_ns
@@ -114,7 +114,7 @@ async def test_record_acted_drops_a_refused_record_or_holds_it(tmp_path: Path) -
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
     assert await unsent.send(working)
     working.close()
-    [revoked] = _tool_records(tmp_path / "b.db")
+    [revoked] = tool_records(tmp_path / "b.db")
     assert (revoked.type, revoked.principal) == (SECOND[0], "key:ops")
 
 
@@ -136,7 +136,7 @@ async def test_a_stalled_commit_is_queued_once_however_often_it_is_sent(
         while not await unsent.send(log):  # the sender's next passes
             pass
     log.close()
-    assert [r.type for r in _tool_records(tmp_path / "a.db")] == [FIRST[0], SECOND[0]]
+    assert [r.type for r in tool_records(tmp_path / "a.db")] == [FIRST[0], SECOND[0]]
     assert not len(unsent)
 
 
@@ -149,7 +149,7 @@ async def test_a_cancelled_send_leaves_its_records_in_flight(tmp_path: Path) -> 
     stall.end()
     assert await unsent.send(log)  # committed once: its queued event, not a copy of it
     log.close()
-    assert [r.type for r in _tool_records(tmp_path / "a.db")] == [SECOND[0]]
+    assert [r.type for r in tool_records(tmp_path / "a.db")] == [SECOND[0]]
 
 
 async def test_a_cancelled_send_whose_commit_fails_goes_again_stamped(tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ async def test_a_cancelled_send_whose_commit_fails_goes_again_stamped(tmp_path: 
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
     assert await unsent.send(working)
     working.close()
-    [revoked] = _tool_records(tmp_path / "b.db")
+    [revoked] = tool_records(tmp_path / "b.db")
     assert "held_since_ns" in revoked.details  # sent again, after the time it was acted on
 
 

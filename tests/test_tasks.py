@@ -20,6 +20,7 @@ from gateway.tasks import poll_approvals, watch_keys
 from gateway.verify.state import ToolStateStore
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import RecordingSink, Stall, write_config
+from tests.test_events_unsent import tool_records
 
 pytestmark = pytest.mark.anyio
 
@@ -197,5 +198,28 @@ async def test_a_key_change_asks_for_the_rebuild_while_the_log_is_stalled(
                 await anyio.sleep(0.02)
     finally:
         stall.end()
+        log.close()
+        verifier.close()
+
+
+async def test_a_held_record_is_sent_by_the_poll_with_no_change_to_carry_it(tmp_path: Path) -> None:
+    """The poll's sender task: a record held (refused once) reaches the log within a few
+    intervals though no approval changed, once, stamped with when it was acted on. Without
+    the task it waited for the next rebuild or key change, however long."""
+    config = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), environ={})
+    verifier = ToolVerifier(config, RecordingSink())
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
+    gw = RebuildThatEnds(log)
+    try:
+        verifier.unsent.keep(Event.TOOL_VERIFICATION, {"tool": "up__x", "status": "revoked"}, refused=True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll_approvals(verifier, 0.05), cast(Gateway, gw))
+            with anyio.fail_after(10):
+                while len(verifier.unsent):
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+        sent = [r for r in tool_records(tmp_path / "audit.db") if r.type == Event.TOOL_VERIFICATION]
+        assert len(sent) == 1 and "held_since_ns" in sent[0].details
+    finally:
         log.close()
         verifier.close()

@@ -192,45 +192,21 @@ class EventSink(Protocol):
         """
 
 
-def record_acted(
-    sink: EventSink,
-    event_type: Event,
-    details: Mapping[str, Any],
-    *,
-    hold: Unsent | None = None,
-    **who: str | None,
-) -> bool:
+def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any], **who: str | None) -> bool:
     """Record a change a background task acts on whatever the audit log says; whether it was.
     With the log broken (``audit.on_failure = "deny"``) ``emit`` raises ``AuditError``: out of
     a background task it ended the task, and the gateway's task group with it, before the
     change was acted on. Every call is refused meanwhile (the audit step), /readyz says why.
-    Refused: dropped (logged), or with ``hold`` kept there, sent again (until committed) from
-    its next ``queue``: for the only record of a change."""
+    The only record of a change is not made here but held first (``Unsent.keep``, then
+    ``queue``): it goes to the log ahead of what follows and is sent again until committed."""
     from gateway.errors import AuditError
 
     try:
         sink.emit(event_type, details, **who)
         return True
     except AuditError as e:
-        _refused(event_type, details, who, e, hold)
+        _logger.error("%s not recorded (acted on all the same): %s", event_type, e)
         return False
-
-
-def _refused(
-    event_type: Event,
-    details: Mapping[str, Any],
-    who: Mapping[str, str | None],
-    err: Exception,
-    hold: Unsent | None,
-) -> None:
-    """The one place a record the log refused is dropped or held: dropped (logged) what a
-    background task acts on all the same, held to send again the only record of a change
-    (``Unsent``; a record it sent is held already)."""
-    if hold is None:
-        _logger.error("%s not recorded (acted on all the same): %s", event_type, err)
-        return
-    hold.keep(event_type, details, who, refused=True)
-    _logger.error("%s held, %d records in all, until the log commits them: %s", event_type, len(hold), err)
 
 
 @runtime_checkable
@@ -258,10 +234,10 @@ COMMIT_WAIT_S = 30.0
 
 
 class _Held:
-    __slots__ = ("commit", "details", "kind", "late", "since_ns", "who")
+    __slots__ = ("commit", "details", "kind", "late", "since_ns")
 
-    def __init__(self, kind: Event, details: Mapping[str, Any], who: Mapping[str, str | None]) -> None:
-        self.kind, self.details, self.who = kind, details, who
+    def __init__(self, kind: Event, details: Mapping[str, Any]) -> None:
+        self.kind, self.details = kind, details
         self.since_ns = time.time_ns()  # when the task acted on it
         self.late = False  # refused once: stamped with since_ns when it is sent
         self.commit: asyncio.Future[int] | None = None  # queued in the log, not committed yet
@@ -296,13 +272,12 @@ class Unsent:
         self,
         kind: Event,
         details: Mapping[str, Any],
-        who: Mapping[str, str | None] | None = None,
         *,
         refused: bool = False,
     ) -> None:
         """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
         log refused it once, so it goes late, stamped)."""
-        held = _Held(kind, details, who or {})
+        held = _Held(kind, details)
         held.late = refused
         self._held.append(held)
         while len(self._held) > self._cap:
@@ -321,10 +296,10 @@ class Unsent:
                 continue  # in flight: queued once, not again
             try:
                 if isinstance(sink, Recording):
-                    h.commit = sink.submit(h.kind, h.sent_details(), **h.who)
+                    h.commit = sink.submit(h.kind, h.sent_details())
                     h.commit.add_done_callback(functools.partial(self._settled, h))
                 else:
-                    sink.emit(h.kind, h.sent_details(), **h.who)
+                    sink.emit(h.kind, h.sent_details())
                     self._held.remove(h)
             except AuditError as e:
                 self._late()

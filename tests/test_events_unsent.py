@@ -104,15 +104,10 @@ async def test_past_its_bound_the_oldest_are_dropped(tmp_path: Path) -> None:
     assert [d["upstreams"] for _, d in unsent.held()] == [["1"], ["2"]]  # the newest kept, in order
 
 
-async def test_record_acted_drops_a_refused_record_or_holds_it(tmp_path: Path) -> None:
-    broken, unsent = _closed(tmp_path), Unsent()
+async def test_record_acted_drops_a_refused_record_and_says_so(tmp_path: Path) -> None:
+    broken, working = _closed(tmp_path), AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
     assert not record_acted(broken, *FIRST)  # acted on all the same: dropped, logged
-    assert unsent.held() == []
-    assert not record_acted(broken, *SECOND, hold=unsent, principal="key:ops")  # the only record: held
-    [(kind, details)] = unsent.held()
-    assert (kind, details["status"], "held_since_ns" in details) == (SECOND[0], "revoked", True)
-    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    assert await unsent.send(working)
+    assert record_acted(working, *SECOND, principal="key:ops")
     working.close()
     [revoked] = tool_records(tmp_path / "b.db")
     assert (revoked.type, revoked.principal) == (SECOND[0], "key:ops")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from gateway.config import load_config
 from gateway.context import CallContext, Principal
 from gateway.errors import AuditError
 from tests.conftest import write_config
-from tests.upstream.test_restart import mutable_copy, pids_running
+from tests.upstream.test_restart import FAST_RESTARTS, mut_table, mutable_copy, pids_running
 
 pytestmark = pytest.mark.anyio
 
@@ -34,20 +33,14 @@ async def test_a_breaker_opened_with_the_log_broken_fails_its_call_not_the_gatew
         tmp_path,
         f"""
         [mcp]
-        restart_backoff_initial_s = 0.2
-        restart_backoff_max_s = 1.0
-
+        {FAST_RESTARTS}
         [runtime.breaker]
         failures = 1
 
         [sandbox]
         code_tools = false
 
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{script}"]
-        verification = "warn"
-        """,
+        {mut_table(script)}        """,
     )
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():

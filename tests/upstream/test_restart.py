@@ -39,6 +39,15 @@ def mutable_copy(tmp_path: Path) -> Path:
     return script
 
 
+# [mcp] keys: a killed upstream is back within a second
+FAST_RESTARTS = "restart_backoff_initial_s = 0.2\nrestart_backoff_max_s = 1.0\n"
+
+
+def mut_table(script: Path) -> str:
+    """The [servers.mut] table of ``mutable_copy``'s server."""
+    return f'[servers.mut]\ncommand = "{sys.executable}"\nargs = ["{script}"]\nverification = "warn"\n'
+
+
 async def test_killed_upstream_comes_back_and_others_keep_working(tmp_path: Path) -> None:
     require_peers()
     script = mutable_copy(tmp_path)
@@ -46,13 +55,8 @@ async def test_killed_upstream_comes_back_and_others_keep_working(tmp_path: Path
         tmp_path,
         f"""
         [mcp]
-        restart_backoff_initial_s = 0.2
-        restart_backoff_max_s = 1.0
-
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{script}"]
-        verification = "warn"
+        {FAST_RESTARTS}
+        {mut_table(script)}
 
         [servers.everything]
         command = "node"

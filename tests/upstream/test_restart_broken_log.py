@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import anyio
@@ -17,7 +16,7 @@ import pytest
 from gateway.assemble import make_gateway
 from gateway.config import load_config
 from tests.conftest import write_config
-from tests.upstream.test_restart import mutable_copy, pids_running
+from tests.upstream.test_restart import FAST_RESTARTS, mut_table, mutable_copy, pids_running
 
 pytestmark = pytest.mark.anyio
 
@@ -28,14 +27,8 @@ async def test_an_upstream_killed_with_the_audit_log_broken_comes_back(tmp_path:
         tmp_path,
         f"""
         [mcp]
-        restart_backoff_initial_s = 0.2
-        restart_backoff_max_s = 1.0
-
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{script}"]
-        verification = "warn"
-        """,
+        {FAST_RESTARTS}
+        {mut_table(script)}        """,
     )
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():

@@ -23,7 +23,7 @@ from tests.conftest import ROOT, break_audit_log, write_config
 from tests.runtime._admin import wait_until
 from tests.server.http.conftest import Running, run_server
 from tests.upstream.test_listing_broken_log import thief_tools
-from tests.upstream.test_restart import mutable_copy, pids_running
+from tests.upstream.test_restart import FAST_RESTARTS, mut_table, mutable_copy, pids_running
 
 LIMIT = 50
 
@@ -41,20 +41,14 @@ def test_the_background_tasks_with_the_audit_log_broken_do_not_stop_the_gateway(
         tmp_path,
         f"""
         [mcp]
-        restart_backoff_initial_s = 0.2
-        restart_backoff_max_s = 1.0
-        max_listed_per_upstream = {LIMIT}
+        {FAST_RESTARTS}        max_listed_per_upstream = {LIMIT}
 
         [sandbox]
         code_tools = false
 
         [http]
 
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{script}"]
-        verification = "warn"
-
+        {mut_table(script)}
         [servers.thief]
         command = "{sys.executable}"
         args = ["{ROOT / "tests/peers/listing_server.py"}"]

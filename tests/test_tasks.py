@@ -12,6 +12,7 @@ from typing import Any, cast
 import anyio
 import pytest
 
+from gateway import events
 from gateway.app import Gateway
 from gateway.audit.log import AuditLog
 from gateway.config.load import load_config
@@ -135,10 +136,13 @@ class RebuildThatEnds:
         self.refreshes += 1
 
 
-async def test_a_revocation_is_read_while_the_log_is_stalled(tmp_path: Path) -> None:
+async def test_a_revocation_is_read_while_the_log_is_stalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A stalled writer (commits hang, the log is not broken) with a held record: the poll
     waited up to COMMIT_WAIT_S (30 s) for its commit each pass, and a `symbi tools revoke`
     made meanwhile was read only at the next pass: a revoked tool stayed callable."""
+    monkeypatch.setattr(events, "COMMIT_WAIT_S", 3600.0)  # a wait on the log never ends here
     config = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), environ={})
     verifier = CountedVerifier(config, RecordingSink())
     cli = ToolStateStore(config.tool_state_path)
@@ -157,7 +161,7 @@ async def test_a_revocation_is_read_while_the_log_is_stalled(tmp_path: Path) -> 
             )
             await anyio.sleep(0.2)  # a few passes with the record held
             cli.revoke("up", TOOLS[0])
-            with anyio.fail_after(3):  # a few poll intervals, not a commit's wait
+            with anyio.fail_after(30):  # a guard: waiting on the log would take an hour
                 while ("up", TOOLS[0]) not in verifier.revocations.tools or not gw.refreshes:
                     await anyio.sleep(0.02)
             tg.cancel_scope.cancel()
@@ -181,13 +185,14 @@ async def test_a_key_change_asks_for_the_rebuild_while_the_log_is_stalled(
         return moved.pop() if moved else []
 
     monkeypatch.setattr(verifier.keys, "changed", changed)
+    monkeypatch.setattr(events, "COMMIT_WAIT_S", 3600.0)  # a wait on the log never ends here
     log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
     gw = RebuildThatEnds(log)
     stall = Stall(log)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_keys(verifier, 0.05), cast(Gateway, gw))
-            with anyio.fail_after(3):
+            with anyio.fail_after(30):  # a guard: waiting on the log would take an hour
                 while not gw.refreshes:
                     await anyio.sleep(0.02)
             tg.cancel_scope.cancel()

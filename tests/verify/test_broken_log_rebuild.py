@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from gateway import events
 from gateway.assemble import make_gateway
 from gateway.config import load_config
 from gateway.events import Event
@@ -45,11 +46,14 @@ async def test_a_revocation_is_put_in_force_with_the_audit_log_broken(tmp_path: 
         assert all("held_since_ns" in details for _, details in held)  # sent late: when it was acted on
 
 
-async def test_a_revocation_swaps_the_catalogue_with_the_audit_log_stalled(tmp_path: Path) -> None:
+async def test_a_revocation_swaps_the_catalogue_with_the_audit_log_stalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A stalled writer (commits hang, the log not broken): the rebuild waited for its held
     records' commit (up to COMMIT_WAIT_S, 30 s) before the new catalogue was installed, so a
     revoked tool kept its old verdict meanwhile. Now the catalogue is swapped at once."""
     require_peers()
+    monkeypatch.setattr(events, "COMMIT_WAIT_S", 3600.0)  # a wait on the log never ends here
     extra = "[mcp]\nrecheck_interval_s = 60\n"  # no poll during the test: the rebuild alone
     cfg = load_config(everything_stdio_config(tmp_path, "warn", extra=extra), {})
     gw = make_gateway(cfg)
@@ -60,7 +64,7 @@ async def test_a_revocation_swaps_the_catalogue_with_the_audit_log_stalled(tmp_p
             cli = ToolStateStore(cfg.tool_state_path)
             cli.revoke("everything", "echo")
             cli.close()
-            with anyio.fail_after(5):
+            with anyio.fail_after(30):  # a guard: waiting on the log would take an hour
                 await gw.refresh()
             assert gw.catalog.tools["everything__echo"].info.verification == "revoked"
             held = gw.verifier.unsent.held()

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pytest
 
@@ -523,8 +523,16 @@ class Stall:
 
     def _hold(self, _ctx: object) -> None:
         self._started.set()
-        self._release.wait(30)
+        # past every test's guard (a stall that ended by itself let a test that waited on the
+        # log pass); every user calls ``end``, in a ``finally``
+        self._release.wait(600)
 
     def end(self) -> None:
         self._release.set()
         self._thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()

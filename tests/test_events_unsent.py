@@ -121,12 +121,11 @@ async def test_a_stalled_commit_is_queued_once_however_often_it_is_sent(
     monkeypatch.setattr(events, "COMMIT_WAIT_S", 0.1)
     log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
     unsent = Unsent()
-    stall = Stall(log)
-    assert not await unsent.send(log, [FIRST, SECOND])
-    for _ in range(3):
-        assert not await unsent.send(log)  # still in flight: waited on, not queued again
-    assert len(unsent) == 2
-    stall.end()
+    with Stall(log):
+        assert not await unsent.send(log, [FIRST, SECOND])
+        for _ in range(3):
+            assert not await unsent.send(log)  # still in flight: waited on, not queued again
+        assert len(unsent) == 2
     with anyio.fail_after(10):
         while not await unsent.send(log):  # the sender's next passes
             pass
@@ -138,10 +137,8 @@ async def test_a_stalled_commit_is_queued_once_however_often_it_is_sent(
 async def test_a_cancelled_send_leaves_its_records_in_flight(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
     unsent = Unsent()
-    stall = Stall(log)
-    with anyio.move_on_after(0.2):  # the task sending is cancelled while the disk hangs
+    with Stall(log), anyio.move_on_after(0.2):  # the task sending is cancelled while the disk hangs
         await unsent.send(log, [SECOND])
-    stall.end()
     assert await unsent.send(log)  # committed once: its queued event, not a copy of it
     log.close()
     assert [r.type for r in tool_records(tmp_path / "a.db")] == [SECOND[0]]
@@ -150,11 +147,10 @@ async def test_a_cancelled_send_leaves_its_records_in_flight(tmp_path: Path) -> 
 async def test_a_cancelled_send_whose_commit_fails_goes_again_stamped(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
     unsent = Unsent()
-    stall = Stall(log)
-    with anyio.move_on_after(0.2):
-        await unsent.send(log, [SECOND])
-    break_audit_log(tmp_path / "a.db")  # the writer, once it moves, cannot commit it
-    stall.end()
+    with Stall(log):
+        with anyio.move_on_after(0.2):
+            await unsent.send(log, [SECOND])
+        break_audit_log(tmp_path / "a.db")  # the writer, once it moves, cannot commit it
     assert not await unsent.send(log)
     log.close()
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")

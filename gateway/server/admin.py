@@ -53,8 +53,9 @@ if TYPE_CHECKING:
     from gateway.server.http import HttpState
 
 
-def _unavailable(what: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": "unavailable", "component": what, "reason": reason}, status_code=503)
+def _unavailable(what: str, reason: str, code: str | None = None) -> JSONResponse:
+    body = {"error": "unavailable", "component": what, "reason": reason}
+    return JSONResponse(body if code is None else {**body, "code": code}, status_code=503)
 
 
 def _err(status: int, error: str, reason: str) -> JSONResponse:
@@ -63,7 +64,10 @@ def _err(status: int, error: str, reason: str) -> JSONResponse:
 
 def _refused(e: ApprovalError) -> JSONResponse:
     if e.status == 503:
-        return _unavailable("audit" if isinstance(e, ApprovalUnrecordable) else "verification", e.message)
+        # with its code, as every other 503 of an operator action (``operations.unrecordable``)
+        return _unavailable(
+            "audit" if isinstance(e, ApprovalUnrecordable) else "verification", e.message, e.code
+        )
     error = {404: "not_found", 400: "bad_request"}.get(e.status, "conflict")
     return JSONResponse({"error": error, "code": e.code, "reason": e.message}, status_code=e.status)
 

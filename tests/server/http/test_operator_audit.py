@@ -7,13 +7,12 @@ broken as a full disk would break it (a trigger refusing every insert)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 
 from gateway.config import load_config
-from gateway.errors import AuditError
+from gateway.errors import ApprovalUnrecordable, AuditError
 from gateway.server.dashboard import COOKIE
 from tests.conftest import break_audit_log
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
@@ -63,6 +62,8 @@ def test_an_operator_action_the_audit_log_cannot_record_is_not_carried_out(tmp_p
             503
         ] * 5  # the last three were 500 before (done, unrecorded)
         assert {r.json()["component"] for r in refused} == {"audit"}
+        codes = [AuditError.code] * 2 + [ApprovalUnrecordable.code] + [AuditError.code] * 2
+        assert [r.json()["code"] for r in refused] == codes  # the approval's had none
         [after] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
         assert after["state"] == agent["state"] != "terminated"
         _still_pending(run.base, admin)
@@ -96,7 +97,9 @@ def test_a_hosted_run_and_a_dashboard_approval_are_refused_with_the_log_broken(t
 
         r = httpx.post(run.base + "/api/agents/idle/run", headers=admin)
         assert r.status_code == 503 and r.json()["code"] == AuditError.code, r.text
-        time.sleep(0.5)  # a start requested would have registered the agent by now
+        gw = run.state.gateway
+        assert gw is not None and gw.hosted is not None
+        assert not gw.hosted._wake["idle"].is_set() and not gw.hosted.runs.get("idle")  # not asked to start
         agents = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
         assert not [a for a in agents if a.get("name") == "idle"], agents  # nothing ran
 

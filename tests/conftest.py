@@ -363,6 +363,10 @@ def policy_config(tmp_path: Path, rego: str, servers: str, name: str = "symbi.to
     return write_config(tmp_path, head + textwrap.dedent(servers), name=name)
 
 
+# the [mcp] keys that bring a killed upstream back within a second
+FAST_RESTARTS = "restart_backoff_initial_s = 0.2\nrestart_backoff_max_s = 1.0\n"
+
+
 def mutable_config(tmp_path: Path, before: str = "", copy_as: str | None = None) -> Path:
     """A config whose one upstream is ``mut`` (tests/peers/mutable_server.py, verification
     ``warn``), code tools off; ``before``: more of the config ahead of it (dedented);

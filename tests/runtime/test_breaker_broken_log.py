@@ -19,8 +19,8 @@ from gateway.assemble import make_gateway
 from gateway.config import load_config
 from gateway.context import CallContext, Principal
 from gateway.errors import AuditError
-from tests.conftest import write_config
-from tests.upstream.test_restart import FAST_RESTARTS, mut_table, mutable_copy, pids_running
+from tests.conftest import FAST_RESTARTS, mutable_config
+from tests.upstream.test_restart import pids_running
 
 pytestmark = pytest.mark.anyio
 
@@ -28,20 +28,9 @@ TESTER = Principal(id="tester", roles=("tester",), source="key")
 
 
 async def test_a_breaker_opened_with_the_log_broken_fails_its_call_not_the_gateway(tmp_path: Path) -> None:
-    script = mutable_copy(tmp_path)
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [mcp]
-        {FAST_RESTARTS}
-        [runtime.breaker]
-        failures = 1
-
-        [sandbox]
-        code_tools = false
-
-        {mut_table(script)}        """,
-    )
+    before = f"[mcp]\n{FAST_RESTARTS}[runtime.breaker]\nfailures = 1\n"
+    cfg = mutable_config(tmp_path, before, copy_as="mutable_copy.py")
+    script = tmp_path / "mutable_copy.py"  # a path of this test's own: killed by it
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():
         up = gw.upstreams["mut"]

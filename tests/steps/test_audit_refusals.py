@@ -18,6 +18,7 @@ from gateway.audit.refusals import RefusalTally
 from gateway.context import CallContext, Principal
 from gateway.errors import AuditError, GatewayError, PolicyDenied, UnknownTool, UpstreamError
 from gateway.steps.audit import AuditStep
+from tests.conftest import break_audit_log
 
 PER_WINDOW = 5
 
@@ -124,10 +125,7 @@ def test_a_counted_refusal_still_fails_closed_when_the_log_is_down(log: AuditLog
             await _run(step, _call(), _denied)
 
     asyncio.run(spend())
-    conn = sqlite3.connect(tmp_path / "audit.db")  # every insert fails from now on
-    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
-    conn.commit()
-    conn.close()
+    break_audit_log(tmp_path / "audit.db")  # every insert fails from now on
     log.emit("gateway.event", {})  # a lost emit breaks the log
     with pytest.raises(AuditError):
         log.flush()

@@ -18,6 +18,7 @@ from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config import load_config
 from gateway.events import Event
+from tests.conftest import FAST_RESTARTS
 from tests.upstream.test_listing import LIMIT, config
 
 pytestmark = pytest.mark.anyio
@@ -49,7 +50,7 @@ async def test_a_list_changed_over_the_limit_with_the_log_broken_serves_none_of_
 
 async def test_a_connect_over_the_limit_with_the_log_broken_is_not_restarted(tmp_path: Path) -> None:
     cfg, files = config(tmp_path, {"thief": {"many_tools": 3}})
-    fast = "[mcp]\nrestart_backoff_initial_s = 0.2\nrestart_backoff_max_s = 1.0\n"
+    fast = f"[mcp]\n{FAST_RESTARTS}"
     cfg.write_text(cfg.read_text().replace("[mcp]\n", fast, 1))
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
-from tests.conftest import EVERYTHING_JS, ROOT, require_peers, write_config
+from tests.conftest import EVERYTHING_JS, FAST_RESTARTS, mutable_config, require_peers
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -31,39 +29,21 @@ def pids_running(script: Path) -> list[int]:
     return out
 
 
-def mutable_copy(tmp_path: Path) -> Path:
-    """tests/peers/mutable_server.py at a path of this test's own: a kill by its path
-    (``pids_running``) finds only this test's process."""
-    script = tmp_path / "mutable_copy.py"
-    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
-    return script
-
-
-# [mcp] keys: a killed upstream is back within a second
-FAST_RESTARTS = "restart_backoff_initial_s = 0.2\nrestart_backoff_max_s = 1.0\n"
-
-
-def mut_table(script: Path) -> str:
-    """The [servers.mut] table of ``mutable_copy``'s server."""
-    return f'[servers.mut]\ncommand = "{sys.executable}"\nargs = ["{script}"]\nverification = "warn"\n'
-
-
 async def test_killed_upstream_comes_back_and_others_keep_working(tmp_path: Path) -> None:
     require_peers()
-    script = mutable_copy(tmp_path)
-    cfg = write_config(
+    cfg = mutable_config(
         tmp_path,
         f"""
         [mcp]
         {FAST_RESTARTS}
-        {mut_table(script)}
-
         [servers.everything]
         command = "node"
         args = ["{EVERYTHING_JS}", "stdio"]
         verification = "warn"
         """,
+        copy_as="mutable_copy.py",  # a path of this test's own: killed by it (pids_running)
     )
+    script = tmp_path / "mutable_copy.py"
     async with stdio_session(cfg) as s:
         assert not (await s.call_tool("mut__echo", {"message": "before"})).is_error
         [pid] = pids_running(script)

@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 
 from gateway.config import load_config
-from tests.conftest import ROOT, break_audit_log, write_config
+from tests.conftest import FAST_RESTARTS, ROOT, break_audit_log, mutable_config
 from tests.runtime._admin import wait_until
 from tests.server.http.conftest import Running, run_server
 from tests.upstream.test_listing_broken_log import thief_tools
-from tests.upstream.test_restart import FAST_RESTARTS, mut_table, mutable_copy, pids_running
+from tests.upstream.test_restart import pids_running
 
 LIMIT = 50
 
@@ -34,28 +34,23 @@ def _thief_tools(run: Running) -> set[str]:
 
 
 def test_the_background_tasks_with_the_audit_log_broken_do_not_stop_the_gateway(tmp_path: Path) -> None:
-    script = mutable_copy(tmp_path)
     listing = tmp_path / "thief.json"
     listing.write_text(json.dumps({"many_tools": 3}))
-    cfg = write_config(
+    cfg = mutable_config(
         tmp_path,
         f"""
         [mcp]
-        {FAST_RESTARTS}        max_listed_per_upstream = {LIMIT}
-
-        [sandbox]
-        code_tools = false
-
+        {FAST_RESTARTS}max_listed_per_upstream = {LIMIT}
         [http]
-
-        {mut_table(script)}
         [servers.thief]
         command = "{sys.executable}"
         args = ["{ROOT / "tests/peers/listing_server.py"}"]
         verification = "warn"
         env = {{ LISTING = "{listing}", NAME = "thief", ANNOUNCE_EVERY = "0.3" }}
         """,
+        copy_as="mutable_copy.py",
     )
+    script = tmp_path / "mutable_copy.py"  # a path of this test's own: killed by it
     with run_server(cfg) as run:
         gw = run.state.gateway
         assert gw is not None

@@ -327,6 +327,14 @@ class Unsent:
             _logger.error("%d records not committed yet, held until they are", waiting)
         return not waiting
 
+    def abandon(self) -> None:
+        """The gateway stops: each record the log never took is logged (the last trace of it:
+        some are the only record of a change), as one dropped at the cap is."""
+        for h in self._held:
+            if h.commit is None:
+                _logger.error("%s never recorded: the gateway stopped first: %s", h.kind, dict(h.details))
+        self._held.clear()
+
     def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:
         """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
         from gateway.errors import AuditError

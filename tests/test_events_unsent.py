@@ -7,6 +7,7 @@ broken under its writer (a trigger refusing inserts), then a working one."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -177,3 +178,18 @@ async def test_the_metrics_tee_counts_a_held_record_once_committed(tmp_path: Pat
     assert await unsent.send(MetricsSink(working, metrics))
     working.close()
     assert counted() == 1.0
+
+
+async def test_what_the_log_never_took_is_logged_when_the_gateway_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Held records were dropped without a trace at the gateway's stop (one dropped at the cap
+    is logged): the last trace of a CLI revoke's record."""
+    unsent = Unsent()
+    assert not await unsent.send(_closed(tmp_path), [FIRST, SECOND])
+    caplog.clear()  # (the refusals' own lines)
+    with caplog.at_level(logging.ERROR, logger="symbi.events"):
+        unsent.abandon()
+    lost = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
+    assert [r.args[0] for r in lost] == [FIRST[0], SECOND[0]]  # type: ignore[index]
+    assert not len(unsent)

@@ -134,6 +134,7 @@ class ToolVerifier:
         self.keys.config = config
 
     def close(self) -> None:
+        self.unsent.abandon()
         self.state.close()
         self.pins.close()
 

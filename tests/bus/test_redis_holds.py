@@ -340,7 +340,7 @@ async def test_a_resend_cut_short_is_finished_by_the_next_beat(
     assert {k.decode() for k in r.hkeys(_held(one))} == {"agent-a", "agent-b", "agent-c"}
 
 
-class _NotedLock(asyncio.Lock):
+class NotedLock(asyncio.Lock):
     """A lock that notes the first time it is asked for while held."""
 
     def __init__(self) -> None:
@@ -377,7 +377,7 @@ async def test_a_park_during_a_resend_is_not_undone_by_it(
         return script(**kw) if len(calls) == 1 else late(script(**kw))
 
     monkeypatch.setattr(backend.subs, "_hold", slow)
-    turn = backend.subs._turn = _NotedLock()
+    turn = backend.subs._turn = NotedLock()
     beat = asyncio.get_running_loop().create_task(backend.subs.hold(""))
     await entered.wait()  # the resend read agent-b's hold
     park = asyncio.get_running_loop().create_task(backend.unsubscribe_parked(["agent-b"]))

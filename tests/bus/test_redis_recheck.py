@@ -19,6 +19,7 @@ from gateway.context import Principal
 from tests.bus.conftest import RedisServer
 from tests.bus.test_core import C, Env
 from tests.bus.test_redis_counts import _two, two  # noqa: F401 - two is the two processes' fixture
+from tests.bus.test_redis_holds import NotedLock
 
 pytestmark = pytest.mark.anyio
 
@@ -90,9 +91,11 @@ async def test_a_park_waiting_its_turn_skips_an_agent_back_here_meanwhile(
     await one.register("agent-d", d.qualified)
     backend: Any = one.backend
     subs = backend.subs
-    async with subs._turn:  # a resend of every hold runs
+    turn = subs._turn = NotedLock()
+    async with turn:  # a resend of every hold runs
         park = asyncio.get_running_loop().create_task(one.backend.unsubscribe_parked(["agent-d"]))
-        await asyncio.sleep(0.05)  # it read agent-d's generation (its first step), waits its turn
+        async with asyncio.timeout(30):  # it read agent-d's generation (its first step), waits its turn
+            await turn.asked.wait()
         await one.register("agent-d", d.qualified)  # back here meanwhile
         await one.subscribe(d, "news")
         assert two.url is not None

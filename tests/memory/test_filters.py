@@ -4,19 +4,15 @@ value, through the real gateway on each embedded store: a bool matches only that
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.app import Gateway
-from gateway.assemble import make_gateway
-from gateway.config.load import load_config
-from gateway.context import CallContext, Principal
 from gateway.memory.volatile import _meta_ok
-from tests.conftest import write_config
+from tests.memory.test_gateway_memory import ALICE, _config, call, gateway
 
 
 def test_metadata_filters() -> None:
@@ -31,31 +27,15 @@ def test_metadata_filters() -> None:
 
 # -- true/false metadata through the real gateway, on each embedded store -------------------
 
-ALICE = Principal("alice", roles=("tester",), agent="agent-a")
 STORES = ("edge", "local")  # the Qdrant server path cannot run here; it shares ``qdrant_filter``
 
 
-@asynccontextmanager
-async def _gateway(tmp_path: Path, store: str) -> AsyncIterator[Gateway]:
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [sandbox]
-        code_tools = false
-        [context]
-        embedder = "hashing"
-        embedded_store = "{store}"
-        """,
-    )
-    gw = make_gateway(load_config(cfg, {}))
-    async with gw.running():
-        yield gw
+def _gateway(tmp_path: Path, store: str) -> AbstractAsyncContextManager[Gateway]:
+    return gateway(_config(tmp_path, f'embedded_store = "{store}"'))
 
 
 async def _call(gw: Gateway, tool: str, **args: Any) -> dict[str, Any]:
-    r = await gw.call(
-        CallContext(principal=ALICE, kind="tools/call", target=tool, arguments=args, session_id="s-alice")
-    )
+    r = await call(gw, ALICE, tool, **args)
     assert not r.is_error
     out: dict[str, Any] = r.structured_content or {}
     return out

@@ -50,16 +50,24 @@ def _old_base(cfg: Path, docs: Path, monkeypatch: pytest.MonkeyPatch, files: int
     monkeypatch.undo()
 
 
-@pytest.mark.parametrize("store", ["edge", "local"])
-async def test_a_held_file_is_not_served_to_agents_until_accepted(
+def _two_files_in_an_old_base(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
-) -> None:
+) -> tuple[Path, Path]:
+    """(config, docs): travel.md (SPLIT, injected) and office.md (clean) ingested unscreened."""
     cfg = _config(tmp_path, f'embedded_store = "{store}"')
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "travel.md").write_text(SPLIT)
     (docs / "office.md").write_text(OFFICE)
     _old_base(cfg, docs, monkeypatch)
+    return cfg, docs
+
+
+@pytest.mark.parametrize("store", ["edge", "local"])
+async def test_a_held_file_is_not_served_to_agents_until_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    cfg, docs = _two_files_in_an_old_base(tmp_path, monkeypatch, store)
     async with gateway(cfg) as gw:
         kb: KnowledgeBases = gw.builtins["knowledge"].s.kb  # type: ignore[attr-defined]
         before = await call(gw, ALICE, "knowledge__context", query=QUERY, bases=["hr"])
@@ -89,12 +97,7 @@ async def test_an_old_base_never_added_again_does_not_serve_its_injected_file(
 ) -> None:
     """No ``knowledge add`` since the base was written (no held marks): the running gateway
     does not hand the injected file to an agent; the clean one it still does."""
-    cfg = _config(tmp_path, f'embedded_store = "{store}"')
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "travel.md").write_text(SPLIT)
-    (docs / "office.md").write_text(OFFICE)
-    _old_base(cfg, docs, monkeypatch)
+    cfg, docs = _two_files_in_an_old_base(tmp_path, monkeypatch, store)
     async with gateway(cfg) as gw:
         for q in (QUERY, 'travel "card number"'):
             ctx = _text(await call(gw, ALICE, "knowledge__context", query=q, bases=["hr"]))

@@ -40,6 +40,7 @@ JSON-RPC error.
      ├── SchedulerBusy               the scheduler's queue is full, or the call was preempted
      ├── AuditError                  the audit log cannot be written (fail closed)
      │    ├── AuditLogBusy           another process writes this chain
+     │    ├── ActionUnrecorded       an operator's action was done, its record not committed (held)
      │    └── AuditIntegrityError    verification found a changed/missing/reordered event
      ├── ContextError                agent memory / knowledge failed (bad input, store down)
      │    ├── MemoryQuotaExceeded [D]  the principal holds all the memory [context] allows it
@@ -341,6 +342,14 @@ class AuditError(GatewayError):
 
 class AuditLogBusy(AuditError):
     """Another process holds this log (one writer per chain)."""
+
+
+class ActionUnrecorded(AuditError):
+    """An operator's action was carried out (it cannot be undone in general) but its record was
+    not committed: the log failed after the check before it, or stalled. The record is held and
+    sent again (``gateway.server.oprecord``); the answer says the action was done."""
+
+    code = "action_unrecorded"
 
 
 class AuditIntegrityError(AuditError):

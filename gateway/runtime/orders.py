@@ -90,8 +90,21 @@ def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
 def act(
     runtime: AgentRuntime, events: EventSink, agent: Agent, order: Order, *, cleared: bool = False
 ) -> tuple[bool, str]:
-    """Carry out ``order`` on ``agent`` here: (done, what happened, or why it was refused). The
-    audit record names the admin who asked (its principal) and the process it came ``via``.
+    """Carry out ``order`` on ``agent`` here (``carry_out``) and emit its audit record: the
+    holder of a passed order. The audit record names the admin who asked (its principal) and
+    the process it came ``via``."""
+    done, result, doc = carry_out(runtime, agent, order, cleared=cleared)
+    if doc is not None:
+        events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by, agent=agent.id)
+    return done, result
+
+
+def carry_out(
+    runtime: AgentRuntime, agent: Agent, order: Order, *, cleared: bool = False
+) -> tuple[bool, str, dict[str, Any] | None]:
+    """Carry out ``order`` on ``agent`` here: (done, what happened or why it was refused, the
+    details of its audit record or None: a refused local action is only answered, 409). The
+    operator's own request commits the record before its answer (``server.oprecord``).
     ``cleared``: a resume whose principal's clear is on Redis already (``AgentRuntime.resume``)."""
     why = f"operator {order.by}: {order.reason or order.action}"
     try:
@@ -106,6 +119,4 @@ def act(
     doc: dict[str, Any] = {"agent": agent.id, "by": order.by, "reason": order.reason, "result": said}
     if order.via:
         doc["via"] = order.via
-    if done or order.via:  # a refused local action is only answered (409), as it always was
-        events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by, agent=agent.id)
-    return done, result
+    return done, result, (doc if done or order.via else None)

@@ -46,6 +46,7 @@ from gateway.server.operations import (
     unrecordable,
     upstream_rows,
 )
+from gateway.server.oprecord import record_action, with_record
 from gateway.textcheck import not_utf8_at
 
 if TYPE_CHECKING:
@@ -60,6 +61,13 @@ def _unavailable(what: str, reason: str, code: str | None = None) -> JSONRespons
 
 def _err(status: int, error: str, reason: str) -> JSONResponse:
     return JSONResponse({"error": error, "reason": reason}, status_code=status)
+
+
+def _answer(unrec: dict[str, Any] | None, status: int, body: dict[str, Any]) -> JSONResponse:
+    """An operator action's answer once its record is committed, else 503 ``action_unrecorded``
+    (done, its record held: ``oprecord``)."""
+    status, body = with_record(unrec, status, body)
+    return JSONResponse(body, status_code=status)
 
 
 def _refused(e: ApprovalError) -> JSONResponse:
@@ -211,12 +219,12 @@ class AdminApi:
         if isinstance(reviewed, JSONResponse):
             return reviewed
         try:
-            done = await approve_tool(
+            status, done = await approve_tool(
                 self.state.gateway, request.path_params["name"], request.scope["symbi.principal"], reviewed
             )
         except ApprovalError as e:
             return _refused(e)
-        return JSONResponse(done)
+        return JSONResponse(done, status_code=status)
 
     async def upstreams(self, request: Request) -> Response:
         return JSONResponse({"upstreams": upstream_rows(self.state)})
@@ -246,8 +254,10 @@ class AdminApi:
             return refused
         await up.restart()
         who = request.scope["symbi.principal"].id  # every caller's calls in flight end: whose doing
-        gw.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name, "by": who}, principal=who)
-        return JSONResponse({"upstream": name, "restarting": True}, status_code=202)
+        unrec = await record_action(
+            gw, Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name, "by": who}, principal=who
+        )
+        return _answer(unrec, 202, {"upstream": name, "restarting": True})
 
     async def sessions(self, request: Request) -> Response:
         state = self.state
@@ -330,10 +340,10 @@ class AdminApi:
         # a policy that does not parse or fails its tests is refused; the old one stays in force
         ok = await anyio.to_thread.run_sync(eng.reload)
         who = request.scope["symbi.principal"].id  # the engine's own events do not know who asked
-        gw.events.emit(Event.POLICY_RELOAD_REQUESTED, {"by": who, "reloaded": ok}, principal=who)
-        return JSONResponse(
-            {"reloaded": ok, **(policy_status(self.state) or {})}, status_code=200 if ok else 422
+        unrec = await record_action(
+            gw, Event.POLICY_RELOAD_REQUESTED, {"by": who, "reloaded": ok}, principal=who
         )
+        return _answer(unrec, 200 if ok else 422, {"reloaded": ok, **(policy_status(self.state) or {})})
 
     # -- agents and status (gateway.runtime) ----------------------------------------------------
 
@@ -434,15 +444,16 @@ class AdminApi:
             return refused
         result = gw.hosted.request_start(name)
         who = request.scope["symbi.principal"].id
-        gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result}, principal=who)
-        agent = gw.runtime.agents.by_name(name)
-        return JSONResponse(
-            {
-                "agent": agent.id if agent else name,
-                "result": result,
-                "state": agent.state.value if agent else "Initializing",
-            }
+        unrec = await record_action(
+            gw, Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result}, principal=who
         )
+        agent = gw.runtime.agents.by_name(name)
+        body = {
+            "agent": agent.id if agent else name,
+            "result": result,
+            "state": agent.state.value if agent else "Initializing",
+        }
+        return _answer(unrec, 200, body)
 
     async def status(self, request: Request) -> Response:
         gw = self.state.gateway

@@ -17,6 +17,7 @@ import anyio
 from gateway.errors import ApprovalError, ApprovalUnrecordable, ScreeningFlagged
 from gateway.events import Event
 from gateway.server.operations import unrecordable_why
+from gateway.server.oprecord import record_action, with_record
 from gateway.verify.approve import (
     approve_current,
     check_reviewed,
@@ -71,10 +72,11 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
 
 async def approve_tool(
     gw: Gateway | None, name: str, principal: Principal, reviewed: str | None
-) -> dict[str, Any]:
+) -> tuple[int, dict[str, Any]]:
     """Approve the definition of ``name`` the person reviewed (``reviewed``: its hash) if it is
-    still the current one; the catalogue is re-verified at once. The tool state is read and
-    written in a worker thread (PostgreSQL with [state])."""
+    still the current one; the catalogue is re-verified at once. (200, what was approved), or
+    503 ``action_unrecorded`` when it was approved but its record is not committed (held:
+    ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
     rec = await anyio.to_thread.run_sync(_record, gw, name)
     assert gw is not None
     # refused before anything is saved: an approval nobody could tell was made
@@ -104,13 +106,14 @@ async def approve_tool(
             _state(gw), gw.verifier.pins, rec, reviewed=reviewed, domain=srv.domain, actor=principal.id
         )
     )
-    gw.events.emit(
+    unrec = await record_action(
+        gw,
         Event.TOOL_APPROVED,
         {"tool": rec.namespaced, "upstream": rec.upstream, "definition_hash": h, "via": "admin-api"},
         principal=principal.id,
     )
-    await gw.refresh()
-    return {"tool": rec.namespaced, "approved_hash": h}
+    await gw.refresh()  # approved either way: the catalogue follows it
+    return with_record(unrec, 200, {"tool": rec.namespaced, "approved_hash": h})
 
 
 def discovered_rows(gw: Gateway | None) -> list[dict[str, Any]]:

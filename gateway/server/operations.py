@@ -20,7 +20,8 @@ from gateway.errors import AuditError, HoldsFull, StateUnavailable
 from gateway.events import Event
 from gateway.runtime.identity import is_agent_id
 from gateway.runtime.lifecycle import AgentState
-from gateway.runtime.orders import OPERATOR_EVENTS, Order, act
+from gateway.runtime.orders import OPERATOR_EVENTS, Order, carry_out
+from gateway.server.oprecord import record_action, with_record
 from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
@@ -146,13 +147,16 @@ async def act_on_agent(
     # the agent resolved before the clear's round trip is the one acted on: resolved again after
     # it, a ref grown ambiguous meanwhile (an id prefix or a name another agent now matches) was
     # answered 200 "Terminated" for an agent still suspended, its principal's others too (session 42)
-    status, body = agent_action(state, ref, action, who, reason, agent=agent, cleared=cleared)
+    status, body, record = agent_action(state, ref, action, who, reason, agent=agent, cleared=cleared)
+    unrec = None
+    if record is not None and gw is not None:  # committed before the answer (``oprecord``)
+        unrec = await record_action(gw, OPERATOR_EVENTS[action], record, principal=who, agent=record["agent"])
     if status == 200 and gw is not None and agent is not None and action in ("suspend", "resume"):
         await _shared_holds(state, body)  # its principal's suspension, on every replica
         unheld = _unheld(gw.runtime, agent, body) if action == "suspend" else None
-        if unheld is not None:
+        if unheld is not None and unrec is None:
             return 507, unheld
-    return status, body
+    return with_record(unrec, status, body)
 
 
 def unrecordable(state: HttpState, action: str) -> tuple[int, dict[str, Any]] | None:
@@ -294,12 +298,15 @@ async def act_on_principal(
             return 404, {"error": "not_found", "reason": f"principal {principal!r} is not suspended"}
         result = "resumed" if held is not None or resumed else "cleared on the shared state (not held here)"
     body: dict[str, Any] = {"principal": principal, "result": result, "resumed_here": resumed}
-    gw.events.emit(
+    unrec = await record_action(  # committed before the answer (``oprecord``)
+        gw,
         Event.PRINCIPAL_SUSPEND_REQUESTED if action == "suspend" else Event.PRINCIPAL_RESUME_REQUESTED,
         {"principal": principal, "by": who, "reason": reason, "result": result, "resumed": resumed},
         principal=who,
     )
     shared = await _shared_holds(state, body)
+    if unrec is not None:  # done, its record held: said before the rest
+        return with_record(unrec, 200, body)
     if action == "suspend" and principal in rt.holds.unshared:  # Redis refused it: not "suspended"
         limit = rt.holds.bound_of(principal)  # Redis's, not this process's
         why = (
@@ -320,23 +327,24 @@ def agent_action(
     *,
     agent: Agent | None = None,
     cleared: bool = False,
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
     """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix) in
-    this process: (HTTP status, JSON body). ``agent``: the one ``ref`` named, resolved already
+    this process: (HTTP status, JSON body, its audit record's details: the caller commits it
+    before answering, ``oprecord``; None: nothing to record). ``agent``: the one ``ref`` named, resolved already
     (else resolved here). ``cleared``: a resume whose principal's clear is on Redis already
     (``AgentRuntime.clear_first``): done on ``agent`` whatever it became, its real state answered."""
     gw = state.gateway
     if gw is None:
-        return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
+        return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}, None
     if agent is None:
         agent = gw.runtime.agents.resolve(ref)
     if agent is None:
-        return 404, {"error": "not_found", "reason": not_here(state, ref)}
+        return 404, {"error": "not_found", "reason": not_here(state, ref)}, None
     order = Order(action=action, by=who, reason=reason, via="", at=time.time())
-    done, result = act(gw.runtime, gw.events, agent, order, cleared=cleared)
+    done, result, record = carry_out(gw.runtime, agent, order, cleared=cleared)
     if not done:
-        return 409, {"error": "invalid_transition", "reason": result}
-    return 200, {"agent": agent.id, "result": result, "state": agent.state.value}
+        return 409, {"error": "invalid_transition", "reason": result}, record
+    return 200, {"agent": agent.id, "result": result, "state": agent.state.value}, record
 
 
 async def pass_session_action(
@@ -365,14 +373,16 @@ async def pass_session_action(
         return 404, {"error": "not_found", "reason": why}
     names = sorted(holders)
     result = f"{action} passed to the process holding its session ({', '.join(names)})"
-    gw.events.emit(
+    unrec = await record_action(
+        gw,
         OPERATOR_EVENTS[action],
         {"agent": agent_id, "by": who, "reason": reason, "result": result},
         principal=who,
         agent=agent_id,
     )
     first = holders[names[0]]
-    return 202, {"agent": agent_id, "result": result, "holder": names[0], "state": first.get("state")}
+    body = {"agent": agent_id, "result": result, "holder": names[0], "state": first.get("state")}
+    return with_record(unrec, 202, body)
 
 
 def _state_unavailable(why: str) -> dict[str, Any]:
@@ -427,10 +437,11 @@ async def pass_hosted_action(
         )
         return 409, {"error": "not_running", "reason": why}
     result = f"{action} passed to the process holding its lease ({seen.get('holder')})"
-    gw.events.emit(
+    unrec = await record_action(
+        gw,
         OPERATOR_EVENTS[action],
         {"agent": seen.get("agent"), "name": name, "by": who, "reason": reason, "result": result},
         principal=who,
     )
     body = {"agent": seen.get("agent") or name, "result": result, "holder": seen.get("holder")}
-    return 202, {**body, "state": seen.get("state")}
+    return with_record(unrec, 202, {**body, "state": seen.get("state")})

@@ -273,13 +273,15 @@ class Dashboard:
         name = request.path_params["name"]
         try:
             # the hash of the definition the page showed: a definition swapped in since is refused
-            done = await approve_tool(self.state.gateway, name, principal, form.get("hash"))
+            status, done = await approve_tool(self.state.gateway, name, principal, form.get("hash"))
         except ApprovalError as e:
             diff = None
             if isinstance(e, DefinitionChanged):  # the page again, with the definition as it is now
                 with contextlib.suppress(ApprovalError):
                     diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, name)
             return _html(tool_page(sess, diff, e.message), status=e.status)
+        if status != 200:  # approved, its record not committed (held): said as an error
+            return _html(tools_page(sess, tool_rows(self.state), done["reason"]), status=status)
         note = f"Approved {done['tool']} ({done['approved_hash'][:12]})."
         return _html(tools_page(sess, tool_rows(self.state), note))
 

@@ -39,6 +39,8 @@ _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "str
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
 _STD = {"401": _ERR, "403": _ERR}
+# an operator action done whose record the log failed (or stalled on) after its check
+_DONE = "action_unrecorded (done: true): done, its audit record not committed yet (held, written later)"
 _LIMIT = [
     {
         "name": "limit",
@@ -85,7 +87,7 @@ OPENAPI: dict[str, Any] = {
                     "400": _ERR,
                     "404": _ERR,
                     "409": _ERR,
-                    "503": _ok("Unavailable", "no verifier"),
+                    "503": _ok("Unavailable", "no verifier, or the log cannot record it; or " + _DONE),
                     **_STD,
                 },
             }
@@ -108,6 +110,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "202": _ok("Restarting", "restart requested"),
                     "404": _ERR,
+                    "503": _ok("Unavailable", "the log cannot record it: nothing done; or " + _DONE),
                     **_STD,
                 },
             }
@@ -175,7 +178,7 @@ OPENAPI: dict[str, Any] = {
                         "503": _ok(
                             "Unavailable",
                             "the shared state (Redis) cannot be reached, or the audit log cannot record "
-                            "the action: nothing was done",
+                            "the action: nothing was done (audit_unavailable); or " + _DONE,
                         ),
                         "507": _ok(
                             "Error",
@@ -196,7 +199,12 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Start a hosted agent ([agents.NAME]) now",
                 "parameters": [_ID],
-                "responses": {"200": _ok("AgentAction"), "404": _ERR, **_STD},
+                "responses": {
+                    "200": _ok("AgentAction"),
+                    "404": _ERR,
+                    "503": _ok("Unavailable", "the log cannot record it: nothing done; or " + _DONE),
+                    **_STD,
+                },
             }
         },
         "/principals": {
@@ -241,7 +249,7 @@ OPENAPI: dict[str, Any] = {
                         "503": _ok(
                             "Unavailable",
                             "a resume Redis could not take, or an action the audit log cannot record: "
-                            "nothing was done",
+                            "nothing was done (audit_unavailable); or " + _DONE,
                         ),
                         "507": _ERR,
                         **_STD,
@@ -346,7 +354,7 @@ OPENAPI: dict[str, Any] = {
                     "200": _ok("PolicyReload"),
                     "409": _ERR,
                     "422": _ok("PolicyReload", "refused: the previous policy stays in force"),
-                    "503": _ok("Unavailable", "no policy engine"),
+                    "503": _ok("Unavailable", "no policy engine, or the log cannot record it; or " + _DONE),
                     **_STD,
                 },
             }

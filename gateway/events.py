@@ -254,8 +254,11 @@ class Unsent:
     held records to the log without waiting (a stalled disk must hold up no revocation nor
     catalogue swap); ``send`` queues and waits a while. A record queued stays in flight until
     its commit comes, however long: queued once, written once. Only one whose commit failed is
-    queued again, carrying ``held_since_ns``, the time it was acted on. Bounded: past ``cap``
-    the oldest are dropped, logged (a log broken for days must not grow memory without end)."""
+    queued again, carrying ``held_since_ns``, the time it was acted on. Bounded: at most
+    ``cap`` records waiting to be sent; past it the oldest of those are dropped, logged (a log
+    broken for days must not grow memory without end). A record in flight is not dropped: the
+    writer holds it and will write it (dropping it logged a record "never recorded" that was
+    then written); it leaves once its commit settles, which a dead writer settles too (failed)."""
 
     def __init__(self, cap: int = 10_000) -> None:
         self._held: deque[_Held] = deque()
@@ -280,9 +283,8 @@ class Unsent:
         held = _Held(kind, details)
         held.late = refused
         self._held.append(held)
-        while len(self._held) > self._cap:
-            dropped = self._held.popleft()
-            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
+        if len(self._held) > self._cap:
+            self._trim()
 
     def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
         """Hand every held record not in flight to ``sink``, in order, without waiting: what is
@@ -344,7 +346,7 @@ class Unsent:
         # a cancelled wait leaves the event in the writer's queue: written, not queued again
         err = None if commit.cancelled() else commit.exception()
         if err is None:
-            with contextlib.suppress(ValueError):  # dropped already (past the cap)
+            with contextlib.suppress(ValueError):  # let go already (``abandon``)
                 self._held.remove(h)
             return
         h.commit, h.late = None, True  # (this one only: a batch failing at once is not N² work)
@@ -357,6 +359,14 @@ class Unsent:
             err,
             exc_info=err if bug else None,
         )
+
+    def _trim(self) -> None:
+        # only records not in flight count against the cap and are dropped: one in flight is the
+        # writer's (its queue holds it anyway); the scan runs only past the cap
+        waiting = [h for h in self._held if h.commit is None]
+        for dropped in waiting[: len(waiting) - self._cap]:
+            self._held.remove(dropped)
+            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
 
     def _late(self) -> None:
         # sent after records made later: each one not in flight says when it was acted on

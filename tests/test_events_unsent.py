@@ -131,6 +131,34 @@ async def test_at_the_bound_a_record_in_flight_is_not_dropped(
     assert not len(unsent)
 
 
+async def test_records_in_flight_when_the_writer_dies_are_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer dying of an unexpected exception (seam: its real ``commit_events`` replaced
+    by one that raises) left their commits pending for ever: held in flight, never sent again."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+
+    def boom(*_args: object, **_kw: object) -> bool:
+        raise RuntimeError("a bug in the writer")
+
+    with Stall(log):
+        unsent.keep(*FIRST)
+        unsent.keep(*SECOND)
+        flying = unsent.queue(log)
+        monkeypatch.setattr(log._writer, "commit_events", boom)
+    with anyio.fail_after(10):
+        assert not await unsent.send(log)  # failed, then refused: the log is broken
+    assert all(f.done() for f in flying)
+    log.close()
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await unsent.send(working)
+    working.close()
+    records = tool_records(tmp_path / "b.db")
+    assert [r.type for r in records] == [FIRST[0], SECOND[0]]
+    assert all("held_since_ns" in r.details for r in records)
+
+
 async def test_record_acted_drops_a_refused_record_and_says_so(tmp_path: Path) -> None:
     broken, working = _closed(tmp_path), AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
     assert not record_acted(broken, *FIRST)  # acted on all the same: dropped, logged

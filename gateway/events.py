@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -209,6 +210,23 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
         return False
 
 
+def record_held(sink: EventSink, unsent: Unsent, event_type: Event, details: Mapping[str, Any]) -> bool:
+    """``record_acted`` for the only record of a change made on a thread (a policy reload):
+    emitted at once, in order ahead of what follows, unless ``unsent`` holds earlier ones (then
+    behind them); refused by the log, held (stamped) for ``unsent``'s sender (``tasks.send_held``)
+    instead of dropped. Whether it was emitted now."""
+    from gateway.errors import AuditError
+
+    if not len(unsent):
+        try:
+            sink.emit(event_type, details)
+            return True
+        except AuditError as e:
+            _logger.error("%s not recorded, held until the log takes it: %s", event_type, e)
+    unsent.keep(event_type, details, refused=True)
+    return False
+
+
 @runtime_checkable
 class Recording(Protocol):
     """A sink that can say when an event is committed (``AuditLog.submit``)."""
@@ -254,19 +272,26 @@ class Unsent:
     held records to the log without waiting (a stalled disk must hold up no revocation nor
     catalogue swap); ``send`` queues and waits a while. A record queued stays in flight until
     its commit comes, however long: queued once, written once. Only one whose commit failed is
-    queued again, carrying ``held_since_ns``, the time it was acted on. Bounded: past ``cap``
-    the oldest are dropped, logged (a log broken for days must not grow memory without end)."""
+    queued again, carrying ``held_since_ns``, the time it was acted on. Bounded: at most
+    ``cap`` records waiting to be sent; past it the oldest of those are dropped, logged (a log
+    broken for days must not grow memory without end). A record in flight is not dropped: the
+    writer holds it and will write it (dropping it logged a record "never recorded" that was
+    then written); it leaves once its commit settles, which a dead writer settles too (failed)."""
 
     def __init__(self, cap: int = 10_000) -> None:
         self._held: deque[_Held] = deque()
         self._cap = cap
+        # ``keep`` is called from threads too (a policy reload: ``record_held``) while the loop
+        # queues, sends or settles: every walk of ``_held`` holds it
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._held)
 
     def held(self) -> list[tuple[Event, Mapping[str, Any]]]:
         """The records not committed yet, oldest first, as they are (or will be) sent."""
-        return [(h.kind, h.sent_details()) for h in self._held]
+        with self._lock:
+            return [(h.kind, h.sent_details()) for h in self._held]
 
     def keep(
         self,
@@ -279,16 +304,20 @@ class Unsent:
         log refused it once, so it goes late, stamped)."""
         held = _Held(kind, details)
         held.late = refused
-        self._held.append(held)
-        while len(self._held) > self._cap:
-            dropped = self._held.popleft()
-            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
+        with self._lock:
+            self._held.append(held)
+            if len(self._held) > self._cap:
+                self._trim()
 
     def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
         """Hand every held record not in flight to ``sink``, in order, without waiting: what is
         emitted after this is queued after them. The commits in flight are returned. A sink
         that cannot say when it committed (logging) wrote a record once ``emit`` returned.
         After a refusal the rest are not tried (kept in order, stamped)."""
+        with self._lock:
+            return self._queue(sink)
+
+    def _queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
         from gateway.errors import AuditError
 
         for h in list(self._held):
@@ -321,7 +350,8 @@ class Unsent:
         except BaseException:
             self._late()  # cancelled or failed: whatever of it goes again goes stamped
             raise
-        left = {id(h) for h in self._held}
+        with self._lock:
+            left = {id(h) for h in self._held}
         waiting = sum(1 for h in batch if id(h) in left)
         if waiting:
             _logger.error("%d records not committed yet, held until they are", waiting)
@@ -330,10 +360,11 @@ class Unsent:
     def abandon(self) -> None:
         """The gateway stops: each record the log never took is logged (the last trace of it:
         some are the only record of a change), as one dropped at the cap is."""
-        for h in self._held:
-            if h.commit is None:
-                _logger.error("%s never recorded: the gateway stopped first: %s", h.kind, dict(h.details))
-        self._held.clear()
+        with self._lock:
+            for h in self._held:
+                if h.commit is None:
+                    _logger.error("%s never recorded: the gateway stopped first: %s", h.kind, dict(h.details))
+            self._held.clear()
 
     def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:
         """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
@@ -344,7 +375,7 @@ class Unsent:
         # a cancelled wait leaves the event in the writer's queue: written, not queued again
         err = None if commit.cancelled() else commit.exception()
         if err is None:
-            with contextlib.suppress(ValueError):  # dropped already (past the cap)
+            with self._lock, contextlib.suppress(ValueError):  # let go already (``abandon``)
                 self._held.remove(h)
             return
         h.commit, h.late = None, True  # (this one only: a batch failing at once is not N² work)
@@ -358,11 +389,20 @@ class Unsent:
             exc_info=err if bug else None,
         )
 
+    def _trim(self) -> None:
+        # only records not in flight count against the cap and are dropped: one in flight is the
+        # writer's (its queue holds it anyway); the scan runs only past the cap
+        waiting = [h for h in self._held if h.commit is None]
+        for dropped in waiting[: len(waiting) - self._cap]:
+            self._held.remove(dropped)
+            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
+
     def _late(self) -> None:
         # sent after records made later: each one not in flight says when it was acted on
-        for h in self._held:
-            if h.commit is None:
-                h.late = True
+        with self._lock:
+            for h in self._held:
+                if h.commit is None:
+                    h.late = True
 
 
 class LoggingSink:

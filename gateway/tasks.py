@@ -15,7 +15,7 @@ from gateway.app import Background, Gateway
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import AuditError
-from gateway.events import Event, EventSink, record_acted
+from gateway.events import Event, EventSink, Unsent, record_acted
 from gateway.state import Changes
 from gateway.verify.verifier import ToolVerifier
 
@@ -69,7 +69,7 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
         unsent = verifier.unsent
         async with anyio.create_task_group() as tg:
             tg.start_soon(_refresh_when_due, gw, wake)
-            tg.start_soon(_send_held, gw, verifier, interval)
+            tg.start_soon(_send_held, gw, verifier.unsent, interval)
             while True:
                 if changes is None:
                     await anyio.sleep(interval)
@@ -91,14 +91,23 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
     return run
 
 
-async def _send_held(gw: Gateway, verifier: ToolVerifier, interval: float) -> None:
+async def _send_held(gw: Gateway, unsent: Unsent, interval: float) -> None:
     """Every ``interval``, the held records the log has not committed (refused, or failed by
     its writer) queued again and waited for: apart from the poll, which a stalled disk must not
     hold up. One in flight (a stalled commit) is waited on, not queued again."""
     while True:
         await anyio.sleep(interval)
-        if len(verifier.unsent):
-            await verifier.unsent.send(gw.events)
+        if len(unsent):
+            await unsent.send(gw.events)
+
+
+def send_held(unsent: Unsent, interval: float) -> Background:
+    """The sender of records held on threads (a policy reload's, ``events.record_held``)."""
+
+    async def run(gw: Gateway) -> None:
+        await _send_held(gw, unsent, interval)
+
+    return run
 
 
 def watch_keys(verifier: ToolVerifier, interval: float) -> Background:

@@ -105,6 +105,60 @@ async def test_past_its_bound_the_oldest_are_dropped(tmp_path: Path) -> None:
     assert [d["upstreams"] for _, d in unsent.held()] == [["1"], ["2"]]  # the newest kept, in order
 
 
+async def test_at_the_bound_a_record_in_flight_is_not_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The oldest record was dropped at the cap though the writer held it (its commit
+    pending): logged "never recorded", then written all the same. Now the oldest NOT in
+    flight goes; the one in flight stays until its commit comes."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent(cap=2)
+    keys = [(Event.TOOL_KEYS_CHANGED, {"upstreams": [str(n)]}) for n in range(4)]
+    with Stall(log):
+        unsent.keep(*keys[0])
+        [flying] = unsent.queue(log)  # in the writer's queue, commit pending
+        with caplog.at_level(logging.ERROR, logger="symbi.events"):
+            for kind, details in keys[1:]:
+                unsent.keep(kind, details)
+        assert [d["upstreams"] for _, d in unsent.held()] == [["0"], ["2"], ["3"]]
+        lost = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
+        assert len(lost) == 1  # ["1"]: never queued, the oldest waiting
+    with anyio.fail_after(10):
+        assert await flying > 0
+        assert await unsent.send(log)
+    log.close()
+    assert [r.details["upstreams"] for r in tool_records(tmp_path / "a.db")] == [["0"], ["2"], ["3"]]
+    assert not len(unsent)
+
+
+async def test_records_in_flight_when_the_writer_dies_are_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer dying of an unexpected exception (seam: its real ``commit_events`` replaced
+    by one that raises) left their commits pending for ever: held in flight, never sent again."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+
+    def boom(*_args: object, **_kw: object) -> bool:
+        raise RuntimeError("a bug in the writer")
+
+    with Stall(log):
+        unsent.keep(*FIRST)
+        unsent.keep(*SECOND)
+        flying = unsent.queue(log)
+        monkeypatch.setattr(log._writer, "commit_events", boom)
+    with anyio.fail_after(10):
+        assert not await unsent.send(log)  # failed, then refused: the log is broken
+    assert all(f.done() for f in flying)
+    log.close()
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    assert await unsent.send(working)
+    working.close()
+    records = tool_records(tmp_path / "b.db")
+    assert [r.type for r in records] == [FIRST[0], SECOND[0]]
+    assert all("held_since_ns" in r.details for r in records)
+
+
 async def test_record_acted_drops_a_refused_record_and_says_so(tmp_path: Path) -> None:
     broken, working = _closed(tmp_path), AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
     assert not record_acted(broken, *FIRST)  # acted on all the same: dropped, logged

@@ -429,7 +429,7 @@ class AuditLog:
             _logger.error("counted refusals not recorded at close: %s", e.message)
         self._closed = True
         atexit.unregister(self.close)
-        if not self._thread.is_alive():
+        if not self._writer.running or not self._thread.is_alive():  # died: nothing takes a close
             self._release_lock()
             return
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()

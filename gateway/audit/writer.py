@@ -7,6 +7,7 @@ runs on the thread and the only code that writes the log's database.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -130,6 +131,8 @@ class Writer:
     # the head record, committed by this writer, carries no stored signature yet (``seal``)
     unsigned_head: bool = False
     seal_idle_s: float = SEAL_IDLE_S
+    # the batch being served (``_next_batch``): what a dying writer must still fail (``_died``)
+    taken: list[Item] = field(default_factory=list)
     # ``key`` through libsodium: the anchors and head signatures (``gateway.audit.signer``)
     signer: HeadSigner = field(init=False)
     # the checkpoint file and export, written off this thread (``gateway.audit.checkpoints``)
@@ -159,8 +162,35 @@ class Writer:
     def run(self) -> None:
         try:
             self._serve()
+        except BaseException as e:  # noqa: BLE001 - logged with its trace, every commit failed
+            self._died(e)
         finally:
             self.running = False
+
+    def _died(self, e: BaseException) -> None:
+        """An unexpected exception ends the writer (a handled write failure does not): every
+        commit it had taken or still queued would stay pending for ever (``events.Unsent``
+        holding them in flight, ``record`` callers hanging until their timeout). They fail
+        now, with the log's broken error: the log refuses all after, calls fail closed at once."""
+        err = AuditError(f"audit writer of {self.path} stopped: {e!r}")
+        self.broken = self.broken or err  # before ``running``: a put after this is refused
+        self.running = False
+        _logger.critical("%s", err.message, exc_info=e)
+        self._fail_all(self.taken, self.broken)
+        self.taken = []
+
+    def _fail_all(self, items: list[Item], err: AuditError) -> None:
+        # what was taken, then what is still queued (a put that raced past the check included)
+        while True:
+            for it in items:
+                resolve(it.future, exc=err)
+            wake(items, None, err)
+            items = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    items.append(self.queue.get_nowait())
+            if not items:
+                return
 
     def _serve(self) -> None:
         while True:
@@ -200,7 +230,9 @@ class Writer:
         awaited event, a flush or a close ends the wait at once.
         """
         item = self._take()
+        # ``taken``: failed, with the queue, if the writer dies before it settled them (``_died``)
         batch, get_nowait, room = [item], self.queue.get_nowait, self.batch_max - 1
+        self.taken = batch
         awaited = is_awaited(item)
         deadline: float | None = None
         while room > 0 and item.kind == "event":

@@ -1,0 +1,68 @@
+"""A writer thread that dies of an unexpected exception (not the write failure it handles):
+the commits it had taken, and those queued behind them, stayed pending for ever: ``record``
+callers hung until their timeout, ``events.Unsent`` kept its records in flight and never sent
+them again. Now they fail with the log's broken error, and the log refuses all after.
+
+The seam: one method of the real writer (``commit_events``) is replaced on the instance by
+one that raises, as a bug there would; the log, its queue and its thread are real."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.audit.log import AuditLog
+from gateway.errors import AuditError
+from gateway.events import Event
+from tests.conftest import Stall
+
+pytestmark = pytest.mark.anyio
+
+
+def _boom(*_args: object, **_kw: object) -> bool:
+    raise RuntimeError("a bug in the writer")
+
+
+async def test_a_dying_writer_fails_every_commit_it_had_and_breaks_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem", batch_max=1)  # one taken, one queued
+    with Stall(log):
+        taken = log.submit(Event.TOOL_DRIFT, {"tool": "s__t"})
+        queued = log.submit(Event.TOOL_DRIFT, {"tool": "s__u"})
+        monkeypatch.setattr(log._writer, "commit_events", _boom)
+    with anyio.fail_after(10):  # pending for ever, before
+        for commit in (taken, queued):
+            with pytest.raises(AuditError):
+                await commit
+    with pytest.raises(AuditError):
+        log.ensure_writable()
+    with anyio.fail_after(1), pytest.raises(AuditError):  # refused at once, not after a timeout
+        await log.record(Event.TOOL_DRIFT, {"tool": "s__v"}, timeout=30)
+    log.close()
+
+
+async def test_a_blocking_append_taken_by_a_dying_writer_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    failed: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            log.append(Event.TOOL_DRIFT, {"tool": "s__t"}, timeout=30)
+        except AuditError as e:
+            failed.append(e)
+
+    with Stall(log):
+        monkeypatch.setattr(log._writer, "commit_events", _boom)
+        t = threading.Thread(target=append)
+        t.start()
+        await anyio.sleep(0.1)  # queued behind the stall
+    t.join(10)  # 30 s (its timeout), before
+    assert not t.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], AuditError)
+    log.close()

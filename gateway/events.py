@@ -252,11 +252,14 @@ COMMIT_WAIT_S = 30.0
 
 
 class _Held:
-    __slots__ = ("commit", "details", "kind", "late", "since_ns")
+    __slots__ = ("agent", "commit", "details", "kind", "late", "principal", "since_ns")
 
-    def __init__(self, kind: Event, details: Mapping[str, Any]) -> None:
+    def __init__(self, kind: Event, details: Mapping[str, Any], since_ns: int | None = None) -> None:
         self.kind, self.details = kind, details
-        self.since_ns = time.time_ns()  # when the task acted on it
+        self.since_ns = time.time_ns() if since_ns is None else since_ns  # when it was acted on
+        # who acted (an operator's action: the principal column of its record)
+        self.principal: str | None = None
+        self.agent: str | None = None
         self.late = False  # refused once: stamped with since_ns when it is sent
         self.commit: asyncio.Future[int] | None = None  # queued in the log, not committed yet
 
@@ -299,11 +302,16 @@ class Unsent:
         details: Mapping[str, Any],
         *,
         refused: bool = False,
+        since_ns: int | None = None,
+        principal: str | None = None,
+        agent: str | None = None,
     ) -> None:
         """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
-        log refused it once, so it goes late, stamped)."""
-        held = _Held(kind, details)
+        log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
+        now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
+        held = _Held(kind, details, since_ns)
         held.late = refused
+        held.principal, held.agent = principal, agent
         with self._lock:
             self._held.append(held)
             if len(self._held) > self._cap:
@@ -325,10 +333,10 @@ class Unsent:
                 continue  # in flight: queued once, not again
             try:
                 if isinstance(sink, Recording):
-                    h.commit = sink.submit(h.kind, h.sent_details())
+                    h.commit = sink.submit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
                     h.commit.add_done_callback(functools.partial(self._settled, h))
                 else:
-                    sink.emit(h.kind, h.sent_details())
+                    sink.emit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
                     self._held.remove(h)
             except AuditError as e:
                 self._late()

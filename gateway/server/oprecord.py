@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +45,14 @@ async def record_action(
         sink.emit(kind, details, principal=principal, agent=agent)
         return None
     held = gw.verifier.unsent
+    who = {"principal": principal, "agent": agent, "since_ns": time.time_ns()}  # done just now
     try:
         commit = sink.submit(kind, details, principal=principal, agent=agent)
     except AuditError as e:  # refused before it was queued (broken since the check, closed)
-        held.keep(kind, details, refused=True)
+        held.keep(kind, details, refused=True, **who)
         return unrecorded(kind, e)
     # held on failure whenever it comes: after the answer too (a stalled commit that fails later)
-    commit.add_done_callback(functools.partial(_hold_if_failed, held, kind, details))
+    commit.add_done_callback(functools.partial(_hold_if_failed, held, kind, details, who))
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
     if not done:
         return unrecorded(kind, AuditError(f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)"))
@@ -84,10 +86,14 @@ def with_record(
 
 
 def _hold_if_failed(
-    held: Unsent, kind: Event, details: Mapping[str, Any], commit: asyncio.Future[int]
+    held: Unsent,
+    kind: Event,
+    details: Mapping[str, Any],
+    who: Mapping[str, Any],
+    commit: asyncio.Future[int],
 ) -> None:
     # a cancelled commit (the gateway stopping) left its event in the writer's queue: not held
     if commit.cancelled() or (err := commit.exception()) is None:
         return
     _logger.error("%s not committed (the action was done): held until the log commits it: %s", kind, err)
-    held.keep(kind, details, refused=True)  # sent late: stamped held_since_ns
+    held.keep(kind, details, refused=True, **who)  # sent late: stamped with the action's time

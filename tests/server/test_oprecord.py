@@ -60,6 +60,7 @@ def test_an_approval_whose_record_fails_after_the_check_is_answered_done_and_its
         current = httpx.get(api + "/diff", headers=admin).json()["current_hash"]
         break_audit_log(db)  # the disk is full; nothing has written since: the check passes
 
+        before_ns = time.time_ns()
         r = httpx.post(api + "/approve", json={"hash": current}, headers=admin)
         assert r.status_code == 503, r.text  # 200 before, its record lost
         assert (r.json()["code"], r.json()["done"]) == (ActionUnrecorded.code, True)
@@ -75,6 +76,9 @@ def test_an_approval_whose_record_fails_after_the_check_is_answered_done_and_its
         # broken, and the held record is sent again by the approvals poll's sender
         [rec] = _wait_for(db, Event.TOOL_APPROVED)
         assert rec["details"]["definition_hash"] == current and "held_since_ns" in rec["details"]
+        # of the operator who acted, stamped when it was done (not when its commit failed)
+        assert rec["principal"] == "alice", rec  # make_keys: the admin key is alice's
+        assert before_ns <= rec["details"]["held_since_ns"] <= before_ns + 5 * 10**9, rec
         assert not [d for kind, d in gw.verifier.unsent.held() if kind == Event.TOOL_APPROVED]
 
 

@@ -18,11 +18,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ActionUnrecorded, AuditError
-from gateway.events import COMMIT_WAIT_S, Event, Recording, Unsent
+from gateway.events import COMMIT_WAIT_S, Event, Recording
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -45,14 +45,17 @@ async def record_action(
         sink.emit(kind, details, principal=principal, agent=agent)
         return None
     held = gw.verifier.unsent
-    who = {"principal": principal, "agent": agent, "since_ns": time.time_ns()}  # done just now
+    # whom the record is of, and when it was done (just now), should it be held
+    keep = functools.partial(
+        held.keep, kind, details, refused=True, since_ns=time.time_ns(), principal=principal, agent=agent
+    )
     try:
         commit = sink.submit(kind, details, principal=principal, agent=agent)
     except AuditError as e:  # refused before it was queued (broken since the check, closed)
-        held.keep(kind, details, refused=True, **who)
+        keep()
         return unrecorded(kind, e)
     # held on failure whenever it comes: after the answer too (a stalled commit that fails later)
-    commit.add_done_callback(functools.partial(_hold_if_failed, held, kind, details, who))
+    commit.add_done_callback(functools.partial(_hold_if_failed, kind, keep))
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
     if not done:
         return unrecorded(kind, AuditError(f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)"))
@@ -85,15 +88,9 @@ def with_record(
     return (status, body) if unrec is None else (503, {**body, **unrec})
 
 
-def _hold_if_failed(
-    held: Unsent,
-    kind: Event,
-    details: Mapping[str, Any],
-    who: Mapping[str, Any],
-    commit: asyncio.Future[int],
-) -> None:
+def _hold_if_failed(kind: Event, keep: Callable[[], None], commit: asyncio.Future[int]) -> None:
     # a cancelled commit (the gateway stopping) left its event in the writer's queue: not held
     if commit.cancelled() or (err := commit.exception()) is None:
         return
     _logger.error("%s not committed (the action was done): held until the log commits it: %s", kind, err)
-    held.keep(kind, details, refused=True, **who)  # sent late: stamped with the action's time
+    keep()  # sent late: stamped with the action's time

@@ -362,3 +362,32 @@ async def test_a_refused_record_of_the_lease_taken_does_not_end_the_lease_runner
         rec.refuse.clear()
         await _until("it runs", lambda: bool(marked(mark)) and _running(a), 2 * RENEW_S + START_S)
         tg.cancel_scope.cancel()
+
+
+async def test_a_start_passed_on_outlives_the_lease_while_no_replica_can_take_it(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """The holder of an idle on-demand agent takes a start, its log broken: it lets the lease
+    go and leaves the start for the next holder. No replica could take the lease for longer
+    than a lease lives (both logs broken): the start lived as long (``LEASE_TTL_MS``) and was
+    lost, after the operator's 202. Now it waits on Redis until a holder takes it."""
+    mark = f"6012.{os.getpid()}"
+    ra, rb = BreakingRecorder(), BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, ra, start="on-demand")
+    b = replica(tmp_path / "b", fresh.url, mark, rb, start="on-demand")
+    assert a.leased is not None and b.leased is not None
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
+        tg.start_soon(b.run)
+        await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)
+        ra.broken = rb.broken = True
+        b.request_start(NAME)  # passed to a, which takes it and cannot run it
+        await _until("a let it go", lambda: a.leased is not None and not a.leased.holds(NAME), 4 * RENEW_S)
+        await anyio.sleep(TTL_S + RENEW_S)  # nobody can take the lease for longer than it lives
+        assert r.get(LEASE + NAME) is None and not marked(mark)
+        rb.broken = False
+        await _until("b runs it", lambda: bool(marked(mark)) and _running(b), 2 * RENEW_S + START_S)
+        assert not _running(a) and len(marked(mark)) == 1
+        tg.cancel_scope.cancel()

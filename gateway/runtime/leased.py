@@ -14,6 +14,8 @@ like any other process. An operator's suspend / resume / terminate answered by a
 does not hold the lease is passed to the holder as an order (``gateway.runtime.orders``), which
 the holder carries out after its next renewal. A holder that dies leaves its lease to expire: another process takes
 it within ``LEASE_TTL_MS`` + ``RENEW_S``. On stop the holder releases it once its run has ended.
+A holder whose audit log cannot record lets the lease go to a replica whose log works: at once
+when its runs are refused, after ``AUDIT_RETRY_S`` when a live run's calls are (``_letting_go``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from redis.exceptions import RedisError
 from gateway.config.sections import AgentConfig
 from gateway.errors import AuditError, InvalidTransition
 from gateway.events import Event, record_acted
+from gateway.runtime.hosted import AUDIT_RETRY_S
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
 from gateway.state.leases import RENEW_S, RETRY_S, STOP_MARGIN_S, Lease, LeaseBoard
@@ -50,6 +53,7 @@ class LeasedAgents:
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
         self._wanted: set[str] = set()  # start requests to pass to the holder
+        self._broken_since: dict[str, float] = {}  # a held agent's live run: its log broken since
         self.seen: dict[str, dict[str, Any] | None] = {}  # every agent's holder status
         self.seen_at: float | None = None  # when ``seen`` was read (epoch s; None: never)
         # a held agent's state changed: its status is written now, not at the next renewal
@@ -178,6 +182,7 @@ class LeasedAgents:
         """Run the supervisor while the lease is ours; stop it when it is not (or at exit)."""
         hosted = self.hosted
         self.held.add(name)
+        self._broken_since.pop(name, None)
         if name in self._wanted:  # asked here before this process took the lease
             self._wanted.discard(name)
             hosted._wake[name].set()
@@ -192,10 +197,14 @@ class LeasedAgents:
             self._lost(name, why, lease_left(lease) if lease.valid_until else None)
         finally:
             self.held.discard(name)
+            if hosted._wake[name].is_set():  # a start taken here and not run: the next holder's
+                hosted._wake[name] = anyio.Event()  # (left set, it fired at this one's next turn)
+                self._wanted.add(name)
             self.hosted.end_record(
                 name, f"stopped here, {why}"
             )  # on every way out: lost, stopped or cancelled
             with anyio.CancelScope(shield=True), anyio.move_on_after(RENEW_S):
+                await self._pass_requests(name)  # before the release: also when the gateway stops
                 await self._release(lease)
 
     def _lost(self, name: str, why: str, left: float | None) -> None:
@@ -232,12 +241,10 @@ class LeasedAgents:
             with anyio.move_on_after(wait):
                 await self._changed[name].wait()
             self._changed[name] = anyio.Event()
-            # its runs refused while its log is broken: the lease goes to a replica that can run
-            # it (kept, it ran nowhere). A run live or ended is kept: an operator's stop stands
-            if name in self.hosted.refusing and (why := self._unusable()) is not None:
+            if (why := self._letting_go(name)) is not None:
                 if self.hosted.config.agents[name].start == "on-demand":
-                    # its refused run was asked for (a start, or a restart): passed on to the next
-                    # holder, which waited for a start that never came (the one taken here)
+                    # its refused or stopped run was asked for (a start, or a restart): passed on
+                    # to the next holder, which waited for a start that never came (taken here)
                     self._wanted.add(name)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
@@ -256,6 +263,23 @@ class LeasedAgents:
                 self.hosted._wake[name].set()
             await self._take_orders(name)
             wait = RENEW_S
+
+    def _letting_go(self, name: str) -> str | None:
+        """Why the held ``name`` goes to a replica whose log works (None: kept here): its runs
+        are refused here (kept, it ran nowhere), or its live run's calls have been refused here
+        for ``AUDIT_RETRY_S`` or more (kept, every call failed until the run ended); the run is
+        stopped as at a lost lease. A run ended (an operator's terminate, ``restart = "never"``)
+        or suspended is kept: an operator's stop stands. A shorter outage moves nothing."""
+        why = self._unusable()
+        agent = self.hosted.runtime.agents.by_name(name)
+        live = agent is not None and agent.state is AgentState.RUNNING
+        if why is None or not (live or name in self.hosted.refusing):
+            self._broken_since.pop(name, None)
+            return None
+        if name in self.hosted.refusing:
+            return why
+        since = self._broken_since.setdefault(name, time.monotonic())
+        return why if time.monotonic() - since >= AUDIT_RETRY_S else None
 
     async def _take_orders(self, name: str) -> None:
         """Carry out the operators' orders other processes left for ``name`` (well-formed ones)."""

@@ -9,7 +9,7 @@ One lease per hosted agent, ``symbi:lease:agent:NAME``, holds a random owner tok
   holder's status next to it (``symbi:lease:status:NAME``, same expiry: who runs the agent,
   for every replica's ``/api/status``) and takes any start request another replica left for
   it (``symbi:lease:wake:NAME``: ``symbi agents run NAME`` answered by a replica that does
-  not hold the lease);
+  not hold the lease; kept until a holder takes it);
 - an operator's suspend / resume / terminate answered by a replica that does not hold the lease
   is left for the holder as an order (``symbi:lease:orders:NAME``, a list, ``gateway.runtime.orders``),
   which the holder takes (reads and deletes in one transaction) after each renewal;
@@ -160,8 +160,11 @@ class LeaseBoard(RedisUser):
         return {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
 
     async def wake(self, name: str) -> None:
-        """Ask the holder of ``name``'s lease to start it (taken at its next renewal)."""
-        await self.redis.set(WAKE + name, self.owner, px=self.ttl_ms)
+        """Ask the holder of ``name``'s lease to start it (taken at its next renewal). Kept until
+        a holder takes it, with no expiry: one that lived ``LEASE_TTL_MS`` was lost when no
+        replica could take the lease that long (every log broken), after the operator's 202.
+        One per agent (a second start asked before it is taken is the same start)."""
+        await self.redis.set(WAKE + name, self.owner)
 
     async def order(self, name: str, order: str, ttl_s: float) -> None:
         """Leave an operator's order (JSON) for the holder of ``name``'s lease; the orders not

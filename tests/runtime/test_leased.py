@@ -23,9 +23,9 @@ import pytest
 import redis
 
 from gateway.runtime import AgentState
-from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.hosted import AUDIT_RETRY_S, HostedAgents
 from gateway.runtime.leased import LeasedAgents
-from gateway.state.leases import LEASE, LEASE_TTL_MS, RENEW_S, STOP_MARGIN_S
+from gateway.state.leases import LEASE, LEASE_TTL_MS, RENEW_S, STOP_MARGIN_S, WAKE
 from tests.conftest import ROOT
 from tests.runtime._leases import NAME, marked, replica
 from tests.runtime.test_core import BreakingRecorder, Recorder
@@ -361,4 +361,109 @@ async def test_a_refused_record_of_the_lease_taken_does_not_end_the_lease_runner
         assert not marked(mark) and not _running(a)
         rec.refuse.clear()
         await _until("it runs", lambda: bool(marked(mark)) and _running(a), 2 * RENEW_S + START_S)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_start_passed_on_outlives_the_lease_while_no_replica_can_take_it(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """The holder of an idle on-demand agent takes a start, its log broken: it lets the lease
+    go and leaves the start for the next holder. No replica could take the lease for longer
+    than a lease lives (both logs broken): the start lived as long (``LEASE_TTL_MS``) and was
+    lost, after the operator's 202. Now it waits on Redis until a holder takes it."""
+    mark = f"6012.{os.getpid()}"
+    ra, rb = BreakingRecorder(), BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, ra, start="on-demand")
+    b = replica(tmp_path / "b", fresh.url, mark, rb, start="on-demand")
+    assert a.leased is not None and b.leased is not None
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
+        tg.start_soon(b.run)
+        await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)
+        ra.broken = rb.broken = True
+        b.request_start(NAME)  # passed to a, which takes it and cannot run it
+        await _until("a let it go", lambda: a.leased is not None and not a.leased.holds(NAME), 4 * RENEW_S)
+        await anyio.sleep(TTL_S + RENEW_S)  # nobody can take the lease for longer than it lives
+        assert r.get(LEASE + NAME) is None and not marked(mark)
+        rb.broken = False
+        await _until("b runs it", lambda: bool(marked(mark)) and _running(b), 2 * RENEW_S + START_S)
+        assert not _running(a) and len(marked(mark)) == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_a_live_run_whose_holders_audit_log_stays_broken_moves_to_a_replica_that_can_run_it(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """The holder's log breaks while its run is live: the run kept its lease, every call it
+    made refused there (the audit step), until it ended by itself, while a replica whose log
+    works stood by. Now, the log still broken after ``AUDIT_RETRY_S``, the holder stops the run
+    and lets the lease go (as at a lost lease), and does not take it back while broken."""
+    mark = f"6013.{os.getpid()}"
+    rec = BreakingRecorder()
+    a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+        tg.start_soon(b.run)
+        rec.broken = True
+        broke = time.monotonic()
+        await _until("b runs it", lambda: len(marked(mark)) == 1 and _running(b), 4 * RENEW_S + START_S)
+        assert time.monotonic() - broke >= AUDIT_RETRY_S  # not at the first refusal: no flapping
+        assert a.leased is not None and not a.leased.holds(NAME) and not _running(a)
+        await anyio.sleep(RENEW_S + 1)  # a's tries to take it back go by: its log is still broken
+        assert _running(b) and len(marked(mark)) == 1 and not _running(a)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_live_run_keeps_its_lease_through_a_short_audit_log_outage(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """A log broken for less than ``AUDIT_RETRY_S`` (seen at most once by the renewals) does
+    not move a live run: it is not stopped for an outage that is already over."""
+    mark = f"6014.{os.getpid()}"
+    rec = BreakingRecorder()
+    a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+        tg.start_soon(b.run)
+        pids = marked(mark)
+        rec.broken = True
+        await anyio.sleep(RENEW_S + 0.5)  # one renewal (at most two) sees it broken
+        rec.broken = False
+        until = time.monotonic() + AUDIT_RETRY_S + 2 * RENEW_S
+        while time.monotonic() < until:
+            assert marked(mark) == pids and _running(a) and not _running(b)
+            await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_start_taken_by_a_holder_that_then_loses_the_lease_is_run_by_the_next(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """An on-demand agent's start passed to its holder while a run is live: the holder takes it
+    (to run once this run ends), then loses the lease and cannot take it back (its log broken).
+    The start stayed in the holder's own memory: the next holder waited for a start that never
+    came. Now the holder passes it on when its run is stopped, and the next holder runs it."""
+    mark = f"6015.{os.getpid()}"
+    rec = BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
+    b = replica(tmp_path / "b", fresh.url, mark, Recorder(), start="on-demand")
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
+        tg.start_soon(b.run)
+        a.request_start(NAME)
+        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+        b.request_start(NAME)  # passed to a, which takes it at its next renewal
+        await _until("passed on", lambda: bool(r.exists(WAKE + NAME)), RENEW_S)
+        await _until("taken by a", lambda: not r.exists(WAKE + NAME), 2 * RENEW_S)
+        rec.broken = True  # a cannot take the lease back
+        r.set(LEASE + NAME, "forged", px=int(2 * RENEW_S * 1000))  # a loses it at its next renewal
+        await _until("a's run stopped", lambda: not marked(mark) and not _running(a), RENEW_S + 5)
+        await _until("b runs it", lambda: bool(marked(mark)) and _running(b), 2 * RENEW_S + START_S)
+        assert len(marked(mark)) == 1
         tg.cancel_scope.cancel()

@@ -79,6 +79,9 @@ class LeasedAgents:
         for the holder (it acts after its next renewal). The holder's status as read now, or
         None when no process holds the lease (nothing is left). Raises ``RedisError``/``OSError``:
         the caller refuses the action (fail closed, never dropped silently)."""
+        if action == "terminate":  # a start asked before and not taken yet is withdrawn: it
+            self._wanted.discard(name)  # no longer expires, so it ran whenever a holder came
+            await self.board.unwake(name)
         seen = (await self.board.statuses([name]))[name]
         self.seen[name] = seen
         if seen is None:

@@ -166,6 +166,10 @@ class LeaseBoard(RedisUser):
         One per agent (a second start asked before it is taken is the same start)."""
         await self.redis.set(WAKE + name, self.owner)
 
+    async def unwake(self, name: str) -> None:
+        """Withdraw a start of ``name`` not taken yet (an operator's terminate came after it)."""
+        await self.redis.delete(WAKE + name)
+
     async def order(self, name: str, order: str, ttl_s: float) -> None:
         """Leave an operator's order (JSON) for the holder of ``name``'s lease; the orders not
         taken within ``ttl_s`` expire. Raises ``RedisError``/``OSError`` (the caller refuses)."""

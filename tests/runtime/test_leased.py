@@ -393,6 +393,32 @@ async def test_a_start_passed_on_outlives_the_lease_while_no_replica_can_take_it
         tg.cancel_scope.cancel()
 
 
+async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, fresh: Redis) -> None:
+    """A start waits on Redis until a holder takes it (no expiry); an operator's terminate
+    asked while no replica holds the lease was answered "runs nowhere", and the start still
+    ran when a holder came. The terminate withdraws it."""
+    mark = f"6015.{os.getpid()}"
+    ra, rb = BreakingRecorder(), BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, ra, start="on-demand")
+    b = replica(tmp_path / "b", fresh.url, mark, rb, start="on-demand")
+    assert a.leased is not None and b.leased is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
+        tg.start_soon(b.run)
+        await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)
+        ra.broken = rb.broken = True
+        b.request_start(NAME)  # passed to a, which takes it, cannot run it and passes it on
+        await _until("a let it go", lambda: a.leased is not None and not a.leased.holds(NAME), 4 * RENEW_S)
+        await _until("no holder", lambda: b.leased is not None and not _seen(b.leased), 2 * RENEW_S)
+        assert await b.leased.pass_order(NAME, "terminate", "ops", "not wanted") is None  # held nowhere
+        rb.broken = False
+        await _until("b holds it", lambda: b.leased is not None and b.leased.holds(NAME), 2 * RENEW_S + START_S)
+        await anyio.sleep(RENEW_S + START_S)  # a start taken would have run by now
+        assert not marked(mark) and not _running(b)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_live_run_whose_holders_audit_log_stays_broken_moves_to_a_replica_that_can_run_it(
     tmp_path: Path, fresh: Redis
 ) -> None:

@@ -413,7 +413,9 @@ async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, 
         await _until("no holder", lambda: b.leased is not None and not _seen(b.leased), 2 * RENEW_S)
         assert await b.leased.pass_order(NAME, "terminate", "ops", "not wanted") is None  # held nowhere
         rb.broken = False
-        await _until("b holds it", lambda: b.leased is not None and b.leased.holds(NAME), 2 * RENEW_S + START_S)
+        await _until(
+            "b holds it", lambda: b.leased is not None and b.leased.holds(NAME), 2 * RENEW_S + START_S
+        )
         await anyio.sleep(RENEW_S + START_S)  # a start taken would have run by now
         assert not marked(mark) and not _running(b)
         tg.cancel_scope.cancel()

@@ -347,7 +347,8 @@ class AuditLogBusy(AuditError):
 class ActionUnrecorded(AuditError):
     """An operator's action was carried out (it cannot be undone in general) but its record was
     not committed: the log failed after the check before it, or stalled. The record is held and
-    sent again (``gateway.server.oprecord``); the answer says the action was done."""
+    sent again (``gateway.server.oprecord``); the answer says the action was done. Not raised:
+    the one definition of its answer's ``code`` (the action's result is an answer, not an error)."""
 
     code = "action_unrecorded"
 

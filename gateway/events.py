@@ -401,7 +401,7 @@ class Unsent:
         # only records not in flight count against the cap and are dropped: one in flight is the
         # writer's (its queue holds it anyway); the scan runs only past the cap
         waiting = [h for h in self._held if h.commit is None]
-        for dropped in waiting[: len(waiting) - self._cap]:
+        for dropped in waiting[: max(0, len(waiting) - self._cap)]:  # ([:-k] dropped all but k)
             self._held.remove(dropped)
             _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
 

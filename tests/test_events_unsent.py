@@ -131,6 +131,24 @@ async def test_at_the_bound_a_record_in_flight_is_not_dropped(
     assert not len(unsent)
 
 
+async def test_records_in_flight_do_not_shrink_the_bound_of_those_waiting(tmp_path: Path) -> None:
+    """With several in flight and fewer than ``cap`` waiting, a negative slice dropped all but
+    a few of the waiting records at the next keep, under the bound."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent(cap=4)
+    with Stall(log):
+        for n in range(3):
+            unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": [str(n)]})
+        assert len(unsent.queue(log)) == 3  # in flight: the writer's
+        for n in range(3, 7):  # four waiting: at the bound, none over it
+            unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": [str(n)]})
+        assert [d["upstreams"][0] for _, d in unsent.held()] == [str(n) for n in range(7)]
+    with anyio.fail_after(10):
+        assert await unsent.send(log)
+    log.close()
+    assert len(tool_records(tmp_path / "a.db")) == 7
+
+
 async def test_records_in_flight_when_the_writer_dies_are_sent_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -435,8 +435,13 @@ class AuditLog:
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._held.close()  # held emits go before the close marker
         self._queue.put(Item("close", future=fut))
+        self._writer.fail_late()  # died since the check above: the marker fails, not hangs
         try:
             self._wait(fut, timeout)
+        except AuditError:
+            if self._writer.running:
+                raise
+            # the writer died between the check and the marker: nothing takes a close
         finally:
             self._thread.join(timeout)
             if not self._thread.is_alive():
@@ -464,10 +469,12 @@ class AuditLog:
         self._check()
         self._held.release_here()  # this thread's held emits first: they came before ``item``
         self._queue.put(item)
+        self._writer.fail_late()  # the writer died since the check: settled here, not never
 
     def _queue_all(self, items: list[Item]) -> None:
         for it in items:
             self._queue.put(it)
+        self._writer.fail_late()
 
     @staticmethod
     def _wait(fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:

@@ -179,6 +179,12 @@ class Writer:
         self._fail_all(self.taken, self.broken)
         self.taken = []
 
+    def fail_late(self) -> None:
+        """Fail what was put after a dead writer's last drain (a put that passed the log's
+        check just before the death): nothing else would ever settle it."""
+        if not self.running and self.broken is not None:
+            self._fail_all([], self.broken)
+
     def _fail_all(self, items: list[Item], err: AuditError) -> None:
         # what was taken, then what is still queued (a put that raced past the check included)
         while True:

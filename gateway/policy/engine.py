@@ -48,6 +48,7 @@ from gateway.errors import PolicyLoadError
 from gateway.events import Event, EventSink, LoggingSink, Unsent, record_acted, record_held
 from gateway.policy.decision import deny, validate_decision
 from gateway.policy.inputkey import InputReads
+from gateway.policy.inputtext import refused_text
 from gateway.policy.loader import (
     PolicyBundle,
     PolicyFiles,
@@ -57,7 +58,6 @@ from gateway.policy.loader import (
     new_engine,
 )
 from gateway.policy.watch import FileWatcher
-from gateway.textcheck import not_utf8_at
 
 log = logging.getLogger("symbi.policy")
 
@@ -164,53 +164,8 @@ class PolicyEngine(ABC):
 
 def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
     """Evaluate ``decision`` on a regorus engine; any failure (including a panic) is a deny."""
-    refused = _refused_text(input)
+    refused = refused_text(input)
     return refused if refused is not None else _evaluate(engine, decision, input)[0]
-
-
-# The input's names the shipped policy globs: regorus' glob.match fails the whole evaluation
-# on a NUL (its internal placeholder), a deny that cost a rebuilt engine (~17 ms on the event
-# loop) per such request: a resources/read of a URI with a NUL that a template matched.
-_GLOBBED: tuple[tuple[str, ...], ...] = (
-    ("target",),
-    ("topic",),
-    ("tool", "name"),
-    ("recipient", "principal"),
-    ("memory", "base"),
-)
-
-
-def _nul_at(input: Mapping[str, Any]) -> str | None:
-    """The JSON pointer of a globbed name (``_GLOBBED``) holding a NUL, else None."""
-    for path in _GLOBBED:
-        value: Any = input
-        for part in path:
-            # a dict first: the abc check of Mapping costs ~1 us a step, on every decision
-            if value is None or (type(value) is not dict and not isinstance(value, Mapping)):
-                value = None
-                break
-            value = value.get(part)
-        if type(value) is str and "\x00" in value:
-            return "/" + "/".join(path)
-    return None
-
-
-def _refused_text(input: Mapping[str, Any]) -> Decision | None:
-    """The deny for an input regorus must not be given (``_not_utf8``, ``_nul_at``), else None."""
-    bad = not_utf8_at(input)
-    if bad is not None:
-        return _not_utf8(bad)
-    nul = _nul_at(input)
-    if nul is not None:
-        log.warning("policy input refused: the name at %s holds a NUL character", nul)
-        return deny(f"policy input refused: the name at {nul} holds a NUL character")
-    return None
-
-
-def _not_utf8(where: str) -> Decision:
-    """The deny for an input regorus must not see: it would kill the process (gateway/textcheck.py)."""
-    log.error("policy input refused: the text at %s is not valid UTF-8", where)
-    return deny(f"policy input refused: the text at {where} is not valid UTF-8")
 
 
 def _evaluate(
@@ -478,7 +433,7 @@ class EmbeddedEngine(PolicyEngine):
                 self.cache_hits += 1
                 return _copy(hit)
         self.cache_misses += 1
-        refused = _refused_text(input)
+        refused = refused_text(input)
         if refused is not None:  # never kept: another input with the same read parts may be fine
             return refused
         decision, healthy = _evaluate(engine, self.decision_path, input, local.answers)

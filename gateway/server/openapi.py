@@ -40,7 +40,10 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
 _STD = {"401": _ERR, "403": _ERR}
 # an operator action done whose record the log failed (or stalled on) after its check
-_DONE = "action_unrecorded (done: true): done, its audit record not committed yet (held, written later)"
+_DONE = (
+    "action_unrecorded (done: true): done, its audit record not committed yet "
+    "(held: sent again; pending: still queued in a stalled writer)"
+)
 _LIMIT = [
     {
         "name": "limit",

@@ -57,26 +57,32 @@ async def record_action(
     # held on failure whenever it comes: after the answer too (a stalled commit that fails later)
     commit.add_done_callback(functools.partial(_hold_if_failed, kind, keep))
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
-    if not done:
-        return unrecorded(kind, AuditError(f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)"))
+    if not done:  # still queued in the writer, not held: held should its commit fail later
+        return unrecorded(
+            kind, AuditError(f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)"), held=False
+        )
     err = None if commit.cancelled() else commit.exception()
     if err is None:
         return None
     return unrecorded(kind, err if isinstance(err, AuditError) else AuditError(repr(err)))
 
 
-def unrecorded(kind: Event, err: AuditError) -> dict[str, Any]:
-    """The 503 body of an action done whose record ``kind`` is not committed: held, re-sent."""
-    why = (
-        f"done, but its audit record ({kind}) is not committed ({err.message}): it is held and "
-        "written once the audit log commits again; see /readyz"
+def unrecorded(kind: Event, err: AuditError, *, held: bool = True) -> dict[str, Any]:
+    """The 503 body of an action done whose record ``kind`` is not committed: ``held`` (sent
+    again until committed), or still queued in a stalled writer (``pending``)."""
+    where = (
+        "it is held and written once the audit log commits again"
+        if held
+        else "it stays queued and is written when the disk moves (held, should that fail)"
     )
+    why = f"done, but its audit record ({kind}) is not committed ({err.message}): {where}; see /readyz"
     return {
         "error": "unavailable",
         "component": "audit",
         "code": ActionUnrecorded.code,
         "done": True,
-        "held": True,
+        "held": held,
+        "pending": not held,
         "reason": why,
     }
 

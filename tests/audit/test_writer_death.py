@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from gateway.audit.batch import event_item
 from gateway.audit.log import AuditLog
 from gateway.errors import AuditError
 from gateway.events import Event
@@ -61,8 +62,33 @@ async def test_a_blocking_append_taken_by_a_dying_writer_fails(
         monkeypatch.setattr(log._writer, "commit_events", _boom)
         t = threading.Thread(target=append)
         t.start()
-        await anyio.sleep(0.1)  # queued behind the stall
+        with anyio.fail_after(10):  # queued behind the stall (not refused at the check)
+            while log._queue.qsize() < 1:
+                await anyio.sleep(0.01)
     t.join(10)  # 30 s (its timeout), before
     assert not t.is_alive()
     assert len(failed) == 1 and isinstance(failed[0], AuditError)
     log.close()
+
+
+async def test_a_commit_put_after_the_dying_writer_s_last_drain_fails(tmp_path: Path) -> None:
+    """An event that passed the log's check just before the writer died, and was put after
+    the writer's last drain, stayed pending for ever. Seam: the log's check is wrapped so the
+    writer dies (its real ``commit_events`` replaced by one that raises) between the check and
+    the put, a window of microseconds otherwise."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    real_check = log._check
+
+    def check_then_the_writer_dies() -> None:
+        real_check()
+        log._writer.commit_events = _boom  # type: ignore[method-assign]
+        log._queue.put(event_item(str(Event.TOOL_DRIFT), {"tool": "s__x"}, None, None, None))
+        log._thread.join(10)
+        assert not log._thread.is_alive() and log._writer.broken is not None
+
+    log._check = check_then_the_writer_dies  # type: ignore[method-assign]
+    commit = log.submit(Event.TOOL_DRIFT, {"tool": "s__t"})
+    log._check = real_check  # type: ignore[method-assign]
+    with anyio.fail_after(5), pytest.raises(AuditError):  # pending for ever, before
+        await commit
+    log.close()  # returns: the writer is dead, nothing takes a close marker

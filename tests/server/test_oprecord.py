@@ -104,6 +104,7 @@ def test_an_agent_suspension_whose_record_stalls_is_answered_done_and_written_la
             r = httpx.post(url, json={"reason": "x"}, headers=admin, timeout=30)
             assert r.status_code == 503, r.text  # 200 before, and hung on the disk with a wait
             assert (r.json()["code"], r.json()["done"]) == (ActionUnrecorded.code, True)
+            assert (r.json()["held"], r.json()["pending"]) == (False, True)  # queued, not held
             [after] = httpx.get(run.base + "/api/agents", headers=admin).json()["agents"]
             held = httpx.get(run.base + "/api/principals", headers=admin).json()["suspended"]
             assert after["suspend_pending"] and len(held) == 1, (after, held)  # it was done

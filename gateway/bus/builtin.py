@@ -25,7 +25,8 @@ from gateway.bus.crypto import TOPIC_KEYS_CAP
 from gateway.bus.results import receive_ceiling, tool_result
 from gateway.context import CallContext, Principal
 from gateway.errors import ArgumentsInvalid, BusQuotaExceeded, CatalogError, UnknownTool
-from gateway.policy.results import RESULT_ENVELOPE_BYTES, result_cap
+from gateway.policy.decision import RESULT_ENVELOPE_BYTES
+from gateway.policy.results import result_cap
 
 _logger = logging.getLogger("symbi.bus")
 

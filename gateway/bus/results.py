@@ -13,11 +13,12 @@ learns it, rather than taken alone by a receive and cut.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp import types
+from gateway.policy.decision import RESULT_ENVELOPE_BYTES
 
-from gateway.policy.results import RESULT_ENVELOPE_BYTES
+if TYPE_CHECKING:  # the SDK is imported by the one function that builds a result: `symbi bus`
+    from mcp import types  # reaches this module through the store and needs none of it (~1 s)
 
 RECEIVE_MAX_BYTES = 8 * 1024 * 1024  # one bus__receive result at most (the policy may cap lower)
 # a received message's fields other than its body, at most (ids, agent ids, a topic of 128)
@@ -26,6 +27,8 @@ ITEM_METADATA_BYTES = 1024
 
 def tool_result(out: dict[str, Any]) -> types.CallToolResult:
     """A bus tool's answer as its MCP result: its JSON as text, and structured."""
+    from mcp import types
+
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=json.dumps(out))], structured_content=out
     )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.config.model import Config
 from gateway.errors import ConfigError, ContextError
 from gateway.events import EventSink
 from gateway.memory.access import MemoryAccess
-from gateway.memory.builtin import MemoryService
 from gateway.memory.embed import Embedder, make_embedder
 from gateway.memory.guard import GuardedStore, unplaced
 from gateway.memory.manager import ContextManager, MemorySettings
@@ -18,6 +18,9 @@ from gateway.policy.engine import PolicyEngine
 from gateway.runtime.agents import Agent, AgentRegistry
 from gateway.runtime.lifecycle import AgentState
 from gateway.state.health import safe_url
+
+if TYPE_CHECKING:  # the built-ins import the MCP SDK (~1 s): `symbi knowledge`/`memory` need none
+    from gateway.memory.builtin import MemoryService
 
 COLLECTION = "symbi_memory"
 
@@ -97,6 +100,8 @@ def build_manager(
 
 def build_service(config: Config, events: EventSink, policy: PolicyEngine | None) -> MemoryService:
     """What the ``memory`` and ``knowledge`` built-ins share (``gateway.assemble`` plugs it in)."""
+    from gateway.memory.builtin import MemoryService
+
     return MemoryService(
         build_manager(config, events),
         MemoryAccess(policy, events),

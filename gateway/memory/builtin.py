@@ -28,7 +28,8 @@ from gateway.memory.manager import ContextManager, check_bounds
 from gateway.memory.rag import RagPipeline, RagResult
 from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS, RAG_PROMPT, TEMPLATES
 from gateway.memory.types import MEMORY_TYPES, PERSISTENT_TYPES, AgentContext, ContextQuery
-from gateway.policy.results import RESULT_ENVELOPE_BYTES, result_cap, result_size
+from gateway.policy.decision import RESULT_ENVELOPE_BYTES
+from gateway.policy.results import result_cap, result_size
 
 _logger = logging.getLogger("symbi.memory")
 

@@ -16,6 +16,10 @@ from gateway.context import Decision
 
 SANDBOX_TIERS = ("bwrap", "docker", "gvisor")
 AUDIT_LEVELS = ("full", "minimal")
+# room for what surrounds a tool's payload in its result after the tool (the chain's _meta,
+# the content list's JSON): the bus's receives and memory's recalls keep within cap minus this
+# (``max_result_bytes``). Here, not in gateway.policy.results, which imports the MCP SDK.
+RESULT_ENVELOPE_BYTES = 512
 
 
 def _is_int(v: Any) -> bool:

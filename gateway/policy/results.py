@@ -39,10 +39,6 @@ from gateway.errors import PolicyDenied, UpstreamError
 from gateway.policy.redact import redact, scrub_secrets
 from gateway.textcheck import not_utf8_at
 
-# room for what surrounds a tool's payload in its result after the tool (the chain's _meta,
-# the content list's JSON): the bus's receives and memory's recalls keep within cap minus this
-RESULT_ENVELOPE_BYTES = 512
-
 
 def result_cap(call: CallContext) -> int | None:
     """The policy's ``max_result_bytes`` for this call, if it sets one (an int, not a bool)."""

@@ -11,13 +11,14 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
-
-from mcp import types
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.context import ToolInfo
 from gateway.events import Event, EventSink, record_acted
 from gateway.screen.screener import Kind, Screener, Screening
+
+if TYPE_CHECKING:  # annotations only: `symbi tools approve` imports this (via the verifier) without the SDK
+    from mcp import types
 
 
 # What screening reads of a catalogue (``gateway.catalog.Catalog`` has it): structural, so

@@ -21,7 +21,6 @@ import anyio
 import redis.asyncio as aioredis
 
 from gateway.config.model import Config
-from gateway.handouts import PER_UPSTREAM
 from gateway.policy.counters import CallCounters
 from gateway.state.handouts import RedisHandOuts, SqliteHandOuts
 from gateway.state.health import Probe, lets_anyone_in, safe_url
@@ -142,6 +141,10 @@ def open_postgres(config: Config) -> Postgres | None:
 def build_state(config: Config, counters: CallCounters) -> SharedState:
     """The backends ``[state]`` names; PostgreSQL is connected and migrated here (a start
     that cannot reach it fails with ``StateUnavailable`` naming it)."""
+    # here, not at the top: gateway.handouts imports the MCP SDK (~1 s), which the admin CLI's
+    # users of this package (the stores, the leases) never need
+    from gateway.handouts import PER_UPSTREAM
+
     st = config.state
     state = SharedState(LocalRateLimiter(counters), interval_s=st.probe_interval_s)
     if st.redis_url is not None:

@@ -15,11 +15,12 @@ first sight, a change is drift, one added after the first approved listing is pe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, Protocol
-
-from mcp import types
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.context import ToolInfo
+
+if TYPE_CHECKING:  # types only: the admin CLI imports this without the MCP SDK (~1 s)
+    from mcp import types
 
 ListedKind = Literal["prompt", "resource", "template"]
 KINDS: tuple[ListedKind, ...] = ("prompt", "resource", "template")

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from gateway.cli import COMMANDS, _command
 from tests.conftest import ROOT
 
@@ -36,3 +38,27 @@ def test_a_command_imports_its_module_and_no_other() -> None:
     loaded = json.loads(out)
     assert "gateway.cli.audit_cmd" in loaded
     assert not set(loaded) & (set(COMMANDS) - {"gateway.cli.audit_cmd"})
+
+
+# the commands that serve MCP themselves; every other one is an admin command
+_SERVES_MCP = ("mcp", "serve")
+_ADMIN = [n for names in COMMANDS.values() for n in names if n not in _SERVES_MCP]
+
+
+@pytest.mark.parametrize("command", _ADMIN)
+def test_an_admin_command_starts_without_the_mcp_sdk(command: str) -> None:
+    # importing the SDK costs ~1 s of every such command's start; it only needs the store,
+    # the config or the admin API: a fresh process, as `symbi COMMAND` starts
+    probe = (
+        "import json, sys; from gateway.cli import build_parser; build_parser(sys.argv[1]); "
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert json.loads(out) == [], command

@@ -16,6 +16,11 @@ from gateway.config import load_config
 from gateway.config.load import admin_api_key_from_env
 from gateway.errors import AdminApiError, ConfigError
 
+# longer than the gateway waits for an operator action's record to commit (30 s,
+# ``gateway.server.oprecord.RECORD_WAIT_S``): on a stalled disk the CLI reads the 503 saying
+# the action was done, rather than "cannot reach the gateway" for an action carried out
+TIMEOUT_S = 45.0
+
 
 def add_options(p: argparse.ArgumentParser, *, config: bool = True) -> None:
     if config:
@@ -41,7 +46,7 @@ def request(
             method,
             base.rstrip("/") + "/api" + path,
             json=body,
-            timeout=30,
+            timeout=TIMEOUT_S,
             headers={"Authorization": f"Bearer {key}"},
         )
     except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a --url that is none

@@ -40,3 +40,12 @@ def test_status_reaches_a_gateway_on_an_ipv6_loopback(tmp_path: Path) -> None:
         )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "overall_status" in json.loads(res.stdout)
+
+
+def test_the_cli_waits_longer_than_the_gateway_waits_for_an_action_s_record() -> None:
+    """Both were 30 s: on a stalled disk the CLI said it could not reach the gateway for an
+    action the gateway carried out, before its 503 ``action_unrecorded`` (done) came."""
+    from gateway.cli import admin_client
+    from gateway.server import oprecord
+
+    assert admin_client.TIMEOUT_S > oprecord.RECORD_WAIT_S

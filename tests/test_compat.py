@@ -581,3 +581,15 @@ async def test_the_asyncio_cancel_scope_is_the_one_anyio_makes_there() -> None:
         timed.deadline = compat.asyncio_time() + 0.02
         await anyio.sleep(5)
     assert timed.cancelled_caught
+
+
+def test_every_name_compat_exports_is_loaded_from_its_part() -> None:
+    """The names are kept in three lists (the TYPE_CHECKING imports, ``_PARTS``, ``__all__``):
+    one missing from ``_PARTS`` passes ruff and mypy and fails only at run time."""
+    import importlib
+
+    import gateway.compat as compat
+
+    assert set(compat.__all__) == set(compat._PARTS)
+    for name, part in compat._PARTS.items():
+        assert getattr(compat, name) is getattr(importlib.import_module(part), name), name

@@ -17,9 +17,12 @@ from gateway.config.load import admin_api_key_from_env
 from gateway.errors import AdminApiError, ConfigError
 
 # longer than the gateway waits for an operator action's record to commit (30 s,
-# ``gateway.server.oprecord.RECORD_WAIT_S``): on a stalled disk the CLI reads the 503 saying
-# the action was done, rather than "cannot reach the gateway" for an action carried out
+# ``gateway.server.oprecord.RECORD_WAIT_S``) plus a resume's Redis round trips at the default
+# ``[state] timeout_s``: on a stalled disk the CLI reads the 503 saying the action was done,
+# rather than "cannot reach the gateway" for an action carried out. Connecting is not waited
+# for as long (a host that drops packets is said unreachable in 10 s).
 TIMEOUT_S = 45.0
+CONNECT_S = 10.0
 
 
 def add_options(p: argparse.ArgumentParser, *, config: bool = True) -> None:
@@ -46,7 +49,7 @@ def request(
             method,
             base.rstrip("/") + "/api" + path,
             json=body,
-            timeout=TIMEOUT_S,
+            timeout=httpx.Timeout(TIMEOUT_S, connect=CONNECT_S),
             headers={"Authorization": f"Bearer {key}"},
         )
     except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a --url that is none

@@ -141,6 +141,10 @@ def __getattr__(name: str) -> object:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PARTS})  # the names not loaded yet too
+
+
 __all__ = [
     "HOLD_FREE",
     "HOLD_HELD",

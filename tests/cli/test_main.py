@@ -62,3 +62,31 @@ def test_an_admin_command_starts_without_the_mcp_sdk(command: str) -> None:
         check=True,
     ).stdout
     assert json.loads(out) == [], command
+
+
+# what admin commands import inside their functions (run time, not parser build): `symbi tools
+# approve --key` reaches the verifier and the screening refresh, discover the onboarding, ...
+_RUN_TIME = (
+    "gateway.verify.verifier",
+    "gateway.verify.manifest",
+    "gateway.screen.refresh",
+    "gateway.screen.scan",
+    "gateway.onboard.discovery",
+)
+
+
+@pytest.mark.parametrize("module", _RUN_TIME)
+def test_what_an_admin_command_imports_as_it_runs_does_not_load_the_mcp_sdk(module: str) -> None:
+    probe = (
+        "import importlib, json, sys; importlib.import_module(sys.argv[1]); "
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, module],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert json.loads(out) == [], module

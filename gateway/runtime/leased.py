@@ -53,6 +53,8 @@ class LeasedAgents:
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
         self._wanted: set[str] = set()  # start requests to pass to the holder
+        self._unwake: set[str] = set()  # terminated here: a start on Redis to withdraw
+        self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._broken_since: dict[str, float] = {}  # a held agent's live run: its log broken since
         self.seen: dict[str, dict[str, Any] | None] = {}  # every agent's holder status
         self.seen_at: float | None = None  # when ``seen`` was read (epoch s; None: never)
@@ -73,6 +75,15 @@ class LeasedAgents:
         self._wanted.add(name)
         self._poke[name].set()
         return f"start passed to the process holding its lease ({holder or 'none yet'})"
+
+    def withdraw(self, name: str) -> None:
+        """An operator's terminate carried out here (``HostedAgents._terminated``): a start asked
+        and not taken yet is withdrawn, as one passed by a non-holder does (``pass_order``): its
+        Redis key deleted by the lease's loop, at once (woken), retried until done."""
+        self._wanted.discard(name)
+        self._unwake.add(name)
+        if name in self.held and threading.get_ident() == self._loop_thread:
+            self._changed[name].set()
 
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
         """An operator's ``action`` on ``name``, answered here without its lease: left on Redis
@@ -172,7 +183,17 @@ class LeasedAgents:
             return f"its audit log cannot record it ({e.message})"
         return None
 
+    async def _withdraw(self, name: str) -> None:
+        if name not in self._unwake:
+            return
+        try:
+            await self.board.unwake(name)
+            self._unwake.discard(name)
+        except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
+            _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
+
     async def _pass_requests(self, name: str) -> None:
+        await self._withdraw(name)
         if name not in self._wanted:
             return
         try:
@@ -186,6 +207,7 @@ class LeasedAgents:
         hosted = self.hosted
         self.held.add(name)
         self._broken_since.pop(name, None)
+        self._ended.discard(name)
         if name in self._wanted:  # asked here before this process took the lease
             self._wanted.discard(name)
             hosted._wake[name].set()
@@ -202,13 +224,18 @@ class LeasedAgents:
             self.held.discard(name)
             if hosted._wake[name].is_set():  # a start taken here and not run: the next holder's
                 hosted._wake[name] = anyio.Event()  # (left set, it fired at this one's next turn)
-                self._wanted.add(name)
+                # only one an on-demand supervisor still waits for: a terminated (ended) one's,
+                # or any other start mode's (never taken), went holder to holder for good
+                if ac.start == "on-demand" and name not in self._ended:
+                    self._wanted.add(name)
             self.hosted.end_record(
                 name, f"stopped here, {why}"
             )  # on every way out: lost, stopped or cancelled
-            with anyio.CancelScope(shield=True), anyio.move_on_after(RENEW_S):
-                await self._pass_requests(name)  # before the release: also when the gateway stops
-                await self._release(lease)
+            with anyio.CancelScope(shield=True):  # each its own bound: a slow pass keeps the release
+                with anyio.move_on_after(RENEW_S):
+                    await self._pass_requests(name)  # before the release: also when the gateway stops
+                with anyio.move_on_after(RENEW_S):
+                    await self._release(lease)
 
     def _lost(self, name: str, why: str, left: float | None) -> None:
         """The run has ended here (its process is gone): on the audit and the log, with how long
@@ -235,6 +262,7 @@ class LeasedAgents:
 
     async def _supervise(self, name: str, ac: AgentConfig) -> None:
         await self.hosted._supervise(name, ac)
+        self._ended.add(name)  # a start taken after this is never run (nor passed on)
         await anyio.sleep_forever()  # nothing more to run: the lease stays here all the same
 
     async def _keep(self, name: str, lease: Lease) -> str:
@@ -255,6 +283,7 @@ class LeasedAgents:
                 return "could not renew its lease in time (Redis unreachable)"
             try:
                 with anyio.fail_after(bound):
+                    await self._withdraw(name)  # a terminate's, before the renewal takes the start
                     got = await lease.renew(self._doc(name))
             except (*_REDIS_ERRORS, TimeoutError) as e:
                 _logger.warning("agent %s: lease renewal failed (%s); retrying", name, e)
@@ -262,7 +291,7 @@ class LeasedAgents:
                 continue
             if not got.held:
                 return "its lease was taken or expired (another token holds it)"
-            if got.woken:
+            if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
                 self.hosted._wake[name].set()
             await self._take_orders(name)
             wait = RENEW_S

@@ -438,3 +438,35 @@ async def test_a_live_run_keeps_its_lease_through_a_short_audit_log_outage(
             assert marked(mark) == pids and _running(a) and not _running(b)
             await anyio.sleep(0.1)
         tg.cancel_scope.cancel()
+
+
+class MendingRecorder(BreakingRecorder):
+    """A log that mends just as its broken holder lets the run go (its record of the loss)."""
+
+    mended_at = 0.0
+
+    def emit(self, event_type: str, details: Any, **kw: Any) -> None:
+        if event_type == "agent.lease_lost" and self.broken:
+            self.broken, self.mended_at = False, time.monotonic()
+        super().emit(event_type, details, **kw)
+
+
+async def test_a_holder_that_let_its_agent_go_does_not_retake_it_at_once(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """A holder lets a live run go when its log stays broken (``_letting_go``), and tried to take
+    the lease again at once, before any other replica (they try every ``RENEW_S``): a log that
+    had just recovered had its run killed and started again on the same replica. Now it waits
+    ``RENEW_S`` first."""
+    mark = f"6019.{os.getpid()}"
+    rec = MendingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec)
+    assert a.leased is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+        rec.broken = True  # mended as a lets the run go
+        taken = lambda: [t for t, *_ in rec.events].count("agent.lease_acquired") == 2  # noqa: E731
+        await _until("a takes it again", taken, 4 * RENEW_S + 2 * START_S)
+        assert time.monotonic() - rec.mended_at >= RENEW_S - 0.2  # (0.2: the release's round trip)
+        tg.cancel_scope.cancel()

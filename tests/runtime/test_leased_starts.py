@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import anyio
 import pytest
 import redis
 
+from gateway.server.operations import pass_hosted_action
 from gateway.state.leases import LEASE, RENEW_S, WAKE
 from tests.runtime._leases import NAME, marked, replica
 from tests.runtime.test_core import BreakingRecorder, Recorder
@@ -40,7 +43,11 @@ async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, 
         b.request_start(NAME)  # passed to a, which takes it, cannot run it and passes it on
         await _until("a let it go", lambda: a.leased is not None and not a.leased.holds(NAME), 4 * RENEW_S)
         await _until("no holder", lambda: b.leased is not None and not _seen(b.leased), 2 * RENEW_S)
-        assert await b.leased.pass_order(NAME, "terminate", "ops", "not wanted") is None  # held nowhere
+        ops = Recorder()  # the admin API's record of the terminate (its own log works)
+        state = cast(Any, SimpleNamespace(gateway=SimpleNamespace(hosted=b, audit=None, events=ops)))
+        status, body = await pass_hosted_action(state, NAME, "terminate", "ops", "not wanted")
+        assert status == 200 and body["withdrawn"] is True  # held nowhere, but a start withdrawn
+        assert [t for t, *_ in ops.events] == ["agent.terminate_requested"]
         rb.broken = False
         await _until(
             "b holds it", lambda: b.leased is not None and b.leased.holds(NAME), 2 * RENEW_S + START_S
@@ -156,4 +163,25 @@ async def test_a_start_for_an_agent_that_waits_for_none_is_not_passed_holder_to_
         await _until("b runs it", lambda: len(marked(mark)) == 1 and _running(b), 2 * RENEW_S + START_S)
         await anyio.sleep(RENEW_S + 1)  # b's renewal would have taken a start a passed on
         assert not b._wake[NAME].is_set() and not r.exists(WAKE + NAME)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_start_left_for_a_disabled_or_removed_agent_is_deleted_at_start(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A start has no expiry: one left for an agent later disabled, or removed from the config,
+    fired whenever it came back, weeks later. The lease runner deletes them when it starts."""
+    mark = f"6020.{os.getpid()}"
+    a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
+    a.config.agents[NAME] = a.config.agents[NAME].model_copy(update={"enabled": False})
+    r = redis.Redis.from_url(fresh.url)
+    r.set(WAKE + NAME, "another replica")  # disabled here
+    r.set(WAKE + "removed", "another replica")  # in no config any more
+    r.set("symbi:other", "kept")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        gone = lambda: not r.exists(WAKE + NAME) and not r.exists(WAKE + "removed")  # noqa: E731
+        await _until("both deleted", gone, 2 * RENEW_S)
+        assert r.get("symbi:other") == b"kept"
         tg.cancel_scope.cancel()

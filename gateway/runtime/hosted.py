@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import subprocess
 import time
 from collections import deque
@@ -41,7 +40,7 @@ from gateway.events import Event, EventSink, record_acted
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.launch import AgentHost, Credentials, hosted_command
+from gateway.runtime.launch import AgentHost, Credentials, hosted_command, interval_s
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Sandboxed
@@ -55,13 +54,6 @@ if TYPE_CHECKING:
 _logger = logging.getLogger("symbi.runtime.hosted")
 
 AUDIT_RETRY_S = 5.0  # a hosted agent's next try while the audit log cannot record it
-_INTERVAL_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def interval_s(start: str) -> float | None:
-    m = _INTERVAL_RE.match(start)
-    return float(m.group(1)) * _UNIT[m.group(2)] if m else None
 
 
 class HostedAgents:
@@ -119,9 +111,17 @@ class HostedAgents:
         return "starting"
 
     def _terminated(self, agent: Agent) -> None:
-        stop = self._stop.get(agent.name) if agent.hosted else None
-        if stop is not None:
+        """An operator's terminate (here or passed as an order): the run stopped, and a start
+        not run yet withdrawn, here and on Redis (passed on at the lease's loss, it ran the
+        terminated agent on another replica)."""
+        if not agent.hosted or agent.name not in self._wake:
+            return
+        if (stop := self._stop.get(agent.name)) is not None:
             stop()
+        if self._wake[agent.name].is_set():  # only when set: a waiting supervisor keeps its event
+            self._wake[agent.name] = anyio.Event()
+        if self.leased is not None:
+            self.leased.withdraw(agent.name)
 
     async def run(self) -> None:
         """Started with the gateway: one supervisor per enabled hosted agent (with shared

@@ -4,6 +4,7 @@ leaves (``gateway.runtime.sandboxed``). The supervisor (``gateway.runtime.hosted
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +20,14 @@ if TYPE_CHECKING:
     from gateway.sandbox.manager import SandboxManager
 
 SOCKET_IN_SANDBOX = "/run/symbi/gateway.sock"
+_INTERVAL_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def interval_s(start: str) -> float | None:
+    """An interval start mode's period in seconds ("30s"), or None (another start mode)."""
+    m = _INTERVAL_RE.match(start)
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else None
 
 
 class Credentials(Protocol):

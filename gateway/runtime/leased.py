@@ -15,7 +15,8 @@ does not hold the lease is passed to the holder as an order (``gateway.runtime.o
 the holder carries out after its next renewal. A holder that dies leaves its lease to expire: another process takes
 it within ``LEASE_TTL_MS`` + ``RENEW_S``. On stop the holder releases it once its run has ended.
 A holder whose audit log cannot record lets the lease go to a replica whose log works: at once
-when its runs are refused, after ``AUDIT_RETRY_S`` when a live run's calls are (``_letting_go``).
+when its runs are refused, when a live run's calls are after ``AUDIT_RETRY_S`` as its renewals
+see it (5-9 s; ``_letting_go``), and waits ``RENEW_S`` before it tries to take that lease again.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class LeasedAgents:
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
         self._wanted: set[str] = set()  # start requests to pass to the holder
+        self._unwake: set[str] = set()  # terminated here: a start on Redis to withdraw
+        self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
+        self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
         self._broken_since: dict[str, float] = {}  # a held agent's live run: its log broken since
         self.seen: dict[str, dict[str, Any] | None] = {}  # every agent's holder status
         self.seen_at: float | None = None  # when ``seen`` was read (epoch s; None: never)
@@ -74,14 +78,28 @@ class LeasedAgents:
         self._poke[name].set()
         return f"start passed to the process holding its lease ({holder or 'none yet'})"
 
+    def withdraw(self, name: str) -> None:
+        """An operator's terminate carried out here (``HostedAgents._terminated``): a start asked
+        and not taken yet is withdrawn, as one passed by a non-holder does (``pass_order``): its
+        Redis key deleted by the lease's loop, at once (woken), retried until done."""
+        self._wanted.discard(name)
+        self._unwake.add(name)
+        if name in self.held and threading.get_ident() == self._loop_thread:
+            self._changed[name].set()
+
+    async def withdraw_start(self, name: str) -> bool:
+        """A terminate answered here without the lease: a start asked before and not taken yet
+        is withdrawn (it no longer expires, so it ran whenever a holder came). True when there
+        was one on Redis. Raises ``RedisError``/``OSError``."""
+        self._wanted.discard(name)
+        return await self.board.unwake(name)
+
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
         """An operator's ``action`` on ``name``, answered here without its lease: left on Redis
         for the holder (it acts after its next renewal). The holder's status as read now, or
         None when no process holds the lease (nothing is left). Raises ``RedisError``/``OSError``:
-        the caller refuses the action (fail closed, never dropped silently)."""
-        if action == "terminate":  # a start asked before and not taken yet is withdrawn: it
-            self._wanted.discard(name)  # no longer expires, so it ran whenever a holder came
-            await self.board.unwake(name)
+        the caller refuses the action (fail closed, never dropped silently). A terminate's
+        ``withdraw_start`` goes first (the caller's, so a withdrawal is answered and recorded)."""
         seen = (await self.board.statuses([name]))[name]
         self.seen[name] = seen
         if seen is None:
@@ -110,12 +128,25 @@ class LeasedAgents:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, name="agent-leases-status")
+                tg.start_soon(self._drop_starts, name="agent-leases-stale-starts")
                 for name, ac in self.hosted.config.agents.items():
                     if ac.enabled:
                         tg.start_soon(self._hold, name, ac, name=f"agent-{name}-lease")
         finally:
             with anyio.CancelScope(shield=True):
                 await self.board.aclose()
+
+    async def _drop_starts(self) -> None:
+        """Starts left on Redis for agents disabled or gone from the config are deleted: a
+        start has no expiry, so it fired whenever its agent was enabled again (logged)."""
+        keep = {n for n, ac in self.hosted.config.agents.items() if ac.enabled}
+        try:
+            dropped = await self.board.drop_starts(keep)
+        except _REDIS_ERRORS as e:
+            _logger.warning("stale start requests not deleted (%s)", e)
+            return
+        for name in dropped:
+            _logger.warning("agent %s: a start left for it while disabled or removed was deleted", name)
 
     async def _watch(self) -> None:
         names = sorted(self.hosted.config.agents)
@@ -150,6 +181,9 @@ class LeasedAgents:
                 continue
             try:
                 await self._run_held(name, ac, lease)
+                if name in self._let_go:  # others try every RENEW_S: retaken at once, a log
+                    self._let_go.discard(name)  # just recovered killed and restarted it here
+                    await anyio.sleep(RENEW_S)
             except* AuditError as eg:  # the log broken (deny): this loop ended, and the gateway with it
                 # (except*: one raised inside _run_held's task group comes as an ExceptionGroup)
                 _logger.error("agent %s: stopped while the audit log cannot record it (%s)", name, eg)
@@ -172,7 +206,17 @@ class LeasedAgents:
             return f"its audit log cannot record it ({e.message})"
         return None
 
+    async def _withdraw(self, name: str) -> None:
+        if name not in self._unwake:
+            return
+        try:
+            await self.board.unwake(name)
+            self._unwake.discard(name)
+        except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
+            _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
+
     async def _pass_requests(self, name: str) -> None:
+        await self._withdraw(name)
         if name not in self._wanted:
             return
         try:
@@ -186,6 +230,8 @@ class LeasedAgents:
         hosted = self.hosted
         self.held.add(name)
         self._broken_since.pop(name, None)
+        self._ended.discard(name)
+        self._let_go.discard(name)
         if name in self._wanted:  # asked here before this process took the lease
             self._wanted.discard(name)
             hosted._wake[name].set()
@@ -202,13 +248,18 @@ class LeasedAgents:
             self.held.discard(name)
             if hosted._wake[name].is_set():  # a start taken here and not run: the next holder's
                 hosted._wake[name] = anyio.Event()  # (left set, it fired at this one's next turn)
-                self._wanted.add(name)
+                # only one an on-demand supervisor still waits for: a terminated (ended) one's,
+                # or any other start mode's (never taken), went holder to holder for good
+                if ac.start == "on-demand" and name not in self._ended:
+                    self._wanted.add(name)
             self.hosted.end_record(
                 name, f"stopped here, {why}"
             )  # on every way out: lost, stopped or cancelled
-            with anyio.CancelScope(shield=True), anyio.move_on_after(RENEW_S):
-                await self._pass_requests(name)  # before the release: also when the gateway stops
-                await self._release(lease)
+            with anyio.CancelScope(shield=True):  # each its own bound: a slow pass keeps the release
+                with anyio.move_on_after(RENEW_S):
+                    await self._pass_requests(name)  # before the release: also when the gateway stops
+                with anyio.move_on_after(RENEW_S):
+                    await self._release(lease)
 
     def _lost(self, name: str, why: str, left: float | None) -> None:
         """The run has ended here (its process is gone): on the audit and the log, with how long
@@ -235,6 +286,7 @@ class LeasedAgents:
 
     async def _supervise(self, name: str, ac: AgentConfig) -> None:
         await self.hosted._supervise(name, ac)
+        self._ended.add(name)  # a start taken after this is never run (nor passed on)
         await anyio.sleep_forever()  # nothing more to run: the lease stays here all the same
 
     async def _keep(self, name: str, lease: Lease) -> str:
@@ -245,6 +297,7 @@ class LeasedAgents:
                 await self._changed[name].wait()
             self._changed[name] = anyio.Event()
             if (why := self._letting_go(name)) is not None:
+                self._let_go.add(name)
                 if self.hosted.config.agents[name].start == "on-demand":
                     # its refused or stopped run was asked for (a start, or a restart): passed on
                     # to the next holder, which waited for a start that never came (taken here)
@@ -255,6 +308,7 @@ class LeasedAgents:
                 return "could not renew its lease in time (Redis unreachable)"
             try:
                 with anyio.fail_after(bound):
+                    await self._withdraw(name)  # a terminate's, before the renewal takes the start
                     got = await lease.renew(self._doc(name))
             except (*_REDIS_ERRORS, TimeoutError) as e:
                 _logger.warning("agent %s: lease renewal failed (%s); retrying", name, e)
@@ -262,7 +316,7 @@ class LeasedAgents:
                 continue
             if not got.held:
                 return "its lease was taken or expired (another token holds it)"
-            if got.woken:
+            if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
                 self.hosted._wake[name].set()
             await self._take_orders(name)
             wait = RENEW_S
@@ -272,7 +326,9 @@ class LeasedAgents:
         are refused here (kept, it ran nowhere), or its live run's calls have been refused here
         for ``AUDIT_RETRY_S`` or more (kept, every call failed until the run ended); the run is
         stopped as at a lost lease. A run ended (an operator's terminate, ``restart = "never"``)
-        or suspended is kept: an operator's stop stands. A shorter outage moves nothing."""
+        or suspended is kept: an operator's stop stands. The log is seen broken at a renewal
+        (every ``RENEW_S``), so the run stops 5-9 s after the break; an outage over before the
+        next renewal is never seen, and two outages between renewals count as one."""
         why = self._unusable()
         agent = self.hosted.runtime.agents.by_name(name)
         live = agent is not None and agent.state is AgentState.RUNNING

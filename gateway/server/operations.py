@@ -25,6 +25,7 @@ from gateway.server.oprecord import record_action, with_record
 from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
+    from gateway.app import Gateway
     from gateway.audit.log import AuditLog
     from gateway.runtime.agents import Agent
     from gateway.runtime.core import AgentRuntime
@@ -421,15 +422,23 @@ async def pass_hosted_action(
 ) -> tuple[int, dict[str, Any]]:
     """``action`` on hosted agent ``name``, whose lease another process holds: passed to it
     through Redis (202, naming the holder); 409 when no process holds it; 503
-    ``state_unavailable`` when Redis cannot be reached (refused, never dropped)."""
+    ``state_unavailable`` when Redis cannot be reached (refused, never dropped). A terminate
+    first withdraws a start not taken yet: one withdrawn is said in the answer (200 when no
+    process holds the lease; ``withdrawn``, also in a 503) and recorded."""
     gw = state.gateway
     assert gw is not None and gw.hosted is not None and gw.hosted.leased is not None
+    withdrawn = False
     try:
+        if action == "terminate":
+            withdrawn = await gw.hosted.leased.withdraw_start(name)
         seen = await gw.hosted.leased.pass_order(name, action, who, reason)
     except (RedisError, OSError) as e:
-        return 503, _state_unavailable(
-            f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
-        )
+        why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
+        if not withdrawn:
+            return 503, _state_unavailable(why)
+        return await _withdrawn(gw, name, who, reason, 503, {**_state_unavailable(why), "result": why})
+    if seen is None and withdrawn:
+        return await _withdrawn(gw, name, who, reason, 200, {"result": "no process holds its lease"})
     if seen is None:
         why = (
             f"no process holds hosted agent {name!r}'s lease: it runs nowhere now (not started, "
@@ -437,6 +446,7 @@ async def pass_hosted_action(
         )
         return 409, {"error": "not_running", "reason": why}
     result = f"{action} passed to the process holding its lease ({seen.get('holder')})"
+    result += "; a pending start withdrawn" if withdrawn else ""
     unrec = await record_action(
         gw,
         OPERATOR_EVENTS[action],
@@ -444,4 +454,16 @@ async def pass_hosted_action(
         principal=who,
     )
     body = {"agent": seen.get("agent") or name, "result": result, "holder": seen.get("holder")}
-    return with_record(unrec, 202, {**body, "state": seen.get("state")})
+    return with_record(unrec, 202, {**body, "state": seen.get("state"), "withdrawn": withdrawn})
+
+
+async def _withdrawn(
+    gw: Gateway, name: str, who: str, reason: str, status: int, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """A terminate that withdrew a pending start and was passed to no holder: answered and
+    recorded as done (the start is gone), with why it went no further."""
+    result = f"a pending start withdrawn; {body['result']}"
+    doc = {"agent": None, "name": name, "by": who, "reason": reason, "result": result}
+    unrec = await record_action(gw, OPERATOR_EVENTS["terminate"], doc, principal=who)
+    answer = {**body, "agent": name, "result": result, "withdrawn": True}
+    return with_record(unrec, status, answer)

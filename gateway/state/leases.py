@@ -166,9 +166,21 @@ class LeaseBoard(RedisUser):
         One per agent (a second start asked before it is taken is the same start)."""
         await self.redis.set(WAKE + name, self.owner)
 
-    async def unwake(self, name: str) -> None:
-        """Withdraw a start of ``name`` not taken yet (an operator's terminate came after it)."""
-        await self.redis.delete(WAKE + name)
+    async def unwake(self, name: str) -> bool:
+        """Withdraw a start of ``name`` not taken yet (an operator's terminate came after it):
+        True when there was one (deleted). Raises ``RedisError``/``OSError``."""
+        return bool(await self.redis.delete(WAKE + name))
+
+    async def drop_starts(self, keep: set[str]) -> list[str]:
+        """Delete the start requests of every agent not in ``keep`` (disabled, or no longer in
+        the config): kept with no expiry, one fired whenever its agent came back, weeks later.
+        The names dropped. Raises ``RedisError``/``OSError``."""
+        dropped = []
+        async for key in self.redis.scan_iter(match=WAKE + "*", count=100):
+            name = (key.decode() if isinstance(key, bytes) else str(key))[len(WAKE) :]
+            if name not in keep and await self.redis.delete(key):
+                dropped.append(name)
+        return dropped
 
     async def order(self, name: str, order: str, ttl_s: float) -> None:
         """Leave an operator's order (JSON) for the holder of ``name``'s lease; the orders not

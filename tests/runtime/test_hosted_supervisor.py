@@ -33,8 +33,8 @@ from gateway.runtime import AgentState
 from gateway.runtime import hosted as hosted_module
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.hosted import HostedAgents, interval_s
-from gateway.runtime.launch import AgentHost
+from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.launch import AgentHost, interval_s
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, root_device
 from gateway.server.auth import ApiKeyStore

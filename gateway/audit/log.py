@@ -438,10 +438,11 @@ class AuditLog:
         self._writer.fail_late()  # died since the check above: the marker fails, not hangs
         try:
             self._wait(fut, timeout)
-        except AuditError:
-            if self._writer.running:
+        except AuditError as e:
+            # the writer died between the check and the marker (its one broken error): nothing
+            # takes a close; any other (a final checkpoint that failed) is the caller's to see
+            if e is not self._writer.broken:
                 raise
-            # the writer died between the check and the marker: nothing takes a close
         finally:
             self._thread.join(timeout)
             if not self._thread.is_alive():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -92,3 +93,29 @@ async def test_a_commit_put_after_the_dying_writer_s_last_drain_fails(tmp_path: 
     with anyio.fail_after(5), pytest.raises(AuditError):  # pending for ever, before
         await commit
     log.close()  # returns: the writer is dead, nothing takes a close marker
+
+
+def test_a_final_checkpoint_that_fails_at_close_is_raised_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Close swallowed an error of a writer no longer running, meant for a writer that died
+    between the check and the marker: a healthy writer whose final checkpoint failed ends too
+    (returning), and its error was dropped when it had ended before close looked. Seam: the
+    real writer's ``write_checkpoint`` replaced by one that raises; the close waits for the
+    writer to end before looking, the order that dropped it."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    log.emit(Event.TOOL_DRIFT, {"tool": "s__t"})
+
+    def fails() -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(log._writer, "write_checkpoint", fails)
+    real_wait = log._wait
+
+    def wait_after_the_writer_ended(fut: Any, timeout: float | None) -> Any:
+        log._thread.join(10)  # the writer answered the marker and ended: running is False
+        return real_wait(fut, timeout)
+
+    monkeypatch.setattr(log, "_wait", wait_after_the_writer_ended)
+    with pytest.raises(AuditError):
+        log.close()

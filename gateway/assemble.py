@@ -54,7 +54,7 @@ from gateway.steps.results import ValidateResult
 from gateway.steps.schedule import ScheduleStep
 from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
-from gateway.tasks import audit_retention, discover, poll_approvals, refusal_summaries, send_held, watch_keys
+from gateway.tasks import audit_retention, discover, poll_approvals, refusal_summaries, watch_keys
 from gateway.telemetry import Telemetry
 from gateway.upstream.builtin import Builtin
 from gateway.verify.revocations import Revocations
@@ -265,8 +265,6 @@ def _periodic_tasks(
     scheduler, discovery and audit retention."""
     _shared_state_tasks(config, state, audit, policy, events, background)
     background.append(poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
-    if isinstance(policy, EmbeddedEngine):  # its reloads' records the log refused (record_held)
-        background.append(send_held(policy.unsent, config.mcp.recheck_interval_s))
     # keys are fetched afresh once their cache expires (not more often than approvals are polled)
     keys_every = max(config.mcp.discovery_ttl_s, config.mcp.recheck_interval_s)
     background.append(watch_keys(verifier, keys_every))

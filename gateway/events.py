@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -206,25 +205,9 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
         sink.emit(event_type, details, **who)
         return True
     except AuditError as e:
-        _logger.error("%s not recorded (acted on all the same): %s", event_type, e)
+        # the last trace of it: a log refusing an emit is broken (or closed) for good
+        _logger.error("%s not recorded (acted on all the same): %s: %s", event_type, e, dict(details))
         return False
-
-
-def record_held(sink: EventSink, unsent: Unsent, event_type: Event, details: Mapping[str, Any]) -> bool:
-    """``record_acted`` for the only record of a change made on a thread (a policy reload):
-    emitted at once, in order ahead of what follows, unless ``unsent`` holds earlier ones (then
-    behind them); refused by the log, held (stamped) for ``unsent``'s sender (``tasks.send_held``)
-    instead of dropped. Whether it was emitted now."""
-    from gateway.errors import AuditError
-
-    if not len(unsent):
-        try:
-            sink.emit(event_type, details)
-            return True
-        except AuditError as e:
-            _logger.error("%s not recorded, held until the log takes it: %s", event_type, e)
-    unsent.keep(event_type, details, refused=True)
-    return False
 
 
 @runtime_checkable
@@ -284,17 +267,13 @@ class Unsent:
     def __init__(self, cap: int = 10_000) -> None:
         self._held: deque[_Held] = deque()
         self._cap = cap
-        # ``keep`` is called from threads too (a policy reload: ``record_held``) while the loop
-        # queues, sends or settles: every walk of ``_held`` holds it
-        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._held)
 
     def held(self) -> list[tuple[Event, Mapping[str, Any]]]:
         """The records not committed yet, oldest first, as they are (or will be) sent."""
-        with self._lock:
-            return [(h.kind, h.sent_details()) for h in self._held]
+        return [(h.kind, h.sent_details()) for h in self._held]
 
     def keep(
         self,
@@ -312,20 +291,15 @@ class Unsent:
         held = _Held(kind, details, since_ns)
         held.late = refused
         held.principal, held.agent = principal, agent
-        with self._lock:
-            self._held.append(held)
-            if len(self._held) > self._cap:
-                self._trim()
+        self._held.append(held)
+        if len(self._held) > self._cap:
+            self._trim()
 
     def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
         """Hand every held record not in flight to ``sink``, in order, without waiting: what is
         emitted after this is queued after them. The commits in flight are returned. A sink
         that cannot say when it committed (logging) wrote a record once ``emit`` returned.
         After a refusal the rest are not tried (kept in order, stamped)."""
-        with self._lock:
-            return self._queue(sink)
-
-    def _queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
         from gateway.errors import AuditError
 
         for h in list(self._held):
@@ -358,8 +332,7 @@ class Unsent:
         except BaseException:
             self._late()  # cancelled or failed: whatever of it goes again goes stamped
             raise
-        with self._lock:
-            left = {id(h) for h in self._held}
+        left = {id(h) for h in self._held}
         waiting = sum(1 for h in batch if id(h) in left)
         if waiting:
             _logger.error("%d records not committed yet, held until they are", waiting)
@@ -368,11 +341,10 @@ class Unsent:
     def abandon(self) -> None:
         """The gateway stops: each record the log never took is logged (the last trace of it:
         some are the only record of a change), as one dropped at the cap is."""
-        with self._lock:
-            for h in self._held:
-                if h.commit is None:
-                    _logger.error("%s never recorded: the gateway stopped first: %s", h.kind, dict(h.details))
-            self._held.clear()
+        for h in self._held:
+            if h.commit is None:
+                _logger.error("%s never recorded: the gateway stopped first: %s", h.kind, dict(h.details))
+        self._held.clear()
 
     def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:
         """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
@@ -383,7 +355,7 @@ class Unsent:
         # a cancelled wait leaves the event in the writer's queue: written, not queued again
         err = None if commit.cancelled() else commit.exception()
         if err is None:
-            with self._lock, contextlib.suppress(ValueError):  # let go already (``abandon``)
+            with contextlib.suppress(ValueError):  # let go already (``abandon``)
                 self._held.remove(h)
             return
         h.commit, h.late = None, True  # (this one only: a batch failing at once is not N² work)
@@ -407,10 +379,9 @@ class Unsent:
 
     def _late(self) -> None:
         # sent after records made later: each one not in flight says when it was acted on
-        with self._lock:
-            for h in self._held:
-                if h.commit is None:
-                    h.late = True
+        for h in self._held:
+            if h.commit is None:
+                h.late = True
 
 
 class LoggingSink:

@@ -69,7 +69,7 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
         unsent = verifier.unsent
         async with anyio.create_task_group() as tg:
             tg.start_soon(_refresh_when_due, gw, wake)
-            tg.start_soon(_send_held, gw, verifier.unsent, interval)
+            tg.start_soon(_send_held, gw, unsent, interval)
             while True:
                 if changes is None:
                     await anyio.sleep(interval)
@@ -99,15 +99,6 @@ async def _send_held(gw: Gateway, unsent: Unsent, interval: float) -> None:
         await anyio.sleep(interval)
         if len(unsent):
             await unsent.send(gw.events)
-
-
-def send_held(unsent: Unsent, interval: float) -> Background:
-    """The sender of records held on threads (a policy reload's, ``events.record_held``)."""
-
-    async def run(gw: Gateway) -> None:
-        await _send_held(gw, unsent, interval)
-
-    return run
 
 
 def watch_keys(verifier: ToolVerifier, interval: float) -> Background:

@@ -6,7 +6,6 @@ rebuild noticed the second revocation; this one pins the poll."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,12 +15,9 @@ import pytest
 from gateway import events
 from gateway.app import Gateway
 from gateway.audit.log import AuditLog
-from gateway.audit.store import iter_records
 from gateway.config.load import load_config
 from gateway.events import Event
-from gateway.policy.engine import EmbeddedEngine
-from gateway.policy.loader import PolicyFiles
-from gateway.tasks import poll_approvals, send_held, watch_keys
+from gateway.tasks import poll_approvals, watch_keys
 from gateway.verify.state import ToolStateStore
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import RecordingSink, Stall, write_config
@@ -232,32 +228,3 @@ async def test_a_held_record_is_sent_by_the_poll_with_no_change_to_carry_it(tmp_
     finally:
         log.close()
         verifier.close()
-
-
-class LogOnly:
-    """The seam faked here: a gateway that is only its audit log (the sender uses no more)."""
-
-    def __init__(self, log: AuditLog) -> None:
-        self.events = log
-
-
-async def test_the_sender_sends_a_policy_reload_a_refused_log_left_held(tmp_path: Path) -> None:
-    broken = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
-    broken.close()
-    policy = tmp_path / "p.rego"
-    policy.write_text('package symbi\nimport rego.v1\ndecision := {"allow": true}\n')
-    eng = EmbeddedEngine(PolicyFiles(policy=policy), events=broken)
-    assert eng.load()
-    policy.write_text('package symbi\nimport rego.v1\ndecision := {"allow": false}\n')
-    assert await anyio.to_thread.run_sync(eng.reload)
-    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(send_held(eng.unsent, 0.05), cast(Gateway, LogOnly(working)))
-            while len(eng.unsent):
-                await anyio.sleep(0.02)
-            tg.cancel_scope.cancel()
-    working.close()
-    eng.close()
-    with sqlite3.connect(tmp_path / "b.db") as conn:
-        assert [r.type for r in iter_records(conn) if r.type.startswith("policy.")] == [Event.POLICY_RELOADED]

@@ -45,7 +45,7 @@ from gateway.config.model import Config
 from gateway.context import Decision
 from gateway.custody import FileVersion, changes, read_trusted, snapshot, writable_by_others
 from gateway.errors import PolicyLoadError
-from gateway.events import Event, EventSink, LoggingSink, Unsent, record_acted, record_held
+from gateway.events import Event, EventSink, LoggingSink, record_acted
 from gateway.policy.decision import deny, validate_decision
 from gateway.policy.inputkey import InputReads
 from gateway.policy.inputtext import refused_text
@@ -245,9 +245,6 @@ class EmbeddedEngine(PolicyEngine):
         self.cache_chars = cache_chars
         self.decision_path = decision
         self._events = events or LoggingSink()
-        # policy.reloaded, the only record of which policy decided the calls after it: held when
-        # the log refuses it (``record_held``), sent by ``tasks.send_held``
-        self.unsent = Unsent()
         self._bundle: PolicyBundle | None = None
         self._not_loaded = "no policy is loaded: every request is denied"
         self._number = next(_NUMBERS)
@@ -332,11 +329,10 @@ class EmbeddedEngine(PolicyEngine):
             self._bundle = bundle  # one reference assignment: threads see old or new, never half
             self._origin, self._refused = {"source": "file"}, None
             log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
-            # in force already: a refused record is held, not raised (it must not keep the policy
-            # from the replicas nor end the sync)
-            record_held(
+            # in force already: a refused record must not keep it from the replicas nor end the
+            # sync (a log refusing it is broken for good: logged, with the digest)
+            record_acted(
                 self._events,
-                self.unsent,
                 Event.POLICY_RELOADED,
                 {
                     "policy": str(self.files.policy),
@@ -358,9 +354,8 @@ class EmbeddedEngine(PolicyEngine):
         self._origin = {"source": "broadcast", "version": version, "publisher": publisher}
         self._refused = None
         log.info("policy version %d from %s in force (digest %s)", version, publisher, bundle.digest[:12])
-        record_held(
+        record_acted(
             self._events,
-            self.unsent,
             Event.POLICY_RELOADED,
             {"source": "broadcast", "digest": bundle.digest, "version": version, "publisher": publisher},
         )
@@ -395,7 +390,6 @@ class EmbeddedEngine(PolicyEngine):
             self._watcher.start()
 
     def close(self) -> None:
-        self.unsent.abandon()
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import InvalidTransition
+from gateway.errors import AuditError, InvalidTransition
 from gateway.events import Event
 
 if TYPE_CHECKING:
@@ -115,6 +115,11 @@ def carry_out(
         done = True
     except InvalidTransition as e:
         result, done = e.message, False
+    except AuditError as e:
+        # the log broke since the operator's check (a resume awaits Redis first): the runtime
+        # moved the agent before its own record raised. Done, and said so: the caller's record
+        # is then held and answered 503 action_unrecorded, not a bare 500 for an action done
+        result, done = f"{order.action} done, its state change not recorded ({e.message})", True
     said = result if done else f"refused: {result}"
     doc: dict[str, Any] = {"agent": agent.id, "by": order.by, "reason": order.reason, "result": said}
     if order.via:

@@ -40,7 +40,7 @@ JSON-RPC error.
      ├── SchedulerBusy               the scheduler's queue is full, or the call was preempted
      ├── AuditError                  the audit log cannot be written (fail closed)
      │    ├── AuditLogBusy           another process writes this chain
-     │    ├── ActionUnrecorded       an operator's action was done, its record not committed (held)
+     │    ├── ActionUnrecorded       an operator's action was done, its record not committed (held or pending)
      │    └── AuditIntegrityError    verification found a changed/missing/reordered event
      ├── ContextError                agent memory / knowledge failed (bad input, store down)
      │    ├── MemoryQuotaExceeded [D]  the principal holds all the memory [context] allows it
@@ -346,8 +346,8 @@ class AuditLogBusy(AuditError):
 
 class ActionUnrecorded(AuditError):
     """An operator's action was carried out (it cannot be undone in general) but its record was
-    not committed: the log failed after the check before it, or stalled. The record is held and
-    sent again (``gateway.server.oprecord``); the answer says the action was done. Not raised:
+    not committed: the log failed after the check before it (the record held and sent again), or
+    stalled (the record still queued, held should it fail) (``gateway.server.oprecord``); the answer says the action was done. Not raised:
     the one definition of its answer's ``code`` (the action's result is an answer, not an error)."""
 
     code = "action_unrecorded"

@@ -75,8 +75,8 @@ async def approve_tool(
 ) -> tuple[int, dict[str, Any]]:
     """Approve the definition of ``name`` the person reviewed (``reviewed``: its hash) if it is
     still the current one; the catalogue is re-verified at once. (200, what was approved), or
-    503 ``action_unrecorded`` when it was approved but its record is not committed (held:
-    ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
+    503 ``action_unrecorded`` when it was approved but its record is not committed (held or
+    pending: ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
     rec = await anyio.to_thread.run_sync(_record, gw, name)
     assert gw is not None
     # refused before anything is saved: an approval nobody could tell was made

@@ -7,9 +7,13 @@ meanwhile, before the writer had failed) let the action go ahead, answered 200, 
 record, queued without a wait. Now the record is committed (``events.Recording.submit``) and
 waited for, ``RECORD_WAIT_S`` at most, before the answer. The action cannot be undone in
 general, so a record that failed or did not commit in time is answered 503
-``action_unrecorded`` with ``done: true``, and the record is held in the gateway's
+``action_unrecorded`` with ``done: true``. One that failed is held in the gateway's
 ``events.Unsent`` (the verifier's, re-sent by the approvals poll's sender,
-``tasks._send_held``): written, stamped ``held_since_ns``, once the log commits again.
+``tasks._send_held``: ``held: true``), written, stamped ``held_since_ns``, once the log commits
+again; one not committed in time stays queued in the writer (``pending: true``), written when
+the disk moves, and is held only should its commit then fail. A log that broke for good (an
+emit nobody waited for was lost) commits nothing more in this process: the held record is
+logged at stop (``Unsent.abandon``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ async def record_action(
 ) -> dict[str, Any] | None:
     """Commit the record of an operator's action carried out: None once committed (or with no
     audit log, or ``audit.on_failure = "warn"``: emitted as before), else the 503 body saying
-    the action WAS done and its record is held (``unrecorded``)."""
+    the action WAS done and its record is held or still queued (``unrecorded``)."""
     log, sink = gw.audit, gw.events
     if log is None or log.on_failure == "warn" or not isinstance(sink, Recording):
         sink.emit(kind, details, principal=principal, agent=agent)
@@ -61,7 +65,9 @@ async def record_action(
         return unrecorded(
             kind, AuditError(f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)"), held=False
         )
-    err = None if commit.cancelled() else commit.exception()
+    if commit.cancelled():  # the gateway stopping: its event stays in the writer's queue
+        return unrecorded(kind, AuditError("its commit was cancelled (the gateway is stopping)"), held=False)
+    err = commit.exception()
     if err is None:
         return None
     return unrecorded(kind, err if isinstance(err, AuditError) else AuditError(repr(err)))

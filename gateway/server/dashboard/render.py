@@ -99,7 +99,9 @@ def overview_page(
     return _page("Overview", body, sess, "/")
 
 
-def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]], message: str | None = None) -> str:
+def tools_page(
+    sess: dict[str, Any], tools: list[dict[str, Any]], message: str | None = None, error: bool = False
+) -> str:
     rows = (
         (
             f'<a href="{e(sess["base"])}/tools/{quote(t["name"], safe="")}"><code>{e(t["name"])}</code></a>',
@@ -114,7 +116,11 @@ def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]], message: str |
     table = _table(
         ("Tool", "Upstream", "Verification", "Screening", "Key", "Description"), rows, "No tools.", "tools"
     )
-    note = f'<p class="ok" role="status" id="message">{e(message)}</p>' if message else ""
+    note = (
+        f'<p class="{"bad" if error else "ok"}" role="status" id="message">{e(message)}</p>'
+        if message
+        else ""
+    )
     return _page("Tools", f'<div class="card"><h2>Tool catalogue</h2>{note}{table}</div>', sess, "/tools")
 
 

@@ -157,6 +157,8 @@ async def act_on_agent(
         unheld = _unheld(gw.runtime, agent, body) if action == "suspend" else None
         if unheld is not None and unrec is None:
             return 507, unheld
+        if unheld is not None:  # the 503 (done, unrecorded) says its principal is not held too
+            body = {**body, "principal_held": False, "holds_full": unheld["reason"]}
     return with_record(unrec, status, body)
 
 
@@ -306,7 +308,9 @@ async def act_on_principal(
         principal=who,
     )
     shared = await _shared_holds(state, body)
-    if unrec is not None:  # done, its record held: said before the rest
+    if unrec is not None:  # done, its record held: said before the rest (and where it holds)
+        if action == "suspend" and principal in rt.holds.unshared:
+            body["holds_full"] = "suspended in this process only: the shared state refused it"
         return with_record(unrec, 200, body)
     if action == "suspend" and principal in rt.holds.unshared:  # Redis refused it: not "suspended"
         limit = rt.holds.bound_of(principal)  # Redis's, not this process's

@@ -15,8 +15,9 @@ does not hold the lease is passed to the holder as an order (``gateway.runtime.o
 the holder carries out after its next renewal. A holder that dies leaves its lease to expire: another process takes
 it within ``LEASE_TTL_MS`` + ``RENEW_S``. On stop the holder releases it once its run has ended.
 A holder whose audit log cannot record lets the lease go to a replica whose log works: at once
-when its runs are refused, when a live run's calls are after ``AUDIT_RETRY_S`` as its renewals
-see it (5-9 s; ``_letting_go``), and waits ``RENEW_S`` before it tries to take that lease again.
+when its runs are refused; for a live run, once its renewals have seen the log broken for
+``AUDIT_RETRY_S`` (5-9 s after the break; ``_letting_go``). Either way it waits ``RENEW_S``
+before it tries to take that lease again.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ class LeasedAgents:
 
     def withdraw(self, name: str) -> None:
         """An operator's terminate carried out here (``HostedAgents._terminated``): a start asked
-        and not taken yet is withdrawn, as one passed by a non-holder does (``pass_order``): its
-        Redis key deleted by the lease's loop, at once (woken), retried until done."""
+        and not taken yet is withdrawn, as a terminate answered by a non-holder does
+        (``withdraw_start``): its Redis key is deleted by the lease's loop (at once when this
+        process holds the lease and the terminate came on the loop's thread, else at its next
+        turn), retried until done."""
         self._wanted.discard(name)
         self._unwake.add(name)
         if name in self.held and threading.get_ident() == self._loop_thread:
@@ -90,9 +93,11 @@ class LeasedAgents:
     async def withdraw_start(self, name: str) -> bool:
         """A terminate answered here without the lease: a start asked before and not taken yet
         is withdrawn (it no longer expires, so it ran whenever a holder came). True when there
-        was one on Redis. Raises ``RedisError``/``OSError``."""
+        was one on Redis. Raises ``RedisError``/``OSError``: then a start asked here and not
+        passed on yet is kept too (the operator is answered 503, nothing done)."""
+        withdrawn = await self.board.unwake(name)
         self._wanted.discard(name)
-        return await self.board.unwake(name)
+        return withdrawn
 
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
         """An operator's ``action`` on ``name``, answered here without its lease: left on Redis
@@ -137,16 +142,19 @@ class LeasedAgents:
                 await self.board.aclose()
 
     async def _drop_starts(self) -> None:
-        """Starts left on Redis for agents disabled or gone from the config are deleted: a
-        start has no expiry, so it fired whenever its agent was enabled again (logged)."""
-        keep = {n for n, ac in self.hosted.config.agents.items() if ac.enabled}
+        """Starts left on Redis for the agents this config disables are deleted: a start has
+        no expiry, so it fired whenever its agent was enabled again (logged). Only the names
+        this config lists as disabled: in a rolling deploy another replica's config may enable
+        an agent this one lacks, and its starts (answered 202 there) are not ours to delete.
+        A removed agent's start is left (it fires if the agent is added back)."""
+        disabled = sorted(n for n, ac in self.hosted.config.agents.items() if not ac.enabled)
         try:
-            dropped = await self.board.drop_starts(keep)
+            dropped = await self.board.drop_starts(disabled)
         except _REDIS_ERRORS as e:
             _logger.warning("stale start requests not deleted (%s)", e)
             return
-        for name in dropped:
-            _logger.warning("agent %s: a start left for it while disabled or removed was deleted", name)
+        if dropped:
+            _logger.warning("%d start(s) left for the disabled agents %s deleted", dropped, disabled)
 
     async def _watch(self) -> None:
         names = sorted(self.hosted.config.agents)
@@ -209,10 +217,13 @@ class LeasedAgents:
     async def _withdraw(self, name: str) -> None:
         if name not in self._unwake:
             return
+        # discarded before the DEL: a terminate that comes during it adds the name again (a
+        # discard after the DEL lost it); put back when the DEL fails
+        self._unwake.discard(name)
         try:
             await self.board.unwake(name)
-            self._unwake.discard(name)
         except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
+            self._unwake.add(name)
             _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
 
     async def _pass_requests(self, name: str) -> None:
@@ -249,7 +260,8 @@ class LeasedAgents:
             if hosted._wake[name].is_set():  # a start taken here and not run: the next holder's
                 hosted._wake[name] = anyio.Event()  # (left set, it fired at this one's next turn)
                 # only one an on-demand supervisor still waits for: a terminated (ended) one's,
-                # or any other start mode's (never taken), went holder to holder for good
+                # or a with-gateway one's (nothing waits for it), went holder to holder for good;
+                # an interval agent's is dropped (its next run comes with the interval anyway)
                 if ac.start == "on-demand" and name not in self._ended:
                     self._wanted.add(name)
             self.hosted.end_record(
@@ -298,7 +310,7 @@ class LeasedAgents:
             self._changed[name] = anyio.Event()
             if (why := self._letting_go(name)) is not None:
                 self._let_go.add(name)
-                if self.hosted.config.agents[name].start == "on-demand":
+                if self.hosted.config.agents[name].start == "on-demand" and not self._stopped(name):
                     # its refused or stopped run was asked for (a start, or a restart): passed on
                     # to the next holder, which waited for a start that never came (taken here)
                     self._wanted.add(name)
@@ -316,10 +328,20 @@ class LeasedAgents:
                 continue
             if not got.held:
                 return "its lease was taken or expired (another token holds it)"
+            # the orders first: a terminate that came in the same renewal window as the start
+            # was refused ("Initializing") once the supervisor had taken the start, and it ran
+            await self._take_orders(name, got.woken)
             if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
                 self.hosted._wake[name].set()
-            await self._take_orders(name)
             wait = RENEW_S
+
+    def _stopped(self, name: str) -> bool:
+        """Whether an operator has stopped ``name`` here: its start withdrawn and not asked
+        again, its supervisor ended, or its live run being terminated (a start passed on for it
+        ran the terminated agent on the next holder)."""
+        agent = self.hosted.runtime.agents.by_name(name)
+        terminating = agent is not None and agent.id in self.hosted.runtime._terminating
+        return name in self._unwake or name in self._ended or terminating
 
     def _letting_go(self, name: str) -> str | None:
         """Why the held ``name`` goes to a replica whose log works (None: kept here): its runs
@@ -340,8 +362,9 @@ class LeasedAgents:
         since = self._broken_since.setdefault(name, time.monotonic())
         return why if time.monotonic() - since >= AUDIT_RETRY_S else None
 
-    async def _take_orders(self, name: str) -> None:
-        """Carry out the operators' orders other processes left for ``name`` (well-formed ones)."""
+    async def _take_orders(self, name: str, woken: bool = False) -> None:
+        """Carry out the operators' orders other processes left for ``name`` (well-formed ones);
+        ``woken``: this renewal took a start, not acted on yet (a terminate withdraws it)."""
         try:
             raw, now = await self.board.take_orders(name)
         except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
@@ -349,7 +372,7 @@ class LeasedAgents:
             return
         for order in filter(None, (parse_order(r, now) for r in raw)):
             try:
-                self._carry_out(name, order)
+                self._carry_out(name, order, woken)
             except (AuditError, InvalidTransition) as e:  # taken off Redis: the rest carried out
                 # and the lease kept (out of _keep it let the lease go, and another replica ran
                 # the agent afresh: a terminate undone; session 43). The state moves and the
@@ -360,12 +383,17 @@ class LeasedAgents:
                     *(name, order.action, order.by, order.via, order.reason, e),
                 )
 
-    def _carry_out(self, name: str, order: Order) -> None:
+    def _carry_out(self, name: str, order: Order, woken: bool = False) -> None:
         """One order left for ``name``: carried out here, or refused on the record."""
         agent = self.hosted.runtime.agents.by_name(name)
-        if agent is None:  # on-demand, never started here: nothing to act on
+        if agent is None:  # on-demand, never started here: nothing to act on but a start
             doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
             doc["result"] = "refused: the agent has not run here yet"
+            if order.action == "terminate" and woken:
+                # the start this renewal took, not handed to the supervisor yet: withdrawn
+                # (before the record: the log may refuse it)
+                self.withdraw(name)
+                doc["result"] = "a pending start withdrawn (the agent has not run here yet)"
             self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
             return
         _, result = act(self.hosted.runtime, self.hosted.events, agent, order)

@@ -376,7 +376,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "agent": {"type": "string"},
             "result": {"type": "string"},
-            "state": {"enum": STATES},
+            "state": {"enum": [*STATES, None]},  # null: a hosted terminate that only withdrew a start
         },
     },
     "HealthStatus": {

@@ -440,9 +440,10 @@ async def pass_hosted_action(
         why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
         if not withdrawn:
             return 503, _state_unavailable(why)
-        return await _withdrawn(gw, name, who, reason, 503, {**_state_unavailable(why), "result": why})
+        body = {**_state_unavailable(why), "result": why}
+        return await _withdrawn(gw, name, who, reason, 503, body, gw.hosted.leased.seen.get(name))
     if seen is None and withdrawn:
-        return await _withdrawn(gw, name, who, reason, 200, {"result": "no process holds its lease"})
+        return await _withdrawn(gw, name, who, reason, 200, {"result": "no process holds its lease"}, None)
     if seen is None:
         why = (
             f"no process holds hosted agent {name!r}'s lease: it runs nowhere now (not started, "
@@ -456,18 +457,31 @@ async def pass_hosted_action(
         OPERATOR_EVENTS[action],
         {"agent": seen.get("agent"), "name": name, "by": who, "reason": reason, "result": result},
         principal=who,
+        agent=seen.get("agent"),  # the id the holder last wrote (None before its first run)
     )
     body = {"agent": seen.get("agent") or name, "result": result, "holder": seen.get("holder")}
-    return with_record(unrec, 202, {**body, "state": seen.get("state"), "withdrawn": withdrawn})
+    body["state"] = seen.get("state")
+    if action == "terminate":  # only a terminate withdraws a start
+        body["withdrawn"] = withdrawn
+    return with_record(unrec, 202, body)
 
 
 async def _withdrawn(
-    gw: Gateway, name: str, who: str, reason: str, status: int, body: dict[str, Any]
+    gw: Gateway,
+    name: str,
+    who: str,
+    reason: str,
+    status: int,
+    body: dict[str, Any],
+    seen: dict[str, Any] | None,
 ) -> tuple[int, dict[str, Any]]:
     """A terminate that withdrew a pending start and was passed to no holder: answered and
-    recorded as done (the start is gone), with why it went no further."""
+    recorded as done (the start is gone), with why it went no further. ``seen``: the holder's
+    status last read (its run's id names the agent on the record), None when none holds it."""
     result = f"a pending start withdrawn; {body['result']}"
-    doc = {"agent": None, "name": name, "by": who, "reason": reason, "result": result}
-    unrec = await record_action(gw, OPERATOR_EVENTS["terminate"], doc, principal=who)
-    answer = {**body, "agent": name, "result": result, "withdrawn": True}
+    agent_id = (seen or {}).get("agent")
+    doc = {"agent": agent_id, "name": name, "by": who, "reason": reason, "result": result}
+    unrec = await record_action(gw, OPERATOR_EVENTS["terminate"], doc, principal=who, agent=agent_id)
+    # "state": the dashboard and the AgentAction schema read it; no run here to have one
+    answer = {**body, "agent": name, "result": result, "state": None, "withdrawn": True}
     return with_record(unrec, status, answer)

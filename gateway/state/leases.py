@@ -9,7 +9,8 @@ One lease per hosted agent, ``symbi:lease:agent:NAME``, holds a random owner tok
   holder's status next to it (``symbi:lease:status:NAME``, same expiry: who runs the agent,
   for every replica's ``/api/status``) and takes any start request another replica left for
   it (``symbi:lease:wake:NAME``: ``symbi agents run NAME`` answered by a replica that does
-  not hold the lease; kept until a holder takes it);
+  not hold the lease; kept until a holder takes it, an operator's terminate withdraws it,
+  or a replica whose config disables the agent starts);
 - an operator's suspend / resume / terminate answered by a replica that does not hold the lease
   is left for the holder as an order (``symbi:lease:orders:NAME``, a list, ``gateway.runtime.orders``),
   which the holder takes (reads and deletes in one transaction) after each renewal;
@@ -161,7 +162,8 @@ class LeaseBoard(RedisUser):
 
     async def wake(self, name: str) -> None:
         """Ask the holder of ``name``'s lease to start it (taken at its next renewal). Kept until
-        a holder takes it, with no expiry: one that lived ``LEASE_TTL_MS`` was lost when no
+        a holder takes it, a terminate withdraws it (``unwake``) or a replica whose config
+        disables ``name`` starts (``drop_starts``), with no expiry: one that lived ``LEASE_TTL_MS`` was lost when no
         replica could take the lease that long (every log broken), after the operator's 202.
         One per agent (a second start asked before it is taken is the same start)."""
         await self.redis.set(WAKE + name, self.owner)
@@ -171,16 +173,13 @@ class LeaseBoard(RedisUser):
         True when there was one (deleted). Raises ``RedisError``/``OSError``."""
         return bool(await self.redis.delete(WAKE + name))
 
-    async def drop_starts(self, keep: set[str]) -> list[str]:
-        """Delete the start requests of every agent not in ``keep`` (disabled, or no longer in
-        the config): kept with no expiry, one fired whenever its agent came back, weeks later.
-        The names dropped. Raises ``RedisError``/``OSError``."""
-        dropped = []
-        async for key in self.redis.scan_iter(match=WAKE + "*", count=100):
-            name = (key.decode() if isinstance(key, bytes) else str(key))[len(WAKE) :]
-            if name not in keep and await self.redis.delete(key):
-                dropped.append(name)
-        return dropped
+    async def drop_starts(self, names: list[str]) -> int:
+        """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no
+        scan of the keyspace): kept with no expiry, one fired whenever its agent was enabled
+        again, weeks later. How many there were. Raises ``RedisError``/``OSError``."""
+        if not names:
+            return 0
+        return int(await self.redis.delete(*(WAKE + n for n in names)))
 
     async def order(self, name: str, order: str, ttl_s: float) -> None:
         """Leave an operator's order (JSON) for the holder of ``name``'s lease; the orders not

@@ -3,15 +3,22 @@
 sleeps (its argument marks its process, so a test counts the real processes).
 
 ``python -m tests.runtime._leases DIR REDIS_URL MARK`` runs one such gateway's hosted agents
-until killed: a replica in a process of its own."""
+until killed: a replica in a process of its own.
+
+Also the helpers and fixtures the lease tests share (tests/runtime/test_leased*.py, test_orders*,
+test_status, test_runkeys_serve): imported from here, not from one another's test modules."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
+import pytest
+import redis
 
 from gateway.config.model import Config
 from gateway.config.sections import AgentConfig, GatewaySection, StateSection
@@ -19,11 +26,52 @@ from gateway.events import EventSink
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import HostedAgents
 from gateway.runtime.launch import AgentHost
+from gateway.runtime.leased import LeasedAgents
+from gateway.runtime.lifecycle import AgentState
 from gateway.sandbox.manager import SandboxManager
 from gateway.server.auth import ApiKeyStore
-from gateway.state.leases import LeaseBoard, process_name
+from gateway.state.leases import RENEW_S, LeaseBoard, process_name
+from tests.state.engines import Redis
 
 NAME = "sleeper"
+START_S = 15.0  # a bwrap run's start on a busy machine: the bound of a wait, not the lease's
+
+
+@pytest.fixture(autouse=True)
+def _require_bwrap(tmp_path: Path) -> None:
+    """Imported by a test module: its tests are skipped where bwrap cannot run."""
+    from tests.sandbox.conftest import require_tier
+
+    require_tier(SandboxManager(Config(), sweep_orphans=False), "bwrap")
+
+
+@pytest.fixture
+def fresh(redis_engine: Redis) -> Iterator[Redis]:
+    """The session's Redis, emptied (and started again after a test that stopped it). Needs
+    ``redis_engine`` imported next to it (tests.state.conftest)."""
+    redis.Redis.from_url(redis_engine.url).flushall()
+    yield redis_engine
+    if redis_engine.proc is None:  # a test stopped it
+        redis_engine.start()
+
+
+def _seen(leased: LeasedAgents) -> bool:
+    return leased.seen.get(NAME) is not None
+
+
+def _running(h: HostedAgents) -> bool:
+    agent = h.runtime.agents.by_name(NAME)
+    return agent is not None and agent.state is AgentState.RUNNING
+
+
+async def _until(what: str, check: Callable[[], bool], within: float) -> float:
+    """Wait until ``check()``; the seconds it took. Fails past ``within``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within:g} s: {what}")
+        await anyio.sleep(0.05)
+    return time.monotonic() - started
 
 
 def replica(
@@ -55,6 +103,25 @@ def replica(
         board=board,
         recordable=recordable,
     )
+
+
+@contextlib.asynccontextmanager
+async def a_holds_b_waits(
+    folder: Path, url: str, mark: str, ra: EventSink, rb: EventSink
+) -> AsyncIterator[tuple[HostedAgents, HostedAgents]]:
+    """Two gateways with an on-demand ``sleep MARK`` on one Redis, once ``a`` holds its lease
+    (nothing runs yet) and ``b`` has read that it does: (a, b). Both stop when the block ends."""
+    a = replica(folder / "a", url, mark, ra, start="on-demand")
+    b = replica(folder / "b", url, mark, rb, start="on-demand")
+    la, lb = a.leased, b.leased
+    assert la is not None and lb is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        tg.start_soon(b.run)
+        await _until("b sees a hold it", lambda: _seen(lb), 2 * RENEW_S)
+        yield a, b
+        tg.cancel_scope.cancel()
 
 
 def marked(mark: str) -> set[int]:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,59 +22,23 @@ import anyio
 import pytest
 import redis
 
-from gateway.runtime import AgentState
 from gateway.runtime.hosted import AUDIT_RETRY_S, HostedAgents
-from gateway.runtime.leased import LeasedAgents
 from gateway.state.leases import LEASE, LEASE_TTL_MS, RENEW_S, STOP_MARGIN_S
 from tests.conftest import ROOT
-from tests.runtime._leases import NAME, marked, replica
+from tests.runtime._leases import NAME, START_S, _running, _seen, _until, a_holds_b_waits, marked, replica
 from tests.runtime.test_core import BreakingRecorder, Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
 
+# isort: split
+from tests.runtime._leases import _require_bwrap, fresh  # noqa: F401 - the fixtures
+
 pytestmark = pytest.mark.anyio
 TTL_S = LEASE_TTL_MS / 1000
-START_S = 15.0  # a bwrap run's start on a busy machine: the bound of a wait, not the lease's
-
-
-@pytest.fixture(autouse=True)
-def _require_bwrap(tmp_path: Path) -> None:
-    from gateway.config.model import Config
-    from gateway.sandbox.manager import SandboxManager
-    from tests.sandbox.conftest import require_tier
-
-    require_tier(SandboxManager(Config(), sweep_orphans=False), "bwrap")
-
-
-@pytest.fixture
-def fresh(redis_engine: Redis) -> Iterator[Redis]:  # noqa: F811 - the imported fixture
-    redis.Redis.from_url(redis_engine.url).flushall()
-    yield redis_engine
-    if redis_engine.proc is None:  # a test stopped it
-        redis_engine.start()
 
 
 def _lost(rec: Recorder) -> list[dict[str, Any]]:
     return [d for t, d, _, _ in rec.events if t == "agent.lease_lost"]
-
-
-def _seen(leased: LeasedAgents) -> bool:
-    return leased.seen.get(NAME) is not None
-
-
-def _running(h: HostedAgents) -> bool:
-    agent = h.runtime.agents.by_name(NAME)
-    return agent is not None and agent.state is AgentState.RUNNING
-
-
-async def _until(what: str, check: Callable[[], bool], within: float) -> float:
-    """Wait until ``check()``; the seconds it took. Fails past ``within``."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"not within {within:g} s: {what}")
-        await anyio.sleep(0.05)
-    return time.monotonic() - started
 
 
 @contextlib.asynccontextmanager
@@ -95,7 +59,7 @@ async def one_of_two_runs_it(
         tg.cancel_scope.cancel()
 
 
-async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path, fresh: Redis) -> None:
+async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
     mark = f"6001.{os.getpid()}"
     async with one_of_two_runs_it(tmp_path, fresh.url, mark) as (a, ra, b, rb):
         await anyio.sleep(2 * RENEW_S + 1)  # renewals and the other's tries to take it go by
@@ -116,7 +80,7 @@ async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path,
     assert len(taken) == 1
 
 
-async def test_a_stopped_holder_hands_the_agent_over(tmp_path: Path, fresh: Redis) -> None:
+async def test_a_stopped_holder_hands_the_agent_over(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
     mark = f"6002.{os.getpid()}"
     a, b = (
         replica(tmp_path / "a", fresh.url, mark, Recorder()),
@@ -146,7 +110,8 @@ async def test_a_stopped_holder_hands_the_agent_over(tmp_path: Path, fresh: Redi
 
 
 async def test_a_killed_holder_hands_the_agent_over_once_its_lease_expires(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """A holder killed with SIGKILL releases nothing: its lease expires, and another gateway
     takes the agent within the lease's time to live and one try interval."""
@@ -178,7 +143,8 @@ async def test_a_killed_holder_hands_the_agent_over_once_its_lease_expires(
 
 
 async def test_a_holder_cut_off_from_redis_stops_its_agent_before_the_lease_could_expire(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     mark = f"6004.{os.getpid()}"
     async with one_of_two_runs_it(tmp_path, fresh.url, mark) as (a, ra, b, rb):
@@ -202,7 +168,7 @@ async def test_a_holder_cut_off_from_redis_stops_its_agent_before_the_lease_coul
     assert STOP_MARGIN_S < TTL_S - RENEW_S
 
 
-async def test_an_overwritten_lease_stops_the_holders_run(tmp_path: Path, fresh: Redis) -> None:
+async def test_an_overwritten_lease_stops_the_holders_run(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
     """Someone writes the lease key over the holder's token (a forger with Redis access): the
     holder's next compare-and-extend fails, so it stops its run rather than keep a lease it
     no longer holds, and records it."""
@@ -221,7 +187,7 @@ async def test_an_overwritten_lease_stops_the_holders_run(tmp_path: Path, fresh:
         tg.cancel_scope.cancel()
 
 
-async def test_a_broken_audit_log_does_not_end_the_lease_runner(tmp_path: Path, fresh: Redis) -> None:
+async def test_a_broken_audit_log_does_not_end_the_lease_runner(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
     """The holder's run is stopped (its lease overwritten) while the audit log is broken: the
     record of the loss raised ``AuditError`` out of the lease loop and ended the gateway
     (rt42b's "Still left"). Now the run stops and the lease is released as before, and the
@@ -247,7 +213,8 @@ async def test_a_broken_audit_log_does_not_end_the_lease_runner(tmp_path: Path, 
 
 
 async def test_an_order_passed_while_the_audit_log_is_broken_is_carried_out_and_the_lease_kept(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """An operator's terminate passed to the holder while the log is broken: its record raised
     ``AuditError`` out of the renewal loop, the run stopped and the lease was let go, and
@@ -274,7 +241,8 @@ async def test_an_order_passed_while_the_audit_log_is_broken_is_carried_out_and_
 
 
 async def test_a_holder_whose_audit_log_is_broken_lets_the_agent_go_to_a_replica_that_can_run_it(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """The holder's log breaks and its run ends: every next run is refused there (the audit log
     cannot record it), yet it kept renewing the lease, so the replica whose log works never
@@ -298,7 +266,8 @@ async def test_a_holder_whose_audit_log_is_broken_lets_the_agent_go_to_a_replica
 
 
 async def test_a_start_taken_by_a_holder_whose_audit_log_is_broken_is_passed_to_the_next(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """An on-demand agent's start passed to the holder after its log broke: the holder took it
     off Redis, its run was refused, and it let the lease go; the replica that took the lease
@@ -306,24 +275,18 @@ async def test_a_start_taken_by_a_holder_whose_audit_log_is_broken_is_passed_to_
     to the next holder, which runs the agent."""
     mark = f"6009.{os.getpid()}"
     rec = BreakingRecorder()
-    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
-    b = replica(tmp_path / "b", fresh.url, mark, Recorder(), start="on-demand")
-    assert a.leased is not None and b.leased is not None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
-        tg.start_soon(b.run)
-        await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)
+    async with a_holds_b_waits(tmp_path, fresh.url, mark, rec, Recorder()) as (a, b):
         assert not marked(mark)  # on-demand: nobody runs it yet
         rec.broken = True
         b.request_start(NAME)  # passed to a (it holds the lease)
         await _until("b runs it", lambda: bool(marked(mark)) and _running(b), 4 * RENEW_S + START_S)
-        assert not a.leased.holds(NAME) and not _running(a) and len(marked(mark)) == 1
-        tg.cancel_scope.cancel()
+        assert a.leased is not None and not a.leased.holds(NAME)
+        assert not _running(a) and len(marked(mark)) == 1
 
 
 async def test_a_replica_whose_audit_log_is_broken_does_not_take_a_free_lease(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """Its log broken from the start: the lease is never taken (no ``agent.lease_acquired``
     tried, the lease key stays empty over several tries); once the log records, it is."""
@@ -345,7 +308,8 @@ async def test_a_replica_whose_audit_log_is_broken_does_not_take_a_free_lease(
 
 
 async def test_a_refused_record_of_the_lease_taken_does_not_end_the_lease_runner(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """The log refuses only ``agent.lease_acquired`` (``recordable`` passes): the lease is let
     go and taken again later (``except* AuditError`` in the lease loop); the loop does not end
@@ -365,7 +329,8 @@ async def test_a_refused_record_of_the_lease_taken_does_not_end_the_lease_runner
 
 
 async def test_a_start_passed_on_outlives_the_lease_while_no_replica_can_take_it(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """The holder of an idle on-demand agent takes a start, its log broken: it lets the lease
     go and leaves the start for the next holder. No replica could take the lease for longer
@@ -373,15 +338,8 @@ async def test_a_start_passed_on_outlives_the_lease_while_no_replica_can_take_it
     lost, after the operator's 202. Now it waits on Redis until a holder takes it."""
     mark = f"6012.{os.getpid()}"
     ra, rb = BreakingRecorder(), BreakingRecorder()
-    a = replica(tmp_path / "a", fresh.url, mark, ra, start="on-demand")
-    b = replica(tmp_path / "b", fresh.url, mark, rb, start="on-demand")
-    assert a.leased is not None and b.leased is not None
     r = redis.Redis.from_url(fresh.url)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
-        tg.start_soon(b.run)
-        await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)
+    async with a_holds_b_waits(tmp_path, fresh.url, mark, ra, rb) as (a, b):
         ra.broken = rb.broken = True
         b.request_start(NAME)  # passed to a, which takes it and cannot run it
         await _until("a let it go", lambda: a.leased is not None and not a.leased.holds(NAME), 4 * RENEW_S)
@@ -390,11 +348,11 @@ async def test_a_start_passed_on_outlives_the_lease_while_no_replica_can_take_it
         rb.broken = False
         await _until("b runs it", lambda: bool(marked(mark)) and _running(b), 2 * RENEW_S + START_S)
         assert not _running(a) and len(marked(mark)) == 1
-        tg.cancel_scope.cancel()
 
 
 async def test_a_live_run_whose_holders_audit_log_stays_broken_moves_to_a_replica_that_can_run_it(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """The holder's log breaks while its run is live: the run kept its lease, every call it
     made refused there (the audit step), until it ended by itself, while a replica whose log
@@ -418,7 +376,8 @@ async def test_a_live_run_whose_holders_audit_log_stays_broken_moves_to_a_replic
 
 
 async def test_a_live_run_keeps_its_lease_through_a_short_audit_log_outage(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """A log broken for less than ``AUDIT_RETRY_S`` (seen at most once by the renewals) does
     not move a live run: it is not stopped for an outage that is already over."""
@@ -452,7 +411,8 @@ class MendingRecorder(BreakingRecorder):
 
 
 async def test_a_holder_that_let_its_agent_go_does_not_retake_it_at_once(
-    tmp_path: Path, fresh: Redis
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
 ) -> None:
     """A holder lets a live run go when its log stays broken (``_letting_go``), and tried to take
     the lease again at once, before any other replica (they try every ``RENEW_S``): a log that

@@ -11,16 +11,21 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import anyio
+import jsonschema
 import pytest
 import redis
 
+from gateway.runtime.orders import Order
+from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action
-from gateway.state.leases import LEASE, RENEW_S, WAKE
-from tests.runtime._leases import NAME, marked, replica
+from gateway.state.leases import LEASE, ORDERS, RENEW_S, WAKE
+from tests.runtime._leases import NAME, START_S, _running, _seen, _until, a_holds_b_waits, marked, replica
 from tests.runtime.test_core import BreakingRecorder, Recorder
-from tests.runtime.test_leased import START_S, _require_bwrap, _running, _seen, _until, fresh  # noqa: F401
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
+
+# isort: split
+from tests.runtime._leases import _require_bwrap, fresh  # noqa: F401 - the fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -31,14 +36,7 @@ async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, 
     ran when a holder came. The terminate withdraws it."""
     mark = f"6015.{os.getpid()}"
     ra, rb = BreakingRecorder(), BreakingRecorder()
-    a = replica(tmp_path / "a", fresh.url, mark, ra, start="on-demand")
-    b = replica(tmp_path / "b", fresh.url, mark, rb, start="on-demand")
-    assert a.leased is not None and b.leased is not None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
-        tg.start_soon(b.run)
-        await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)
+    async with a_holds_b_waits(tmp_path, fresh.url, mark, ra, rb) as (a, b):
         ra.broken = rb.broken = True
         b.request_start(NAME)  # passed to a, which takes it, cannot run it and passes it on
         await _until("a let it go", lambda: a.leased is not None and not a.leased.holds(NAME), 4 * RENEW_S)
@@ -47,6 +45,8 @@ async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, 
         state = cast(Any, SimpleNamespace(gateway=SimpleNamespace(hosted=b, audit=None, events=ops)))
         status, body = await pass_hosted_action(state, NAME, "terminate", "ops", "not wanted")
         assert status == 200 and body["withdrawn"] is True  # held nowhere, but a start withdrawn
+        assert "state" in body and body["state"] is None  # the dashboard and AgentAction read it
+        jsonschema.validate(body, OPENAPI["components"]["schemas"]["AgentAction"])  # its 200's schema
         assert [t for t, *_ in ops.events] == ["agent.terminate_requested"]
         rb.broken = False
         await _until(
@@ -54,7 +54,6 @@ async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, 
         )
         await anyio.sleep(RENEW_S + START_S)  # a start taken would have run by now
         assert not marked(mark) and not _running(b)
-        tg.cancel_scope.cancel()
 
 
 async def test_a_start_taken_by_a_holder_that_then_loses_the_lease_is_run_by_the_next(
@@ -166,22 +165,89 @@ async def test_a_start_for_an_agent_that_waits_for_none_is_not_passed_holder_to_
         tg.cancel_scope.cancel()
 
 
-async def test_a_start_left_for_a_disabled_or_removed_agent_is_deleted_at_start(
+async def test_a_start_left_for_a_disabled_agent_is_deleted_at_start_and_no_other(
     tmp_path: Path,
     fresh: Redis,  # noqa: F811
 ) -> None:
-    """A start has no expiry: one left for an agent later disabled, or removed from the config,
-    fired whenever it came back, weeks later. The lease runner deletes them when it starts."""
+    """A start has no expiry: one left for an agent later disabled fired whenever it was enabled
+    again, weeks later; the lease runner deletes it when it starts. Only the agents its own
+    config disables: it SCANned the keyspace and deleted every start of an agent not in its
+    config, so in a rolling deploy an old replica deleted the starts of an agent the new ones
+    had enabled (and answered 202 for). A removed agent's start is left."""
     mark = f"6020.{os.getpid()}"
     a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
     a.config.agents[NAME] = a.config.agents[NAME].model_copy(update={"enabled": False})
     r = redis.Redis.from_url(fresh.url)
     r.set(WAKE + NAME, "another replica")  # disabled here
-    r.set(WAKE + "removed", "another replica")  # in no config any more
-    r.set("symbi:other", "kept")
+    r.set(WAKE + "newer", "a newer replica")  # not in this config: another replica's agent
+    assert a.leased is not None
+    await a.leased._drop_starts()  # what run() starts with
+    assert not r.exists(WAKE + NAME)
+    assert r.get(WAKE + "newer") == b"a newer replica"
+    await a.leased.board.aclose()
+
+
+async def test_a_terminate_during_a_withdrawal_is_kept_and_a_failed_one_keeps_the_start(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A second terminate carried out while the holder's loop deletes the first one's start:
+    the name was discarded after the DEL, so the second withdrawal was lost (a start passed in
+    between ran the terminated agent). And a terminate answered without the lease whose DEL
+    failed (503, nothing done) had dropped a start asked here and not passed on yet."""
+    a = replica(tmp_path / "a", fresh.url, "6021", Recorder(), start="on-demand")
+    leased = a.leased
+    assert leased is not None
+    unwake = leased.board.unwake
+
+    async def terminated_again(name: str) -> bool:
+        leased.withdraw(name)  # another terminate, while this DEL is on its way
+        return await unwake(name)
+
+    leased.withdraw(NAME)
+    leased.board.unwake = terminated_again  # type: ignore[method-assign]
+    await leased._withdraw(NAME)
+    assert NAME in leased._unwake  # the second one still to do
+    leased.board.unwake = unwake  # type: ignore[method-assign]
+    await leased._withdraw(NAME)
+    assert NAME not in leased._unwake
+    leased.request_elsewhere(NAME)  # asked here, not passed on yet (no lease loop runs)
+    fresh.stop()
+    leased.withdraw(NAME)
+    await leased._withdraw(NAME)  # Redis down: kept for the next try
+    assert NAME in leased._unwake
+    leased._wanted.add(NAME)
+    with pytest.raises((redis.RedisError, OSError)):
+        await leased.withdraw_start(NAME)
+    assert NAME in leased._wanted  # the operator's 503 said nothing was done: nothing was
+    fresh.start()
+    await leased.board.aclose()
+
+
+async def test_a_terminate_passed_with_a_start_in_one_renewal_window_is_not_refused(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A start and a terminate left for an idle on-demand holder before its next renewal: the
+    renewal took the start and handed it to the supervisor before the orders were read, so the
+    terminate found the new run Initializing and was refused, and the terminated agent ran.
+    Now the orders go first: the terminate withdraws the start, and nothing runs."""
+    mark = f"6022.{os.getpid()}"
+    rec = Recorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
+    r = redis.Redis.from_url(fresh.url)
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
-        gone = lambda: not r.exists(WAKE + NAME) and not r.exists(WAKE + "removed")  # noqa: E731
-        await _until("both deleted", gone, 2 * RENEW_S)
-        assert r.get("symbi:other") == b"kept"
+        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
+        now = float(cast(Any, r.time())[0])
+        order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=now)
+        with r.pipeline(transaction=True) as pipe:  # both in one renewal window, for sure
+            pipe.set(WAKE + NAME, "replica-b")  # a start passed from b (its wake raced the DEL)
+            pipe.rpush(ORDERS + NAME, order.dumps())
+            pipe.execute()
+        terminated = lambda: "agent.terminate_requested" in [t for t, *_ in rec.events]  # noqa: E731
+        await _until("the terminate carried out", terminated, 2 * RENEW_S)
+        assert not r.exists(WAKE + NAME) and not r.exists(ORDERS + NAME)  # both taken
+        await anyio.sleep(RENEW_S)  # a start handed on would have made its run's record by now
+        assert a.runtime.agents.by_name(NAME) is None and not marked(mark)
         tg.cancel_scope.cancel()

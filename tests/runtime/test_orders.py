@@ -30,9 +30,9 @@ from gateway.runtime.hosted import HostedAgents
 from gateway.server.admin import admin_routes
 from gateway.state.leases import RENEW_S
 from tests.conftest import free_port
-from tests.runtime._leases import NAME, marked, replica
+from tests.runtime._leases import NAME, START_S, _running, _until, fresh, marked, replica  # noqa: F401 - the fixture
 from tests.runtime.test_core import Recorder
-from tests.runtime.test_leased import START_S, _running, _until, fresh, one_of_two_runs_it  # noqa: F401 - the fixtures
+from tests.runtime.test_leased import one_of_two_runs_it
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
 

@@ -15,7 +15,7 @@ from gateway.state.pgkeys import PgApiKeyStore
 from gateway.state.postgres import Postgres
 from tests.conftest import ROOT, write_config
 from tests.runtime._admin import admin_get, wait_until
-from tests.runtime.test_leased import _require_bwrap  # noqa: F401 - the fixture
+from tests.runtime._leases import _require_bwrap  # noqa: F401 - the fixture
 from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine

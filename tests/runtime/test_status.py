@@ -18,9 +18,8 @@ from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import HostedAgents
 from gateway.runtime.status import hosted_agents
 from gateway.state.leases import RENEW_S, process_name
-from tests.runtime._leases import NAME, marked, replica
+from tests.runtime._leases import NAME, START_S, _running, fresh, marked, replica  # noqa: F401 - the fixture
 from tests.runtime.test_core import Recorder
-from tests.runtime.test_leased import START_S, _running, fresh  # noqa: F401 - the fixtures
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
 

@@ -327,7 +327,9 @@ class Dashboard:
         status, body = await act_on_agent(self.state, ref, action, who, reason)
         if status not in (200, 202):
             return _html(agents_page(sess, self._agent_rows(), body["reason"], error=True), status=status)
-        note = f"{action}: {body['result']} ({body['agent']} is {body['state']})"
+        # "state" None: a hosted terminate that only withdrew a start (no run to be in a state)
+        state = body.get("state")
+        note = f"{action}: {body['result']}" + (f" ({body['agent']} is {state})" if state else "")
         return _html(agents_page(sess, self._agent_rows(), note))
 
     async def audit(self, request: Request, sess: dict[str, Any]) -> str:

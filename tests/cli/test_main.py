@@ -45,23 +45,21 @@ _SERVES_MCP = ("mcp", "serve")
 _ADMIN = [n for names in COMMANDS.values() for n in names if n not in _SERVES_MCP]
 
 
+def _sdk_loaded(probe: str, arg: str) -> list[str]:
+    """The MCP SDK's modules loaded by ``probe`` (Python run with ``arg``) in a fresh process,
+    as a ``symbi`` command starts."""
+    code = f"import importlib, json, sys; {probe}; print(json.dumps(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.'))))"
+    out = subprocess.run(
+        [sys.executable, "-c", code, arg], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    return list(json.loads(out))
+
+
 @pytest.mark.parametrize("command", _ADMIN)
 def test_an_admin_command_starts_without_the_mcp_sdk(command: str) -> None:
     # importing the SDK costs ~1 s of every such command's start; it only needs the store,
-    # the config or the admin API: a fresh process, as `symbi COMMAND` starts
-    probe = (
-        "import json, sys; from gateway.cli import build_parser; build_parser(sys.argv[1]); "
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.'))))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe, command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    assert json.loads(out) == [], command
+    # the config or the admin API
+    assert _sdk_loaded("from gateway.cli import build_parser; build_parser(sys.argv[1])", command) == []
 
 
 # what admin commands import inside their functions (run time, not parser build): `symbi tools
@@ -77,16 +75,4 @@ _RUN_TIME = (
 
 @pytest.mark.parametrize("module", _RUN_TIME)
 def test_what_an_admin_command_imports_as_it_runs_does_not_load_the_mcp_sdk(module: str) -> None:
-    probe = (
-        "import importlib, json, sys; importlib.import_module(sys.argv[1]); "
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.'))))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe, module],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    assert json.loads(out) == [], module
+    assert _sdk_loaded("importlib.import_module(sys.argv[1])", module) == []

@@ -8,8 +8,10 @@ commits again. A real gateway over HTTP with server-everything; the disk fills a
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from gateway.errors import ActionUnrecorded, AuditError
 from gateway.events import Event
 from gateway.server import oprecord
 from tests.conftest import Stall, break_audit_log
-from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.conftest import Keys, Running, bearer, everything_config, make_keys, run_server
 
 
 def _records(db: Path, kind: Event) -> list[dict[str, Any]]:
@@ -48,13 +50,19 @@ def _wait_for(db: Path, kind: Event, timeout: float = 20.0) -> list[dict[str, An
     return found
 
 
+@contextlib.contextmanager
+def _gateway(tmp_path: Path) -> Iterator[tuple[Running, Keys, Path]]:
+    """A real HTTP gateway over server-everything: (the running server, its keys, its audit db)."""
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        yield run, keys, load_config(cfg, {}).audit_path
+
+
 def test_an_approval_whose_record_fails_after_the_check_is_answered_done_and_its_record_held(
     tmp_path: Path,
 ) -> None:
-    cfg = everything_config(tmp_path)
-    keys = make_keys(cfg)
-    db = load_config(cfg, {}).audit_path
-    with run_server(cfg) as run:
+    with _gateway(tmp_path) as (run, keys, db):
         admin = bearer(keys.admin)
         api = run.base + "/api/tools/everything__echo"
         current = httpx.get(api + "/diff", headers=admin).json()["current_hash"]
@@ -89,10 +97,7 @@ def test_an_agent_suspension_whose_record_stalls_is_answered_done_and_written_la
     """A stalled disk does not hang the admin request: after the bound, 503 (done), and the
     record, queued once, is written when the disk moves again."""
     monkeypatch.setattr(oprecord, "RECORD_WAIT_S", 1.0)
-    cfg = everything_config(tmp_path)
-    keys = make_keys(cfg)
-    db = load_config(cfg, {}).audit_path
-    with run_server(cfg) as run:
+    with _gateway(tmp_path) as (run, keys, db):
         admin = bearer(keys.admin)
         from tests.server.http.test_refusal_flood import KeySession
 
@@ -121,10 +126,7 @@ def test_a_principal_suspension_whose_record_fails_is_answered_done_and_its_reco
     """Its record fails with the runtime's own (un-waited) records of the suspension: the log
     refuses from then on (fail closed), the operator's record is held, not lost, and the next
     action is refused before anything is done."""
-    cfg = everything_config(tmp_path)
-    keys = make_keys(cfg)
-    db = load_config(cfg, {}).audit_path
-    with run_server(cfg) as run:
+    with _gateway(tmp_path) as (run, keys, db):
         admin = bearer(keys.admin)
         api = run.base + "/api/principals"
         break_audit_log(db)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 import redis
 
@@ -142,3 +143,16 @@ if __name__ == "__main__":
 
     folder, url, mark = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     anyio.run(replica(folder, url, mark, LoggingSink()).run)
+
+
+def stoppable(tg: anyio.abc.TaskGroup, h: HostedAgents) -> anyio.CancelScope:
+    """Start replica ``h`` in ``tg``; cancelling the scope returned stops it alone (as a
+    gateway stop: it releases its leases) while the test goes on."""
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await h.run()
+
+    tg.start_soon(run)
+    return scope

@@ -19,13 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 import redis
 
 from gateway.runtime.hosted import AUDIT_RETRY_S, HostedAgents
 from gateway.state.leases import LEASE, LEASE_TTL_MS, RENEW_S, STOP_MARGIN_S
 from tests.conftest import ROOT
-from tests.runtime._leases import NAME, START_S, _running, _seen, _until, a_holds_b_waits, marked, replica
+from tests.runtime._leases import (
+    NAME,
+    START_S,
+    _running,
+    _seen,
+    _until,
+    a_holds_b_waits,
+    marked,
+    replica,
+    stoppable,
+)
 from tests.runtime.test_core import BreakingRecorder, Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
@@ -80,6 +91,26 @@ async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path,
     assert len(taken) == 1
 
 
+async def _a_runs_then_its_log_breaks(
+    tg: anyio.abc.TaskGroup, tmp_path: Path, url: str, mark: str
+) -> tuple[HostedAgents, HostedAgents]:
+    """Replica a runs the agent, b stands by (its log works), then a's log breaks."""
+    rec = BreakingRecorder()
+    a, b = replica(tmp_path / "a", url, mark, rec), replica(tmp_path / "b", url, mark, Recorder())
+    tg.start_soon(a.run)
+    await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+    tg.start_soon(b.run)
+    rec.broken = True
+    return a, b
+
+
+async def _b_keeps_it(a: HostedAgents, b: HostedAgents, mark: str) -> None:
+    """b took the agent over; a, its log still broken, does not take it back."""
+    assert a.leased is not None and not a.leased.holds(NAME) and not _running(a)
+    await anyio.sleep(RENEW_S + 1)  # a's tries to take it back go by: its log is still broken
+    assert _running(b) and len(marked(mark)) == 1 and not _running(a)
+
+
 async def test_a_stopped_holder_hands_the_agent_over(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
     mark = f"6002.{os.getpid()}"
     a, b = (
@@ -87,14 +118,7 @@ async def test_a_stopped_holder_hands_the_agent_over(tmp_path: Path, fresh: Redi
         replica(tmp_path / "b", fresh.url, mark, Recorder()),
     )
     async with anyio.create_task_group() as tg:
-        scope_a, scope_b = anyio.CancelScope(), anyio.CancelScope()
-
-        async def run(h: HostedAgents, scope: anyio.CancelScope) -> None:
-            with scope:
-                await h.run()
-
-        tg.start_soon(run, a, scope_a)
-        tg.start_soon(run, b, scope_b)
+        scope_a, scope_b = stoppable(tg, a), stoppable(tg, b)
         await _until(
             "one of them runs it", lambda: bool(marked(mark)) and (_running(a) or _running(b)), START_S
         )
@@ -249,19 +273,12 @@ async def test_a_holder_whose_audit_log_is_broken_lets_the_agent_go_to_a_replica
     took it: the agent ran nowhere. Now the holder lets the lease go, does not take it back
     while its log is broken, and the other replica runs the agent."""
     mark = f"6008.{os.getpid()}"
-    rec = BreakingRecorder()
-    a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
     async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
-        tg.start_soon(b.run)
-        rec.broken = True
+        a, b = await _a_runs_then_its_log_breaks(tg, tmp_path, fresh.url, mark)
         for pid in marked(mark):  # its run ends (a crash): the restart policy runs it again
             os.kill(pid, signal.SIGKILL)
         await _until("b runs it", lambda: len(marked(mark)) == 1 and _running(b), 3 * RENEW_S + START_S)
-        assert a.leased is not None and not a.leased.holds(NAME) and not _running(a)
-        await anyio.sleep(RENEW_S + 1)  # a's tries to take it back go by: its log is still broken
-        assert _running(b) and len(marked(mark)) == 1 and not _running(a)
+        await _b_keeps_it(a, b, mark)
         tg.cancel_scope.cancel()
 
 
@@ -359,19 +376,12 @@ async def test_a_live_run_whose_holders_audit_log_stays_broken_moves_to_a_replic
     works stood by. Now, the log still broken after ``AUDIT_RETRY_S``, the holder stops the run
     and lets the lease go (as at a lost lease), and does not take it back while broken."""
     mark = f"6013.{os.getpid()}"
-    rec = BreakingRecorder()
-    a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
     async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
-        tg.start_soon(b.run)
-        rec.broken = True
+        a, b = await _a_runs_then_its_log_breaks(tg, tmp_path, fresh.url, mark)
         broke = time.monotonic()
         await _until("b runs it", lambda: len(marked(mark)) == 1 and _running(b), 4 * RENEW_S + START_S)
         assert time.monotonic() - broke >= AUDIT_RETRY_S  # not at the first refusal: no flapping
-        assert a.leased is not None and not a.leased.holds(NAME) and not _running(a)
-        await anyio.sleep(RENEW_S + 1)  # a's tries to take it back go by: its log is still broken
-        assert _running(b) and len(marked(mark)) == 1 and not _running(a)
+        await _b_keeps_it(a, b, mark)
         tg.cancel_scope.cancel()
 
 

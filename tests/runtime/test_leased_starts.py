@@ -19,7 +19,17 @@ from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action
 from gateway.state.leases import LEASE, ORDERS, RENEW_S, WAKE
-from tests.runtime._leases import NAME, START_S, _running, _seen, _until, a_holds_b_waits, marked, replica
+from tests.runtime._leases import (
+    NAME,
+    START_S,
+    _running,
+    _seen,
+    _until,
+    a_holds_b_waits,
+    marked,
+    replica,
+    stoppable,
+)
 from tests.runtime.test_core import BreakingRecorder, Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
@@ -104,13 +114,7 @@ async def test_a_terminate_on_the_holder_withdraws_its_starts_also_when_the_hold
     assert a.leased is not None and b.leased is not None
     r = redis.Redis.from_url(fresh.url)
     async with anyio.create_task_group() as tg:
-        scope_a = anyio.CancelScope()
-
-        async def run_a() -> None:
-            with scope_a:
-                await a.run()
-
-        tg.start_soon(run_a)
+        scope_a = stoppable(tg, a)
         await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
         tg.start_soon(b.run)
         a.request_start(NAME)
@@ -146,13 +150,7 @@ async def test_a_start_for_an_agent_that_waits_for_none_is_not_passed_holder_to_
     assert a.leased is not None and b.leased is not None
     r = redis.Redis.from_url(fresh.url)
     async with anyio.create_task_group() as tg:
-        scope_a = anyio.CancelScope()
-
-        async def run_a() -> None:
-            with scope_a:
-                await a.run()
-
-        tg.start_soon(run_a)
+        scope_a = stoppable(tg, a)
         await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
         tg.start_soon(b.run)
         await _until("b sees a hold it", lambda: b.leased is not None and _seen(b.leased), 2 * RENEW_S)

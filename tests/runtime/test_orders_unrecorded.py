@@ -24,3 +24,15 @@ def test_an_action_whose_state_change_the_log_refuses_is_done_and_its_record_ret
     done, _, record = carry_out(rt, a, order)
     assert done and a.state is AgentState.SUSPENDED  # moved, then its record raised
     assert record is not None and record["agent"] == a.id
+
+
+def test_a_pending_suspension_whose_record_the_log_refuses_still_holds_its_principal() -> None:
+    """A Ready agent's suspension is pending; its record raised before its principal was held,
+    so the principal's other sessions stayed open under a 503 saying the action was done."""
+    rec = BreakingRecorder()
+    rt = AgentRuntime(Config(runtime=RuntimeSection()), rec)
+    a = agent_of(rt)  # Ready
+    rec.broken = True
+    done, _, _ = carry_out(rt, a, Order(action="suspend", by="ops", reason="leak", via="", at=0.0))
+    assert done and a.suspend_pending is not None
+    assert rt.holds.holding(a.owner)  # its principal's other sessions are refused

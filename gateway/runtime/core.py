@@ -248,15 +248,15 @@ class AgentRuntime:
             return "suspended"
         if agent.state is AgentState.READY:
             agent.suspend_pending = reason  # the seed has no Ready -> Suspended: held for the next task
-            # its principal's other sessions: refused from now on, before the record (a log
-            # refusing it raises: the hold must stand all the same, as the pending suspension)
-            self._hold(agent, reason)
-            self.events.emit(
-                Event.AGENT_SUSPEND_PENDING,
-                {"agent": agent.id, "reason": reason},
-                principal=agent.principal,
-                agent=agent.id,
-            )
+            try:
+                self.events.emit(
+                    Event.AGENT_SUSPEND_PENDING,
+                    {"agent": agent.id, "reason": reason},
+                    principal=agent.principal,
+                    agent=agent.id,
+                )
+            finally:  # its principal's other sessions: refused from now on, also when the log
+                self._hold(agent, reason)  # refused the record (as ``transition``'s hooks)
             return "pending"
         if agent.state is AgentState.SUSPENDED:
             return "already suspended"

@@ -339,11 +339,13 @@ class Unsent:
         return not waiting
 
     def abandon(self) -> None:
-        """The gateway stops: each record the log never took is logged (the last trace of it:
-        some are the only record of a change), as one dropped at the cap is."""
+        """The gateway stops: each record not committed is logged (the last trace of it: some
+        are the only record of a change), as one dropped at the cap is: one the log never took,
+        and one queued in a stalled writer (the close may give up on it, and no callback is left
+        to say so)."""
         for h in self._held:
-            if h.commit is None:
-                _logger.error("%s never recorded: the gateway stopped first: %s", h.kind, dict(h.details))
+            where = "never recorded" if h.commit is None else "queued, not committed"
+            _logger.error("%s %s: the gateway stopped first: %s", h.kind, where, dict(h.details))
         self._held.clear()
 
     def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:

@@ -265,3 +265,20 @@ async def test_what_the_log_never_took_is_logged_when_the_gateway_stops(
     lost = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
     assert [r.args[0] for r in lost] == [FIRST[0], SECOND[0]]  # type: ignore[index]
     assert not len(unsent)
+
+
+async def test_what_is_queued_in_a_stalled_writer_is_logged_when_the_gateway_stops_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A held record queued in a stalled writer was left out of the stop's trace: the close may
+    give up on it (30 s) with no callback left to say so."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent()
+    with Stall(log):
+        unsent.keep(*FIRST)
+        assert len(unsent.queue(log)) == 1  # in flight
+        with caplog.at_level(logging.ERROR, logger="symbi.events"):
+            unsent.abandon()
+    lost = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
+    assert [r.args[0] for r in lost] == [FIRST[0]]  # type: ignore[index]
+    log.close()

@@ -23,6 +23,7 @@ import anyio.abc
 import pytest
 import redis
 
+from gateway.runtime import leased
 from gateway.runtime.hosted import AUDIT_RETRY_S, HostedAgents
 from gateway.state.leases import LEASE, LEASE_TTL_MS, RENEW_S, STOP_MARGIN_S
 from tests.conftest import ROOT
@@ -387,10 +388,14 @@ async def test_a_live_run_whose_holders_audit_log_stays_broken_moves_to_a_replic
 
 async def test_a_live_run_keeps_its_lease_through_a_short_audit_log_outage(
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     fresh: Redis,  # noqa: F811
 ) -> None:
     """A log broken for less than ``AUDIT_RETRY_S`` (seen at most once by the renewals) does
-    not move a live run: it is not stopped for an outage that is already over."""
+    not move a live run: it is not stopped for an outage that is already over. The wait is
+    raised to 30 s here, so a sleep overrun on a loaded machine cannot make the outage long
+    enough; a let-go at the first renewal that sees the log broken still fails the test."""
+    monkeypatch.setattr(leased, "AUDIT_RETRY_S", 30.0)
     mark = f"6014.{os.getpid()}"
     rec = BreakingRecorder()
     a, b = replica(tmp_path / "a", fresh.url, mark, rec), replica(tmp_path / "b", fresh.url, mark, Recorder())
@@ -402,7 +407,7 @@ async def test_a_live_run_keeps_its_lease_through_a_short_audit_log_outage(
         rec.broken = True
         await anyio.sleep(RENEW_S + 0.5)  # one renewal (at most two) sees it broken
         rec.broken = False
-        until = time.monotonic() + AUDIT_RETRY_S + 2 * RENEW_S
+        until = time.monotonic() + 5 + 2 * RENEW_S  # past when the 5 s wait would let it go
         while time.monotonic() < until:
             assert marked(mark) == pids and _running(a) and not _running(b)
             await anyio.sleep(0.1)

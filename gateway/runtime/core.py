@@ -248,12 +248,10 @@ class AgentRuntime:
             return "suspended"
         if agent.state is AgentState.READY:
             agent.suspend_pending = reason  # the seed has no Ready -> Suspended: held for the next task
+            pending = {"agent": agent.id, "reason": reason}
             try:
                 self.events.emit(
-                    Event.AGENT_SUSPEND_PENDING,
-                    {"agent": agent.id, "reason": reason},
-                    principal=agent.principal,
-                    agent=agent.id,
+                    Event.AGENT_SUSPEND_PENDING, pending, principal=agent.principal, agent=agent.id
                 )
             finally:  # its principal's other sessions: refused from now on, also when the log
                 self._hold(agent, reason)  # refused the record (as ``transition``'s hooks)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
 from redis.exceptions import RedisError
 
+from gateway.assemble import make_gateway
+from gateway.config.load import load_config
 from gateway.policy.counters import CallCounters
 from gateway.state import RedisRateLimiter
 from gateway.state.redisclient import open_redis, wakeups
+from tests.conftest import write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -61,3 +65,21 @@ async def test_a_ping_not_answered_pong_is_a_failure(echo_url: str) -> None:
             await limiter.ping()
     finally:
         await limiter.aclose()
+
+
+async def test_a_gateway_on_a_peer_that_is_not_redis_keeps_running_and_says_it_is_down(
+    tmp_path: Path, echo_url: str
+) -> None:
+    toml = f"""
+        [sandbox]
+        code_tools = false
+        [state]
+        redis_url = "{echo_url}"
+        timeout_s = 1
+        probe_interval_s = 0.2
+        """
+    gw = make_gateway(load_config(write_config(tmp_path, toml)))
+    assert gw.state is not None and gw.state.sessions is not None  # both wake-up channels run
+    async with gw.running():
+        await anyio.sleep(3)  # the wake-up channels read the echo, the probe pings it
+        assert gw.state.status()["redis"]["up"] is False

@@ -34,7 +34,7 @@ from typing import Protocol
 
 import anyio
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import InvalidResponse, RedisError
 
 from gateway.errors import StateUnavailable
 from gateway.policy.counters import CallCounters, RecentCounts
@@ -388,4 +388,6 @@ class RedisRateLimiter(RedisUser):
         return False
 
     async def ping(self) -> None:
-        await self._r.ping()
+        # False: an answer that is not PONG (a peer that is not Redis); the probe says down
+        if not await self._r.ping():
+            raise InvalidResponse("PING was not answered PONG")

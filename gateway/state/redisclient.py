@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import InvalidResponse, RedisError
 
 WAKEUP_READ_S = 1.0  # each read of a wake-up channel (below the client's socket timeout or not)
 
@@ -33,12 +34,21 @@ def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
 async def wakeups(client: aioredis.Redis, channel_name: str, wake: Callable[[], None]) -> None:
     """Call ``wake`` once subscribed to ``channel_name`` (what was published before is read
     then) and at every message on it, until cancelled. Raises ``RedisError``/``OSError`` when
-    the channel is lost (the caller subscribes again)."""
+    the channel is lost (the caller subscribes again), also when what answers is not Redis."""
     async with client.pubsub() as channel:
         await channel.subscribe(channel_name)
         wake()
         while True:
-            if await channel.get_message(ignore_subscribe_messages=True, timeout=WAKEUP_READ_S):
+            try:
+                got = await channel.get_message(ignore_subscribe_messages=True, timeout=WAKEUP_READ_S)
+            except (RedisError, OSError):
+                raise
+            except Exception as e:
+                # redis-py parses a reply of the wrong shape with IndexError & co: a peer that is
+                # not Redis (a socket connected to itself reads its own SUBSCRIBE back). Raised
+                # as is, it ended the caller's task group and the gateway with it
+                raise InvalidResponse(f"not a Redis reply on {channel_name} ({type(e).__name__})") from e
+            if got:
                 wake()
 
 

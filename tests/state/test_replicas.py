@@ -225,6 +225,18 @@ def test_readyz_names_the_shared_backends(cluster: Cluster) -> None:
         assert doc["components"]["state:postgres"] == "healthy"
 
 
+def _why(cluster: Cluster, base: str) -> str:
+    """For a failed readiness assertion: ``base``'s /readyz now and the tail of its serve log
+    (``tests/server/_http.serve_process`` writes it), which says why a replica stopped."""
+    try:
+        ready = httpx.get(base + "/readyz", timeout=10).text
+    except httpx.HTTPError as e:
+        ready = repr(e)
+    log = cluster.config.parent / f"serve-{base.rsplit(':', 1)[1]}.log"
+    tail = log.read_text(errors="replace")[-4000:] if log.exists() else f"{log}: missing"
+    return f"/readyz: {ready}\n{log.name} (tail):\n{tail}"
+
+
 def _ready_state(base: str, kind: str, want: str) -> tuple[int, str | None]:
     # the bound of the wait (an engine restart under load), not a timing assertion
     deadline = time.monotonic() + 60
@@ -245,12 +257,12 @@ async def test_redis_down_refuses_with_a_reason_and_recovers(
     base = cluster.replicas[1]
     redis_engine.stop()
     try:
-        assert _ready_state(base, "redis", "unhealthy") == (503, "unhealthy")
+        assert _ready_state(base, "redis", "unhealthy") == (503, "unhealthy"), _why(cluster, base)
         async with session(base, cluster.key) as s:
             assert _code(await s.call_tool("mut__echo", {"message": "down"})) == "state_unavailable"
     finally:
         redis_engine.start()
-    assert _ready_state(base, "redis", "healthy") == (200, "healthy")
+    assert _ready_state(base, "redis", "healthy") == (200, "healthy"), _why(cluster, base)
     async with session(base, cluster.key) as s:  # a fresh Redis: a fresh window
         assert _code(await s.call_tool("mut__echo", {"message": "back"})) is None
 
@@ -313,7 +325,7 @@ async def test_postgres_down_blocks_tools_and_keys_then_recovers(
     async with session(base, cluster.key) as held:
         postgres_engine.stop()
         try:
-            assert _ready_state(base, "postgres", "unhealthy") == (503, "unhealthy")
+            assert _ready_state(base, "postgres", "unhealthy") == (503, "unhealthy"), _why(cluster, base)
             async with httpx.AsyncClient(timeout=30) as c:
                 r = await c.post(
                     base + "/mcp",
@@ -325,7 +337,7 @@ async def test_postgres_down_blocks_tools_and_keys_then_recovers(
             await anyio.sleep(2.5)  # (not a timing assertion) two sweeps of the held session in the outage
         finally:
             postgres_engine.start()
-        assert _ready_state(base, "postgres", "healthy") == (200, "healthy")
+        assert _ready_state(base, "postgres", "healthy") == (200, "healthy"), _why(cluster, base)
         assert await _wait_for(base, cluster.key, None) is None  # tools admitted again once re-verified
         # the held session was kept (its key could not be checked, not found revoked) and works again
         assert "mut__echo" in {t.name for t in (await held.list_tools()).tools}

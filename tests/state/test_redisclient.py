@@ -1,0 +1,85 @@
+"""What answers on ``[state] redis_url`` may not be Redis: a socket connected to itself (a
+client's port chosen equal to a stopped server's, in the ephemeral range) reads back its own
+commands, as an echoing peer does. Its replies are refused as Redis's errors: a wake-up
+channel is lost (its task subscribes again) and the probe says down. An IndexError raised out
+of a wake-up channel ended the session agents' and the suspended principals' task groups, and
+the gateway with them (/readyz 503 without its state components)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from redis.exceptions import RedisError
+
+from gateway.assemble import make_gateway
+from gateway.config.load import load_config
+from gateway.policy.counters import CallCounters
+from gateway.state import RedisRateLimiter
+from gateway.state.redisclient import open_redis, wakeups
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.anyio
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with_reset = (ConnectionError, asyncio.IncompleteReadError)
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except with_reset:  # the client closed first
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    """A real TCP peer on 127.0.0.1 that sends back what it reads (as a self-connected socket)."""
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_wakeup_channel_on_a_peer_that_is_not_redis_is_lost_as_a_redis_error(echo_url: str) -> None:
+    client = open_redis(echo_url, 1.0)
+    try:
+        with anyio.fail_after(10), pytest.raises(RedisError):  # the bound of the wait
+            await wakeups(client, "symbi:test:wake", lambda: None)
+    finally:
+        await client.aclose()
+
+
+async def test_a_ping_not_answered_pong_is_a_failure(echo_url: str) -> None:
+    limiter = RedisRateLimiter(echo_url, CallCounters(), timeout_s=1.0)
+    try:
+        with pytest.raises(RedisError):
+            await limiter.ping()
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_gateway_on_a_peer_that_is_not_redis_keeps_running_and_says_it_is_down(
+    tmp_path: Path, echo_url: str
+) -> None:
+    toml = f"""
+        [sandbox]
+        code_tools = false
+        [state]
+        redis_url = "{echo_url}"
+        timeout_s = 1
+        probe_interval_s = 0.2
+        """
+    gw = make_gateway(load_config(write_config(tmp_path, toml)))
+    assert gw.state is not None and gw.state.sessions is not None  # both wake-up channels run
+    async with gw.running():
+        await anyio.sleep(3)  # the wake-up channels read the echo, the probe pings it
+        assert gw.state.status()["redis"]["up"] is False

@@ -260,8 +260,9 @@ class Unsent:
     are the only record of a change (a CLI revoke, a tool's status) and must not be lost with a
     log broken for a while, nor with a writer failing after it took them. ``queue`` hands the
     held records to the log without waiting (a stalled disk must hold up no revocation nor
-    catalogue swap); ``send`` queues and waits a while. A record queued stays in flight until
-    its commit comes, however long: queued once, written once. Only one whose commit failed is
+    catalogue swap); ``send`` queues and waits a while; ``submit`` queues one more behind them
+    and returns its commit (an operator's record, waited for: ``server.oprecord``). A record
+    queued stays in flight until its commit comes, however long: queued once, written once. Only one whose commit failed is
     queued again, carrying ``held_since_ns``, the time it was acted on. Bounded: at most
     ``cap`` records waiting to be sent; past it the oldest of those are dropped, logged (a log
     broken for days must not grow memory without end). A record in flight is not dropped: the

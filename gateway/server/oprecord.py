@@ -4,18 +4,17 @@ operator is told it was done.
 Each action asks first whether the log can record it (``operations.unrecordable``: 503
 ``audit_unavailable``, nothing done). A log that fails after that check (the disk filled
 meanwhile, before the writer had failed) let the action go ahead, answered 200, and lost its
-record, queued without a wait. Now the record is committed (``events.Recording.submit``) and
-waited for, ``RECORD_WAIT_S`` at most, before the answer. It goes through the gateway's
-``events.Unsent`` (``Unsent.submit``), behind the records held there: the chain keeps the order
-things were done in (an older held record is committed before the operator's). The action cannot be undone in
-general, so a record that failed or did not commit in time is answered 503
-``action_unrecorded`` with ``done: true``. One that failed is held in the gateway's
-``events.Unsent`` (the verifier's, re-sent by the approvals poll's sender,
-``tasks._send_held``: ``held: true``), written, stamped ``held_since_ns``, once the log commits
-again; one not committed in time stays queued in the writer (``pending: true``), written when
-the disk moves, and is held only should its commit then fail. A log that broke for good (an
-emit nobody waited for was lost) commits nothing more in this process: the held record is
-logged at stop (``Unsent.abandon``).
+record, queued without a wait. Now the record goes through the gateway's ``events.Unsent`` (the
+verifier's: ``Unsent.submit``), behind the records held there, so the chain keeps the order
+things were done in, and its commit is waited for, ``RECORD_WAIT_S`` at most, before the answer.
+The action cannot be undone in general, so a record that failed or did not commit in time is
+answered 503 ``action_unrecorded`` with ``done: true``. One that failed stays held there
+(``held: true``: re-sent by the approvals poll's sender, ``tasks._send_held``), written, stamped
+``held_since_ns`` (when the action was done), once the log commits again; one not committed in
+time stays queued in the writer (``pending: true``), written when the disk moves, and is held
+only should its commit then fail. A log that broke for good (an emit nobody waited for was
+lost) commits nothing more in this process: the held record is logged at stop
+(``Unsent.abandon``).
 """
 
 from __future__ import annotations

@@ -306,7 +306,7 @@ class Unsent:
 
     def submit(
         self,
-        sink: Recording,
+        sink: EventSink,
         kind: Event,
         details: Mapping[str, Any],
         *,
@@ -319,6 +319,8 @@ class Unsent:
         ``AuditError`` when it (or an older held one, ahead of it) is refused: held, stamped."""
         from gateway.errors import AuditError
 
+        if not isinstance(sink, Recording):  # a commit to wait on is the point (a caller's bug)
+            raise TypeError(f"{type(sink).__name__} cannot say when a record is committed")
         self.keep(kind, details, principal=principal, agent=agent)
         mine = self._held[-1]
         refused = self._hand(sink)

@@ -49,6 +49,7 @@ JSON-RPC error.
      ├── TooManyConnections          beyond mcp.max_concurrent_connections (HTTP 503, retry)
      │    └── TooManyListens         beyond http.max_listens_per_principal open listen streams
      ├── StateUnavailable            a shared-state backend ([state]: Redis, PostgreSQL) cannot be reached
+     ├── NotStarted                  the HTTP front answers before its gateway is assembled (admin API 503)
      └── BusError                    an agent message could not be sent or received
           ├── BusNoAgent             the caller is not an agent / the recipient is unknown
           ├── BusBufferFull          the recipient's buffer (runtime.message_buffer_size) is full
@@ -193,17 +194,6 @@ class ApprovalError(GatewayError):
         self.status = status
 
 
-class ApprovalUnrecordable(ApprovalError):
-    """The audit log cannot record the approval now (broken, ``audit.on_failure = "deny"``):
-    503, nothing approved. The approval was saved and its record then raised: a 500, the
-    catalogue not refreshed, and no record of who approved it (session 43)."""
-
-    code = "approval_unrecordable"  # (each error its own code: AuditError is audit_unavailable)
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 503)
-
-
 class ReviewedHashRequired(ApprovalError):
     """An approval names the definition hash the person reviewed (``--hash``, ``{"hash"}``):
     none was given, or it is not one (too short to resist a chosen collision, not hex). A
@@ -346,11 +336,16 @@ class AuditLogBusy(AuditError):
 
 class ActionUnrecorded(AuditError):
     """An operator's action was carried out (it cannot be undone in general) but its record was
-    not committed: the log failed after the check before it (the record held and sent again), or
-    stalled (the record still queued, held should it fail) (``gateway.server.oprecord``); the answer says the action was done. Not raised:
-    the one definition of its answer's ``code`` (the action's result is an answer, not an error)."""
+    not committed (``gateway.server.oprecord``): the log refused or failed it after the check
+    before it (``held``: sent again until committed), or stalled (not ``held``: still queued in
+    the writer, held should it fail). Returned with the action's own answer, not raised: the 503
+    says both what was done and this (``oprecord.with_record``)."""
 
     code = "action_unrecorded"
+
+    def __init__(self, message: str, *, held: bool) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class AuditIntegrityError(AuditError):
@@ -405,6 +400,16 @@ class StateUnavailable(GatewayError):
     """Replicas share rate limits and approvals through [state]; without it, refuse (fail closed)."""
 
     code = "state_unavailable"
+
+
+class NotStarted(GatewayError):
+    """The HTTP front is up but its gateway is not assembled yet (or stopped): an admin request
+    that needs it is answered 503 with this code, to be tried again."""
+
+    code = "gateway_not_started"
+
+    def __init__(self, message: str = "gateway not started") -> None:
+        super().__init__(message)
 
 
 class BusError(GatewayError):

@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from gateway.errors import AuditError
 
 _logger = logging.getLogger("symbi.events")
 
@@ -256,8 +260,9 @@ class Unsent:
     are the only record of a change (a CLI revoke, a tool's status) and must not be lost with a
     log broken for a while, nor with a writer failing after it took them. ``queue`` hands the
     held records to the log without waiting (a stalled disk must hold up no revocation nor
-    catalogue swap); ``send`` queues and waits a while. A record queued stays in flight until
-    its commit comes, however long: queued once, written once. Only one whose commit failed is
+    catalogue swap); ``send`` queues and waits a while; ``submit`` queues one more behind them
+    and returns its commit (an operator's record, waited for: ``server.oprecord``). A record
+    queued stays in flight until its commit comes, however long: queued once, written once. Only one whose commit failed is
     queued again, carrying ``held_since_ns``, the time it was acted on. Bounded: at most
     ``cap`` records waiting to be sent; past it the oldest of those are dropped, logged (a log
     broken for days must not grow memory without end). A record in flight is not dropped: the
@@ -267,6 +272,9 @@ class Unsent:
     def __init__(self, cap: int = 10_000) -> None:
         self._held: deque[_Held] = deque()
         self._cap = cap
+        # how many of them are not in flight (what ``cap`` bounds): counted, so a stalled disk
+        # with ``cap`` records in flight does not cost a walk of them all on every ``keep``
+        self._waiting = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -292,31 +300,64 @@ class Unsent:
         held.late = refused
         held.principal, held.agent = principal, agent
         self._held.append(held)
-        if len(self._held) > self._cap:
+        self._waiting += 1
+        if self._waiting > self._cap:
             self._trim()
+
+    def submit(
+        self,
+        sink: EventSink,
+        kind: Event,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> asyncio.Future[int]:
+        """Hold one record behind the others and ``queue`` them all: its commit, to wait on (a
+        wait that ends first leaves it in flight; a commit that fails holds it, stamped). The
+        held ones go first: the chain keeps the order things were done in. Raises the log's
+        ``AuditError`` when it (or an older held one, ahead of it) is refused: held, stamped."""
+        from gateway.errors import AuditError
+
+        if not isinstance(sink, Recording):  # a commit to wait on is the point (a caller's bug)
+            raise TypeError(f"{type(sink).__name__} cannot say when a record is committed")
+        self.keep(kind, details, principal=principal, agent=agent)
+        mine = self._held[-1]
+        refused = self._hand(sink)
+        if mine.commit is None:  # refused at it or ahead of it: ``_hand`` stamped it
+            raise refused or AuditError(f"the audit log did not take {kind}: held until it commits it")
+        return mine.commit
 
     def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
         """Hand every held record not in flight to ``sink``, in order, without waiting: what is
         emitted after this is queued after them. The commits in flight are returned. A sink
         that cannot say when it committed (logging) wrote a record once ``emit`` returned.
         After a refusal the rest are not tried (kept in order, stamped)."""
+        self._hand(sink)
+        return [h.commit for h in self._held if h.commit is not None]
+
+    def _hand(self, sink: EventSink) -> AuditError | None:
+        """``queue``'s walk: the log's refusal that stopped it, if one did."""
         from gateway.errors import AuditError
 
+        recorder = sink if isinstance(sink, Recording) else None  # asked once, not per record
         for h in list(self._held):
             if h.commit is not None:
                 continue  # in flight: queued once, not again
             try:
-                if isinstance(sink, Recording):
-                    h.commit = sink.submit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
+                if recorder is not None:
+                    h.commit = recorder.submit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
+                    self._waiting -= 1
                     h.commit.add_done_callback(functools.partial(self._settled, h))
                 else:
                     sink.emit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
                     self._held.remove(h)
+                    self._waiting -= 1
             except AuditError as e:
                 self._late()
                 _logger.error("%d records held until the log commits them: %s", len(self._held), e)
-                break
-        return [h.commit for h in self._held if h.commit is not None]
+                return e
+        return None
 
     async def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
         """Hold ``records`` after what is held, ``queue`` them all and wait up to
@@ -346,7 +387,9 @@ class Unsent:
         for h in self._held:
             where = "never recorded" if h.commit is None else "queued, not committed"
             _logger.error("%s %s: the gateway stopped first: %s", h.kind, where, dict(h.details))
+            h.commit = None  # let go: a commit settling later is not this list's any more
         self._held.clear()
+        self._waiting = 0
 
     def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:
         """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
@@ -361,6 +404,7 @@ class Unsent:
                 self._held.remove(h)
             return
         h.commit, h.late = None, True  # (this one only: a batch failing at once is not N² work)
+        self._waiting += 1
         # a bug, not a refusal, is logged with its trace; a refusal is counted by ``send``
         bug = not isinstance(err, AuditError)
         _logger.log(
@@ -372,11 +416,12 @@ class Unsent:
         )
 
     def _trim(self) -> None:
-        # only records not in flight count against the cap and are dropped: one in flight is the
-        # writer's (its queue holds it anyway); the scan runs only past the cap
-        waiting = [h for h in self._held if h.commit is None]
-        for dropped in waiting[: max(0, len(waiting) - self._cap)]:  # ([:-k] dropped all but k)
+        # only records not in flight count against the cap and are dropped, the oldest first:
+        # one in flight is the writer's (its queue holds it anyway); the walk stops at them
+        over = (h for h in self._held if h.commit is None)
+        for dropped in list(itertools.islice(over, self._waiting - self._cap)):
             self._held.remove(dropped)
+            self._waiting -= 1
             _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
 
     def _late(self) -> None:

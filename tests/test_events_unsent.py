@@ -149,6 +149,39 @@ async def test_records_in_flight_do_not_shrink_the_bound_of_those_waiting(tmp_pa
     assert len(tool_records(tmp_path / "a.db")) == 7
 
 
+async def test_records_whose_commit_failed_count_against_the_bound_again(tmp_path: Path) -> None:
+    """The records waiting are counted (the bound walks nothing on each keep while ``cap``
+    records are in flight): one whose commit failed waits again and counts again."""
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent(cap=2)
+    break_audit_log(tmp_path / "a.db")
+    assert not await unsent.send(log, [FIRST, SECOND])  # taken by the writer, then failed
+    unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["3"]})  # three waiting: over the bound
+    assert [kind for kind, _ in unsent.held()] == [SECOND[0], Event.TOOL_KEYS_CHANGED]
+    log.close()
+
+
+async def test_the_operators_record_goes_behind_the_held_ones_and_is_held_when_refused(
+    tmp_path: Path,
+) -> None:
+    """``submit``: the held records are queued first (the chain keeps the order things were
+    done in); refused, the new one is held behind them, stamped, and the refusal raised."""
+    from gateway.errors import AuditError
+
+    unsent = Unsent()
+    with pytest.raises(AuditError):
+        unsent.submit(_closed(tmp_path), *FIRST)
+    assert [kind for kind, _ in unsent.held()] == [FIRST[0]]
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    with anyio.fail_after(10):
+        assert await unsent.submit(working, *SECOND, principal="key:alice") > 0
+    working.close()
+    records = tool_records(tmp_path / "b.db")
+    assert [r.type for r in records] == [FIRST[0], SECOND[0]]
+    assert "held_since_ns" in records[0].details and "held_since_ns" not in records[1].details
+    assert records[1].principal == "key:alice" and not len(unsent)
+
+
 async def test_records_in_flight_when_the_writer_dies_are_sent_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

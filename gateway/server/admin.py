@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import ApprovalError, ApprovalUnrecordable
+from gateway.errors import ActionUnrecorded, ApprovalError, GatewayError, NotStarted
 from gateway.events import Event
 from gateway.jsonlimits import too_large
 from gateway.runtime.holds import principal_malformed, principal_unknown
@@ -47,6 +47,7 @@ from gateway.server.operations import (
     upstream_rows,
 )
 from gateway.server.oprecord import record_action, with_record
+from gateway.server.unavailable import unavailable
 from gateway.textcheck import not_utf8_at
 
 if TYPE_CHECKING:
@@ -54,16 +55,15 @@ if TYPE_CHECKING:
     from gateway.server.http import HttpState
 
 
-def _unavailable(what: str, reason: str, code: str | None = None) -> JSONResponse:
-    body = {"error": "unavailable", "component": what, "reason": reason}
-    return JSONResponse(body if code is None else {**body, "code": code}, status_code=503)
+def _unavailable(what: str, why: GatewayError | str) -> JSONResponse:
+    return JSONResponse(unavailable(what, why), status_code=503)
 
 
 def _err(status: int, error: str, reason: str) -> JSONResponse:
     return JSONResponse({"error": error, "reason": reason}, status_code=status)
 
 
-def _answer(unrec: dict[str, Any] | None, status: int, body: dict[str, Any]) -> JSONResponse:
+def _answer(unrec: ActionUnrecorded | None, status: int, body: dict[str, Any]) -> JSONResponse:
     """An operator action's answer once its record is committed, else 503 ``action_unrecorded``
     (done, its record held: ``oprecord``)."""
     status, body = with_record(unrec, status, body)
@@ -71,11 +71,8 @@ def _answer(unrec: dict[str, Any] | None, status: int, body: dict[str, Any]) -> 
 
 
 def _refused(e: ApprovalError) -> JSONResponse:
-    if e.status == 503:
-        # with its code, as every other 503 of an operator action (``operations.unrecordable``)
-        return _unavailable(
-            "audit" if isinstance(e, ApprovalUnrecordable) else "verification", e.message, e.code
-        )
+    if e.status == 503:  # with its code, as every other 503 of the admin API
+        return _unavailable("verification", e)
     error = {404: "not_found", 400: "bad_request"}.get(e.status, "conflict")
     return JSONResponse({"error": error, "code": e.code, "reason": e.message}, status_code=e.status)
 
@@ -349,7 +346,7 @@ class AdminApi:
 
     def _unrecordable(self, action: str) -> Response | None:
         """503, nothing done, when the audit log cannot record ``action`` now."""
-        refused = unrecordable(self.state, action)
+        refused = unrecordable(audit_log(self.state), action)
         return None if refused is None else JSONResponse(refused[1], status_code=refused[0])
 
     def _agent(self, request: Request) -> Agent | None:
@@ -359,7 +356,7 @@ class AdminApi:
     async def agents(self, request: Request) -> Response:
         gw = self.state.gateway
         if gw is None:
-            return _unavailable("agents", "gateway not started")
+            return _unavailable("agents", NotStarted())
         return JSONResponse({"agents": agent_rows(gw.runtime)})
 
     async def agent_view(self, request: Request) -> Response:
@@ -386,7 +383,7 @@ class AdminApi:
     async def principals(self, request: Request) -> Response:
         rows = principal_rows(self.state)
         if rows is None:
-            return _unavailable("agents", "gateway not started")
+            return _unavailable("agents", NotStarted())
         return JSONResponse({"suspended": rows})
 
     async def principal_act(self, request: Request, action: str) -> Response:
@@ -458,13 +455,13 @@ class AdminApi:
     async def status(self, request: Request) -> Response:
         gw = self.state.gateway
         if gw is None:
-            return _unavailable("status", "gateway not started")
+            return _unavailable("status", NotStarted())
         return JSONResponse(get_system_status(gw))
 
     async def health(self, request: Request) -> Response:
         gw = self.state.gateway
         if gw is None:
-            return _unavailable("health", "gateway not started")
+            return _unavailable("health", NotStarted())
         comps = components(gw)
         return JSONResponse(
             {"status": overall(comps), "components": {n: c["status"] for n, c in comps.items()}}

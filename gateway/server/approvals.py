@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gateway.errors import ApprovalError, ApprovalUnrecordable, ScreeningFlagged
+from gateway.errors import ApprovalError, ScreeningFlagged
 from gateway.events import Event
-from gateway.server.operations import unrecordable_why
+from gateway.server.operations import unrecordable
 from gateway.server.oprecord import record_action, with_record
 from gateway.verify.approve import (
     approve_current,
@@ -74,14 +74,16 @@ async def approve_tool(
     gw: Gateway | None, name: str, principal: Principal, reviewed: str | None
 ) -> tuple[int, dict[str, Any]]:
     """Approve the definition of ``name`` the person reviewed (``reviewed``: its hash) if it is
-    still the current one; the catalogue is re-verified at once. (200, what was approved), or
-    503 ``action_unrecorded`` when it was approved but its record is not committed (held or
+    still the current one; the catalogue is re-verified at once. (200, what was approved), 503
+    ``audit_unavailable`` when the log cannot record it (nothing approved), or 503
+    ``action_unrecorded`` when it was approved but its record is not committed (held or
     pending: ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
     rec = await anyio.to_thread.run_sync(_record, gw, name)
     assert gw is not None
-    # refused before anything is saved: an approval nobody could tell was made
-    if (why := unrecordable_why(gw.audit, "tool approval")) is not None:
-        raise ApprovalUnrecordable(why)
+    # refused before anything is saved (503 audit_unavailable, as every operator action): an
+    # approval nobody could tell was made
+    if (refused := unrecordable(gw.audit, "tool approval")) is not None:
+        return refused
     srv = gw.config.servers.get(rec.upstream)
     if srv is None:
         raise ApprovalError(f"upstream {rec.upstream!r} is not in the config", 409)

@@ -27,6 +27,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "error": {"const": "unavailable"},
             "component": {"type": "string"},
+            # the error's code (gateway.errors); absent for a component the config turned off
+            "code": {"type": "string"},
             "reason": {"type": "string"},
         },
     },

@@ -16,12 +16,13 @@ import anyio
 from redis.exceptions import RedisError
 
 from gateway.apikeys import has_live_key
-from gateway.errors import AuditError, HoldsFull, StateUnavailable
+from gateway.errors import AuditError, HoldsFull, NotStarted, StateUnavailable
 from gateway.events import Event
 from gateway.runtime.identity import is_agent_id
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, carry_out
 from gateway.server.oprecord import record_action, with_record
+from gateway.server.unavailable import unavailable
 from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ async def act_on_agent(
     """An operator's ``action`` on agent ``ref``, wherever it runs: a hosted agent whose lease
     another process holds is passed to it (``pass_hosted_action``), any other is acted on here
     (``agent_action``). The admin API and the dashboard both act through this."""
-    refused = unrecordable(state, action)
+    refused = unrecordable(audit_log(state), action)
     if refused is not None:
         return refused
     elsewhere = hosted_elsewhere(state, ref)
@@ -144,7 +145,7 @@ async def act_on_agent(
         if action == "resume" and gw is not None and agent is not None:
             cleared = await gw.runtime.clear_first(agent)
     except StateUnavailable as e:
-        return 503, _state_unavailable(e.diagnostics())
+        return 503, unavailable("state", StateUnavailable(e.diagnostics()))
     # the agent resolved before the clear's round trip is the one acted on: resolved again after
     # it, a ref grown ambiguous meanwhile (an id prefix or a name another agent now matches) was
     # answered 200 "Terminated" for an agent still suspended, its principal's others too (session 42)
@@ -162,26 +163,20 @@ async def act_on_agent(
     return with_record(unrec, status, body)
 
 
-def unrecordable(state: HttpState, action: str) -> tuple[int, dict[str, Any]] | None:
-    """503 ``audit_unavailable`` for an operator's ``action`` the audit log cannot record now
-    (broken or closed, ``audit.on_failure = "deny"``): nothing is done, as a call is refused
-    before it reaches its upstream. It was carried out and its record then raised: a 500 for a
-    suspension or resume that had happened (session 42's review)."""
-    why = unrecordable_why(audit_log(state), action)
-    if why is None:
-        return None
-    return 503, {"error": "unavailable", "component": "audit", "code": AuditError.code, "reason": why}
-
-
-def unrecordable_why(log: AuditLog | None, action: str) -> str | None:
-    """Why ``log`` cannot record ``action`` now, or None (it can, or auditing is off). Silent
-    with ``on_failure = "warn"``: that failure is logged. Every operator action asks this."""
+def unrecordable(log: AuditLog | None, action: str) -> tuple[int, dict[str, Any]] | None:
+    """503 ``audit_unavailable`` for an operator's ``action`` ``log`` cannot record now (broken
+    or closed, ``audit.on_failure = "deny"``): nothing is done, as a call is refused before it
+    reaches its upstream. It was carried out and its record then raised: a 500 for a suspension
+    or resume that had happened (session 42's review). None: it can (or auditing is off; with
+    ``on_failure = "warn"`` the check is silent, that failure is logged). Every operator action
+    asks this, the tool approval too."""
     if log is None:
         return None
     try:
         log.ensure_writable()
     except AuditError as e:
-        return f"nothing was done: the audit log cannot record the {action} ({e}); see /readyz"
+        why = f"nothing was done: the audit log cannot record the {action} ({e}); see /readyz"
+        return 503, unavailable("audit", AuditError(why))
     return None
 
 
@@ -279,8 +274,8 @@ async def act_on_principal(
     that is not suspended."""
     gw = state.gateway
     if gw is None:
-        return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
-    refused = unrecordable(state, action)
+        return 503, unavailable("agents", NotStarted())
+    refused = unrecordable(gw.audit, action)
     if refused is not None:
         return refused
     rt = gw.runtime
@@ -295,7 +290,7 @@ async def act_on_principal(
         try:  # on Redis first: a clear only queued in memory was lost with the process
             held = await rt.holds.clear(principal, state.config.state.timeout_s)
         except StateUnavailable as e:
-            return 503, _state_unavailable(e.diagnostics())
+            return 503, unavailable("state", StateUnavailable(e.diagnostics()))
         resumed = rt.release(principal, f"operator {who}: {reason or 'resume'}")
         if held is None and not resumed and rt.holds.board is None:
             return 404, {"error": "not_found", "reason": f"principal {principal!r} is not suspended"}
@@ -340,7 +335,7 @@ def agent_action(
     (``AgentRuntime.clear_first``): done on ``agent`` whatever it became, its real state answered."""
     gw = state.gateway
     if gw is None:
-        return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}, None
+        return 503, unavailable("agents", NotStarted()), None
     if agent is None:
         agent = gw.runtime.agents.resolve(ref)
     if agent is None:
@@ -366,9 +361,8 @@ async def pass_session_action(
     try:
         holders = await gw.state.sessions.pass_order(agent_id, action, who, reason)
     except (RedisError, OSError) as e:
-        return 503, _state_unavailable(
-            f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
-        )
+        why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
+        return 503, unavailable("state", StateUnavailable(why))
     if not holders:
         why = (
             f"no process holds an agent {agent_id!r}: not in this process "
@@ -388,10 +382,6 @@ async def pass_session_action(
     first = holders[names[0]]
     body = {"agent": agent_id, "result": result, "holder": names[0], "state": first.get("state")}
     return with_record(unrec, 202, body)
-
-
-def _state_unavailable(why: str) -> dict[str, Any]:
-    return {"error": "unavailable", "component": "state", "code": StateUnavailable.code, "reason": why}
 
 
 def shared_sessions(state: HttpState) -> bool:
@@ -439,8 +429,8 @@ async def pass_hosted_action(
     except (RedisError, OSError) as e:
         why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
         if not withdrawn:
-            return 503, _state_unavailable(why)
-        body = {**_state_unavailable(why), "result": why}
+            return 503, unavailable("state", StateUnavailable(why))
+        body = {**unavailable("state", StateUnavailable(why)), "result": why}
         return await _withdrawn(gw, name, who, reason, 503, body, gw.hosted.leased.seen.get(name))
     if seen is None and withdrawn:
         return await _withdrawn(gw, name, who, reason, 200, {"result": "no process holds its lease"}, None)

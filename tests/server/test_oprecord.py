@@ -51,9 +51,9 @@ def _wait_for(db: Path, kind: Event, timeout: float = 20.0) -> list[dict[str, An
 
 
 @contextlib.contextmanager
-def _gateway(tmp_path: Path) -> Iterator[tuple[Running, Keys, Path]]:
+def _gateway(tmp_path: Path, top_extra: str = "") -> Iterator[tuple[Running, Keys, Path]]:
     """A real HTTP gateway over server-everything: (the running server, its keys, its audit db)."""
-    cfg = everything_config(tmp_path)
+    cfg = everything_config(tmp_path, top_extra=top_extra)
     keys = make_keys(cfg)
     with run_server(cfg) as run:
         yield run, keys, load_config(cfg, {}).audit_path
@@ -143,3 +143,25 @@ def test_a_principal_suspension_whose_record_fails_is_answered_done_and_its_reco
         r = httpx.post(api + "/suspend", json={"principal": "key:carol", "reason": "x"}, headers=admin)
         assert r.status_code == 503 and r.json()["code"] == AuditError.code, r.text  # nothing done
         assert len(httpx.get(api, headers=admin).json()["suspended"]) == 1
+
+
+def test_a_record_held_before_an_operators_action_is_committed_ahead_of_its_record(
+    tmp_path: Path,
+) -> None:
+    """The operator's record was submitted at once, ahead of the records held before it (a
+    rebuild's the log refused a moment ago): the chain no longer followed the order things were
+    done in, and the held one waited for the sender's next pass. Now the held ones go first."""
+    # the held records' sender waits its interval first: it sends nothing during this test
+    with _gateway(tmp_path, top_extra="[mcp]\nrecheck_interval_s = 600.0\n") as (run, keys, db):
+        gw = run.state.gateway
+        assert gw is not None
+        gw.verifier.unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["everything"]}, refused=True)
+
+        api = run.base + "/api/principals/suspend"
+        r = httpx.post(api, json={"principal": "key:bob", "reason": "x"}, headers=bearer(keys.admin))
+        assert r.status_code == 200, r.text
+        [action] = _records(db, Event.PRINCIPAL_SUSPEND_REQUESTED)
+        [older] = _records(db, Event.TOOL_KEYS_CHANGED)  # none before: still held
+        assert older["seq"] < action["seq"], (older, action)
+        assert "held_since_ns" in older["details"] and "held_since_ns" not in action["details"]
+        assert gw.verifier.unsent.held() == []

@@ -340,7 +340,7 @@ class LeasedAgents:
         again, its supervisor ended, or its live run being terminated (a start passed on for it
         ran the terminated agent on the next holder)."""
         agent = self.hosted.runtime.agents.by_name(name)
-        terminating = agent is not None and agent.id in self.hosted.runtime._terminating
+        terminating = agent is not None and self.hosted.runtime.terminating(agent)
         return name in self._unwake or name in self._ended or terminating
 
     def _letting_go(self, name: str) -> str | None:

@@ -149,10 +149,10 @@ class HostedAgents:
                 _logger.error("agent %s: not run while the audit log cannot record it (%s)", name, e)
                 self.end_record(name, "the audit log cannot record it")  # a run it cut short
                 self.refusing.add(name)  # its lease's holder lets it go to a replica that can
+                if ac.start == "on-demand":  # the refused run (a start, a restart) stays asked for:
+                    self._wake[name].set()  # a terminate in the wait withdraws it (re-set after it ran)
                 try:
                     await anyio.sleep(AUDIT_RETRY_S)
-                    if ac.start == "on-demand":  # the refused run was asked for: asked again
-                        self._wake[name].set()  # (cancelled in the sleep when passed on: not twice)
                 finally:
                     self.refusing.discard(name)
 
@@ -208,8 +208,7 @@ class HostedAgents:
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
 
     async def _wait_for_start(self, name: str) -> None:
-        await self._wake[name].wait()
-        self._wake[name] = anyio.Event()
+        await self._wake[name].wait()  # taken by the run once it may start (``_run_once``)
 
     def _escalated(self, name: str, ac: AgentConfig) -> int:
         window = self._failures[name]
@@ -222,6 +221,7 @@ class HostedAgents:
         """One run: ``ok``, ``failed``, ``invalid`` (never started), ``escalated`` or ``stopped``."""
         if self.recordable is not None:  # AuditError: no run whose records would be refused
             self.recordable()
+        self._wake[name] = anyio.Event()  # the start taken now, not before: one refused stays asked
         rt = self.runtime
         self.runs[name] += 1
         principal = hosted_principal(name, ac)

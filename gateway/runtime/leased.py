@@ -310,9 +310,12 @@ class LeasedAgents:
             self._changed[name] = anyio.Event()
             if (why := self._letting_go(name)) is not None:
                 self._let_go.add(name)
-                if self.hosted.config.agents[name].start == "on-demand" and not self._stopped(name):
-                    # its refused or stopped run was asked for (a start, or a restart): passed on
-                    # to the next holder, which waited for a start that never came (taken here)
+                # its stopped live run was asked for (a start, or a restart): passed on to the
+                # next holder, which waited for a start that never came (taken here). A refused
+                # run's start is still in ``_wake`` (a terminate since withdrew it): passed on
+                # with it by ``_run_held``, not here (a terminate's mark may be gone by now)
+                ondemand = self.hosted.config.agents[name].start == "on-demand"
+                if ondemand and name not in self.hosted.refusing and not self._stopped(name):
                     self._wanted.add(name)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()

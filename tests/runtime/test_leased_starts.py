@@ -15,6 +15,8 @@ import jsonschema
 import pytest
 import redis
 
+from gateway.runtime import hosted, leased
+from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action
@@ -248,4 +250,42 @@ async def test_a_terminate_passed_with_a_start_in_one_renewal_window_is_not_refu
         assert not r.exists(WAKE + NAME) and not r.exists(ORDERS + NAME)  # both taken
         await anyio.sleep(RENEW_S)  # a start handed on would have made its run's record by now
         assert a.runtime.agents.by_name(NAME) is None and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_start_refused_by_a_broken_log_and_terminated_in_the_retry_does_not_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """An on-demand start refused by a broken audit log was set again after the retry's wait,
+    even when an operator had terminated the agent during it: once the log mended, the
+    terminated agent ran (or, the log still broken, its start was passed on at the let-go).
+    Now the start is taken only once its run may start: the terminate withdraws it."""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # no renewal lets it go between refusal and terminate
+    monkeypatch.setattr(hosted, "AUDIT_RETRY_S", 1.0)
+    mark = f"0.6023{os.getpid()}"  # sleeps under a second: the first run ends by itself
+    rec = BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000  # renewed every 60 s here
+    r = redis.Redis.from_url(fresh.url)
+    ended = lambda: (ag := a.runtime.agents.by_name(NAME)) is not None and ag.state is AgentState.TERMINATED  # noqa: E731
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        a.request_start(NAME)
+        await _until("its first run ended", lambda: a.runs[NAME] == 1 and ended(), START_S)
+        rec.broken = True
+        assert a.request_start(NAME) == "starting"
+        await _until("the start refused", lambda: NAME in a.refusing, 5)
+        agent = a.runtime.agents.by_name(NAME)
+        assert agent is not None
+        a.runtime.terminate(agent, "operator: not wanted")  # as the admin API does, in the wait
+        rec.broken = False
+        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        assert a.runs[NAME] == 1 and not marked(mark)
+        assert not a._wake[NAME].is_set() and not la._wanted and not r.exists(WAKE + NAME)
+        assert la.holds(NAME)
         tg.cancel_scope.cancel()

@@ -40,7 +40,7 @@ from gateway.events import Event, EventSink, record_acted
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.launch import AgentHost, Credentials, hosted_command, interval_s
+from gateway.runtime.launch import AgentHost, hosted_command, interval_s, launchable
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Sandboxed
@@ -69,10 +69,12 @@ class HostedAgents:
         host: AgentHost | None,
         board: LeaseBoard | None = None,
         recordable: Callable[[], None] | None = None,
+        unwritable: Callable[[], AuditError | None] | None = None,
     ) -> None:
         self.config = config
         # raises AuditError while the audit log cannot record (its ensure_writable): no run then
         self.recordable = recordable
+        self.unwritable = unwritable  # the same check, quiet (the lease runner's, each renewal)
         self.runtime = runtime
         self.events = events
         self.sandbox = sandbox  # None: no tier can run here
@@ -233,7 +235,7 @@ class HostedAgents:
         tier = ac.sandbox or self.config.security.default_sandbox_tier
         record: Any = None
         try:
-            keys = self._launchable(tier)
+            keys = launchable(tier, self.keys, self.socket_path)
             if self.unrevoked:  # a past run's key an outage kept alive goes first
                 await anyio.to_thread.run_sync(self.revoke_pending)
             # off the event loop: with [state] postgres_url the key store is a round trip
@@ -274,19 +276,6 @@ class HostedAgents:
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(cleanup.remove)
-
-    def _launchable(self, tier: str) -> Credentials:
-        """The key store a run's credential is made in; GatewayError when no run can start."""
-        if tier == "none":
-            raise GatewayError(
-                "a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
-                " is 'none': set agents.NAME.sandbox)"
-            )
-        if self.keys is None or self.socket_path is None:
-            raise GatewayError(
-                "hosted agents need `symbi serve` (they reach the gateway over its Unix socket)"
-            )
-        return self.keys
 
     def _place(self, agent: Agent, name: str, ac: AgentConfig, limits: ResourceLimits) -> None:
         """``agent``'s slot in the pool (``BudgetExceeded`` when none has room); the agents it

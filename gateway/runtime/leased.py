@@ -59,6 +59,7 @@ class LeasedAgents:
         self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
         self._broken_since: dict[str, float] = {}  # a held agent's live run: its log broken since
+        self._warned: set[str] = set()  # agents warned of this outage of a log that fails open
         self.seen: dict[str, dict[str, Any] | None] = {}  # every agent's holder status
         self.seen_at: float | None = None  # when ``seen`` was read (epoch s; None: never)
         # a held agent's state changed: its status is written now, not at the next renewal
@@ -181,7 +182,7 @@ class LeasedAgents:
         while True:
             await self._pass_requests(name)
             # a lease its audit log cannot use is not taken: a replica whose log works runs it
-            taken = self._unusable() is None and await self._acquire(lease, name)
+            taken = self._unusable(name) is None and await self._acquire(lease, name)
             if not taken:
                 with anyio.move_on_after(RENEW_S):
                     await self._poke[name].wait()
@@ -204,14 +205,24 @@ class LeasedAgents:
             _logger.debug("agent %s: lease not taken (%s)", name, e)
             return False
 
-    def _unusable(self) -> str | None:
-        """Why this process cannot run a hosted agent now (its audit log refuses), or None."""
-        if self.hosted.recordable is None:
+    def _unusable(self, name: str) -> str | None:
+        """Why this process cannot run ``name`` now (its audit log refuses), or None. A log that
+        fails open (``unsafe_warn``) warns once per outage per agent here, not at every renewal
+        (a flood every 3 s); each run started unsafely warns all the same (``_run_once``)."""
+        hosted = self.hosted
+        if hosted.recordable is None:
+            return None
+        if hosted.unwritable is not None and hosted.unwritable() is None:
+            self._warned.discard(name)  # it records again: its next outage warns again
+            return None
+        if name in self._warned:  # this outage warned already, and the log fails open
             return None
         try:
-            self.hosted.recordable()
+            hosted.recordable()  # deny: raises; unsafe_warn: warns
         except AuditError as e:
             return f"its audit log cannot record it ({e.message})"
+        if hosted.unwritable is not None:  # (without the quiet check, it cannot tell the end)
+            self._warned.add(name)
         return None
 
     async def _withdraw(self, name: str) -> None:
@@ -354,7 +365,7 @@ class LeasedAgents:
         or suspended is kept: an operator's stop stands. The log is seen broken at a renewal
         (every ``RENEW_S``), so the run stops 5-9 s after the break; an outage over before the
         next renewal is never seen, and two outages between renewals count as one."""
-        why = self._unusable()
+        why = self._unusable(name)
         agent = self.hosted.runtime.agents.by_name(name)
         live = agent is not None and agent.state is AgentState.RUNNING
         if why is None or not (live or name in self.hosted.refusing):

@@ -183,6 +183,7 @@ class HostedAgents:
         if ac.start == "on-demand":
             await self._wait_for_start(name)
         while True:
+            self._may_start(name)
             outcome = await self._run_once(name, ac)
             if outcome in ("invalid", "escalated", "stopped"):
                 if outcome == "stopped" or ac.start != "on-demand":
@@ -210,7 +211,15 @@ class HostedAgents:
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
 
     async def _wait_for_start(self, name: str) -> None:
-        await self._wake[name].wait()  # taken by the run once it may start (``_run_once``)
+        await self._wake[name].wait()  # taken by the run once it may start (``_may_start``)
+
+    def _may_start(self, name: str) -> None:
+        """Raises ``AuditError`` while the audit log cannot record a run (none made whose records
+        would be refused): its start stays asked (a terminate in the retry's wait withdraws it,
+        ``_supervise``). Else the start is taken, only now."""
+        if self.recordable is not None:
+            self.recordable()
+        self._wake[name] = anyio.Event()
 
     def _escalated(self, name: str, ac: AgentConfig) -> int:
         window = self._failures[name]
@@ -220,10 +229,8 @@ class HostedAgents:
         return len(window) if len(window) >= ac.max_failures else 0
 
     async def _run_once(self, name: str, ac: AgentConfig) -> str:
-        """One run: ``ok``, ``failed``, ``invalid`` (never started), ``escalated`` or ``stopped``."""
-        if self.recordable is not None:  # AuditError: no run whose records would be refused
-            self.recordable()
-        self._wake[name] = anyio.Event()  # the start taken now, not before: one refused stays asked
+        """One run (``_may_start`` passed): ``ok``, ``failed``, ``invalid`` (never started),
+        ``escalated`` or ``stopped``."""
         rt = self.runtime
         self.runs[name] += 1
         principal = hosted_principal(name, ac)

@@ -55,7 +55,10 @@ class LeasedAgents:
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
         self._wanted: set[str] = set()  # start requests to pass to the holder
-        self._unwake: set[str] = set()  # terminated here: a start on Redis to withdraw
+        # terminated here: a start on Redis to withdraw -> the terminate's time on Redis's clock
+        # (only a start asked by then is deleted; None: that clock not read yet, any start)
+        self._unwake: dict[str, float | None] = {}
+        self._clock: tuple[float, float] | None = None  # Redis's clock, and monotonic, read at once
         self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
         self._broken_since: dict[str, float] = {}  # a held agent's live run: its log broken since
@@ -87,7 +90,7 @@ class LeasedAgents:
         process holds the lease and the terminate came on the loop's thread, else at its next
         turn), retried until done."""
         self._wanted.discard(name)
-        self._unwake.add(name)
+        self._unwake[name] = self._redis_now()  # a later terminate's time covers an earlier one's
         if name in self.held and threading.get_ident() == self._loop_thread:
             self._changed[name].set()
 
@@ -208,7 +211,7 @@ class LeasedAgents:
     def _unusable(self, name: str) -> str | None:
         """Why this process cannot run ``name`` now (its audit log refuses), or None. A log that
         fails open (``unsafe_warn``) warns once per outage per agent here, not at every renewal
-        (a flood every 3 s); each run started unsafely warns all the same (``_run_once``)."""
+        (a flood every 3 s); each run started unsafely warns all the same (``_may_start``)."""
         hosted = self.hosted
         if hosted.recordable is None:
             return None
@@ -225,16 +228,24 @@ class LeasedAgents:
             self._warned.add(name)
         return None
 
+    def _redis_now(self) -> float | None:
+        """Redis's clock now, as last read (``_take_orders``) plus the time since; None: not read."""
+        if self._clock is None:
+            return None
+        at, mono = self._clock
+        return at + (time.monotonic() - mono)
+
     async def _withdraw(self, name: str) -> None:
         if name not in self._unwake:
             return
-        # discarded before the DEL: a terminate that comes during it adds the name again (a
-        # discard after the DEL lost it); put back when the DEL fails
-        self._unwake.discard(name)
+        # taken before the DEL: a terminate that comes during it adds the name again (a
+        # discard after the DEL lost it); put back when the DEL fails. Only a start asked by the
+        # terminate: a mark kept through an outage deleted a start asked after it (lost)
+        before = self._unwake.pop(name)
         try:
-            await self.board.unwake(name)
+            await self.board.unwake(name, before)
         except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
-            self._unwake.add(name)
+            self._unwake.setdefault(name, before)  # (a terminate during the DEL: its later time)
             _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
 
     async def _pass_requests(self, name: str) -> None:
@@ -380,7 +391,9 @@ class LeasedAgents:
         """Carry out the operators' orders other processes left for ``name`` (well-formed ones);
         ``woken``: this renewal took a start, not acted on yet (a terminate withdraws it)."""
         try:
-            raw, now = await self.board.take_orders(name)
+            sent = time.monotonic()  # (Redis's TIME comes after: the estimate errs ahead, so
+            raw, now = await self.board.take_orders(name)  # a withdrawal errs on deleting)
+            self._clock = (now, sent)
         except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
             _logger.warning("agent %s: operator orders not read (%s)", name, e)
             return

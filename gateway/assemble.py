@@ -399,9 +399,15 @@ def _hosted_agents(
         assert st.redis_url is not None
         owner = process_name(config.data_dir)
         board = LeaseBoard(st.redis_url, owner=owner, timeout_s=st.timeout_s, client=state.redis)
-    recordable = audit.ensure_writable if audit is not None else None
     hosted = HostedAgents(
-        config, runtime, events, sandbox=manager, host=agent_host, board=board, recordable=recordable
+        config,
+        runtime,
+        events,
+        sandbox=manager,
+        host=agent_host,
+        board=board,
+        recordable=audit.ensure_writable if audit is not None else None,
+        unwritable=audit.unwritable if audit is not None else None,  # the lease runner's quiet check
     )
     background.append(lambda _gw: hosted.run())
     return hosted

@@ -383,19 +383,21 @@ class AuditLog:
 
     def ensure_writable(self) -> None:
         """Raise ``AuditError`` now if events cannot be recorded (closed, broken, writer gone).
-
         The audit step calls this before dispatching, so a call with side effects is refused
-        while the log is down. Silent when ``on_failure = "warn"`` (that failure is logged).
-        """
-        err: AuditError | None = None
-        if self._closed:
-            err = AuditError("audit log is closed")
-        elif self._writer.broken is not None:
-            err = self._writer.broken
-        elif not self._writer.running:  # as ``_check``: Thread.is_alive takes a lock and two calls
-            err = AuditError("audit writer thread is not running")
-        if err is not None:
+        while the log is down. Logged, not raised, when ``on_failure = "warn"``."""
+        if (err := self.unwritable()) is not None:
             self._failed(err)
+
+    def unwritable(self) -> AuditError | None:
+        """Why events cannot be recorded now, or None; nothing raised or logged (the hosted
+        agents' lease runner looks at each renewal, and warns once per outage)."""
+        if self._closed:
+            return AuditError("audit log is closed")
+        if self._writer.broken is not None:
+            return self._writer.broken
+        if not self._writer.running:  # as ``_check``: Thread.is_alive takes a lock and two calls
+            return AuditError("audit writer thread is not running")
+        return None
 
     def verify(self, *, all_signatures: bool = True) -> VerifyResult:
         """Verify this log (while it is written): against the pinned key ids and the exported

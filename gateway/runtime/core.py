@@ -128,7 +128,7 @@ class AgentRuntime:
             raise AgentSuspended(
                 f"agent {agent.name} is suspended", reasons=[agent.reason or "suspended", *clearing]
             )
-        if agent.state is AgentState.TERMINATED or agent.id in self._terminating:
+        if agent.state is AgentState.TERMINATED or self.terminating(agent):
             raise AgentTerminated(
                 f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"]
             )
@@ -156,7 +156,7 @@ class AgentRuntime:
         principal was suspended. None: it may. The call is not counted again (``begin`` did)."""
         if agent.state is AgentState.SUSPENDED:
             return AgentSuspended(f"agent {agent.name} is suspended", reasons=[agent.reason or "suspended"])
-        if agent.state is AgentState.TERMINATED or agent.id in self._terminating:
+        if agent.state is AgentState.TERMINATED or self.terminating(agent):
             return AgentTerminated(
                 f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"]
             )
@@ -414,6 +414,10 @@ class AgentRuntime:
         self._terminate_now(agent, reason)
         return "terminated"
 
+    def terminating(self, agent: Agent) -> bool:
+        """Whether ``agent``'s run is being ended by a terminate (once its calls in flight end)."""
+        return agent.id in self._terminating
+
     def close_session(self, session: str, reason: str) -> int:
         """The client's session ``session`` ended: its agents end too (when their calls do).
         Else an HTTP session's agent stayed live until ``agent_idle_timeout_s``, and a client
@@ -454,18 +458,12 @@ class AgentRuntime:
         rt = self.config.runtime
         removed = 0
         for agent in self.agents.batch(batch or rt.gc_batch):
-            if (
-                agent.state is AgentState.TERMINATED and not agent.hosted
-            ):  # a hosted run stays listed until the next
+            if agent.state is AgentState.TERMINATED and not agent.hosted:  # a hosted run: till the next
                 self.agents.remove(agent)
                 removed += 1
-            elif (
-                not agent.hosted
-                and agent.state is AgentState.READY
-                and agent.in_flight == 0
-                and now - agent.last_seen > rt.agent_idle_timeout_s
-            ):
-                self._terminate_acted(agent, f"shutdown: idle for {rt.agent_idle_timeout_s:g} s")
+            elif not agent.hosted and agent.state is AgentState.READY and agent.in_flight == 0:
+                if now - agent.last_seen > rt.agent_idle_timeout_s:
+                    self._terminate_acted(agent, f"shutdown: idle for {rt.agent_idle_timeout_s:g} s")
         expired = now - rt.denial_window_s
         for who in [who for who, window in self._denials.items() if not window or window[-1] <= expired]:
             del self._denials[who]  # no denial left in its window: its principal's sessions are gone

@@ -40,7 +40,7 @@ from gateway.events import Event, EventSink, record_acted
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.launch import AgentHost, Credentials, hosted_command, interval_s
+from gateway.runtime.launch import AgentHost, hosted_command, interval_s, launchable
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Sandboxed
@@ -69,10 +69,12 @@ class HostedAgents:
         host: AgentHost | None,
         board: LeaseBoard | None = None,
         recordable: Callable[[], None] | None = None,
+        unwritable: Callable[[], AuditError | None] | None = None,
     ) -> None:
         self.config = config
         # raises AuditError while the audit log cannot record (its ensure_writable): no run then
         self.recordable = recordable
+        self.unwritable = unwritable  # the same check, quiet (the lease runner's, each renewal)
         self.runtime = runtime
         self.events = events
         self.sandbox = sandbox  # None: no tier can run here
@@ -149,10 +151,10 @@ class HostedAgents:
                 _logger.error("agent %s: not run while the audit log cannot record it (%s)", name, e)
                 self.end_record(name, "the audit log cannot record it")  # a run it cut short
                 self.refusing.add(name)  # its lease's holder lets it go to a replica that can
+                if ac.start == "on-demand":  # the refused run (a start, a restart) stays asked for:
+                    self._wake[name].set()  # a terminate in the wait withdraws it (re-set after it ran)
                 try:
                     await anyio.sleep(AUDIT_RETRY_S)
-                    if ac.start == "on-demand":  # the refused run was asked for: asked again
-                        self._wake[name].set()  # (cancelled in the sleep when passed on: not twice)
                 finally:
                     self.refusing.discard(name)
 
@@ -181,6 +183,7 @@ class HostedAgents:
         if ac.start == "on-demand":
             await self._wait_for_start(name)
         while True:
+            self._may_start(name)
             outcome = await self._run_once(name, ac)
             if outcome in ("invalid", "escalated", "stopped"):
                 if outcome == "stopped" or ac.start != "on-demand":
@@ -208,7 +211,14 @@ class HostedAgents:
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
 
     async def _wait_for_start(self, name: str) -> None:
-        await self._wake[name].wait()
+        await self._wake[name].wait()  # taken by the run once it may start (``_may_start``)
+
+    def _may_start(self, name: str) -> None:
+        """Raises ``AuditError`` while the audit log cannot record a run (none made whose records
+        would be refused): its start stays asked (a terminate in the retry's wait withdraws it,
+        ``_supervise``). Else the start is taken, only now."""
+        if self.recordable is not None:
+            self.recordable()
         self._wake[name] = anyio.Event()
 
     def _escalated(self, name: str, ac: AgentConfig) -> int:
@@ -219,9 +229,8 @@ class HostedAgents:
         return len(window) if len(window) >= ac.max_failures else 0
 
     async def _run_once(self, name: str, ac: AgentConfig) -> str:
-        """One run: ``ok``, ``failed``, ``invalid`` (never started), ``escalated`` or ``stopped``."""
-        if self.recordable is not None:  # AuditError: no run whose records would be refused
-            self.recordable()
+        """One run (``_may_start`` passed): ``ok``, ``failed``, ``invalid`` (never started),
+        ``escalated`` or ``stopped``."""
         rt = self.runtime
         self.runs[name] += 1
         principal = hosted_principal(name, ac)
@@ -233,7 +242,7 @@ class HostedAgents:
         tier = ac.sandbox or self.config.security.default_sandbox_tier
         record: Any = None
         try:
-            keys = self._launchable(tier)
+            keys = launchable(tier, self.keys, self.socket_path)
             if self.unrevoked:  # a past run's key an outage kept alive goes first
                 await anyio.to_thread.run_sync(self.revoke_pending)
             # off the event loop: with [state] postgres_url the key store is a round trip
@@ -274,19 +283,6 @@ class HostedAgents:
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(cleanup.remove)
-
-    def _launchable(self, tier: str) -> Credentials:
-        """The key store a run's credential is made in; GatewayError when no run can start."""
-        if tier == "none":
-            raise GatewayError(
-                "a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
-                " is 'none': set agents.NAME.sandbox)"
-            )
-        if self.keys is None or self.socket_path is None:
-            raise GatewayError(
-                "hosted agents need `symbi serve` (they reach the gateway over its Unix socket)"
-            )
-        return self.keys
 
     def _place(self, agent: Agent, name: str, ac: AgentConfig, limits: ResourceLimits) -> None:
         """``agent``'s slot in the pool (``BudgetExceeded`` when none has room); the agents it

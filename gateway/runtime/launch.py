@@ -141,3 +141,15 @@ def process_inputs(
     for p in ro:
         refuse_exposing(p)  # as for the folders of its command and arguments
     return args, env, ro
+
+
+def launchable(tier: str, keys: Credentials | None, socket_path: str | None) -> Credentials:
+    """The key store a hosted run's credential is made in; GatewayError when no run can start."""
+    if tier == "none":
+        raise GatewayError(
+            "a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
+            " is 'none': set agents.NAME.sandbox)"
+        )
+    if keys is None or socket_path is None:
+        raise GatewayError("hosted agents need `symbi serve` (they reach the gateway over its Unix socket)")
+    return keys

@@ -55,10 +55,14 @@ class LeasedAgents:
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
         self._wanted: set[str] = set()  # start requests to pass to the holder
-        self._unwake: set[str] = set()  # terminated here: a start on Redis to withdraw
+        # terminated here: a start on Redis to withdraw -> the terminate's time on Redis's clock
+        # (only a start asked by then is deleted; None: that clock not read yet, any start)
+        self._unwake: dict[str, float | None] = {}
+        self._clock: tuple[float, float] | None = None  # Redis's clock, and monotonic, read at once
         self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
         self._broken_since: dict[str, float] = {}  # a held agent's live run: its log broken since
+        self._warned: set[str] = set()  # agents warned of this outage of a log that fails open
         self.seen: dict[str, dict[str, Any] | None] = {}  # every agent's holder status
         self.seen_at: float | None = None  # when ``seen`` was read (epoch s; None: never)
         # a held agent's state changed: its status is written now, not at the next renewal
@@ -86,7 +90,7 @@ class LeasedAgents:
         process holds the lease and the terminate came on the loop's thread, else at its next
         turn), retried until done."""
         self._wanted.discard(name)
-        self._unwake.add(name)
+        self._unwake[name] = self._redis_now()  # a later terminate's time covers an earlier one's
         if name in self.held and threading.get_ident() == self._loop_thread:
             self._changed[name].set()
 
@@ -181,7 +185,7 @@ class LeasedAgents:
         while True:
             await self._pass_requests(name)
             # a lease its audit log cannot use is not taken: a replica whose log works runs it
-            taken = self._unusable() is None and await self._acquire(lease, name)
+            taken = self._unusable(name) is None and await self._acquire(lease, name)
             if not taken:
                 with anyio.move_on_after(RENEW_S):
                     await self._poke[name].wait()
@@ -204,26 +208,44 @@ class LeasedAgents:
             _logger.debug("agent %s: lease not taken (%s)", name, e)
             return False
 
-    def _unusable(self) -> str | None:
-        """Why this process cannot run a hosted agent now (its audit log refuses), or None."""
-        if self.hosted.recordable is None:
+    def _unusable(self, name: str) -> str | None:
+        """Why this process cannot run ``name`` now (its audit log refuses), or None. A log that
+        fails open (``unsafe_warn``) warns once per outage per agent here, not at every renewal
+        (a flood every 3 s); each run started unsafely warns all the same (``_may_start``)."""
+        hosted = self.hosted
+        if hosted.recordable is None:
+            return None
+        if hosted.unwritable is not None and hosted.unwritable() is None:
+            self._warned.discard(name)  # it records again: its next outage warns again
+            return None
+        if name in self._warned:  # this outage warned already, and the log fails open
             return None
         try:
-            self.hosted.recordable()
+            hosted.recordable()  # deny: raises; unsafe_warn: warns
         except AuditError as e:
             return f"its audit log cannot record it ({e.message})"
+        if hosted.unwritable is not None:  # (without the quiet check, it cannot tell the end)
+            self._warned.add(name)
         return None
+
+    def _redis_now(self) -> float | None:
+        """Redis's clock now, as last read (``_take_orders``) plus the time since; None: not read."""
+        if self._clock is None:
+            return None
+        at, mono = self._clock
+        return at + (time.monotonic() - mono)
 
     async def _withdraw(self, name: str) -> None:
         if name not in self._unwake:
             return
-        # discarded before the DEL: a terminate that comes during it adds the name again (a
-        # discard after the DEL lost it); put back when the DEL fails
-        self._unwake.discard(name)
+        # taken before the DEL: a terminate that comes during it adds the name again (a
+        # discard after the DEL lost it); put back when the DEL fails. Only a start asked by the
+        # terminate: a mark kept through an outage deleted a start asked after it (lost)
+        before = self._unwake.pop(name)
         try:
-            await self.board.unwake(name)
+            await self.board.unwake(name, before)
         except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
-            self._unwake.add(name)
+            self._unwake.setdefault(name, before)  # (a terminate during the DEL: its later time)
             _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
 
     async def _pass_requests(self, name: str) -> None:
@@ -310,9 +332,12 @@ class LeasedAgents:
             self._changed[name] = anyio.Event()
             if (why := self._letting_go(name)) is not None:
                 self._let_go.add(name)
-                if self.hosted.config.agents[name].start == "on-demand" and not self._stopped(name):
-                    # its refused or stopped run was asked for (a start, or a restart): passed on
-                    # to the next holder, which waited for a start that never came (taken here)
+                # its stopped live run was asked for (a start, or a restart): passed on to the
+                # next holder, which waited for a start that never came (taken here). A refused
+                # run's start is still in ``_wake`` (a terminate since withdrew it): passed on
+                # with it by ``_run_held``, not here (a terminate's mark may be gone by now)
+                ondemand = self.hosted.config.agents[name].start == "on-demand"
+                if ondemand and name not in self.hosted.refusing and not self._stopped(name):
                     self._wanted.add(name)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
@@ -340,7 +365,7 @@ class LeasedAgents:
         again, its supervisor ended, or its live run being terminated (a start passed on for it
         ran the terminated agent on the next holder)."""
         agent = self.hosted.runtime.agents.by_name(name)
-        terminating = agent is not None and agent.id in self.hosted.runtime._terminating
+        terminating = agent is not None and self.hosted.runtime.terminating(agent)
         return name in self._unwake or name in self._ended or terminating
 
     def _letting_go(self, name: str) -> str | None:
@@ -351,7 +376,7 @@ class LeasedAgents:
         or suspended is kept: an operator's stop stands. The log is seen broken at a renewal
         (every ``RENEW_S``), so the run stops 5-9 s after the break; an outage over before the
         next renewal is never seen, and two outages between renewals count as one."""
-        why = self._unusable()
+        why = self._unusable(name)
         agent = self.hosted.runtime.agents.by_name(name)
         live = agent is not None and agent.state is AgentState.RUNNING
         if why is None or not (live or name in self.hosted.refusing):
@@ -366,7 +391,9 @@ class LeasedAgents:
         """Carry out the operators' orders other processes left for ``name`` (well-formed ones);
         ``woken``: this renewal took a start, not acted on yet (a terminate withdraws it)."""
         try:
-            raw, now = await self.board.take_orders(name)
+            sent = time.monotonic()  # (Redis's TIME comes after: the estimate errs ahead, so
+            raw, now = await self.board.take_orders(name)  # a withdrawal errs on deleting)
+            self._clock = (now, sent)
         except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
             _logger.warning("agent %s: operator orders not read (%s)", name, e)
             return

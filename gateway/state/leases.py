@@ -64,6 +64,22 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 if redis.call('DEL', KEYS[3]) == 1 then return 2 end
 return 1
 """
+# KEYS: a start request; ARGV: who asked. Stamped with Redis's clock (a withdrawal compares it)
+_WAKE = """
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. t[1] .. '.' .. string.format('%06d', t[2]))
+return 1
+"""
+# KEYS: a start request; ARGV: a withdrawal's time (Redis's clock, epoch s). Only a start asked
+# by then is deleted (an unstamped one counts as asked by then). 1: deleted
+_UNWAKE_BEFORE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local at = tonumber(string.match(v, ' ([0-9.]+)$'))
+if at and at > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 # KEYS: the lease, its status; ARGV: token
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -149,6 +165,8 @@ class LeaseBoard(RedisUser):
         self.acquire_script = self.redis.register_script(_ACQUIRE)
         self.renew_script = self.redis.register_script(_RENEW)
         self.release_script = self.redis.register_script(_RELEASE)
+        self.wake_script = self.redis.register_script(_WAKE)
+        self.unwake_script = self.redis.register_script(_UNWAKE_BEFORE)
 
     def lease(self, name: str) -> Lease:
         return Lease(self, name)
@@ -166,12 +184,16 @@ class LeaseBoard(RedisUser):
         disables ``name`` starts (``drop_starts``), with no expiry: one that lived ``LEASE_TTL_MS`` was lost when no
         replica could take the lease that long (every log broken), after the operator's 202.
         One per agent (a second start asked before it is taken is the same start)."""
-        await self.redis.set(WAKE + name, self.owner)
+        await self.wake_script(keys=[WAKE + name], args=[self.owner])  # stamped: ``unwake``
 
-    async def unwake(self, name: str) -> bool:
+    async def unwake(self, name: str, before: float | None = None) -> bool:
         """Withdraw a start of ``name`` not taken yet (an operator's terminate came after it):
-        True when there was one (deleted). Raises ``RedisError``/``OSError``."""
-        return bool(await self.redis.delete(WAKE + name))
+        True when there was one (deleted). ``before``: the terminate's time on Redis's clock, when
+        the withdrawal comes later (Redis was unreachable): a start asked after it is kept (it
+        was deleted, a new request lost). Raises ``RedisError``/``OSError``."""
+        if before is None:
+            return bool(await self.redis.delete(WAKE + name))
+        return bool(await self.unwake_script(keys=[WAKE + name], args=[repr(before)]))
 
     async def drop_starts(self, names: list[str]) -> int:
         """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no

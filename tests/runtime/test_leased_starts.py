@@ -15,9 +15,13 @@ import jsonschema
 import pytest
 import redis
 
+from gateway.runtime import hosted, leased
+from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action
+from gateway.state import leases
 from gateway.state.leases import LEASE, ORDERS, RENEW_S, WAKE
 from tests.runtime._leases import (
     NAME,
@@ -38,6 +42,11 @@ from tests.state.engines import Redis
 from tests.runtime._leases import _require_bwrap, fresh  # noqa: F401 - the fixtures
 
 pytestmark = pytest.mark.anyio
+
+
+def _ended(h: HostedAgents) -> bool:
+    agent = h.runtime.agents.by_name(NAME)
+    return agent is not None and agent.state is AgentState.TERMINATED
 
 
 async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
@@ -198,9 +207,9 @@ async def test_a_terminate_during_a_withdrawal_is_kept_and_a_failed_one_keeps_th
     assert leased is not None
     unwake = leased.board.unwake
 
-    async def terminated_again(name: str) -> bool:
+    async def terminated_again(name: str, before: float | None = None) -> bool:
         leased.withdraw(name)  # another terminate, while this DEL is on its way
-        return await unwake(name)
+        return await unwake(name, before)
 
     leased.withdraw(NAME)
     leased.board.unwake = terminated_again  # type: ignore[method-assign]
@@ -248,4 +257,72 @@ async def test_a_terminate_passed_with_a_start_in_one_renewal_window_is_not_refu
         assert not r.exists(WAKE + NAME) and not r.exists(ORDERS + NAME)  # both taken
         await anyio.sleep(RENEW_S)  # a start handed on would have made its run's record by now
         assert a.runtime.agents.by_name(NAME) is None and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_start_refused_by_a_broken_log_and_terminated_in_the_retry_does_not_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """An on-demand start refused by a broken audit log was set again after the retry's wait,
+    even when an operator had terminated the agent during it: once the log mended, the
+    terminated agent ran (or, the log still broken, its start was passed on at the let-go).
+    Now the start is taken only once its run may start: the terminate withdraws it."""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # no renewal lets it go between refusal and terminate
+    monkeypatch.setattr(hosted, "AUDIT_RETRY_S", 1.0)
+    mark = f"0.6023{os.getpid()}"  # sleeps under a second: the first run ends by itself
+    rec = BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000  # renewed every 60 s here
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        a.request_start(NAME)
+        await _until("its first run ended", lambda: a.runs[NAME] == 1 and _ended(a), START_S)
+        rec.broken = True
+        assert a.request_start(NAME) == "starting"
+        await _until("the start refused", lambda: NAME in a.refusing, 5)
+        agent = a.runtime.agents.by_name(NAME)
+        assert agent is not None
+        a.runtime.terminate(agent, "operator: not wanted")  # as the admin API does, in the wait
+        rec.broken = False
+        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        assert a.runs[NAME] == 1 and not marked(mark)
+        assert not a._wake[NAME].is_set() and not la._wanted and not r.exists(WAKE + NAME)
+        assert la.holds(NAME)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_withdrawal_kept_through_an_outage_spares_a_start_asked_after_it(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A terminate on the holder while Redis cannot be reached keeps its withdrawal for later;
+    carried out once Redis was back, it deleted whatever start was there, one asked after the
+    terminate too (answered "start passed", and nothing ran). Now only a start asked by the
+    terminate's time (on Redis's clock) is withdrawn: the new one runs."""
+    mark = f"0.6026{os.getpid()}"  # sleeps under a second: the first run ends by itself
+    a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        a.request_start(NAME)
+        await _until("its first run ended", lambda: a.runs[NAME] == 1 and _ended(a), START_S)
+        agent = a.runtime.agents.by_name(NAME)
+        assert agent is not None
+        fresh.stop()
+        a.runtime.terminate(agent, "operator: not wanted")  # its withdrawal cannot be done now
+        await anyio.sleep(1)
+        assert NAME in la._unwake  # kept for when Redis is back
+        fresh.start()  # (blocking: a's loop cannot withdraw before the new start is written)
+        r = redis.Redis.from_url(fresh.url)
+        r.eval(leases._WAKE, 1, WAKE + NAME, "replica-b")  # a new start, as b's LeaseBoard.wake
+        await _until("the new start runs", lambda: a.runs[NAME] == 2, 3 * RENEW_S + START_S)
+        assert NAME not in la._unwake
         tg.cancel_scope.cancel()

@@ -292,7 +292,7 @@ class Unsent:
         since_ns: int | None = None,
         principal: str | None = None,
         agent: str | None = None,
-    ) -> None:
+    ) -> _Held:
         """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
         log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
         now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
@@ -303,6 +303,7 @@ class Unsent:
         self._waiting += 1
         if self._waiting > self._cap:
             self._trim()
+        return held
 
     def submit(
         self,
@@ -321,8 +322,7 @@ class Unsent:
 
         if not isinstance(sink, Recording):  # a commit to wait on is the point (a caller's bug)
             raise TypeError(f"{type(sink).__name__} cannot say when a record is committed")
-        self.keep(kind, details, principal=principal, agent=agent)
-        mine = self._held[-1]
+        mine = self.keep(kind, details, principal=principal, agent=agent)  # (not ``_held[-1]``: trimmed)
         refused = self._hand(sink)
         if mine.commit is None:  # refused at it or ahead of it: ``_hand`` stamped it
             raise refused or AuditError(f"the audit log did not take {kind}: held until it commits it")
@@ -405,6 +405,8 @@ class Unsent:
             return
         h.commit, h.late = None, True  # (this one only: a batch failing at once is not N² work)
         self._waiting += 1
+        if self._waiting > self._cap:  # a dying writer failing ``cap`` in flight: bounded now
+            self._trim()
         # a bug, not a refusal, is logged with its trace; a refusal is counted by ``send``
         bug = not isinstance(err, AuditError)
         _logger.log(

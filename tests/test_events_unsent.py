@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from gateway import events
@@ -159,6 +160,37 @@ async def test_records_whose_commit_failed_count_against_the_bound_again(tmp_pat
     unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["3"]})  # three waiting: over the bound
     assert [kind for kind, _ in unsent.held()] == [SECOND[0], Event.TOOL_KEYS_CHANGED]
     log.close()
+
+
+async def test_commits_failing_past_the_bound_drop_the_oldest_waiting_at_once(tmp_path: Path) -> None:
+    """Records in flight whose commits fail wait again: past ``cap`` the oldest are dropped
+    then, not at some later ``keep`` (a dying writer failing ``cap`` commits doubled the bound
+    until one came)."""
+    import asyncio
+
+    log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
+    unsent = Unsent(cap=2)
+    break_audit_log(tmp_path / "a.db")
+    unsent.keep(*FIRST)
+    unsent.keep(*SECOND)
+    flying = unsent.queue(log)  # taken by the writer: none waiting
+    unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["3"]})
+    with anyio.fail_after(10):
+        await asyncio.wait(flying)
+    await anyio.lowlevel.checkpoint()
+    assert [kind for kind, _ in unsent.held()] == [SECOND[0], Event.TOOL_KEYS_CHANGED]
+    log.close()
+
+
+async def test_a_record_dropped_at_once_by_the_bound_is_refused_not_another_commit(tmp_path: Path) -> None:
+    """``submit`` took the last held record as its own; with the new one dropped by the bound
+    that was another record's commit (or an IndexError)."""
+    from gateway.errors import AuditError
+
+    working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
+    with pytest.raises(AuditError):
+        Unsent(cap=0).submit(working, *FIRST)
+    working.close()
 
 
 async def test_the_operators_record_goes_behind_the_held_ones_and_is_held_when_refused(

@@ -27,7 +27,7 @@ import anyio.to_thread
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
@@ -135,7 +135,11 @@ class RedisBackend:
     async def start(self) -> None:
         if self._beat is None:  # (beating even if Redis cannot be reached yet)
             self._beat = asyncio.get_running_loop().create_task(self._beating(), name="bus-redis-beat")
-        await self.run(self._r.ping())
+        if not await self.run(self._r.ping()):  # (False: what answered is not Redis)
+            raise BusUnavailable(
+                "the bus backend (Redis) did not answer PING with PONG: is bus.url a Redis?",
+                reasons=["bus backend unreachable (bus.url)"],
+            )
         await self.subs.upgrade(int(time.time() * 1000))
         await self.subs.hold("")
 
@@ -420,7 +424,8 @@ def redis_scan(url: str) -> Iterator[StoredMessage]:
 def _sync(url: str) -> redis.Redis:
     try:
         r = redis.Redis.from_url(url, socket_connect_timeout=2)
-        r.ping()
+        if not r.ping():  # (False: what answered is not Redis)
+            raise InvalidResponse("PING was not answered PONG")
         return r
     except (RedisError, OSError) as e:
         raise BusUnavailable(f"the bus backend (Redis at {_safe(url)}) cannot be reached: {e}") from None

@@ -13,10 +13,13 @@ need connections without a socket timeout, which the state's fail-closed command
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import InvalidResponse, RedisError
+
+T = TypeVar("T")
 
 WAKEUP_READ_S = 1.0  # each read of a wake-up channel (below the client's socket timeout or not)
 
@@ -36,20 +39,25 @@ async def wakeups(client: aioredis.Redis, channel_name: str, wake: Callable[[], 
     then) and at every message on it, until cancelled. Raises ``RedisError``/``OSError`` when
     the channel is lost (the caller subscribes again), also when what answers is not Redis."""
     async with client.pubsub() as channel:
-        await channel.subscribe(channel_name)
+        await _redis_only(channel_name, channel.subscribe(channel_name))
         wake()
         while True:
-            try:
-                got = await channel.get_message(ignore_subscribe_messages=True, timeout=WAKEUP_READ_S)
-            except (RedisError, OSError):
-                raise
-            except Exception as e:
-                # redis-py parses a reply of the wrong shape with IndexError & co: a peer that is
-                # not Redis (a socket connected to itself reads its own SUBSCRIBE back). Raised
-                # as is, it ended the caller's task group and the gateway with it
-                raise InvalidResponse(f"not a Redis reply on {channel_name} ({type(e).__name__})") from e
-            if got:
+            read = channel.get_message(ignore_subscribe_messages=True, timeout=WAKEUP_READ_S)
+            if await _redis_only(channel_name, read):
                 wake()
+
+
+async def _redis_only(channel_name: str, step: Awaitable[T]) -> T:
+    """``step``'s result; any failure raised as ``RedisError``/``OSError``: redis-py parses a
+    reply of the wrong shape with IndexError & co (a peer that is not Redis: a socket connected
+    to itself reads its own SUBSCRIBE back). Raised as is, it ended the caller's task group and
+    the gateway with it. Connecting (the subscribe) reads replies too."""
+    try:
+        return await step
+    except (RedisError, OSError):
+        raise
+    except Exception as e:
+        raise InvalidResponse(f"not a Redis reply on {channel_name} ({type(e).__name__})") from e
 
 
 class RedisUser:

@@ -7,7 +7,6 @@ the gateway with them (/readyz 503 without its state components)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,33 +19,16 @@ from gateway.config.load import load_config
 from gateway.policy.counters import CallCounters
 from gateway.state import RedisRateLimiter
 from gateway.state.redisclient import open_redis, wakeups
+from tests._echo import echo_redis_url
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.anyio
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with_reset = (ConnectionError, asyncio.IncompleteReadError)
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except with_reset:  # the client closed first
-        pass
-    finally:
-        writer.close()
-
-
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
-    """A real TCP peer on 127.0.0.1 that sends back what it reads (as a self-connected socket)."""
-    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with echo_redis_url() as url:
+        yield url
 
 
 async def test_a_wakeup_channel_on_a_peer_that_is_not_redis_is_lost_as_a_redis_error(echo_url: str) -> None:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import ActionUnrecorded, ApprovalError, GatewayError, NotStarted
+from gateway.errors import ActionUnrecorded, ApprovalError, AuditError, GatewayError, NotStarted
 from gateway.events import Event
 from gateway.jsonlimits import too_large
 from gateway.runtime.holds import principal_malformed, principal_unknown
@@ -276,10 +276,15 @@ class AdminApi:
 
     # -- audit ----------------------------------------------------------------------------------
 
+    def _off(self, component: str, reason: str) -> Response:
+        """503 for a component this gateway does not have: turned off by the config (``reason``,
+        no code: nothing to wait for), or the gateway not assembled yet (to be tried again)."""
+        return _unavailable(component, NotStarted() if self.state.gateway is None else reason)
+
     async def audit_recent(self, request: Request) -> Response:
         log = audit_log(self.state)
         if log is None:
-            return _unavailable("audit", _NO_AUDIT)
+            return self._off("audit", _NO_AUDIT)
         n = _limit(request)
         if n is None:
             return _err(400, "bad_request", _BAD_LIMIT)
@@ -289,7 +294,7 @@ class AdminApi:
         """The audit events the query parameters select, or the error response."""
         log = audit_log(self.state)
         if log is None:
-            return _unavailable("audit", _NO_AUDIT)
+            return self._off("audit", _NO_AUDIT)
         try:
             filters = audit_filters(request.query_params, default_limit=default_limit)
         except ValueError as e:
@@ -310,11 +315,11 @@ class AdminApi:
     async def audit_verify(self, request: Request) -> Response:
         log = audit_log(self.state)
         if log is None:
-            return _unavailable("audit", _NO_AUDIT)
+            return self._off("audit", _NO_AUDIT)
         try:
             result = await anyio.to_thread.run_sync(audit_verify, log)
         except Exception as e:  # noqa: BLE001 - an unreadable log is "not verified", said plainly
-            return _unavailable("audit", f"verification could not run: {type(e).__name__}: {e}")
+            return _unavailable("audit", AuditError(f"verification could not run: {type(e).__name__}: {e}"))
         return JSONResponse(result)
 
     # -- policy ---------------------------------------------------------------------------------
@@ -322,14 +327,14 @@ class AdminApi:
     async def policy_status(self, request: Request) -> Response:
         doc = policy_status(self.state)
         if doc is None:
-            return _unavailable("policy", _NO_POLICY)
+            return self._off("policy", _NO_POLICY)
         return JSONResponse(doc)
 
     async def policy_reload(self, request: Request) -> Response:
         gw = self.state.gateway
         eng = gw.policy if gw is not None else None
         if gw is None or eng is None:
-            return _unavailable("policy", _NO_POLICY)
+            return self._off("policy", _NO_POLICY)
         if not eng.reloadable:
             return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
         if (refused := self._unrecordable("policy reload")) is not None:  # a policy in force nobody recorded

@@ -280,7 +280,7 @@ class Dashboard:
                 with contextlib.suppress(ApprovalError):
                     diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, name)
             return _html(tool_page(sess, diff, e.message), status=e.status)
-        if status != 200:  # approved, its record not committed (held or pending): an error
+        if status != 200:  # refused (the log cannot record it), or done and its record not committed
             return _html(tools_page(sess, tool_rows(self.state), done["reason"], error=True), status=status)
         note = f"Approved {done['tool']} ({done['approved_hash'][:12]})."
         return _html(tools_page(sess, tool_rows(self.state), note))

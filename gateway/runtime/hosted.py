@@ -152,7 +152,7 @@ class HostedAgents:
                 self.end_record(name, "the audit log cannot record it")  # a run it cut short
                 self.refusing.add(name)  # its lease's holder lets it go to a replica that can
                 if ac.start == "on-demand":  # the refused run (a start, a restart) stays asked for:
-                    self._wake[name].set()  # a terminate in the wait withdraws it (re-set after it ran)
+                    self._wake[name].set()  # a terminate in the wait withdraws it (``_may_start`` takes it)
                 try:
                     await anyio.sleep(AUDIT_RETRY_S)
                 finally:

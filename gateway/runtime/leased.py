@@ -54,7 +54,10 @@ class LeasedAgents:
         self.board = board
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
-        self._wanted: set[str] = set()  # start requests to pass to the holder
+        # start requests to pass to the holder, with when each was asked (Redis's clock, as
+        # estimated: ``_redis_now``): one kept through an outage is stamped with it, so a
+        # terminate asked after it, kept by its holder, withdraws it (it was stamped later)
+        self._wanted: dict[str, float | None] = {}
         # terminated here: a start on Redis to withdraw -> the terminate's time on Redis's clock
         # (only a start asked by then is deleted; None: that clock not read yet, any start)
         self._unwake: dict[str, float | None] = {}
@@ -79,7 +82,7 @@ class LeasedAgents:
         """``symbi agents run NAME`` on a process that does not hold ``name``'s lease: the
         request goes to the holder through Redis (it starts the agent at its next renewal)."""
         holder = (self.seen.get(name) or {}).get("holder")
-        self._wanted.add(name)
+        self._wanted[name] = self._redis_now()  # the latest request's time: the operator's last word
         self._poke[name].set()
         return f"start passed to the process holding its lease ({holder or 'none yet'})"
 
@@ -89,7 +92,7 @@ class LeasedAgents:
         (``withdraw_start``): its Redis key is deleted by the lease's loop (at once when this
         process holds the lease and the terminate came on the loop's thread, else at its next
         turn), retried until done."""
-        self._wanted.discard(name)
+        self._wanted.pop(name, None)
         self._unwake[name] = self._redis_now()  # a later terminate's time covers an earlier one's
         if name in self.held and threading.get_ident() == self._loop_thread:
             self._changed[name].set()
@@ -100,7 +103,7 @@ class LeasedAgents:
         was one on Redis. Raises ``RedisError``/``OSError``: then a start asked here and not
         passed on yet is kept too (the operator is answered 503, nothing done)."""
         withdrawn = await self.board.unwake(name)
-        self._wanted.discard(name)
+        self._wanted.pop(name, None)
         return withdrawn
 
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
@@ -166,6 +169,8 @@ class LeasedAgents:
             try:
                 self.seen = await self.board.statuses(names)
                 self.seen_at = time.time()
+                sent = time.monotonic()  # Redis's clock kept read where no lease is held, too:
+                self._clock = (await self.board.now(), sent)  # a start asked here is stamped
             except _REDIS_ERRORS as e:
                 _logger.warning("could not read the hosted agents' leases: %s", e)
             await anyio.sleep(RENEW_S)
@@ -252,9 +257,12 @@ class LeasedAgents:
         await self._withdraw(name)
         if name not in self._wanted:
             return
+        asked = self._wanted[name]
         try:
-            await self.board.wake(name)
-            self._wanted.discard(name)
+            if not await self.board.wake(name, asked):
+                _logger.info("agent %s: a start asked here was withdrawn by a later terminate", name)
+            if self._wanted.get(name, asked) == asked:  # (not a later request asked meanwhile)
+                self._wanted.pop(name, None)
         except _REDIS_ERRORS as e:
             _logger.warning("agent %s: the start request could not be passed on (%s)", name, e)
 
@@ -266,7 +274,7 @@ class LeasedAgents:
         self._ended.discard(name)
         self._let_go.discard(name)
         if name in self._wanted:  # asked here before this process took the lease
-            self._wanted.discard(name)
+            del self._wanted[name]
             hosted._wake[name].set()
         why = "the gateway stopped"
         try:  # (the record first inside: one that raises still releases the lease)
@@ -285,7 +293,7 @@ class LeasedAgents:
                 # or a with-gateway one's (nothing waits for it), went holder to holder for good;
                 # an interval agent's is dropped (its next run comes with the interval anyway)
                 if ac.start == "on-demand" and name not in self._ended:
-                    self._wanted.add(name)
+                    self._wanted.setdefault(name, None)
             self.hosted.end_record(
                 name, f"stopped here, {why}"
             )  # on every way out: lost, stopped or cancelled
@@ -338,7 +346,7 @@ class LeasedAgents:
                 # with it by ``_run_held``, not here (a terminate's mark may be gone by now)
                 ondemand = self.hosted.config.agents[name].start == "on-demand"
                 if ondemand and name not in self.hosted.refusing and not self._stopped(name):
-                    self._wanted.add(name)
+                    self._wanted.setdefault(name, None)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:
@@ -416,9 +424,12 @@ class LeasedAgents:
         if agent is None:  # on-demand, never started here: nothing to act on but a start
             doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
             doc["result"] = "refused: the agent has not run here yet"
-            if order.action == "terminate" and woken:
-                # the start this renewal took, not handed to the supervisor yet: withdrawn
-                # (before the record: the log may refuse it)
+            wake = self.hosted._wake.get(name)
+            if order.action == "terminate" and (woken or (wake is not None and wake.is_set())):
+                # the start this renewal took, not handed to the supervisor yet, or one its log
+                # refused, waiting for the retry: withdrawn (before the record: it may refuse)
+                if wake is not None and wake.is_set():
+                    self.hosted._wake[name] = anyio.Event()
                 self.withdraw(name)
                 doc["result"] = "a pending start withdrawn (the agent has not run here yet)"
             self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)

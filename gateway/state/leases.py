@@ -45,6 +45,7 @@ RETRY_S = 0.5  # after a failed renewal, the next try
 LEASE = "symbi:lease:agent:"
 STATUS = "symbi:lease:status:"
 WAKE = "symbi:lease:wake:"
+WITHDRAWN = "symbi:lease:withdrawn:"  # the latest kept withdrawal's time (Redis's clock)
 ORDERS = "symbi:lease:orders:"
 
 # KEYS: the lease, its status; ARGV: token, ttl (ms), status JSON
@@ -64,15 +65,29 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 if redis.call('DEL', KEYS[3]) == 1 then return 2 end
 return 1
 """
-# KEYS: a start request; ARGV: who asked. Stamped with Redis's clock (a withdrawal compares it)
+# KEYS: a start request, the last withdrawal's time; ARGV: who asked, when it was asked
+# (Redis's clock, epoch s, or ""). Stamped with when it was asked, else now (a withdrawal
+# compares it): one kept in a process through an outage is stamped with its request's time,
+# not with when it reached Redis, and dropped when a terminate after it was carried out
+# first (a withdrawal kept by the holder through the same outage). 0: dropped
 _WAKE = """
 local t = redis.call('TIME')
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. t[1] .. '.' .. string.format('%06d', t[2]))
+local at = t[1] .. '.' .. string.format('%06d', t[2])
+local asked = tonumber(ARGV[2])
+if asked then
+  local gone = tonumber(redis.call('GET', KEYS[2]) or '')
+  if gone and asked <= gone then return 0 end
+  if asked < tonumber(at) then at = ARGV[2] end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. at)
 return 1
 """
-# KEYS: a start request; ARGV: a withdrawal's time (Redis's clock, epoch s). Only a start asked
-# by then is deleted (an unstamped one counts as asked by then). 1: deleted
+# KEYS: a start request, the last withdrawal's time; ARGV: a withdrawal's time (Redis's
+# clock, epoch s). Only a start asked by then is deleted (an unstamped one counts as asked by
+# then); the time is kept for a start asked before it that reaches Redis after it. 1: deleted
 _UNWAKE_BEFORE = """
+local gone = tonumber(redis.call('GET', KEYS[2]) or '')
+if not gone or tonumber(ARGV[1]) > gone then redis.call('SET', KEYS[2], ARGV[1]) end
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local at = tonumber(string.match(v, ' ([0-9.]+)$'))
@@ -178,13 +193,17 @@ class LeaseBoard(RedisUser):
         raw = await self.redis.mget([STATUS + n for n in names])
         return {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
 
-    async def wake(self, name: str) -> None:
+    async def wake(self, name: str, asked: float | None = None) -> bool:
         """Ask the holder of ``name``'s lease to start it (taken at its next renewal). Kept until
         a holder takes it, a terminate withdraws it (``unwake``) or a replica whose config
         disables ``name`` starts (``drop_starts``), with no expiry: one that lived ``LEASE_TTL_MS`` was lost when no
         replica could take the lease that long (every log broken), after the operator's 202.
-        One per agent (a second start asked before it is taken is the same start)."""
-        await self.wake_script(keys=[WAKE + name], args=[self.owner])  # stamped: ``unwake``
+        One per agent (a second start asked before it is taken is the same start). ``asked``:
+        when it was asked on Redis's clock, if earlier than now (kept here through an outage).
+        False: dropped, a terminate asked after it was carried out first."""
+        stamp = "" if asked is None else repr(asked)
+        keys = [WAKE + name, WITHDRAWN + name]
+        return bool(await self.wake_script(keys=keys, args=[self.owner, stamp]))  # stamped: ``unwake``
 
     async def unwake(self, name: str, before: float | None = None) -> bool:
         """Withdraw a start of ``name`` not taken yet (an operator's terminate came after it):
@@ -193,7 +212,7 @@ class LeaseBoard(RedisUser):
         was deleted, a new request lost). Raises ``RedisError``/``OSError``."""
         if before is None:
             return bool(await self.redis.delete(WAKE + name))
-        return bool(await self.unwake_script(keys=[WAKE + name], args=[repr(before)]))
+        return bool(await self.unwake_script(keys=[WAKE + name, WITHDRAWN + name], args=[repr(before)]))
 
     async def drop_starts(self, names: list[str]) -> int:
         """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no

@@ -6,6 +6,7 @@ or passed on when the holder stops. (Split from tests/runtime/test_leased.py, ne
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -223,7 +224,7 @@ async def test_a_terminate_during_a_withdrawal_is_kept_and_a_failed_one_keeps_th
     leased.withdraw(NAME)
     await leased._withdraw(NAME)  # Redis down: kept for the next try
     assert NAME in leased._unwake
-    leased._wanted.add(NAME)
+    leased._wanted[NAME] = None
     with pytest.raises((redis.RedisError, OSError)):
         await leased.withdraw_start(NAME)
     assert NAME in leased._wanted  # the operator's 503 said nothing was done: nothing was
@@ -318,11 +319,73 @@ async def test_a_withdrawal_kept_through_an_outage_spares_a_start_asked_after_it
         assert agent is not None
         fresh.stop()
         a.runtime.terminate(agent, "operator: not wanted")  # its withdrawal cannot be done now
-        await anyio.sleep(1)
-        assert NAME in la._unwake  # kept for when Redis is back
+        # kept for when Redis is back (its DEL, in flight while redis-py retries, pops it a while)
+        await _until("the withdrawal kept", lambda: NAME in la._unwake, 20)
         fresh.start()  # (blocking: a's loop cannot withdraw before the new start is written)
         r = redis.Redis.from_url(fresh.url)
         r.eval(leases._WAKE, 1, WAKE + NAME, "replica-b")  # a new start, as b's LeaseBoard.wake
         await _until("the new start runs", lambda: a.runs[NAME] == 2, 3 * RENEW_S + START_S)
         assert NAME not in la._unwake
+        tg.cancel_scope.cancel()
+
+
+async def test_a_start_kept_through_an_outage_is_withdrawn_by_a_terminate_asked_after_it(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """Redis down: ``symbi agents run`` answered by b (kept in b, 202), then a terminate on the
+    holder a (its withdrawal kept). Once Redis was back b's start was stamped when it reached
+    Redis, after the terminate: kept, and the terminated agent ran. It carries when it was
+    asked now: withdrawn, whichever reaches Redis first."""
+    mark = f"0.6027{os.getpid()}"  # sleeps under a second: the first run ends by itself
+    async with a_holds_b_waits(tmp_path, fresh.url, mark, Recorder(), Recorder()) as (a, b):
+        la, lb = a.leased, b.leased
+        assert la is not None and lb is not None
+        a.request_start(NAME)
+        await _until("its first run ended", lambda: a.runs[NAME] == 1 and _ended(a), START_S)
+        await _until("b has read Redis's clock", lambda: lb._clock is not None, 2 * RENEW_S)
+        agent = a.runtime.agents.by_name(NAME)
+        assert agent is not None
+        fresh.stop()
+        b.request_start(NAME)  # kept in b: Redis cannot be reached
+        await anyio.sleep(0.5)
+        a.runtime.terminate(agent, "operator: not wanted after all")  # kept in a
+        assert NAME in lb._wanted
+        fresh.start()
+        await _until("b passed its start", lambda: NAME not in lb._wanted, 4 * RENEW_S)
+        await _until("a withdrew", lambda: NAME not in la._unwake, 4 * RENEW_S)
+        await anyio.sleep(2 * RENEW_S)  # a's renewals: a start left would be taken and run
+        assert a.runs[NAME] == 1 and b.runs.get(NAME, 0) == 0
+        assert not redis.Redis.from_url(fresh.url).exists(WAKE + NAME)
+
+
+async def test_a_terminate_passed_while_a_first_start_waits_out_a_refusal_withdraws_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """An on-demand agent's first start, refused by a broken log (no agent record yet), waits
+    for the retry; a terminate passed from another replica then was refused "not run here yet"
+    and the start ran once the log mended. It withdraws it now. (The renewal's order step is
+    called directly: renewals every 60 s here, so no let-go moves the lease meanwhile.)"""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)
+    monkeypatch.setattr(hosted, "AUDIT_RETRY_S", 1.0)
+    mark = f"0.6028{os.getpid()}"
+    rec = BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000  # renewed every 60 s here
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        rec.broken = True
+        assert a.request_start(NAME) == "starting"
+        await _until("the start refused", lambda: NAME in a.refusing, 5)
+        assert a.runtime.agents.by_name(NAME) is None  # never run: no record
+        order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=time.time())
+        rec.broken = False  # (mended first: the terminate's own record; no await till the order)
+        la._carry_out(NAME, order)  # as the next renewal takes it
+        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        assert a.runs.get(NAME, 0) == 0 and not marked(mark)
         tg.cancel_scope.cancel()

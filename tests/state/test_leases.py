@@ -131,3 +131,25 @@ async def test_a_start_request_reaches_the_holder_at_its_next_renewal(
     await b.wake("clock")  # `symbi agents run clock` answered by replica b
     assert (await la.renew({})).woken
     assert not (await la.renew({})).woken  # taken once
+
+
+async def test_a_kept_withdrawal_deletes_only_starts_asked_before_it_whichever_reaches_redis_first(
+    boards: tuple[LeaseBoard, LeaseBoard],
+) -> None:
+    """Through an outage replica b kept a start asked at ``t``, the holder a terminate asked
+    after it (its withdrawal kept, at ``t + 1``); once Redis is back either comes first. The
+    start was stamped when it reached Redis: written after the withdrawal it was not withdrawn
+    (the terminated agent ran), and a withdrawal written after it spared it. Now it carries
+    when it was asked and is dropped either way; a start asked after the terminate is kept."""
+    a, b = boards
+    la = a.lease("clock")
+    assert await la.acquire({})
+    t = await a.now() - 5.0
+    assert await b.wake("clock", t)  # b's start first, then a's withdrawal
+    assert await a.unwake("clock", t + 1)
+    assert not (await la.renew({})).woken
+    assert await a.unwake("clock", t + 1) is False  # a's withdrawal first, then b's start
+    assert not await b.wake("clock", t)
+    assert not (await la.renew({})).woken
+    assert await b.wake("clock", t + 2)  # asked after the terminate: it runs
+    assert (await la.renew({})).woken

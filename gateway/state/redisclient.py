@@ -34,7 +34,7 @@ class NotItself(Connection):
     (``rediss://`` keeps redis-py's own class: a TLS handshake with itself fails anyway.)"""
 
     async def _connect(self) -> None:
-        await super()._connect()
+        await super()._connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         sock = self._writer.transport.get_extra_info("socket") if self._writer else None
         if sock is not None and sock.getsockname() == sock.getpeername():
             assert self._writer is not None  # for mypy: the socket came from it

@@ -224,7 +224,6 @@ async def test_an_order_from_a_replica_whose_clock_is_off_is_carried_out(
     await _until("the suspension held on A", lambda: agent.suspend_pending is not None)
 
 
-
 async def test_an_order_that_breaks_its_parsing_is_logged_and_the_orders_go_on(
     redis_engine: Redis,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
@@ -246,7 +245,8 @@ async def test_an_order_that_breaks_its_parsing_is_logged_and_the_orders_go_on(
         await _until("logged", lambda: any(x.exc_info for x in caplog.records))
         [logged] = [x for x in caplog.records if x.exc_info]
         assert logged.levelname == "ERROR" and logged.exc_info and logged.exc_info[0] is OverflowError
-        assert agent.state is AgentState.READY  # not acted on
+        before = agent.state  # (a name of its own: mypy would keep the narrowing below)
+        assert before is AgentState.READY  # not acted on
         await _until("on the board", lambda: r.hlen(SAGENT + agent.id) == 1)
         assert list(await b.pass_order(agent.id, "terminate", ADMIN, "")) == ["replica-a"]
         await _until("terminated on A", lambda: agent.state is AgentState.TERMINATED)

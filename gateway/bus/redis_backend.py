@@ -37,6 +37,7 @@ from gateway.bus.message import SecureMessage
 from gateway.bus.redis_subs import BEAT_S, LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
 from gateway.logs import Outage
+from gateway.state.redisclient import NotItself
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -87,7 +88,9 @@ class RedisBackend:
     def __init__(self, url: str, *, consumer: str | None = None) -> None:
         self.url = url
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        self._r: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=None, connection_class=NotItself
+        )
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._leave = self._r.register_script(_LEAVE)
         # (its own name in ``procs``: two backends in one Python process are two processes)

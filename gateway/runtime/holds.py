@@ -373,6 +373,8 @@ class PrincipalHolds:
                 await board.wakeups(self._wake)
             except _REDIS_ERRORS as e:
                 _logger.debug("the suspended principals' wake-up channel was lost: %s", e)
+            except Exception:  # never the gateway's end: the renewal's poll reads the changes
+                _logger.exception("the suspended principals' wake-up channel failed")
             await anyio.sleep(RENEW_S)
 
     async def _sync(self, board: HoldBoard) -> None:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from gateway.errors import StateUnavailable
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
-from gateway.state.leases import RENEW_S, redis_now
+from gateway.state.leases import RENEW_S, RETRY_S, redis_now
 
 if TYPE_CHECKING:
     from gateway.events import EventSink
@@ -81,12 +81,17 @@ class SessionAgents:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._listen)
             while True:
+                wait = RENEW_S
                 try:
                     await self._renew()
                     await self._take_orders()
                 except _REDIS_ERRORS as e:  # retried at the next turn; the records expire meanwhile
                     _logger.warning("the session agents' records could not be written or read: %s", e)
-                with anyio.move_on_after(RENEW_S):
+                except Exception:  # a value of the wrong shape on Redis (or a bug) ended this task
+                    # group and the gateway with it; orders are taken at the next pass instead
+                    _logger.exception("the session agents' records or orders could not be handled")
+                    wait = RETRY_S
+                with anyio.move_on_after(wait):
                     await self._poke.wait()
                 self._poke = anyio.Event()
 
@@ -97,6 +102,8 @@ class SessionAgents:
                 await self.board.wakeups(self._wake)
             except _REDIS_ERRORS as e:
                 _logger.debug("the session orders' wake-up channel was lost: %s", e)
+            except Exception:  # never the gateway's end: the renewal's poll takes the orders
+                _logger.exception("the session orders' wake-up channel failed")
             await anyio.sleep(RENEW_S)
 
     def _live(self) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError
 
 T = TypeVar("T")
@@ -24,12 +26,28 @@ T = TypeVar("T")
 WAKEUP_READ_S = 1.0  # each read of a wake-up channel (below the client's socket timeout or not)
 
 
+class NotItself(Connection):
+    """A TCP connection to Redis refused when it is connected to itself: while nothing listens
+    on Redis's port, a reconnect may be given that port as its source (it is in the kernel's
+    ephemeral range) and connect to itself (TCP simultaneous open), then read its own commands
+    back as replies. Refused here, it is a ``ConnectionError`` before any command is misread.
+    (``rediss://`` keeps redis-py's own class: a TLS handshake with itself fails anyway.)"""
+
+    async def _connect(self) -> None:
+        await super()._connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        sock = self._writer.transport.get_extra_info("socket") if self._writer else None
+        if sock is not None and sock.getsockname() == sock.getpeername():
+            assert self._writer is not None  # for mypy: the socket came from it
+            self._writer.close()
+            raise RedisConnectionError(f"{self.host}:{self.port}: a socket connected to itself, not Redis")
+
+
 def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
     """A client on ``url`` whose connects and commands fail after ``timeout_s`` (fail closed:
     a caller waiting on a Redis that does not answer is refused, never left hanging). No
     connection is made until the first command."""
     client: aioredis.Redis = aioredis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, connection_class=NotItself
     )
     return client
 

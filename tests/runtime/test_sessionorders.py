@@ -222,3 +222,33 @@ async def test_an_order_from_a_replica_whose_clock_is_off_is_carried_out(
         assert time.monotonic() < deadline, "A's record never reached the board"
         await anyio.sleep(0.05)
     await _until("the suspension held on A", lambda: agent.suspend_pending is not None)
+
+
+async def test_an_order_that_breaks_its_parsing_is_logged_and_the_orders_go_on(
+    redis_engine: Redis,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # an ``at`` too large for a float: parsing raises OverflowError, which ended the task
+    # group (and the gateway); now logged with its trace, and the next orders are carried out
+    r: Any = redis.Redis.from_url(redis_engine.url)
+    r.flushall()
+    client = open_redis(redis_engine.url, 2)
+    (rec, rt), (rec_b, rt_b) = runtime(), runtime()
+    a = SessionAgents(rt, rec, SessionBoard(client, owner="replica-a"))
+    b = SessionAgents(rt_b, rec_b, SessionBoard(client, owner="replica-b"))
+    agent = agent_of(rt)
+    bad = {"action": "terminate", "by": ADMIN, "reason": "", "via": "x", "agent": agent.id, "at": 10**400}
+    r.rpush(INBOX + "replica-a", json.dumps(bad))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("the order taken", lambda: r.exists(INBOX + "replica-a") == 0)
+        await _until("logged", lambda: any(x.exc_info for x in caplog.records))
+        [logged] = [x for x in caplog.records if x.exc_info]
+        assert logged.levelname == "ERROR" and logged.exc_info and logged.exc_info[0] is OverflowError
+        before = agent.state  # (a name of its own: mypy would keep the narrowing below)
+        assert before is AgentState.READY  # not acted on
+        await _until("on the board", lambda: r.hlen(SAGENT + agent.id) == 1)
+        assert list(await b.pass_order(agent.id, "terminate", ADMIN, "")) == ["replica-a"]
+        await _until("terminated on A", lambda: agent.state is AgentState.TERMINATED)
+        tg.cancel_scope.cancel()
+    await client.aclose()

@@ -7,20 +7,24 @@ the gateway with them (/readyz 503 without its state components)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import anyio
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.assemble import make_gateway
+from gateway.bus.redis_backend import RedisBackend
 from gateway.config.load import load_config
 from gateway.policy.counters import CallCounters
 from gateway.state import RedisRateLimiter
-from gateway.state.redisclient import open_redis, wakeups
+from gateway.state.redisclient import NotItself, open_redis, wakeups
 from tests._echo import echo_redis_url
-from tests.conftest import write_config
+from tests.conftest import free_port, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -65,3 +69,29 @@ async def test_a_gateway_on_a_peer_that_is_not_redis_keeps_running_and_says_it_i
     async with gw.running():
         await anyio.sleep(3)  # the wake-up channels read the echo, the probe pings it
         assert gw.state.status()["redis"]["up"] is False
+
+
+class _FromItsOwnPort(NotItself):
+    """Connects from the port it connects to: on Linux a real socket connected to itself
+    (TCP simultaneous open), as a reconnect given a stopped Redis's port as its source is."""
+
+    def _connection_arguments(self) -> Mapping[str, object]:
+        return {**super()._connection_arguments(), "local_addr": (self.host, self.port)}
+
+
+async def test_a_socket_connected_to_itself_is_refused_at_connect() -> None:
+    pool = ConnectionPool(
+        connection_class=_FromItsOwnPort, host="127.0.0.1", port=free_port(), socket_connect_timeout=2
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        with anyio.fail_after(10), pytest.raises(RedisConnectionError):  # the bound of the wait
+            await client.ping()
+    finally:
+        await client.aclose()
+
+
+def test_the_state_and_bus_clients_refuse_a_socket_connected_to_itself() -> None:
+    assert open_redis("redis://127.0.0.1:1", 1.0).connection_pool.connection_class is NotItself
+    bus = RedisBackend("redis://127.0.0.1:1")
+    assert bus._r.connection_pool.connection_class is NotItself

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,7 @@ def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
         and len(agent) <= 200
         and isinstance(at, int | float)
         and not isinstance(at, bool)
+        and _a_time(at)
     )
     if not ok:
         _logger.warning("a malformed agent order was dropped: %.200s", raw)
@@ -85,6 +87,15 @@ def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
         _logger.warning("a stale agent order (%.1f s old) was dropped", age)
         return None
     return Order(action=action, by=str(by), reason=str(reason), via=str(via), at=float(at), agent=str(agent))
+
+
+def _a_time(at: float) -> bool:
+    # an integer past a float's range raised OverflowError out of the orders loop (it ended the
+    # session agents' task group, and a lease runner's, with the gateway); NaN, infinities too
+    try:
+        return math.isfinite(float(at))
+    except OverflowError:
+        return False
 
 
 def act(

@@ -143,5 +143,6 @@ def test_an_order_must_be_whole_and_fresh() -> None:
         {**good, "reason": 1},
         {**good, "at": True},
         {**good, "at": now - ORDER_TTL_S - 1},
+        {**good, "at": 10**400},  # past a float: OverflowError ended the orders loop
     ):
         assert parse_order(json.dumps(bad)) is None

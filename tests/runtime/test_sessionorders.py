@@ -23,6 +23,7 @@ from gateway.errors import AgentTerminated
 from gateway.runtime import AgentState, sessionorders
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
+from gateway.runtime.orders import Order
 from gateway.runtime.sessionorders import SessionAgents
 from gateway.state.redisclient import open_redis
 from gateway.state.sessionboard import INBOX, SAGENT, WAKE, SessionBoard
@@ -227,9 +228,18 @@ async def test_an_order_from_a_replica_whose_clock_is_off_is_carried_out(
 async def test_an_order_that_breaks_its_parsing_is_logged_and_the_orders_go_on(
     redis_engine: Redis,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # an ``at`` too large for a float: parsing raises OverflowError, which ended the task
-    # group (and the gateway); now logged with its trace, and the next orders are carried out
+    # an order whose parsing raises (an ``at`` past a float raised OverflowError; now refused
+    # as malformed, so the seam: the real parser made to raise once, as a bug would) ended the
+    # task group (and the gateway); now logged with its trace, and the next orders carried out
+    real = sessionorders.parse_order
+
+    def once(raw: bytes | str, now: float | None = None) -> Order | None:
+        monkeypatch.setattr(sessionorders, "parse_order", real)
+        raise OverflowError("a bug")
+
+    monkeypatch.setattr(sessionorders, "parse_order", once)
     r: Any = redis.Redis.from_url(redis_engine.url)
     r.flushall()
     client = open_redis(redis_engine.url, 2)

@@ -295,6 +295,31 @@ class Gateway:
         """Rebuild the catalogue (after an approval or revocation, say)."""
         await self._rebuild()
 
+    async def refresh_within(self, wait_s: float) -> bool:
+        """``refresh`` waited for ``wait_s`` at most: True once the new catalogue is in force.
+        False: it goes on in this gateway's task group (ended with it), or it failed (logged);
+        the next rebuild takes the change. An operator's approval, done and recorded, must not
+        wait on a slow rebuild (another holding the lock, a key discovery's timeout)."""
+        if self._tg is None:  # not running: nothing else rebuilds
+            await self._rebuild()
+            return True
+        done, ok = anyio.Event(), False
+
+        async def rebuild() -> None:
+            nonlocal ok
+            try:
+                await self._rebuild()
+                ok = True
+            except Exception:  # a background task's failure must not end the gateway's group
+                _logger.exception("the catalogue refresh failed")
+            finally:
+                done.set()
+
+        self._tg.start_soon(rebuild)
+        with anyio.move_on_after(wait_s):
+            await done.wait()
+        return ok
+
     @property
     def downstream_connections(self) -> int:
         """Handshake-era client connections remembered for pushed list_changed (``GET /api/state``)."""

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.context import Principal
 
+# after the record's wait (``oprecord.RECORD_WAIT_S``, 30 s): within the CLI's 45 s with room
+REFRESH_WAIT_S = 5.0
+
 
 def _running(gw: Gateway | None) -> Gateway:
     """The gateway, or ``NotStarted`` (503 ``gateway_not_started``): before it is assembled an
@@ -80,7 +83,8 @@ async def approve_tool(
     gw: Gateway | None, name: str, principal: Principal, reviewed: str | None
 ) -> tuple[int, dict[str, Any]]:
     """Approve the definition of ``name`` the person reviewed (``reviewed``: its hash) if it is
-    still the current one; the catalogue is re-verified at once. (200, what was approved), 503
+    still the current one; the catalogue is re-verified at once, waited for ``REFRESH_WAIT_S``
+    (``catalogue_refreshed`` false: still being rebuilt, in force shortly). (200, what was approved), 503
     ``audit_unavailable`` when the log cannot record it (nothing approved), or 503
     ``action_unrecorded`` when it was approved but its record is not committed (held or
     pending: ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
@@ -120,8 +124,10 @@ async def approve_tool(
         {"tool": rec.namespaced, "upstream": rec.upstream, "definition_hash": h, "via": "admin-api"},
         principal=principal.id,
     )
-    await gw.refresh()  # approved either way: the catalogue follows it
-    return with_record(unrec, 200, {"tool": rec.namespaced, "approved_hash": h})
+    # approved either way: the catalogue follows it, waited for a while only (a slow rebuild
+    # after a 30 s record wait took the answer past the CLI's 45 s: a timeout for a done approval)
+    fresh = await gw.refresh_within(REFRESH_WAIT_S)
+    return with_record(unrec, 200, {"tool": rec.namespaced, "approved_hash": h, "catalogue_refreshed": fresh})
 
 
 def discovered_rows(gw: Gateway | None) -> list[dict[str, Any]]:

@@ -288,6 +288,8 @@ class Dashboard:
         if status != 200:  # refused (the log cannot record it), or done and its record not committed
             return _html(tools_page(sess, tool_rows(self.state), done["reason"], error=True), status=status)
         note = f"Approved {done['tool']} ({done['approved_hash'][:12]})."
+        if not done["catalogue_refreshed"]:
+            note += " The catalogue is still being rebuilt: reload in a moment."
         return _html(tools_page(sess, tool_rows(self.state), note))
 
     async def decisions(self, request: Request, sess: dict[str, Any]) -> str:

@@ -191,6 +191,7 @@ class Gateway:
                         await up.stop()
                     tg.cancel_scope.cancel()
         finally:
+            self._tg = None  # ended: nothing more may be started in it (an approval's refresh)
             if self.state is not None:  # the Redis client: after every background task's end
                 try:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(5):

@@ -191,6 +191,7 @@ class Gateway:
                         await up.stop()
                     tg.cancel_scope.cancel()
         finally:
+            self._tg = None  # ended: nothing more may be started in it (an approval's refresh)
             if self.state is not None:  # the Redis client: after every background task's end
                 try:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -294,6 +295,31 @@ class Gateway:
     async def refresh(self) -> None:
         """Rebuild the catalogue (after an approval or revocation, say)."""
         await self._rebuild()
+
+    async def refresh_within(self, wait_s: float) -> bool:
+        """``refresh`` waited for ``wait_s`` at most: True once the new catalogue is in force.
+        False: it goes on in this gateway's task group (ended with it), or it failed (logged);
+        the next rebuild takes the change. An operator's approval, done and recorded, must not
+        wait on a slow rebuild (another holding the lock, a key discovery's timeout)."""
+        if self._tg is None:  # not running: nothing else rebuilds
+            await self._rebuild()
+            return True
+        done, ok = anyio.Event(), False
+
+        async def rebuild() -> None:
+            nonlocal ok
+            try:
+                await self._rebuild()
+                ok = True
+            except Exception:  # a background task's failure must not end the gateway's group
+                _logger.exception("the catalogue refresh failed")
+            finally:
+                done.set()
+
+        self._tg.start_soon(rebuild)
+        with anyio.move_on_after(wait_s):
+            await done.wait()
+        return ok
 
     @property
     def downstream_connections(self) -> int:

@@ -70,9 +70,9 @@ def _answer(unrec: ActionUnrecorded | None, status: int, body: dict[str, Any]) -
     return JSONResponse(body, status_code=status)
 
 
-def _refused(e: ApprovalError) -> JSONResponse:
-    if e.status == 503:  # with its code, as every other 503 of the admin API
-        return _unavailable("verification", e)
+def _refused(e: ApprovalError | NotStarted, component: str = "verification") -> JSONResponse:
+    if isinstance(e, NotStarted) or e.status == 503:  # with its code, as every other 503 here
+        return _unavailable(component, e)
     error = {404: "not_found", 400: "bad_request"}.get(e.status, "conflict")
     return JSONResponse({"error": error, "code": e.code, "reason": e.message}, status_code=e.status)
 
@@ -207,7 +207,7 @@ class AdminApi:
         try:
             # off the event loop: with [state] postgres_url the tool state is a round trip
             diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, request.path_params["name"])
-        except ApprovalError as e:
+        except (ApprovalError, NotStarted) as e:
             return _refused(e)
         return JSONResponse(diff)
 
@@ -219,7 +219,7 @@ class AdminApi:
             status, done = await approve_tool(
                 self.state.gateway, request.path_params["name"], request.scope["symbi.principal"], reviewed
             )
-        except ApprovalError as e:
+        except (ApprovalError, NotStarted) as e:
             return _refused(e)
         return JSONResponse(done, status_code=status)
 
@@ -237,8 +237,8 @@ class AdminApi:
             done = await approve_discovered(
                 self.state.gateway, request.path_params["name"], request.scope["symbi.principal"], seen or ""
             )
-        except ApprovalError as e:
-            return _refused(e)
+        except (ApprovalError, NotStarted) as e:
+            return _refused(e, "discovery")
         return JSONResponse(done)
 
     async def restart(self, request: Request) -> Response:

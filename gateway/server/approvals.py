@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gateway.errors import ApprovalError, ScreeningFlagged
+from gateway.errors import ApprovalError, NotStarted, ScreeningFlagged
 from gateway.events import Event
 from gateway.server.operations import unrecordable
 from gateway.server.oprecord import record_action, with_record
@@ -32,11 +32,20 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.context import Principal
 
+# after the record's wait (``oprecord.RECORD_WAIT_S``, 30 s): within the CLI's 45 s with room
+REFRESH_WAIT_S = 5.0
+
+
+def _running(gw: Gateway | None) -> Gateway:
+    """The gateway, or ``NotStarted`` (503 ``gateway_not_started``): before it is assembled an
+    approval is answered as every admin endpoint is, to be tried again."""
+    if gw is None:
+        raise NotStarted()
+    return gw
+
 
 def _state(gw: Gateway | None) -> Any:
-    if gw is None:
-        raise ApprovalError("the gateway is not running yet", 503)
-    return gw.verifier.state
+    return _running(gw).verifier.state
 
 
 def _record(gw: Gateway | None, name: str) -> Any:
@@ -50,7 +59,7 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
     """The approved definition against the current one, as a unified diff."""
     rec = _record(gw, name)
     diff = drift_diff(rec)
-    assert gw is not None  # _record refuses before the gateway runs
+    gw = _running(gw)
     srv = gw.config.servers.get(rec.upstream)
     review = pin_review(gw.verifier.pins, rec, srv.domain if srv else None)
     keys = review.key_change
@@ -74,12 +83,13 @@ async def approve_tool(
     gw: Gateway | None, name: str, principal: Principal, reviewed: str | None
 ) -> tuple[int, dict[str, Any]]:
     """Approve the definition of ``name`` the person reviewed (``reviewed``: its hash) if it is
-    still the current one; the catalogue is re-verified at once. (200, what was approved), 503
+    still the current one; the catalogue is re-verified at once, waited for ``REFRESH_WAIT_S``
+    (``catalogue_refreshed`` false: still being rebuilt, in force shortly). (200, what was approved), 503
     ``audit_unavailable`` when the log cannot record it (nothing approved), or 503
     ``action_unrecorded`` when it was approved but its record is not committed (held or
     pending: ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
+    gw = _running(gw)
     rec = await anyio.to_thread.run_sync(_record, gw, name)
-    assert gw is not None
     # refused before anything is saved (503 audit_unavailable, as every operator action): an
     # approval nobody could tell was made
     if (refused := unrecordable(gw.audit, "tool approval")) is not None:
@@ -114,8 +124,10 @@ async def approve_tool(
         {"tool": rec.namespaced, "upstream": rec.upstream, "definition_hash": h, "via": "admin-api"},
         principal=principal.id,
     )
-    await gw.refresh()  # approved either way: the catalogue follows it
-    return with_record(unrec, 200, {"tool": rec.namespaced, "approved_hash": h})
+    # approved either way: the catalogue follows it, waited for a while only (a slow rebuild
+    # after a 30 s record wait took the answer past the CLI's 45 s: a timeout for a done approval)
+    fresh = await gw.refresh_within(REFRESH_WAIT_S)
+    return with_record(unrec, 200, {"tool": rec.namespaced, "approved_hash": h, "catalogue_refreshed": fresh})
 
 
 def discovered_rows(gw: Gateway | None) -> list[dict[str, Any]]:
@@ -135,8 +147,7 @@ async def approve_discovered(
     records ``server.approved``. Refused 404 when there is no such server, 409 with the reason
     when it cannot be approved (blocked, config in error), ``DefinitionChanged`` 409 when its
     file changed since the listing, ``ReviewedHashRequired`` 400 without a digest ("")."""
-    if gw is None:
-        raise ApprovalError("the gateway is not running yet", 503)
+    gw = _running(gw)
     if not gw.config.mcp.discovery_enabled:
         raise ApprovalError("discovery is off in this gateway (mcp.discovery_enabled)", 409)
     from gateway.errors import ConfigError

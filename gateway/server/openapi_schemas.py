@@ -174,8 +174,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Approved": {
         "type": "object",
-        "required": ["tool", "approved_hash"],
-        "properties": {"tool": {"type": "string"}, "approved_hash": {"type": "string"}},
+        "required": ["tool", "approved_hash", "catalogue_refreshed"],
+        "properties": {
+            "tool": {"type": "string"},
+            "approved_hash": {"type": "string"},
+            # false: the catalogue is still being rebuilt (the approval is in force in the state)
+            "catalogue_refreshed": {"type": "boolean"},
+        },
     },
     "ToolList": {
         "type": "object",

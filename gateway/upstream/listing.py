@@ -5,7 +5,8 @@ Each list may hold at most ``mcp.max_listed_per_upstream`` items. Every item lis
 other upstream's change, and a revocation, waiting: one hostile server listing 20,000 tools
 (1.6 MB, within one page's size limit) held a revocation of another server's tool for 101 s. A
 list over the limit is refused whole (fail closed: none of it is served, not the first N) and
-reported once, naming the key, until the upstream lists no more than the limit again.
+reported once, naming the key, until the upstream lists no more than the limit again (once,
+also when a broken log refused the record: it refuses every later one too).
 """
 
 from __future__ import annotations
@@ -79,13 +80,14 @@ class BoundedLists:
             )
             _logger.error("upstream %s %s", self._upstream, reason)
             # refused (a broken log): the list is refused all the same (raised, it left a
-            # refresh's old list served, and failed a connect), and reported again next fetch
-            if not record_acted(
+            # refresh's old list served, and failed a connect). Tried once a spell: a log refuses
+            # an emit only when broken or closed for good (``events.Unsent``), so a try at each
+            # fetch was one more ERROR, and forgot the spell (its "within the limit" line lost)
+            record_acted(
                 self._events,
                 Event.UPSTREAM_MISBEHAVED,
                 {"upstream": self._upstream, "reason": reason, "list": attr, "limit": self._limit},
-            ):
-                self._oversized.discard(attr)
+            )
         return []
 
     async def offered(self, session: ClientSession, old: Listing, kinds: set[str] | None) -> Listing:

@@ -34,6 +34,10 @@ def test_an_admin_request_before_the_gateway_started_is_a_503_with_its_code(tmp_
         client.get("/api/audit/verify", headers=admin),
         client.get("/api/policy/status", headers=admin),
         client.post("/api/policy/reload", headers=admin),
+        # an approval's own "not running yet" was 503 approval_refused: another code for this
+        client.get("/api/tools/everything__echo/diff", headers=admin),
+        client.post("/api/tools/everything__echo/approve", json={"hash": "ab" * 32}, headers=admin),
+        client.post("/api/discovered/found/approve", json={"digest": "cd" * 32}, headers=admin),
     ]
     assert [r.status_code for r in answers] == [503] * len(answers)
     assert {(r.json()["error"], r.json()["code"]) for r in answers} == {("unavailable", NotStarted.code)}

@@ -67,11 +67,13 @@ async def test_a_connect_over_the_limit_with_the_log_broken_is_not_restarted(tmp
         assert not thief_tools(gw)
 
 
-async def test_a_refused_misbehaved_record_is_made_again_at_the_next_fetch(
+async def test_a_refused_misbehaved_record_is_tried_once_a_spell_and_its_end_still_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The record was made once an oversize spell: refused by the broken log, the attack was
-    never on the record, even after the log works again. Now each fetch over the limit tries it."""
+    """Session 44 tried the refused record again at each fetch over the limit: a log refuses
+    an emit only when broken or closed, for the process's life (``events.Unsent``), so each
+    try was one more ERROR, and the spell was forgotten, its "within the limit again" line
+    lost. Now one try a spell (the refusal logged, the last trace), and the spell's end logged."""
     cfg, files = config(tmp_path, {"thief": {"many_tools": 3}})
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():
@@ -79,16 +81,21 @@ async def test_a_refused_misbehaved_record_is_made_again_at_the_next_fetch(
         _break_log(gw)
         files["thief"].write_text(json.dumps({"many_tools": LIMIT}))
 
-        def refused() -> int:  # record_acted's log of each refused record, by its event type
-            return sum(
-                Event.UPSTREAM_MISBEHAVED in r.getMessage()
-                for r in caplog.records
-                if r.name == "symbi.events"
-            )
+        def logged(name: str, text: str) -> int:
+            return sum(text in r.getMessage() for r in caplog.records if r.name == name)
 
-        with caplog.at_level(logging.ERROR, logger="symbi.events"):
-            for times in (1, 2):
-                await up.call_tool("announce", {})  # a list_changed: one fetch, over the limit
-                with anyio.fail_after(15):
-                    while refused() < times:
-                        await anyio.sleep(0.05)
+        async def fetched() -> None:  # a list_changed: one fetch (each makes a new Listing)
+            before = up.listing
+            await up.call_tool("announce", {})
+            with anyio.fail_after(15):
+                while up.listing is before:
+                    await anyio.sleep(0.05)
+
+        with caplog.at_level(logging.WARNING):
+            await fetched()  # over the limit
+            await fetched()  # over the limit again: before, its record was tried again
+            files["thief"].write_text(json.dumps({"many_tools": 3}))
+            await fetched()
+        assert up.listing.tools  # within the limit: served again
+        assert logged("symbi.events", Event.UPSTREAM_MISBEHAVED) == 1  # record_acted's refusal
+        assert logged("symbi.upstream", "within the limit again") == 1

@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.context import is_admin
-from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged, StateUnavailable
+from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged, NotStarted, StateUnavailable
 from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_rows
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
@@ -108,6 +108,11 @@ def _to_login() -> Response:
 
 def _bad_form() -> HTMLResponse:
     return _html(login_page("That form is not valid."), status=400)
+
+
+def _status(e: ApprovalError | NotStarted) -> int:
+    """A refused approval's status: its own, or 503 before the gateway runs (to be tried again)."""
+    return e.status if isinstance(e, ApprovalError) else 503
 
 
 def dashboard_routes(state: HttpState) -> list[BaseRoute]:
@@ -261,7 +266,7 @@ class Dashboard:
     async def tool(self, request: Request, sess: dict[str, Any]) -> str:
         try:
             diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, request.path_params["name"])
-        except ApprovalError as e:
+        except (ApprovalError, NotStarted) as e:
             return tool_page(sess, None, e.message)
         return tool_page(sess, diff, None)
 
@@ -274,15 +279,17 @@ class Dashboard:
         try:
             # the hash of the definition the page showed: a definition swapped in since is refused
             status, done = await approve_tool(self.state.gateway, name, principal, form.get("hash"))
-        except ApprovalError as e:
+        except (ApprovalError, NotStarted) as e:
             diff = None
             if isinstance(e, DefinitionChanged):  # the page again, with the definition as it is now
                 with contextlib.suppress(ApprovalError):
                     diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, name)
-            return _html(tool_page(sess, diff, e.message), status=e.status)
+            return _html(tool_page(sess, diff, e.message), status=_status(e))
         if status != 200:  # refused (the log cannot record it), or done and its record not committed
             return _html(tools_page(sess, tool_rows(self.state), done["reason"], error=True), status=status)
         note = f"Approved {done['tool']} ({done['approved_hash'][:12]})."
+        if not done["catalogue_refreshed"]:
+            note += " The catalogue is still being rebuilt: reload in a moment."
         return _html(tools_page(sess, tool_rows(self.state), note))
 
     async def decisions(self, request: Request, sess: dict[str, Any]) -> str:
@@ -299,9 +306,9 @@ class Dashboard:
         try:  # the digest of the config the page showed: a config swapped in since is refused
             seen = str(form.get("digest") or "")
             done = await approve_discovered(self.state.gateway, request.path_params["name"], principal, seen)
-        except ApprovalError as e:
+        except (ApprovalError, NotStarted) as e:
             page = upstreams_page(sess, upstream_rows(self.state), await self._discovered(), e.message)
-            return _html(page, status=e.status)
+            return _html(page, status=_status(e))
         note = f"Approved {done['name']}: it starts within the recheck interval."
         return _html(upstreams_page(sess, upstream_rows(self.state), await self._discovered(), note))
 

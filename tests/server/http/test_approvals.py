@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,22 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.audit import store
+from gateway.config import load_config
+from gateway.events import Event
+from gateway.server import approvals
 from gateway.server.dashboard import COOKIE
 from tests.conftest import ROOT, SYMBI, symbi_env, write_config
-from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
+from tests.local_http import serving
+from tests.server.http.conftest import (
+    Keys,
+    Running,
+    bearer,
+    everything_config,
+    make_keys,
+    policy_data,
+    run_server,
+)
 from tests.server.http.test_admin import check
 from tests.server.http.test_dashboard import CHROMIUM, CHROMIUM_ARGS, signed_in
 from tests.server.http.test_metrics import value
@@ -387,3 +402,84 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
     approved = [json.loads(line)["details"] for line in out.splitlines() if line.strip()]
     assert {d["server"] for d in approved} == {"mut", "other"}
     assert all(d["approved_by"] for d in approved)  # who approved it
+
+
+SLOW_START = ROOT / "tests/peers/slow_start_server.py"
+
+
+def _wedged_key_host(wedged: threading.Event, release: threading.Event) -> type[BaseHTTPRequestHandler]:
+    """A domain's ``.well-known`` host with no key (404) that, once ``wedged``, holds each request
+    until ``release`` (past the resolver's 10 s): a rebuild waits on every keyed upstream's."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if wedged.is_set():
+                release.wait(60)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def test_an_approval_is_answered_while_a_slow_catalogue_refresh_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval's catalogue refresh was awaited without a bound after its record (itself up
+    to 30 s): two upstreams whose key discovery hangs held the answer 20 s, past any client's
+    wait (the CLI's 45 s with a slow record). Now it is answered once the record is committed
+    and the refresh waited for a while, saying the catalogue is still being rebuilt; the
+    rebuild goes on."""
+    monkeypatch.setattr(approvals, "REFRESH_WAIT_S", 1.0)
+    wedged, release = threading.Event(), threading.Event()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _wedged_key_host(wedged, release))) as host:
+        domain = f"127.0.0.1:{host.server_address[1]}"
+        starts = tmp_path / "starts.log"
+        starts.touch()
+        starts.chmod(0o666)  # the servers run as the unprivileged upstream user
+        keyed = "".join(
+            f"""
+            [servers.{n}]
+            command = "{sys.executable}"
+            args = ["{SLOW_START}", "{starts}", "{n}", "0"]
+            verification = "warn"
+            domain = "{domain}"
+            """
+            for n in ("k1", "k2")
+        )
+        mcp = "[mcp]\ninsecure_discovery_http = true\ndiscovery_ttl_s = 0\nconnection_timeout_s = 60\n"
+        cfg = everything_config(tmp_path, top_extra=mcp + keyed)
+        keys = make_keys(cfg)
+        try:
+            with run_server(cfg) as run:
+                admin = bearer(keys.admin)
+                api = run.base + "/api/tools/everything__echo"
+                current = httpx.get(api + "/diff", headers=admin).json()["current_hash"]
+                wedged.set()
+                # 20 s of rebuild without the bound: the client gives up first (ReadTimeout)
+                r = httpx.post(api + "/approve", json={"hash": current}, headers=admin, timeout=10)
+                assert r.status_code == 200, r.text
+                assert (r.json()["approved_hash"], r.json()["catalogue_refreshed"]) == (current, False)
+                db = load_config(cfg, {}).audit_path
+                assert [e["details"]["definition_hash"] for e in _approved(db)] == [current]
+                gw = run.state.gateway
+                assert gw is not None
+                before = gw.catalog  # replaced whole by each rebuild
+                release.set()
+                deadline = time.monotonic() + 30  # the refresh went on, not cancelled with the answer
+                while gw.catalog is before and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert gw.catalog is not before
+        finally:
+            release.set()
+
+
+def _approved(db: Path) -> list[dict[str, Any]]:
+    conn = store.open_reader(db)
+    try:
+        return [r.as_dict() for r in store.query(conn, types=(str(Event.TOOL_APPROVED),))]
+    finally:
+        conn.close()

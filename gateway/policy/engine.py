@@ -22,7 +22,9 @@ times the policy reads are in the key, so a changed counter is a new evaluation.
 decision is kept from the second time its question is asked (most calls are asked once: the
 default policy reads the hourly count), so one-off calls do not push the listings' out; and a
 call whose target and counters are new among the recent calls' is evaluated without making its
-key (``InputReads.fingerprint``: the key holds them, so it cannot have been asked).
+key (``InputReads.fingerprint``: the key holds them, so it cannot have been asked). Listings
+whose key holds the caller's agent id (an HTTP session's is new per session) are kept in their
+own store, so the sessions that ended push out only each other's (``decisioncache``).
 """
 
 from __future__ import annotations

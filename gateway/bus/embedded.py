@@ -120,20 +120,27 @@ class EmbeddedBackend:
 
     async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
         del name  # the row holds it
+        # one transaction: a crash between the entry and the subscriptions left a
+        # half-forgotten agent (and it saves a commit per ended session)
         with write_transaction(self.db):
             self.db.execute("DELETE FROM keys WHERE agent=?", (agent,))
-        await self.leave(agent, inboxes)
+            self._leave_rows(agent, inboxes)
+        self._left(inboxes)
 
     async def leave(self, agent: str, inboxes: tuple[str, ...]) -> None:
         with write_transaction(self.db):
-            self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
-            marks = ",".join("?" * len(inboxes))
-            cur = self.db.execute(
-                f"UPDATE messages SET state=3 WHERE state=0 AND inbox IN ({marks})",
-                inboxes,
-            )
-            if cur.rowcount:
-                _bump(self.db, "expired", cur.rowcount)
+            self._leave_rows(agent, inboxes)
+        self._left(inboxes)
+
+    def _leave_rows(self, agent: str, inboxes: tuple[str, ...]) -> None:
+        """Its subscriptions go and what waits in its inboxes expires (inside a transaction)."""
+        self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
+        marks = ",".join("?" * len(inboxes))
+        cur = self.db.execute(f"UPDATE messages SET state=3 WHERE state=0 AND inbox IN ({marks})", inboxes)
+        if cur.rowcount:
+            _bump(self.db, "expired", cur.rowcount)
+
+    def _left(self, inboxes: tuple[str, ...]) -> None:
         for inbox in inboxes:
             self._pending.pop(inbox, None)
             self._wake(inbox)  # a receive still waiting returns (empty)

@@ -22,7 +22,9 @@ times the policy reads are in the key, so a changed counter is a new evaluation.
 decision is kept from the second time its question is asked (most calls are asked once: the
 default policy reads the hourly count), so one-off calls do not push the listings' out; and a
 call whose target and counters are new among the recent calls' is evaluated without making its
-key (``InputReads.fingerprint``: the key holds them, so it cannot have been asked).
+key (``InputReads.fingerprint``: the key holds them, so it cannot have been asked). Listings
+whose key holds the caller's agent id (an HTTP session's is new per session) are kept in their
+own store, so the sessions that ended push out only each other's (``decisioncache``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import logging
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from gateway.custody import FileVersion, changes, read_trusted, snapshot, writab
 from gateway.errors import PolicyLoadError
 from gateway.events import Event, EventSink, LoggingSink, record_acted
 from gateway.policy.decision import deny, validate_decision
+from gateway.policy.decisioncache import DecisionLru, per_agent
 from gateway.policy.inputkey import InputReads
 from gateway.policy.inputtext import refused_text
 from gateway.policy.loader import (
@@ -64,7 +66,9 @@ log = logging.getLogger("symbi.policy")
 # Decisions remembered per thread (least recently used first out), up to this many and this
 # many characters of keys (~1 KB each for a tool call or a listed tool, at most
 # inputkey.MAX_KEY_CHARS): room for the listings of several sessions of 2,000 tools (the
-# agent is in the key) without one evicting the other's.
+# agent is in the key) without one evicting the other's. Those listings keyed on an agent's id
+# have their own store with the same bounds (decisioncache.py), so a thread holds at most
+# twice this.
 CACHE_ENTRIES = 16_384
 CACHE_CHARS = 24 * 1024 * 1024
 # A call's decision is kept only when the same question came among this many calls before it
@@ -87,8 +91,8 @@ _NUMBERS = itertools.count()
 class _Slot:
     engine: Any  # regorus.Engine, or None after a failed evaluation
     digest: str
-    cache: OrderedDict[str, Decision]
-    chars: int = 0  # the characters of the cache's keys
+    cache: DecisionLru = field(default_factory=DecisionLru)
+    agents: DecisionLru = field(default_factory=DecisionLru)  # listings keyed on an agent's id
     seen: dict[int, None] = field(default_factory=dict)  # hashes of recent calls' keys, oldest first
     fingerprints: dict[int, None] = field(default_factory=dict)  # of recent calls, oldest first
     answers: dict[bytes, Answer] = field(default_factory=dict)  # by the answer's JSON text
@@ -411,7 +415,7 @@ class EmbeddedEngine(PolicyEngine):
             except PolicyLoadError as e:  # validated at load, so only a broken environment gets here
                 return deny(f"policy engine cannot start: {e.message}")
             # decisions of the previous policy never outlive it
-            local = slots[self._number] = _Slot(engine, bundle.digest, OrderedDict())
+            local = slots[self._number] = _Slot(engine, bundle.digest)
         engine = local.engine
         reads = bundle.reads
         key = (
@@ -419,11 +423,14 @@ class EmbeddedEngine(PolicyEngine):
             if reads is not None and self.cache_entries and local.worth_keying(input, reads)
             else None
         )
-        cache = local.cache
+        # a session's listings (its agent is new) apart: their dead entries push out only
+        # each other (decisioncache.py)
+        cache = (
+            local.agents if key is not None and reads is not None and per_agent(input, reads) else local.cache
+        )
         if key is not None:
             hit = cache.get(key)
             if hit is not None:
-                cache.move_to_end(key)
                 self.cache_hits += 1
                 return _copy(hit)
         self.cache_misses += 1
@@ -434,11 +441,7 @@ class EmbeddedEngine(PolicyEngine):
         if not healthy:
             local.engine = None  # never reuse an engine that failed mid-evaluation
         elif key is not None and local.keep(key, input):  # never a failed evaluation
-            cache[key] = _copy(decision)
-            local.chars += len(key)
-            while len(cache) > self.cache_entries or local.chars > self.cache_chars:
-                old, _ = cache.popitem(last=False)
-                local.chars -= len(old)
+            cache.put(key, _copy(decision), self.cache_entries, self.cache_chars)
         return decision
 
 

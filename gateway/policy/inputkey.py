@@ -203,6 +203,8 @@ class InputReads:
         self._target = ALL in trie or "target" in trie
         who = {} if ALL in trie else trie.get("principal", {})
         self._principal = ALL in trie or ALL in who or "id" in who
+        agent = {} if ALL in trie else trie.get("agent", {})
+        self.agent_id = ALL in trie or ALL in agent or "id" in agent  # the key holds the agent's id
 
     def fingerprint(self, doc: Mapping[str, Any]) -> int | None:
         """A hash of the target, the principal's id and the counters the policy reads, for a

@@ -130,6 +130,7 @@ class Gateway:
         self.replicas = self.pool.replicas  # every process of each server, primary first
         self._rebuild_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None  # set while running
+        self._ended = False  # ran and stopped: its components are closed
         # 2025-era upstream calls waiting for a 2026-era client's answers (the era bridge)
         self.pending = PendingQuestions(answer_timeout_s=config.mcp.call_timeout_s)
 
@@ -191,7 +192,7 @@ class Gateway:
                         await up.stop()
                     tg.cancel_scope.cancel()
         finally:
-            self._tg = None  # ended: nothing more may be started in it (an approval's refresh)
+            self._tg, self._ended = None, True  # nothing more started in it (an approval's refresh)
             if self.state is not None:  # the Redis client: after every background task's end
                 try:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -301,7 +302,9 @@ class Gateway:
         False: it goes on in this gateway's task group (ended with it), or it failed (logged);
         the next rebuild takes the change. An operator's approval, done and recorded, must not
         wait on a slow rebuild (another holding the lock, a key discovery's timeout)."""
-        if self._tg is None:  # not running: nothing else rebuilds
+        if self._ended:  # stopped (an approval recorded as it stopped): nothing is served
+            return False
+        if self._tg is None:  # never run (tests, the CLI): nothing else rebuilds
             await self._rebuild()
             return True
         done, ok = anyio.Event(), False

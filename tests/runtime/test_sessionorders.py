@@ -20,7 +20,7 @@ import redis
 
 from gateway.context import Principal
 from gateway.errors import AgentTerminated
-from gateway.runtime import AgentState, sessionorders
+from gateway.runtime import AgentState, orders, sessionorders
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.orders import Order
@@ -233,7 +233,7 @@ async def test_an_order_that_breaks_its_parsing_is_logged_and_the_orders_go_on(
     # an order whose parsing raises (an ``at`` past a float raised OverflowError; now refused
     # as malformed, so the seam: the real parser made to raise once, as a bug would) ended the
     # task group (and the gateway); now logged with its trace, and the next orders carried out
-    real = sessionorders.parse_order
+    real = orders.parse_order
 
     def once(raw: bytes | str, now: float | None = None) -> Order | None:
         monkeypatch.setattr(sessionorders, "parse_order", real)

@@ -282,7 +282,7 @@ class Dashboard:
         except (ApprovalError, NotStarted) as e:
             diff = None
             if isinstance(e, DefinitionChanged):  # the page again, with the definition as it is now
-                with contextlib.suppress(ApprovalError):
+                with contextlib.suppress(ApprovalError, NotStarted):  # (stopped meanwhile)
                     diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, name)
             return _html(tool_page(sess, diff, e.message), status=_status(e))
         if status != 200:  # refused (the log cannot record it), or done and its record not committed

@@ -450,7 +450,9 @@ def test_an_approval_is_answered_while_a_slow_catalogue_refresh_goes_on(
             """
             for n in ("k1", "k2")
         )
+        # no recheck poll in this test: only the approval's own rebuild can replace the catalogue
         mcp = "[mcp]\ninsecure_discovery_http = true\ndiscovery_ttl_s = 0\nconnection_timeout_s = 60\n"
+        mcp += "recheck_interval_s = 3600.0\n"
         cfg = everything_config(tmp_path, top_extra=mcp + keyed)
         keys = make_keys(cfg)
         try:

@@ -428,6 +428,7 @@ def _sync(url: str) -> redis.Redis:
     try:
         r = redis.Redis.from_url(url, socket_connect_timeout=2)
         if not r.ping():  # (False: what answered is not Redis)
+            r.close()
             raise InvalidResponse("PING was not answered PONG")
         return r
     except (RedisError, OSError) as e:

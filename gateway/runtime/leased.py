@@ -293,7 +293,7 @@ class LeasedAgents:
                 # or a with-gateway one's (nothing waits for it), went holder to holder for good;
                 # an interval agent's is dropped (its next run comes with the interval anyway)
                 if ac.start == "on-demand" and name not in self._ended:
-                    self._wanted.setdefault(name, None)
+                    self._wanted.setdefault(name, self._redis_now())  # (a terminate after it drops it)
             self.hosted.end_record(
                 name, f"stopped here, {why}"
             )  # on every way out: lost, stopped or cancelled
@@ -346,7 +346,7 @@ class LeasedAgents:
                 # with it by ``_run_held``, not here (a terminate's mark may be gone by now)
                 ondemand = self.hosted.config.agents[name].start == "on-demand"
                 if ondemand and name not in self.hosted.refusing and not self._stopped(name):
-                    self._wanted.setdefault(name, None)
+                    self._wanted.setdefault(name, self._redis_now())  # (a terminate after it drops it)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:

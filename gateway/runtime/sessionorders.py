@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from gateway.errors import StateUnavailable
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
-from gateway.state.leases import RENEW_S, RETRY_S, redis_now
+from gateway.state.leases import RENEW_S, redis_now
 
 if TYPE_CHECKING:
     from gateway.events import EventSink
@@ -90,7 +90,6 @@ class SessionAgents:
                 except Exception:  # a value of the wrong shape on Redis (or a bug) ended this task
                     # group and the gateway with it; orders are taken at the next pass instead
                     _logger.exception("the session agents' records or orders could not be handled")
-                    wait = RETRY_S
                 with anyio.move_on_after(wait):
                     await self._poke.wait()
                 self._poke = anyio.Event()

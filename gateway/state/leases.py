@@ -83,15 +83,21 @@ redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. at)
 return 1
 """
 # KEYS: a start request, the last withdrawal's time; ARGV: a withdrawal's time (Redis's
-# clock, epoch s). Only a start asked by then is deleted (an unstamped one counts as asked by
-# then); the time is kept for a start asked before it that reaches Redis after it. 1: deleted
+# clock, epoch s; "": now). Only a start asked by then is deleted (an unstamped one counts as
+# asked by then); the time is kept (at most Redis's now: an estimate ahead, or a clock stepped
+# back, must not drop later starts; for a day) for a start asked before it that reaches Redis
+# after it. 1: deleted
 _UNWAKE_BEFORE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1] .. '.' .. string.format('%06d', t[2]))
+local before = tonumber(ARGV[1])
+if not before or before > now then before = now end
 local gone = tonumber(redis.call('GET', KEYS[2]) or '')
-if not gone or tonumber(ARGV[1]) > gone then redis.call('SET', KEYS[2], ARGV[1]) end
+if not gone or before > gone then redis.call('SET', KEYS[2], tostring(before), 'EX', 86400) end
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local at = tonumber(string.match(v, ' ([0-9.]+)$'))
-if at and at > tonumber(ARGV[1]) then return 0 end
+if at and at > before then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -209,10 +215,11 @@ class LeaseBoard(RedisUser):
         """Withdraw a start of ``name`` not taken yet (an operator's terminate came after it):
         True when there was one (deleted). ``before``: the terminate's time on Redis's clock, when
         the withdrawal comes later (Redis was unreachable): a start asked after it is kept (it
-        was deleted, a new request lost). Raises ``RedisError``/``OSError``."""
-        if before is None:
-            return bool(await self.redis.delete(WAKE + name))
-        return bool(await self.unwake_script(keys=[WAKE + name, WITHDRAWN + name], args=[repr(before)]))
+        was deleted, a new request lost); None: now. Either way the time is left on Redis, so a
+        start asked before it and kept in a replica through an outage is dropped when it comes
+        (``wake``). Raises ``RedisError``/``OSError``."""
+        stamp = "" if before is None else repr(before)  # "": now (every start there is older)
+        return bool(await self.unwake_script(keys=[WAKE + name, WITHDRAWN + name], args=[stamp]))
 
     async def drop_starts(self, names: list[str]) -> int:
         """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no

@@ -36,10 +36,15 @@ class NotItself(Connection):
     async def _connect(self) -> None:
         await super()._connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         sock = self._writer.transport.get_extra_info("socket") if self._writer else None
-        if sock is not None and sock.getsockname() == sock.getpeername():
-            assert self._writer is not None  # for mypy: the socket came from it
-            self._writer.close()
-            raise RedisConnectionError(f"{self.host}:{self.port}: a socket connected to itself, not Redis")
+        try:
+            itself = sock is not None and sock.getsockname() == sock.getpeername()
+        except OSError as e:  # reset before the check: a failed connect, as redis-py's own
+            itself, why = True, f"the connection was lost at once ({e})"
+        else:
+            why = "a socket connected to itself, not Redis"
+        if itself:
+            await self.disconnect(nowait=True)  # (redis-py's reset: reader and writer let go)
+            raise RedisConnectionError(f"{self.host}:{self.port}: {why}")
 
 
 def open_redis(url: str, timeout_s: float) -> aioredis.Redis:

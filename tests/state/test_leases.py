@@ -153,3 +153,33 @@ async def test_a_kept_withdrawal_deletes_only_starts_asked_before_it_whichever_r
     assert not (await la.renew({})).woken
     assert await b.wake("clock", t + 2)  # asked after the terminate: it runs
     assert (await la.renew({})).woken
+
+
+async def test_a_withdrawal_without_a_time_is_now_and_drops_a_start_asked_before_it(
+    boards: tuple[LeaseBoard, LeaseBoard],
+) -> None:
+    """A terminate answered by a replica that does not hold the lease withdrew with a bare DEL:
+    a start asked before it, kept in another replica through an outage, came after it and ran."""
+    a, b = boards
+    la = a.lease("clock")
+    assert await la.acquire({})
+    asked = await a.now() - 5.0
+    await b.unwake("clock")  # the terminate, answered now
+    assert not await a.wake("clock", asked)  # the earlier start, late: dropped
+    assert not (await la.renew({})).woken
+    assert await a.wake("clock")  # a start asked now runs
+    assert (await la.renew({})).woken
+
+
+async def test_a_withdrawal_time_ahead_of_redis_is_kept_as_redis_now(
+    boards: tuple[LeaseBoard, LeaseBoard],
+) -> None:
+    """A withdrawal's time is a replica's estimate (ahead by its round trip, or more with a
+    clock stepped back): kept as given it dropped every start asked up to it, after their 202."""
+    a, b = boards
+    la = a.lease("clock")
+    assert await la.acquire({})
+    now = await a.now()
+    await b.unwake("clock", now + 3600.0)
+    assert await a.wake("clock", await a.now() + 1.0)  # asked after the terminate, really
+    assert (await la.renew({})).woken

@@ -23,7 +23,7 @@ from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action
 from gateway.state import leases
-from gateway.state.leases import LEASE, ORDERS, RENEW_S, WAKE
+from gateway.state.leases import LEASE, ORDERS, RENEW_S, START_TTL_MS, WAKE
 from tests.runtime._leases import (
     NAME,
     START_S,
@@ -388,4 +388,25 @@ async def test_a_terminate_passed_while_a_first_start_waits_out_a_refusal_withdr
         la._carry_out(NAME, order)  # as the next renewal takes it
         await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
         assert a.runs.get(NAME, 0) == 0 and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_replica_renews_the_starts_of_the_agents_its_config_has(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A start expires ``START_TTL_MS`` after the last renewal: each replica renews the starts
+    of the agents its config has while it runs (its status watch), whether it holds them or
+    not; another agent's start (removed here, perhaps another replica's) it leaves alone."""
+    a = replica(tmp_path / "a", fresh.url, f"0.6032{os.getpid()}", Recorder(), start="on-demand")
+    r = redis.Redis.from_url(fresh.url)
+    r.set(LEASE + NAME, "forged", px=60_000)  # held elsewhere: a takes neither lease nor start
+    for name in (NAME, "removed"):
+        r.eval(leases._WAKE, 2, WAKE + name, "symbi:lease:withdrawn:" + name, "replica-b", "")
+        r.pexpire(WAKE + name, 30_000)  # as if a day had nearly gone by
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a renewed its start", lambda: cast(int, r.pttl(WAKE + NAME)) > 60_000, 2 * RENEW_S)
+        assert cast(int, r.pttl(WAKE + NAME)) <= START_TTL_MS
+        assert 0 < cast(int, r.pttl(WAKE + "removed")) <= 30_000
         tg.cancel_scope.cancel()

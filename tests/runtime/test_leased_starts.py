@@ -51,7 +51,7 @@ def _ended(h: HostedAgents) -> bool:
 
 
 async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
-    """A start waits on Redis until a holder takes it (no expiry); an operator's terminate
+    """A start waits on Redis until a holder takes it (renewed by the replicas); a terminate
     asked while no replica holds the lease was answered "runs nowhere", and the start still
     ran when a holder came. The terminate withdraws it."""
     mark = f"6015.{os.getpid()}"
@@ -177,11 +177,12 @@ async def test_a_start_left_for_a_disabled_agent_is_deleted_at_start_and_no_othe
     tmp_path: Path,
     fresh: Redis,  # noqa: F811
 ) -> None:
-    """A start has no expiry: one left for an agent later disabled fired whenever it was enabled
-    again, weeks later; the lease runner deletes it when it starts. Only the agents its own
-    config disables: it SCANned the keyspace and deleted every start of an agent not in its
-    config, so in a rolling deploy an old replica deleted the starts of an agent the new ones
-    had enabled (and answered 202 for). A removed agent's start is left."""
+    """A start lives while a replica has its agent: one left for an agent later disabled fired
+    whenever it was enabled again, weeks later; the lease runner deletes it when it starts.
+    Only the agents its own config disables: it SCANned the keyspace and deleted every start of
+    an agent not in its config, so in a rolling deploy an old replica deleted the starts of an
+    agent the new ones had enabled (and answered 202 for). A removed agent's start is left (it
+    expires a day after the last replica with that agent, ``test_leases.py``)."""
     mark = f"6020.{os.getpid()}"
     a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
     a.config.agents[NAME] = a.config.agents[NAME].model_copy(update={"enabled": False})

@@ -438,7 +438,9 @@ async def pass_hosted_action(
         body = {**unavailable("state", StateUnavailable(why)), "result": why}
         return await withdrawn_answer(gw, name, who, reason, 503, body, gw.hosted.leased.seen.get(name))
     if seen is None and withdrawn:
-        return await withdrawn_answer(gw, name, who, reason, 200, {"result": "no process holds its lease"}, None)
+        return await withdrawn_answer(
+            gw, name, who, reason, 200, {"result": "no process holds its lease"}, None
+        )
     if seen is None:
         why = (
             f"no process holds hosted agent {name!r}'s lease: it runs nowhere now (not started, "

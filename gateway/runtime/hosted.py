@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from gateway.events import Event, EventSink, record_acted
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.launch import AgentHost, hosted_command, interval_s, launchable
+from gateway.runtime.launch import AgentHost, escalated, failed_run, hosted_command, interval_s, launchable
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Sandboxed
@@ -82,6 +83,9 @@ class HostedAgents:
         self.socket_path = host.socket_path if host is not None else None
         self._wake = {name: anyio.Event() for name in config.agents}
         self._stop: dict[str, Callable[[], None]] = {}
+        # a restart's backoff or an interval's wait, and its thread (a scope is cancelled on it)
+        self._pauses: dict[str, tuple[anyio.CancelScope, int]] = {}
+        self._halted: set[str] = set()  # terminated by an operator since its last run started
         self._failures: dict[str, deque[float]] = {name: deque() for name in config.agents}
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
         # run credentials not revoked (the key store was down): retried until done
@@ -120,6 +124,10 @@ class HostedAgents:
             return
         if (stop := self._stop.get(agent.name)) is not None:
             stop()
+        self._halted.add(agent.name)  # no restart of it (its record Terminated in a backoff)
+        pause, thread = self._pauses.get(agent.name, (None, None))
+        if pause is not None and thread == threading.get_ident():  # (else it waits its end)
+            pause.cancel()
         if self._wake[agent.name].is_set():  # only when set: a waiting supervisor keeps its event
             self._wake[agent.name] = anyio.Event()
         if self.leased is not None:
@@ -191,8 +199,8 @@ class HostedAgents:
                 await self._wait_for_start(name)
                 continue
             if every is not None:  # "30s": a run every interval, whatever the last one did
-                with anyio.move_on_after(every):
-                    await self._wait_for_start(name)
+                if not await self._pause(name, every, start=True):
+                    return
                 continue
             restart = ac.restart == "always" or (ac.restart == "on-failure" and outcome == "failed")
             if not restart:
@@ -207,8 +215,21 @@ class HostedAgents:
                 Event.AGENT_RESTART_SCHEDULED,
                 {"name": name, "after_s": backoff, "outcome": outcome},
             )
-            await anyio.sleep(backoff)
+            if not await self._pause(name, backoff):
+                return
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
+
+    async def _pause(self, name: str, seconds: float, *, start: bool = False) -> bool:
+        """Wait ``seconds`` (``start``: or for a start). False: an operator terminated the agent
+        (its record Terminated already, the restart ran it): no run follows, as after a live one's."""
+        pause = anyio.CancelScope(deadline=anyio.current_time() + seconds)
+        self._pauses[name] = (pause, threading.get_ident())
+        try:
+            with pause:
+                await (self._wait_for_start(name) if start else anyio.sleep_forever())
+        finally:
+            del self._pauses[name]
+        return name not in self._halted
 
     async def _wait_for_start(self, name: str) -> None:
         await self._wake[name].wait()  # taken by the run once it may start (``_may_start``)
@@ -220,13 +241,7 @@ class HostedAgents:
         if self.recordable is not None:
             self.recordable()
         self._wake[name] = anyio.Event()
-
-    def _escalated(self, name: str, ac: AgentConfig) -> int:
-        window = self._failures[name]
-        now = time.monotonic()
-        while window and window[0] <= now - ac.failure_window_s:
-            window.popleft()
-        return len(window) if len(window) >= ac.max_failures else 0
+        self._halted.discard(name)  # a new run: a terminate from now on stops it
 
     async def _run_once(self, name: str, ac: AgentConfig) -> str:
         """One run (``_may_start`` passed): ``ok``, ``failed``, ``invalid`` (never started),
@@ -303,7 +318,7 @@ class HostedAgents:
 
     def _stop_escalated(self, name: str, ac: AgentConfig, agent: Agent) -> bool:
         """True (and the agent failed, the event emitted) when it failed too often lately."""
-        failures = self._escalated(name, ac)
+        failures = escalated(self._failures[name], ac)
         if not failures:
             return False
         reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
@@ -467,24 +482,9 @@ class HostedAgents:
         return "failed"
 
     def _failed_run(self, agent: Agent, why: str, code: int | None, oom: bool) -> None:
-        """A failed run on the record: the restart back-off's count, the audit log, /api/status."""
+        """A failed run: the restart back-off's count, and on the record (``failed_run``)."""
         self._failures[agent.name].append(time.monotonic())
-        record_acted(
-            self.events,
-            Event.AGENT_FAILED,
-            {"name": agent.name, "reason": why, "exit_code": code},
-            principal=agent.principal,
-            agent=agent.id,
-        )
-        self.runtime.recent_errors.append(
-            {
-                "time": time.time(),
-                "agent": agent.id,
-                "code": "agent_failed",
-                "target": agent.name,
-                "type": "oom" if oom else "exit",
-            }
-        )
+        failed_run(self.runtime, self.events, agent, why, code, oom)
 
     def _command(
         self, name: str, ac: AgentConfig, tier: str, limits: ResourceLimits, key: str, run_tag: str

@@ -5,6 +5,8 @@ leaves (``gateway.runtime.sandboxed``). The supervisor (``gateway.runtime.hosted
 from __future__ import annotations
 
 import re
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -12,10 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.config.model import Config
 from gateway.config.sections import AgentConfig
 from gateway.errors import GatewayError
+from gateway.events import Event, EventSink, record_acted
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, docker_options
 
 if TYPE_CHECKING:
+    from gateway.runtime.agents import Agent
+    from gateway.runtime.core import AgentRuntime
     from gateway.sandbox.base import SandboxTier
     from gateway.sandbox.manager import SandboxManager
 
@@ -153,3 +158,34 @@ def launchable(tier: str, keys: Credentials | None, socket_path: str | None) -> 
     if keys is None or socket_path is None:
         raise GatewayError("hosted agents need `symbi serve` (they reach the gateway over its Unix socket)")
     return keys
+
+
+def failed_run(
+    runtime: AgentRuntime, events: EventSink, agent: Agent, why: str, code: int | None, oom: bool
+) -> None:
+    """A hosted agent's failed run on the record: the audit log, and /api/status's errors."""
+    record_acted(
+        events,
+        Event.AGENT_FAILED,
+        {"name": agent.name, "reason": why, "exit_code": code},
+        principal=agent.principal,
+        agent=agent.id,
+    )
+    runtime.recent_errors.append(
+        {
+            "time": time.time(),
+            "agent": agent.id,
+            "code": "agent_failed",
+            "target": agent.name,
+            "type": "oom" if oom else "exit",
+        }
+    )
+
+
+def escalated(window: deque[float], ac: AgentConfig) -> int:
+    """The failures in ``window`` (their monotonic times, older ones dropped from it) when
+    they reach ``max_failures`` within ``failure_window_s`` (the next run escalates), else 0."""
+    now = time.monotonic()
+    while window and window[0] <= now - ac.failure_window_s:
+        window.popleft()
+    return len(window) if len(window) >= ac.max_failures else 0

@@ -149,11 +149,12 @@ class LeasedAgents:
                 await self.board.aclose()
 
     async def _drop_starts(self) -> None:
-        """Starts left on Redis for the agents this config disables are deleted: a start has
-        no expiry, so it fired whenever its agent was enabled again (logged). Only the names
+        """Starts left on Redis for the agents this config disables are deleted: a start lives
+        while a replica's config has its agent, so it fired whenever it was enabled again (logged). Only the names
         this config lists as disabled: in a rolling deploy another replica's config may enable
         an agent this one lacks, and its starts (answered 202 there) are not ours to delete.
-        A removed agent's start is left (it fires if the agent is added back)."""
+        A removed agent's start expires a day after the last replica whose config has it
+        (``LeaseBoard.keep_starts``)."""
         disabled = sorted(n for n, ac in self.hosted.config.agents.items() if not ac.enabled)
         try:
             dropped = await self.board.drop_starts(disabled)
@@ -165,12 +166,14 @@ class LeasedAgents:
 
     async def _watch(self) -> None:
         names = sorted(self.hosted.config.agents)
+        enabled = [n for n in names if self.hosted.config.agents[n].enabled]
         while True:
             try:
                 self.seen = await self.board.statuses(names)
                 self.seen_at = time.time()
                 sent = time.monotonic()  # Redis's clock kept read where no lease is held, too:
                 self._clock = (await self.board.now(), sent)  # a start asked here is stamped
+                await self.board.keep_starts(enabled)  # theirs live while this replica runs
             except _REDIS_ERRORS as e:
                 _logger.warning("could not read the hosted agents' leases: %s", e)
             await anyio.sleep(RENEW_S)

@@ -47,6 +47,7 @@ from gateway.server.operations import (
     upstream_rows,
 )
 from gateway.server.oprecord import record_action, with_record
+from gateway.server.pending import hosted_pending
 from gateway.server.unavailable import unavailable
 from gateway.textcheck import not_utf8_at
 
@@ -375,7 +376,9 @@ class AdminApi:
         ref = request.path_params["id"]
         elsewhere = hosted_elsewhere(self.state, ref)  # a hosted agent another process runs
         # with shared state a session agent unknown here may live in another process (passed on)
-        if elsewhere is None and self._agent(request) is None and not shared_sessions(self.state):
+        # (a hosted agent never run here: a terminate withdraws its pending start)
+        unknown = self._agent(request) is None and hosted_pending(self.state, ref) is None
+        if elsewhere is None and unknown and not shared_sessions(self.state):
             return _err(404, "not_found", not_here(self.state, ref))
         reason = await _reason(request)
         if isinstance(reason, JSONResponse):

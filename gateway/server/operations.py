@@ -22,11 +22,11 @@ from gateway.runtime.identity import is_agent_id
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, carry_out
 from gateway.server.oprecord import record_action, with_record
+from gateway.server.pending import hosted_pending, withdraw_pending, withdrawn_answer
 from gateway.server.unavailable import unavailable
 from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
     from gateway.audit.log import AuditLog
     from gateway.runtime.agents import Agent
     from gateway.runtime.core import AgentRuntime
@@ -136,6 +136,11 @@ async def act_on_agent(
     if elsewhere is not None:
         return await pass_hosted_action(state, elsewhere, action, who, reason)
     gw = state.gateway
+    pending = hosted_pending(state, ref) if action == "terminate" else None
+    if pending is not None and gw is not None and gw.hosted is not None:  # never run here
+        withdrawn = await withdraw_pending(gw, gw.hosted, pending, who, reason)
+        if withdrawn is not None:
+            return withdrawn
     agent = gw.runtime.agents.resolve(ref) if gw is not None else None
     if shared_sessions(state) and agent is None:
         return await pass_session_action(state, ref, action, who, reason)
@@ -431,9 +436,11 @@ async def pass_hosted_action(
         if not withdrawn:
             return 503, unavailable("state", StateUnavailable(why))
         body = {**unavailable("state", StateUnavailable(why)), "result": why}
-        return await _withdrawn(gw, name, who, reason, 503, body, gw.hosted.leased.seen.get(name))
+        return await withdrawn_answer(gw, name, who, reason, 503, body, gw.hosted.leased.seen.get(name))
     if seen is None and withdrawn:
-        return await _withdrawn(gw, name, who, reason, 200, {"result": "no process holds its lease"}, None)
+        return await withdrawn_answer(
+            gw, name, who, reason, 200, {"result": "no process holds its lease"}, None
+        )
     if seen is None:
         why = (
             f"no process holds hosted agent {name!r}'s lease: it runs nowhere now (not started, "
@@ -454,24 +461,3 @@ async def pass_hosted_action(
     if action == "terminate":  # only a terminate withdraws a start
         body["withdrawn"] = withdrawn
     return with_record(unrec, 202, body)
-
-
-async def _withdrawn(
-    gw: Gateway,
-    name: str,
-    who: str,
-    reason: str,
-    status: int,
-    body: dict[str, Any],
-    seen: dict[str, Any] | None,
-) -> tuple[int, dict[str, Any]]:
-    """A terminate that withdrew a pending start and was passed to no holder: answered and
-    recorded as done (the start is gone), with why it went no further. ``seen``: the holder's
-    status last read (its run's id names the agent on the record), None when none holds it."""
-    result = f"a pending start withdrawn; {body['result']}"
-    agent_id = (seen or {}).get("agent")
-    doc = {"agent": agent_id, "name": name, "by": who, "reason": reason, "result": result}
-    unrec = await record_action(gw, OPERATOR_EVENTS["terminate"], doc, principal=who, agent=agent_id)
-    # "state": the dashboard and the AgentAction schema read it; no run here to have one
-    answer = {**body, "agent": name, "result": result, "state": None, "withdrawn": True}
-    return with_record(unrec, status, answer)

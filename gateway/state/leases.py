@@ -47,6 +47,9 @@ STATUS = "symbi:lease:status:"
 WAKE = "symbi:lease:wake:"
 WITHDRAWN = "symbi:lease:withdrawn:"  # the latest kept withdrawal's time (Redis's clock)
 ORDERS = "symbi:lease:orders:"
+# a start's life once no live replica's config has its agent (each one that has it renews it,
+# ``keep_starts``): a removed agent's start fired if the agent came back, months later
+START_TTL_MS = 24 * 3600 * 1000
 
 # KEYS: the lease, its status; ARGV: token, ttl (ms), status JSON
 _ACQUIRE = """
@@ -70,7 +73,7 @@ return 1
 # compares it): one kept in a process through an outage is stamped with its request's time,
 # not with when it reached Redis, and dropped when a terminate after it was carried out
 # first (a withdrawal kept by the holder through the same outage). 0: dropped
-_WAKE = """
+_WAKE = f"""
 local t = redis.call('TIME')
 local at = t[1] .. '.' .. string.format('%06d', t[2])
 local asked = tonumber(ARGV[2])
@@ -79,7 +82,7 @@ if asked then
   if gone and asked <= gone then return 0 end
   if asked < tonumber(at) then at = ARGV[2] end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. at)
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. at, 'PX', {START_TTL_MS})
 return 1
 """
 # KEYS: a start request, the last withdrawal's time; ARGV: a withdrawal's time (Redis's
@@ -202,8 +205,9 @@ class LeaseBoard(RedisUser):
     async def wake(self, name: str, asked: float | None = None) -> bool:
         """Ask the holder of ``name``'s lease to start it (taken at its next renewal). Kept until
         a holder takes it, a terminate withdraws it (``unwake``) or a replica whose config
-        disables ``name`` starts (``drop_starts``), with no expiry: one that lived ``LEASE_TTL_MS`` was lost when no
-        replica could take the lease that long (every log broken), after the operator's 202.
+        disables ``name`` starts (``drop_starts``), or ``START_TTL_MS`` after the last live
+        replica whose config has ``name`` (``keep_starts``): one that lived ``LEASE_TTL_MS`` was
+        lost when no replica could take the lease that long (every log broken), after a 202.
         One per agent (a second start asked before it is taken is the same start). ``asked``:
         when it was asked on Redis's clock, if earlier than now (kept here through an outage).
         False: dropped, a terminate asked after it was carried out first."""
@@ -220,6 +224,19 @@ class LeaseBoard(RedisUser):
         (``wake``). Raises ``RedisError``/``OSError``."""
         stamp = "" if before is None else repr(before)  # "": now (every start there is older)
         return bool(await self.unwake_script(keys=[WAKE + name, WITHDRAWN + name], args=[stamp]))
+
+    async def keep_starts(self, names: list[str]) -> None:
+        """Renew the life (``START_TTL_MS``) of the starts waiting for ``names``, the agents
+        this config enables (every ``RENEW_S``): a start lives while a live replica has its
+        agent, so an outage of every holder does not lose it, and a start of an agent no
+        replica has any more expires (a rolling deploy's other configs renew theirs). One
+        round trip, no scan. Raises ``RedisError``/``OSError``."""
+        if not names:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.pexpire(WAKE + name, START_TTL_MS)
+            await pipe.execute()
 
     async def drop_starts(self, names: list[str]) -> int:
         """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no

@@ -753,3 +753,47 @@ async def test_an_on_demand_start_refused_by_a_broken_log_is_run_once_the_log_re
                 await anyio.sleep(0.05)
             tg.cancel_scope.cancel()
     assert h.runs["od"] == 1 and "od" not in h.refusing
+
+
+@pytest.mark.parametrize("start", ["with-gateway", "on-demand"])
+async def test_a_terminate_in_the_restart_backoff_stops_the_restart(tmp_path: Path, start: str) -> None:
+    """A failed run's record is Terminated already while the supervisor backs off: an
+    operator's terminate then ("already terminated") was not seen by it, and the backoff's end
+    ran the agent the operator had just terminated. It ends the backoff now, as a terminate of
+    a live run ends its supervisor: no restart."""
+    bad = AgentConfig(
+        command="/usr/bin/sh", args=("-c", "exit 3"), sandbox="bwrap", restart_backoff_s=3.0, start=start
+    )
+    h, rec, _ = _bwrap_host(tmp_path, bad=bad)
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(h._supervise, "bad", bad)
+            if start == "on-demand":
+                await wait_all_tasks_blocked()
+                assert h.request_start("bad") == "starting"
+            while not any(t == "agent.restart_scheduled" for t, *_ in rec.events):
+                await anyio.sleep(0.01)  # the first run failed: the backoff has begun
+            run = h.runtime.agents.by_name("bad")
+            assert run is not None and run.state is AgentState.TERMINATED
+            assert h.runtime.terminate(run, "operator: enough") == "already terminated"
+            with anyio.move_on_after(bad.restart_backoff_s + 2):  # a restart would have run
+                await anyio.sleep_forever()
+            tg.cancel_scope.cancel()
+    assert h.runs["bad"] == 1
+
+
+async def test_a_terminate_between_interval_runs_stops_the_next_run(tmp_path: Path) -> None:
+    """An interval agent's run ended (Terminated): a terminate while it waits for the next
+    interval was not seen either, and the next interval ran it. No run follows now."""
+    tick = AgentConfig(command="/usr/bin/sh", args=("-c", "exit 0"), sandbox="bwrap", start="3s")
+    h, _, _ = _bwrap_host(tmp_path, tick=tick)
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(h._supervise, "tick", tick)
+            while (run := h.runtime.agents.by_name("tick")) is None or run.state is not AgentState.TERMINATED:
+                await anyio.sleep(0.01)  # the first run is over: the interval's wait has begun
+            assert h.runtime.terminate(run, "operator: enough") == "already terminated"
+            with anyio.move_on_after(3 + 2):  # the next interval's run would have started
+                await anyio.sleep_forever()
+            tg.cancel_scope.cancel()
+    assert h.runs["tick"] == 1

@@ -23,7 +23,7 @@ from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action
 from gateway.state import leases
-from gateway.state.leases import LEASE, ORDERS, RENEW_S, WAKE
+from gateway.state.leases import LEASE, ORDERS, RENEW_S, START_TTL_MS, WAKE
 from tests.runtime._leases import (
     NAME,
     START_S,
@@ -51,7 +51,7 @@ def _ended(h: HostedAgents) -> bool:
 
 
 async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
-    """A start waits on Redis until a holder takes it (no expiry); an operator's terminate
+    """A start waits on Redis until a holder takes it (renewed by the replicas); a terminate
     asked while no replica holds the lease was answered "runs nowhere", and the start still
     ran when a holder came. The terminate withdraws it."""
     mark = f"6015.{os.getpid()}"
@@ -177,11 +177,12 @@ async def test_a_start_left_for_a_disabled_agent_is_deleted_at_start_and_no_othe
     tmp_path: Path,
     fresh: Redis,  # noqa: F811
 ) -> None:
-    """A start has no expiry: one left for an agent later disabled fired whenever it was enabled
-    again, weeks later; the lease runner deletes it when it starts. Only the agents its own
-    config disables: it SCANned the keyspace and deleted every start of an agent not in its
-    config, so in a rolling deploy an old replica deleted the starts of an agent the new ones
-    had enabled (and answered 202 for). A removed agent's start is left."""
+    """A start lives while a replica has its agent: one left for an agent later disabled fired
+    whenever it was enabled again, weeks later; the lease runner deletes it when it starts.
+    Only the agents its own config disables: it SCANned the keyspace and deleted every start of
+    an agent not in its config, so in a rolling deploy an old replica deleted the starts of an
+    agent the new ones had enabled (and answered 202 for). A removed agent's start is left (it
+    expires a day after the last replica with that agent, ``test_leases.py``)."""
     mark = f"6020.{os.getpid()}"
     a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
     a.config.agents[NAME] = a.config.agents[NAME].model_copy(update={"enabled": False})
@@ -388,4 +389,25 @@ async def test_a_terminate_passed_while_a_first_start_waits_out_a_refusal_withdr
         la._carry_out(NAME, order)  # as the next renewal takes it
         await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
         assert a.runs.get(NAME, 0) == 0 and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_replica_renews_the_starts_of_the_agents_its_config_has(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A start expires ``START_TTL_MS`` after the last renewal: each replica renews the starts
+    of the agents its config has while it runs (its status watch), whether it holds them or
+    not; another agent's start (removed here, perhaps another replica's) it leaves alone."""
+    a = replica(tmp_path / "a", fresh.url, f"0.6032{os.getpid()}", Recorder(), start="on-demand")
+    r = redis.Redis.from_url(fresh.url)
+    r.set(LEASE + NAME, "forged", px=60_000)  # held elsewhere: a takes neither lease nor start
+    for name in (NAME, "removed"):
+        r.eval(leases._WAKE, 2, WAKE + name, "symbi:lease:withdrawn:" + name, "replica-b", "")
+        r.pexpire(WAKE + name, 30_000)  # as if a day had nearly gone by
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a renewed its start", lambda: cast(int, r.pttl(WAKE + NAME)) > 60_000, 2 * RENEW_S)
+        assert cast(int, r.pttl(WAKE + NAME)) <= START_TTL_MS
+        assert 0 < cast(int, r.pttl(WAKE + "removed")) <= 30_000
         tg.cancel_scope.cancel()

@@ -11,7 +11,7 @@ import anyio
 import pytest
 import redis
 
-from gateway.state.leases import LEASE, LEASE_TTL_MS, STATUS, LeaseBoard
+from gateway.state.leases import LEASE, LEASE_TTL_MS, START_TTL_MS, STATUS, WAKE, LeaseBoard
 from tests.state.engines import Redis
 
 pytestmark = pytest.mark.anyio
@@ -183,3 +183,28 @@ async def test_a_withdrawal_time_ahead_of_redis_is_kept_as_redis_now(
     await b.unwake("clock", now + 3600.0)
     assert await a.wake("clock", await a.now() + 1.0)  # asked after the terminate, really
     assert (await la.renew({})).woken
+
+
+async def test_a_start_lives_while_a_replica_renews_it_and_expires_after(
+    boards: tuple[LeaseBoard, LeaseBoard], redis_engine: Redis
+) -> None:
+    """A start had no expiry: one for an agent later removed from every config fired if the
+    agent came back, months on. It lives ``START_TTL_MS`` now, renewed by each live replica
+    whose config enables its agent (``keep_starts``): a start of an agent none has expires."""
+    a, b = boards
+    raw = _raw(redis_engine)
+    await b.wake("clock")
+    await b.wake("removed")
+    assert START_TTL_MS - 60_000 < raw.pttl(WAKE + "removed") <= START_TTL_MS
+    raw.pexpire(WAKE + "clock", 1000)  # as if a day had gone by with no replica renewing them
+    raw.pexpire(WAKE + "removed", 1000)
+    await a.keep_starts(["clock", "other"])  # a's config: clock (and an agent with no start)
+    assert raw.pttl(WAKE + "clock") > START_TTL_MS - 60_000
+    assert raw.pttl(WAKE + "other") == -2  # none made
+    await anyio.sleep(1.2)
+    la = a.lease("removed")  # the agent back in a config: no start left to run
+    assert await la.acquire({})
+    assert not (await la.renew({})).woken
+    lc = a.lease("clock")
+    assert await lc.acquire({})
+    assert (await lc.renew({})).woken

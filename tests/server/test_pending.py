@@ -1,0 +1,123 @@
+"""A terminate answered on the process that runs an on-demand hosted agent never run there
+(no record, a start pending): it withdraws the start, as one answered elsewhere does
+(``gateway.server.pending``). Real replicas on one real Redis, real bwrap runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import anyio
+import jsonschema
+import pytest
+import redis
+
+from gateway.runtime import hosted, leased
+from gateway.runtime.hosted import HostedAgents
+from gateway.server.openapi import OPENAPI
+from gateway.server.operations import act_on_agent
+from gateway.state import leases
+from gateway.state.leases import WAKE
+from tests.runtime._leases import NAME, START_S, _until, marked, replica
+from tests.runtime.test_core import BreakingRecorder, Recorder
+from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
+from tests.state.engines import Redis
+
+# isort: split
+from tests.runtime._leases import _require_bwrap, fresh  # noqa: F401 - the fixtures
+
+pytestmark = pytest.mark.anyio
+
+
+def _admin(h: HostedAgents, ops: Recorder) -> Any:
+    """The HTTP state the admin API and the dashboard act through, on replica ``h``."""
+    gw = SimpleNamespace(hosted=h, runtime=h.runtime, audit=None, events=ops, state=None)
+    return cast(Any, SimpleNamespace(config=h.config, gateway=gw))
+
+
+def _withdrawn(status: int, body: dict[str, Any], ops: Recorder) -> None:
+    assert status == 200 and body["withdrawn"] is True and body["state"] is None
+    jsonschema.validate(body, OPENAPI["components"]["schemas"]["AgentAction"])  # its 200's schema
+    assert [t for t, *_ in ops.events] == ["agent.terminate_requested"]
+
+
+async def test_a_terminate_on_the_holder_withdraws_a_first_start_its_log_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """The holder's first start refused by a broken log waits for the retry (no record yet):
+    a terminate on the holder answered 404 and withdrew nothing, so it ran once the log
+    mended. Now it is withdrawn (200, ``withdrawn``, recorded) and nothing runs."""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # no let-go moves the lease meanwhile
+    monkeypatch.setattr(hosted, "AUDIT_RETRY_S", 1.0)
+    mark = f"0.6029{os.getpid()}"
+    rec = BreakingRecorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000  # renewed every 60 s here
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        rec.broken = True
+        assert a.request_start(NAME) == "starting"
+        await _until("the start refused", lambda: NAME in a.refusing, 5)
+        assert a.runtime.agents.by_name(NAME) is None  # never run: no record
+        rec.broken = False
+        ops = Recorder()
+        status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
+        _withdrawn(status, body, ops)
+        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        assert a.runs.get(NAME, 0) == 0 and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_yet(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A start another replica left on Redis, not taken by the holder's renewal yet: a
+    terminate on the holder answered 404 and the next renewal ran it. Now it is withdrawn."""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # the start stays untaken until poked
+    mark = f"0.6030{os.getpid()}"
+    a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        r.eval(leases._WAKE, 1, WAKE + NAME, "replica-b")  # as b's LeaseBoard.wake
+        ops = Recorder()
+        status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
+        _withdrawn(status, body, ops)
+        assert not r.exists(WAKE + NAME)
+        la._changed[NAME].set()  # a renewal now: a start left would be taken and run
+        started = time.monotonic()
+        await _until("renewed", lambda: NAME not in la._unwake, 10)
+        await anyio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
+        assert a.runs.get(NAME, 0) == 0 and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_terminate_of_an_agent_with_no_start_pending_is_still_not_found(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """Nothing pending and never run here: 404 as before, nothing recorded."""
+    a = replica(tmp_path / "a", fresh.url, f"0.6031{os.getpid()}", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        ops = Recorder()
+        status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
+        assert status == 404 and body["error"] == "not_found" and not ops.events
+        tg.cancel_scope.cancel()

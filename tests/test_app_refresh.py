@@ -24,10 +24,10 @@ async def test_a_refresh_asked_after_the_gateway_stopped_is_not_made(tmp_path: P
             assert await gw.refresh_within(5.0)  # running: rebuilt in its task group
     rebuilt = False
 
-    async def counted() -> None:
+    async def counted(*_args: object) -> None:
         nonlocal rebuilt
         rebuilt = True
 
-    gw._rebuild = counted  # type: ignore[method-assign]  # (a seam: whether a rebuild is made)
+    gw._rebuild = counted  # type: ignore[method-assign,assignment]  # (a seam: whether a rebuild is made)
     assert await gw.refresh_within(5.0) is False
     assert not rebuilt

@@ -194,8 +194,8 @@ class HostedAgents:
             self._may_start(name)
             outcome = await self._run_once(name, ac)
             if outcome in ("invalid", "escalated", "stopped"):
-                if outcome == "stopped" or ac.start != "on-demand":
-                    return
+                if ac.start != "on-demand":  # (an on-demand one's terminate ends its run, not
+                    return  # it: ended, the next `symbi agents run` answered "starting", ran nothing)
                 await self._wait_for_start(name)
                 continue
             if every is not None:  # "30s": a run every interval, whatever the last one did
@@ -215,8 +215,10 @@ class HostedAgents:
                 Event.AGENT_RESTART_SCHEDULED,
                 {"name": name, "after_s": backoff, "outcome": outcome},
             )
-            if not await self._pause(name, backoff):
-                return
+            if not await self._pause(name, backoff):  # terminated in it
+                if ac.start != "on-demand":
+                    return
+                await self._wait_for_start(name)
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
 
     async def _pause(self, name: str, seconds: float, *, start: bool = False) -> bool:

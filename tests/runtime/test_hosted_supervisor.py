@@ -146,16 +146,18 @@ async def test_backoff_doubles_up_to_its_maximum_and_a_success_resets_it() -> No
 
 
 async def test_on_demand_runs_only_when_asked_and_waits_again_after_each_run() -> None:
-    h = Scripted(_config(start="on-demand", restart="never"), ["ok", "invalid", "failed", "stopped"])
+    # "stopped" (an operator ended the run) waits for the next request too: it returned, and
+    # the next `symbi agents run` was answered "starting" and ran nothing
+    h = Scripted(_config(start="on-demand", restart="never"), ["ok", "invalid", "failed", "stopped", "ok"])
     async with anyio.create_task_group() as tg:
         tg.start_soon(_supervise, h)
-        for asked in range(1, 5):
+        for asked in range(1, 6):
             await wait_all_tasks_blocked()
             assert len(h.calls) == asked - 1  # nothing runs before `symbi agents run`
             assert h.request_start("a") == "starting"
             await wait_all_tasks_blocked()
             assert len(h.calls) == asked
-    # "stopped" (an operator ended the run) returned; the others waited for the next request
+        tg.cancel_scope.cancel()
     assert h.outcomes == [] and h.restarts() == []
 
 
@@ -778,8 +780,12 @@ async def test_a_terminate_in_the_restart_backoff_stops_the_restart(tmp_path: Pa
             assert h.runtime.terminate(run, "operator: enough") == "already terminated"
             with anyio.move_on_after(bad.restart_backoff_s + 2):  # a restart would have run
                 await anyio.sleep_forever()
+            assert h.runs["bad"] == 1
+            if start == "on-demand":  # terminated, not gone: the next `symbi agents run` runs it
+                assert h.request_start("bad") == "starting"
+                while h.runs["bad"] < 2:
+                    await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
-    assert h.runs["bad"] == 1
 
 
 async def test_a_terminate_between_interval_runs_stops_the_next_run(tmp_path: Path) -> None:

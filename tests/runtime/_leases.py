@@ -32,6 +32,7 @@ from gateway.runtime.lifecycle import AgentState
 from gateway.sandbox.manager import SandboxManager
 from gateway.server.auth import ApiKeyStore
 from gateway.state.leases import RENEW_S, LeaseBoard, process_name
+from tests.runtime.test_core import BreakingRecorder
 from tests.state.engines import Redis
 
 NAME = "sleeper"
@@ -122,6 +123,33 @@ async def a_holds_b_waits(
         tg.start_soon(b.run)
         await _until("b sees a hold it", lambda: _seen(lb), 2 * RENEW_S)
         yield a, b
+        tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def first_start_refused(
+    folder: Path, url: str, mark: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[HostedAgents, LeasedAgents, BreakingRecorder]]:
+    """An on-demand ``sleep MARK`` whose holder ``a`` refused its first start (its log broken:
+    no agent record yet), the start waiting for the retry (1 s here; renewals every 60 s, so
+    no let-go moves the lease meanwhile): (a, its lease runner, its breakable log)."""
+    from gateway.runtime import hosted, leased
+
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)
+    monkeypatch.setattr(hosted, "AUDIT_RETRY_S", 1.0)
+    rec = BreakingRecorder()
+    a = replica(folder, url, mark, rec, start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000  # renewed every 60 s here
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        rec.broken = True
+        assert a.request_start(NAME) == "starting"
+        await _until("the start refused", lambda: NAME in a.refusing, 5)
+        assert a.runtime.agents.by_name(NAME) is None  # never run: no record
+        yield a, la, rec
         tg.cancel_scope.cancel()
 
 

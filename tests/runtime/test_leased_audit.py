@@ -5,10 +5,13 @@ and one per run started unsafely (a use). On a real Redis with real bwrap runs."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from gateway.audit.log import AuditLog
 from gateway.errors import AuditError
 from gateway.runtime import leased
+from gateway.runtime.hosted import HostedAgents
 from tests.runtime._leases import NAME, START_S, _running, _until, marked, replica
 from tests.runtime.test_core import Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
@@ -32,21 +36,42 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> int:
     return sum(1 for r in caplog.records if r.name == "symbi.audit" and r.levelno == logging.WARNING)
 
 
+class _Checks(Protocol):
+    def ensure_writable(self) -> None: ...
+    def unwritable(self) -> AuditError | None: ...
+
+
+@contextlib.asynccontextmanager
+async def _runs_on(
+    tmp_path: Path,
+    url: str,
+    mark: str,
+    log: _Checks,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> AsyncIterator[HostedAgents]:
+    """A replica running ``sleep MARK`` with ``log``'s checks (as the assembly gives them),
+    renewing every ``RENEW_S``, the audit logger's warnings captured; stopped after."""
+    monkeypatch.setattr(leased, "RENEW_S", RENEW_S)
+    a = replica(tmp_path / "a", url, mark, Recorder())
+    a.recordable, a.unwritable = log.ensure_writable, log.unwritable
+    caplog.set_level(logging.WARNING, logger="symbi.audit")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+        yield a
+        tg.cancel_scope.cancel()
+
+
 async def test_a_log_that_fails_open_warns_once_per_outage_and_per_run_started(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     fresh: Redis,  # noqa: F811
 ) -> None:
-    monkeypatch.setattr(leased, "RENEW_S", RENEW_S)
     mark = f"6024.{os.getpid()}"
     log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem", on_failure="warn")
-    a = replica(tmp_path / "a", fresh.url, mark, Recorder())
-    a.recordable, a.unwritable = log.ensure_writable, log.unwritable  # as the assembly gives them
-    caplog.set_level(logging.WARNING, logger="symbi.audit")
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+    async with _runs_on(tmp_path, fresh.url, mark, log, monkeypatch, caplog) as a:
         log.close()  # it records nothing more: the run goes on unaudited (fails open)
         caplog.clear()
         await anyio.sleep(10 * RENEW_S)  # ten renewals see it down
@@ -56,7 +81,6 @@ async def test_a_log_that_fails_open_warns_once_per_outage_and_per_run_started(
         await _until("it runs again", lambda: a.runs[NAME] == 2 and _running(a), START_S)
         await anyio.sleep(5 * RENEW_S)
         assert _warnings(caplog) == 2
-        tg.cancel_scope.cancel()
 
 
 class MendableLog:
@@ -79,15 +103,9 @@ async def test_a_log_that_fails_open_warns_again_at_its_next_outage(
     caplog: pytest.LogCaptureFixture,
     fresh: Redis,  # noqa: F811
 ) -> None:
-    monkeypatch.setattr(leased, "RENEW_S", RENEW_S)
     mark = f"6025.{os.getpid()}"
     log = MendableLog()
-    a = replica(tmp_path / "a", fresh.url, mark, Recorder())
-    a.recordable, a.unwritable = log.ensure_writable, log.unwritable
-    caplog.set_level(logging.WARNING, logger="symbi.audit")
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a runs it", lambda: bool(marked(mark)) and _running(a), START_S)
+    async with _runs_on(tmp_path, fresh.url, mark, log, monkeypatch, caplog) as a:
         log.broken = True
         await anyio.sleep(10 * RENEW_S)
         assert _warnings(caplog) == 1
@@ -96,4 +114,3 @@ async def test_a_log_that_fails_open_warns_again_at_its_next_outage(
         log.broken = True
         await anyio.sleep(10 * RENEW_S)
         assert _warnings(caplog) == 2 and _running(a) and a.runs[NAME] == 1
-        tg.cancel_scope.cancel()

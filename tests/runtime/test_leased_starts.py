@@ -31,6 +31,7 @@ from tests.runtime._leases import (
     _seen,
     _until,
     a_holds_b_waits,
+    first_start_refused,
     marked,
     replica,
     stoppable,
@@ -369,27 +370,13 @@ async def test_a_terminate_passed_while_a_first_start_waits_out_a_refusal_withdr
     for the retry; a terminate passed from another replica then was refused "not run here yet"
     and the start ran once the log mended. It withdraws it now. (The renewal's order step is
     called directly: renewals every 60 s here, so no let-go moves the lease meanwhile.)"""
-    monkeypatch.setattr(leased, "RENEW_S", 60.0)
-    monkeypatch.setattr(hosted, "AUDIT_RETRY_S", 1.0)
     mark = f"0.6028{os.getpid()}"
-    rec = BreakingRecorder()
-    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
-    la = a.leased
-    assert la is not None
-    la.board.ttl_ms = 300_000  # renewed every 60 s here
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a holds it", lambda: la.holds(NAME), START_S)
-        rec.broken = True
-        assert a.request_start(NAME) == "starting"
-        await _until("the start refused", lambda: NAME in a.refusing, 5)
-        assert a.runtime.agents.by_name(NAME) is None  # never run: no record
+    async with first_start_refused(tmp_path / "a", fresh.url, mark, monkeypatch) as (a, la, rec):
         order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=time.time())
         rec.broken = False  # (mended first: the terminate's own record; no await till the order)
         la._carry_out(NAME, order)  # as the next renewal takes it
         await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
         assert a.runs.get(NAME, 0) == 0 and not marked(mark)
-        tg.cancel_scope.cancel()
 
 
 async def test_a_replica_renews_the_starts_of_the_agents_its_config_has(

@@ -21,7 +21,7 @@ import redis
 from gateway.context import Principal
 from gateway.errors import AgentTerminated
 from gateway.runtime import AgentState, orders, sessionorders
-from gateway.runtime.agents import hosted_principal
+from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.orders import Order
 from gateway.runtime.sessionorders import SessionAgents
@@ -153,18 +153,24 @@ async def test_a_renewal_writes_only_what_changed(
     await client.aclose()
 
 
+def _a_holds_b_asks(url: str) -> tuple[Any, Any, SessionAgents, SessionAgents, Agent]:
+    """Two replicas on a Redis emptied first: ``a`` runs a session agent, ``b`` passes orders.
+    (raw client, the shared client, a, b, the agent)."""
+    r: Any = redis.Redis.from_url(url)
+    r.flushall()
+    client = open_redis(url, 2)
+    (rec, rt), (rec_b, rt_b) = runtime(), runtime()
+    a = SessionAgents(rt, rec, SessionBoard(client, owner="replica-a"))
+    b = SessionAgents(rt_b, rec_b, SessionBoard(client, owner="replica-b"))
+    return r, client, a, b, agent_of(rt)
+
+
 async def test_an_order_is_taken_when_left_not_at_the_next_poll(
     redis_engine: Redis,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sessionorders, "RENEW_S", 60.0)  # the poll: far beyond the bound of the wait
-    r: Any = redis.Redis.from_url(redis_engine.url)
-    r.flushall()
-    client = open_redis(redis_engine.url, 2)
-    (rec, rt), (rec_b, rt_b) = runtime(), runtime()
-    a = SessionAgents(rt, rec, SessionBoard(client, owner="replica-a"))
-    b = SessionAgents(rt_b, rec_b, SessionBoard(client, owner="replica-b"))
-    agent = agent_of(rt)
+    r, client, a, b, agent = _a_holds_b_asks(redis_engine.url)
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("on the board", lambda: r.hlen(SAGENT + agent.id) == 1)
@@ -240,13 +246,7 @@ async def test_an_order_that_breaks_its_parsing_is_logged_and_the_orders_go_on(
         raise OverflowError("a bug")
 
     monkeypatch.setattr(sessionorders, "parse_order", once)
-    r: Any = redis.Redis.from_url(redis_engine.url)
-    r.flushall()
-    client = open_redis(redis_engine.url, 2)
-    (rec, rt), (rec_b, rt_b) = runtime(), runtime()
-    a = SessionAgents(rt, rec, SessionBoard(client, owner="replica-a"))
-    b = SessionAgents(rt_b, rec_b, SessionBoard(client, owner="replica-b"))
-    agent = agent_of(rt)
+    r, client, a, b, agent = _a_holds_b_asks(redis_engine.url)
     bad = {"action": "terminate", "by": ADMIN, "reason": "", "via": "x", "agent": agent.id, "at": 10**400}
     r.rpush(INBOX + "replica-a", json.dumps(bad))
     async with anyio.create_task_group() as tg:

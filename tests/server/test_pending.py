@@ -21,8 +21,8 @@ from gateway.server.openapi import OPENAPI
 from gateway.server.operations import act_on_agent
 from gateway.state import leases
 from gateway.state.leases import WAKE
-from tests.runtime._leases import NAME, START_S, _until, marked, replica
-from tests.runtime.test_core import BreakingRecorder, Recorder
+from tests.runtime._leases import NAME, START_S, _until, first_start_refused, marked, replica
+from tests.runtime.test_core import Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
 
@@ -52,28 +52,14 @@ async def test_a_terminate_on_the_holder_withdraws_a_first_start_its_log_refused
     """The holder's first start refused by a broken log waits for the retry (no record yet):
     a terminate on the holder answered 404 and withdrew nothing, so it ran once the log
     mended. Now it is withdrawn (200, ``withdrawn``, recorded) and nothing runs."""
-    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # no let-go moves the lease meanwhile
-    monkeypatch.setattr(hosted, "AUDIT_RETRY_S", 1.0)
     mark = f"0.6029{os.getpid()}"
-    rec = BreakingRecorder()
-    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
-    la = a.leased
-    assert la is not None
-    la.board.ttl_ms = 300_000  # renewed every 60 s here
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a holds it", lambda: la.holds(NAME), START_S)
-        rec.broken = True
-        assert a.request_start(NAME) == "starting"
-        await _until("the start refused", lambda: NAME in a.refusing, 5)
-        assert a.runtime.agents.by_name(NAME) is None  # never run: no record
+    async with first_start_refused(tmp_path / "a", fresh.url, mark, monkeypatch) as (a, _, rec):
         rec.broken = False
         ops = Recorder()
         status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
         _withdrawn(status, body, ops)
         await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
         assert a.runs.get(NAME, 0) == 0 and not marked(mark)
-        tg.cancel_scope.cancel()
 
 
 async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_yet(

@@ -161,10 +161,12 @@ class HostedAgents:
                 self.refusing.add(name)  # its lease's holder lets it go to a replica that can
                 if ac.start == "on-demand":  # the refused run (a start, a restart) stays asked for:
                     self._wake[name].set()  # a terminate in the wait withdraws it (``_may_start`` takes it)
-                try:
-                    await anyio.sleep(AUDIT_RETRY_S)
+                try:  # (a terminate in it ends it: no retry, as in a restart's backoff)
+                    halted = not await self._pause(name, AUDIT_RETRY_S)
                 finally:
                     self.refusing.discard(name)
+                if halted and ac.start != "on-demand":  # (on-demand: waits for a new start)
+                    return
 
     def end_record(self, name: str, why: str) -> None:
         """``name``'s run is over here (its process gone): its record says so, as a run that

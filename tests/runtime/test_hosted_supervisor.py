@@ -803,3 +803,31 @@ async def test_a_terminate_between_interval_runs_stops_the_next_run(tmp_path: Pa
                 await anyio.sleep_forever()
             tg.cancel_scope.cancel()
     assert h.runs["tick"] == 1
+
+
+async def test_a_terminate_in_the_audit_retry_wait_stops_the_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart refused by a broken log waits for the retry; a terminate of the run's record
+    (Terminated already) in that wait was not seen: the log mended, the retry ran the agent just
+    terminated. It ends the wait now, as in a restart's backoff."""
+    monkeypatch.setattr(hosted_module, "AUDIT_RETRY_S", 3.0)
+    bad = AgentConfig(command="/usr/bin/sh", args=("-c", "exit 3"), sandbox="bwrap", restart_backoff_s=1.0)
+    rec = BreakingRecorder()
+    h, _, _ = _bwrap_host(tmp_path, rec=rec, bad=bad)
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(h._supervise, "bad", bad)
+            while not any(t == "agent.restart_scheduled" for t, *_ in rec.events):
+                await anyio.sleep(0.01)  # the first run failed: the backoff has begun
+            rec.broken = True  # the restart is refused: the retry's wait
+            while "bad" not in h.refusing:
+                await anyio.sleep(0.01)
+            rec.broken = False
+            run = h.runtime.agents.by_name("bad")
+            assert run is not None and run.state is AgentState.TERMINATED
+            assert h.runtime.terminate(run, "operator: enough") == "already terminated"
+            with anyio.move_on_after(hosted_module.AUDIT_RETRY_S + 2):  # the retry would have run it
+                await anyio.sleep_forever()
+            tg.cancel_scope.cancel()
+    assert h.runs["bad"] == 1

@@ -81,7 +81,6 @@ class SessionAgents:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._listen)
             while True:
-                wait = RENEW_S
                 try:
                     await self._renew()
                     await self._take_orders()
@@ -90,7 +89,7 @@ class SessionAgents:
                 except Exception:  # a value of the wrong shape on Redis (or a bug) ended this task
                     # group and the gateway with it; orders are taken at the next pass instead
                     _logger.exception("the session agents' records or orders could not be handled")
-                with anyio.move_on_after(wait):
+                with anyio.move_on_after(RENEW_S):
                     await self._poke.wait()
                 self._poke = anyio.Event()
 
@@ -127,13 +126,14 @@ class SessionAgents:
 
     async def _take_orders(self) -> None:
         raw, now = await self.board.take_orders()
-        for order in filter(None, (parse_order(r, now) for r in raw)):
-            try:
-                await self._carry_out(order)
+        for r in raw:
+            try:  # (parsed in here: one that raised lost the rest of the batch, taken off Redis)
+                if (order := parse_order(r, now)) is not None:
+                    await self._carry_out(order)
             except Exception:  # taken off Redis: the rest are carried out, and this task goes on
                 # (the audit log broken with on_failure = "deny" raised AuditError here: the task
                 # ended, the orders taken with it lost, and the gateway went down; session 42)
-                _logger.exception("agent %s: the %s from %s failed", order.agent, order.action, order.by)
+                _logger.exception("an agent order failed: %.200r", r)
 
     def _refused(self, order: Order, why: str, agent: str | None = None) -> None:
         """``order`` refused, on the record (naming ``agent`` when it is one here)."""

@@ -246,19 +246,18 @@ async def test_an_order_that_breaks_its_parsing_is_logged_and_the_orders_go_on(
         raise OverflowError("a bug")
 
     monkeypatch.setattr(sessionorders, "parse_order", once)
-    r, client, a, b, agent = _a_holds_b_asks(redis_engine.url)
+    r, client, a, _, agent = _a_holds_b_asks(redis_engine.url)
     bad = {"action": "terminate", "by": ADMIN, "reason": "", "via": "x", "agent": agent.id, "at": 10**400}
-    r.rpush(INBOX + "replica-a", json.dumps(bad))
+    # and one well-formed in the same batch: lost with the batch when the parse was outside
+    # each order's own catch (taken off Redis, never carried out)
+    then = Order(action="terminate", by=ADMIN, reason="", via="x", at=time.time(), agent=agent.id)
+    r.rpush(INBOX + "replica-a", json.dumps(bad), then.dumps())
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("the order taken", lambda: r.exists(INBOX + "replica-a") == 0)
         await _until("logged", lambda: any(x.exc_info for x in caplog.records))
         [logged] = [x for x in caplog.records if x.exc_info]
         assert logged.levelname == "ERROR" and logged.exc_info and logged.exc_info[0] is OverflowError
-        before = agent.state  # (a name of its own: mypy would keep the narrowing below)
-        assert before is AgentState.READY  # not acted on
-        await _until("on the board", lambda: r.hlen(SAGENT + agent.id) == 1)
-        assert list(await b.pass_order(agent.id, "terminate", ADMIN, "")) == ["replica-a"]
-        await _until("terminated on A", lambda: agent.state is AgentState.TERMINATED)
+        await _until("the next order carried out", lambda: agent.state is AgentState.TERMINATED)
         tg.cancel_scope.cancel()
     await client.aclose()

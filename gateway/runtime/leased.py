@@ -57,7 +57,7 @@ class LeasedAgents:
         # start requests to pass to the holder, with when each was asked (Redis's clock, as
         # estimated: ``_redis_now``): one kept through an outage is stamped with it, so a
         # terminate asked after it, kept by its holder, withdraws it (it was stamped later)
-        self._wanted: dict[str, float | None] = {}
+        self._wanted: dict[str, tuple[float | None]] = {}  # (a tuple each: told apart by identity)
         # terminated here: a start on Redis to withdraw -> the terminate's time on Redis's clock
         # (only a start asked by then is deleted; None: that clock not read yet, any start)
         self._unwake: dict[str, float | None] = {}
@@ -82,7 +82,7 @@ class LeasedAgents:
         """``symbi agents run NAME`` on a process that does not hold ``name``'s lease: the
         request goes to the holder through Redis (it starts the agent at its next renewal)."""
         holder = (self.seen.get(name) or {}).get("holder")
-        self._wanted[name] = self._redis_now()  # the latest request's time: the operator's last word
+        self._wanted[name] = (self._redis_now(),)  # the latest request's time: the operator's last word
         self._poke[name].set()
         return f"start passed to the process holding its lease ({holder or 'none yet'})"
 
@@ -262,9 +262,10 @@ class LeasedAgents:
             return
         asked = self._wanted[name]
         try:
-            if not await self.board.wake(name, asked):
+            if not await self.board.wake(name, asked[0]):
                 _logger.info("agent %s: a start asked here was withdrawn by a later terminate", name)
-            if self._wanted.get(name, asked) == asked:  # (not a later request asked meanwhile)
+            if self._wanted.get(name) is asked:  # (not a later request asked meanwhile: by identity,
+                # as two asked before Redis's clock was read carry the same time, None)
                 self._wanted.pop(name, None)
         except _REDIS_ERRORS as e:
             _logger.warning("agent %s: the start request could not be passed on (%s)", name, e)
@@ -296,7 +297,7 @@ class LeasedAgents:
                 # or a with-gateway one's (nothing waits for it), went holder to holder for good;
                 # an interval agent's is dropped (its next run comes with the interval anyway)
                 if ac.start == "on-demand" and name not in self._ended:
-                    self._wanted.setdefault(name, self._redis_now())  # (a terminate after it drops it)
+                    self._wanted.setdefault(name, (self._redis_now(),))  # (a terminate after it drops it)
             self.hosted.end_record(
                 name, f"stopped here, {why}"
             )  # on every way out: lost, stopped or cancelled
@@ -349,7 +350,7 @@ class LeasedAgents:
                 # with it by ``_run_held``, not here (a terminate's mark may be gone by now)
                 ondemand = self.hosted.config.agents[name].start == "on-demand"
                 if ondemand and name not in self.hosted.refusing and not self._stopped(name):
-                    self._wanted.setdefault(name, self._redis_now())  # (a terminate after it drops it)
+                    self._wanted.setdefault(name, (self._redis_now(),))  # (a terminate after it drops it)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:

@@ -23,7 +23,7 @@ from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action
 from gateway.state import leases
-from gateway.state.leases import LEASE, ORDERS, RENEW_S, START_TTL_MS, WAKE
+from gateway.state.leases import LEASE, ORDERS, RENEW_S, START_TTL_MS, WAKE, WITHDRAWN
 from tests.runtime._leases import (
     NAME,
     START_S,
@@ -226,7 +226,7 @@ async def test_a_terminate_during_a_withdrawal_is_kept_and_a_failed_one_keeps_th
     leased.withdraw(NAME)
     await leased._withdraw(NAME)  # Redis down: kept for the next try
     assert NAME in leased._unwake
-    leased._wanted[NAME] = None
+    leased._wanted[NAME] = (None,)
     with pytest.raises((redis.RedisError, OSError)):
         await leased.withdraw_start(NAME)
     assert NAME in leased._wanted  # the operator's 503 said nothing was done: nothing was
@@ -325,7 +325,9 @@ async def test_a_withdrawal_kept_through_an_outage_spares_a_start_asked_after_it
         await _until("the withdrawal kept", lambda: NAME in la._unwake, 20)
         fresh.start()  # (blocking: a's loop cannot withdraw before the new start is written)
         r = redis.Redis.from_url(fresh.url)
-        r.eval(leases._WAKE, 1, WAKE + NAME, "replica-b")  # a new start, as b's LeaseBoard.wake
+        r.eval(
+            leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", ""
+        )  # a new start, as b's LeaseBoard.wake
         await _until("the new start runs", lambda: a.runs[NAME] == 2, 3 * RENEW_S + START_S)
         assert NAME not in la._unwake
         tg.cancel_scope.cancel()

@@ -20,7 +20,7 @@ from gateway.runtime.hosted import HostedAgents
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import act_on_agent
 from gateway.state import leases
-from gateway.state.leases import WAKE
+from gateway.state.leases import WAKE, WITHDRAWN
 from tests.runtime._leases import NAME, START_S, _until, first_start_refused, marked, replica
 from tests.runtime.test_core import Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
@@ -79,7 +79,7 @@ async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_ye
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("a holds it", lambda: la.holds(NAME), START_S)
-        r.eval(leases._WAKE, 1, WAKE + NAME, "replica-b")  # as b's LeaseBoard.wake
+        r.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", "")  # as b's LeaseBoard.wake
         ops = Recorder()
         status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
         _withdrawn(status, body, ops)

@@ -461,12 +461,8 @@ class AuditLog:
     # -- caller side --------------------------------------------------------------------------
 
     def _check(self) -> None:
-        if self._closed:
-            raise AuditError("audit log is closed")
-        if self._writer.broken is not None:  # (its frames dropped: see ``_failed``)
-            raise self._writer.broken.with_traceback(None)
-        if not self._writer.running:
-            raise AuditError("audit writer thread is not running")
+        if (err := self.unwritable()) is not None:  # (a broken writer's frames dropped: ``_failed``)
+            raise err.with_traceback(None)
 
     def _put(self, item: Item) -> None:
         self._check()

@@ -90,13 +90,13 @@ return 1
 # asked by then); the time is kept (at most Redis's now: an estimate ahead, or a clock stepped
 # back, must not drop later starts; for a day) for a start asked before it that reaches Redis
 # after it. 1: deleted
-_UNWAKE_BEFORE = """
+_UNWAKE_BEFORE = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1] .. '.' .. string.format('%06d', t[2]))
 local before = tonumber(ARGV[1])
 if not before or before > now then before = now end
 local gone = tonumber(redis.call('GET', KEYS[2]) or '')
-if not gone or before > gone then redis.call('SET', KEYS[2], tostring(before), 'EX', 86400) end
+if not gone or before > gone then redis.call('SET', KEYS[2], tostring(before), 'PX', {START_TTL_MS}) end
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local at = tonumber(string.match(v, ' ([0-9.]+)$'))

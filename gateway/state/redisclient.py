@@ -42,8 +42,7 @@ class NotItself(Connection):
             itself, why = True, f"the connection was lost at once ({e})"
         else:
             why = "a socket connected to itself, not Redis"
-        if itself:
-            await self.disconnect(nowait=True)  # (redis-py's reset: reader and writer let go)
+        if itself:  # (redis-py's connect disconnects on any failure of this)
             raise RedisConnectionError(f"{self.host}:{self.port}: {why}")
 
 

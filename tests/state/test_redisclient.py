@@ -67,8 +67,10 @@ async def test_a_gateway_on_a_peer_that_is_not_redis_keeps_running_and_says_it_i
     gw = make_gateway(load_config(write_config(tmp_path, toml)))
     assert gw.state is not None and gw.state.sessions is not None  # both wake-up channels run
     async with gw.running():
-        await anyio.sleep(3)  # the wake-up channels read the echo, the probe pings it
-        assert gw.state.status()["redis"]["up"] is False
+        with anyio.fail_after(20):  # the probe pings it (a bound, not a timing)
+            while gw.state.status()["redis"]["up"] is not False:
+                await anyio.sleep(0.1)
+        await anyio.sleep(2)  # the wake-up channels read the echo (1 s reads); their end raises
 
 
 class _FromItsOwnPort(NotItself):

@@ -209,9 +209,18 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
         sink.emit(event_type, details, **who)
         return True
     except AuditError as e:
-        # the last trace of it: a log refusing an emit is broken (or closed) for good
-        _logger.error("%s not recorded (acted on all the same): %s: %s", event_type, e, dict(details))
+        refused_for_good(event_type, e, f"acted on all the same: {dict(details)}")
         return False
+
+
+def refused_for_good(what: str, err: AuditError, then: str) -> None:
+    """THE rule for a record the audit log refused (``record_acted``, ``Unsent``): a log
+    refuses an emit only when broken or closed, for the process's life (a restart mends it).
+    So it is logged here once, its last trace, and its caller does not try it again: not at the
+    next recheck, refresh or fetch (each try was one more ERROR, for good)."""
+    _logger.error(
+        "%s not recorded: the audit log refuses for good (restart the gateway): %s; %s", what, err, then
+    )
 
 
 @runtime_checkable
@@ -272,12 +281,20 @@ class Unsent:
     def __init__(self, cap: int = 10_000) -> None:
         self._held: deque[_Held] = deque()
         self._cap = cap
+        # the log that refused them, and why: a log refuses only when broken or closed for the
+        # process's life, so it is not tried again (each try was two more ERRORs per recheck)
+        self._refused: tuple[EventSink, AuditError] | None = None
         # how many of them are not in flight (what ``cap`` bounds): counted, so a stalled disk
         # with ``cap`` records in flight does not cost a walk of them all on every ``keep``
         self._waiting = 0
 
     def __len__(self) -> int:
         return len(self._held)
+
+    def refused_by(self, sink: EventSink) -> AuditError | None:
+        """Why ``sink`` refused these records for good (held, logged when the gateway stops;
+        never sent to it again), or None."""
+        return self._refused[1] if self._refused is not None and self._refused[0] is sink else None
 
     def held(self) -> list[tuple[Event, Mapping[str, Any]]]:
         """The records not committed yet, oldest first, as they are (or will be) sent."""
@@ -317,7 +334,9 @@ class Unsent:
         """Hold one record behind the others and ``queue`` them all: its commit, to wait on (a
         wait that ends first leaves it in flight; a commit that fails holds it, stamped). The
         held ones go first: the chain keeps the order things were done in. Raises the log's
-        ``AuditError`` when it (or an older held one, ahead of it) is refused: held, stamped."""
+        ``AuditError`` when it (or an older held one, ahead of it) is refused: held, stamped,
+        never sent to that log again (``refused_by``); or an ``AuditError`` of its own when
+        the bound dropped it at once (not held)."""
         from gateway.errors import AuditError
 
         if not isinstance(sink, Recording):  # a commit to wait on is the point (a caller's bug)
@@ -325,7 +344,7 @@ class Unsent:
         mine = self.keep(kind, details, principal=principal, agent=agent)  # (not ``_held[-1]``: trimmed)
         refused = self._hand(sink)
         if mine.commit is None:  # refused at it or ahead of it: ``_hand`` stamped it
-            raise refused or AuditError(f"the audit log did not take {kind}: held until it commits it")
+            raise refused or AuditError(f"{kind} dropped at once: over {self._cap} records held for the log")
         return mine.commit
 
     def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
@@ -340,6 +359,9 @@ class Unsent:
         """``queue``'s walk: the log's refusal that stopped it, if one did."""
         from gateway.errors import AuditError
 
+        if (refusal := self.refused_by(sink)) is not None:
+            self._late()
+            return refusal  # said once, when it refused (``refused_for_good``)
         recorder = sink if isinstance(sink, Recording) else None  # asked once, not per record
         for h in list(self._held):
             if h.commit is not None:
@@ -355,7 +377,8 @@ class Unsent:
                     self._waiting -= 1
             except AuditError as e:
                 self._late()
-                _logger.error("%d records held until the log commits them: %s", len(self._held), e)
+                self._refused = (sink, e)
+                refused_for_good(f"{len(self._held)} held records", e, "logged when the gateway stops")
                 return e
         return None
 
@@ -375,7 +398,7 @@ class Unsent:
             raise
         left = {id(h) for h in self._held}
         waiting = sum(1 for h in batch if id(h) in left)
-        if waiting:
+        if waiting and self.refused_by(sink) is None:  # a refusal for good was said once
             _logger.error("%d records not committed yet, held until they are", waiting)
         return not waiting
 

@@ -94,7 +94,8 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
 async def _send_held(gw: Gateway, unsent: Unsent, interval: float) -> None:
     """Every ``interval``, the held records the log has not committed (refused, or failed by
     its writer) queued again and waited for: apart from the poll, which a stalled disk must not
-    hold up. One in flight (a stalled commit) is waited on, not queued again."""
+    hold up. One in flight (a stalled commit) is waited on, not queued again. A log that
+    refused them is not tried again (``Unsent.refused_by``: broken for the process's life)."""
     while True:
         await anyio.sleep(interval)
         if len(unsent):

@@ -86,10 +86,9 @@ class RefreshScreening:
                 result = replace(result, accepted=True)
             out[name] = info if info.screening == result else replace(info, screening=result)
             flagged = result.at_least("medium")
-            recorded = True
             if flagged and self._screened.get(name) != info.definition_hash:
-                # refused by a broken log: not marked seen, so recorded at a later refresh
-                recorded = record_acted(
+                # refused: logged once there, not tried at each rebuild (``refused_for_good``)
+                record_acted(
                     self._events,
                     Event.TOOL_SCREENING,
                     {
@@ -105,7 +104,7 @@ class RefreshScreening:
                 _logger.warning(
                     "tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged)
                 )
-            self._screened[name] = info.definition_hash if flagged and recorded else None
+            self._screened[name] = info.definition_hash if flagged else None
         return out
 
     def _others_sets(self, names_by_upstream: Mapping[str, set[str]]) -> dict[str, frozenset[str]]:
@@ -153,9 +152,8 @@ class RefreshScreening:
             key = f"{kind}:{name}"
             out[key] = result
             flagged = result.at_least("medium")
-            recorded = True
             if flagged and self._screened.get(key) != digest:
-                recorded = record_acted(  # refused: recorded at a later refresh (not marked seen)
+                record_acted(  # refused: logged once there, not tried again (``refused_for_good``)
                     self._events,
                     Event.TOOL_SCREENING,
                     {
@@ -174,5 +172,5 @@ class RefreshScreening:
                     name,
                     ", ".join(f"{f.rule}({f.severity})" for f in flagged),
                 )
-            self._screened[key] = digest if flagged and recorded else None
+            self._screened[key] = digest if flagged else None
         return out

@@ -80,9 +80,8 @@ class BoundedLists:
             )
             _logger.error("upstream %s %s", self._upstream, reason)
             # refused (a broken log): the list is refused all the same (raised, it left a
-            # refresh's old list served, and failed a connect). Tried once a spell: a log refuses
-            # an emit only when broken or closed for good (``events.Unsent``), so a try at each
-            # fetch was one more ERROR, and forgot the spell (its "within the limit" line lost)
+            # refresh's old list served, and failed a connect); not tried again at the next
+            # fetch (``events.refused_for_good``): the spell is kept for its "within" line
             record_acted(
                 self._events,
                 Event.UPSTREAM_MISBEHAVED,

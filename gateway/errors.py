@@ -63,7 +63,7 @@ audit outcome and the metrics say ``denied``, and a JSON-RPC error is -32602, no
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from gateway.audit.verify import Problem
@@ -334,18 +334,24 @@ class AuditLogBusy(AuditError):
     """Another process holds this log (one writer per chain)."""
 
 
+# where an operator's unrecorded action's record is (``ActionUnrecorded``)
+UnrecordedState = Literal["held", "pending", "broken", "dropped"]
+
+
 class ActionUnrecorded(AuditError):
     """An operator's action was carried out (it cannot be undone in general) but its record was
     not committed (``gateway.server.oprecord``): the log refused or failed it after the check
-    before it (``held``: sent again until committed), or stalled (not ``held``: still queued in
-    the writer, held should it fail). Returned with the action's own answer, not raised: the 503
-    says both what was done and this (``oprecord.with_record``)."""
+    before it (``held``: sent again until committed), or stalled (``pending``: still queued in
+    the writer, held should it fail), or the log is broken for good (``broken``: not sent again,
+    a restart is needed), or it was dropped by the held records' bound (``dropped``). Returned
+    with the action's own answer, not raised: the 503 says both what was done and this
+    (``oprecord.with_record``)."""
 
     code = "action_unrecorded"
 
-    def __init__(self, message: str, *, held: bool) -> None:
+    def __init__(self, message: str, *, state: UnrecordedState) -> None:
         super().__init__(message)
-        self.held = held
+        self.state = state
 
 
 class AuditIntegrityError(AuditError):

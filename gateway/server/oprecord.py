@@ -12,9 +12,11 @@ answered 503 ``action_unrecorded`` with ``done: true``. One that failed stays he
 (``held: true``: re-sent by the approvals poll's sender, ``tasks._send_held``), written, stamped
 ``held_since_ns`` (when the action was done), once the log commits again; one not committed in
 time stays queued in the writer (``pending: true``), written when the disk moves, and is held
-only should its commit then fail. A log that broke for good (an emit nobody waited for was
-lost) commits nothing more in this process: the held record is logged at stop
-(``Unsent.abandon``).
+only should its commit then fail. A log that broke for good (it refused the record, or an
+emit nobody waited for was lost) commits nothing more in this process: the answer says so
+(``held: false``, ``restart_needed: true``); one dropped by the held records' bound is
+not held either, the record is not sent to it again
+(``events.refused_for_good``) and is logged at stop (``Unsent.abandon``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ActionUnrecorded, AuditError
+from gateway.errors import ActionUnrecorded, AuditError, UnrecordedState
 from gateway.events import COMMIT_WAIT_S, Event, Recording
 from gateway.server.unavailable import unavailable
 
@@ -45,29 +47,36 @@ async def record_action(
     if log is None or log.on_failure == "warn" or not isinstance(sink, Recording):
         sink.emit(kind, details, principal=principal, agent=agent)
         return None
+    unsent = gw.verifier.unsent
     try:  # held (stamped with now, when it was done) until committed, behind older held ones
-        commit = gw.verifier.unsent.submit(sink, kind, details, principal=principal, agent=agent)
-    except AuditError as e:  # refused before it was queued (broken since the check, closed)
-        return _unrecorded(kind, e.message, held=True)
+        commit = unsent.submit(sink, kind, details, principal=principal, agent=agent)
+    except AuditError as e:  # refused before it was queued (broken since the check), or dropped
+        return _unrecorded(kind, e.message, "broken" if unsent.refused_by(sink) else "dropped")
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
     if not done:  # still queued in the writer: held should its commit fail later
-        return _unrecorded(kind, f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)", held=False)
+        return _unrecorded(kind, f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)", "pending")
     if commit.cancelled():  # the gateway stopping: its event stays in the writer's queue
-        return _unrecorded(kind, "its commit was cancelled (the gateway is stopping)", held=False)
+        return _unrecorded(kind, "its commit was cancelled (the gateway is stopping)", "pending")
     err = commit.exception()
     if err is None:
         return None
-    return _unrecorded(kind, err.message if isinstance(err, AuditError) else repr(err), held=True)
+    why = err.message if isinstance(err, AuditError) else repr(err)
+    # failed with the log for good: refused at the next send, never written to it
+    return _unrecorded(kind, why, "broken" if log.unwritable() is not None else "held")
 
 
-def _unrecorded(kind: Event, why: str, *, held: bool) -> ActionUnrecorded:
-    where = (
-        "it is held and written once the audit log commits again"
-        if held
-        else "it stays queued and is written when the disk moves (held, should that fail)"
-    )
+_WHERE: dict[UnrecordedState, str] = {
+    "held": "it is held and written once the audit log commits again",
+    "pending": "it stays queued and is written when the disk moves (held, should that fail)",
+    "broken": "the audit log refuses for good, a restart is needed: it is logged when the gateway stops",
+    "dropped": "it was dropped, over the bound of records held for the log (logged)",
+}
+
+
+def _unrecorded(kind: Event, why: str, state: UnrecordedState) -> ActionUnrecorded:
+    where = _WHERE[state]
     return ActionUnrecorded(
-        f"done, but its audit record ({kind}) is not committed ({why}): {where}; see /readyz", held=held
+        f"done, but its audit record ({kind}) is not committed ({why}): {where}; see /readyz", state=state
     )
 
 
@@ -75,9 +84,15 @@ def with_record(
     unrec: ActionUnrecorded | None, status: int, body: dict[str, Any]
 ) -> tuple[int, dict[str, Any]]:
     """``(status, body)`` when the record was committed, else the one 503 ``action_unrecorded``
-    with what was done in it: ``done``, and ``held`` (sent again until committed) or ``pending``
-    (still queued in a stalled writer)."""
+    with what was done in it: ``done``, and ``held`` (sent again until committed), ``pending``
+    (still queued in a stalled writer) or ``restart_needed`` (the log is broken for good)."""
     if unrec is None:
         return status, body
-    said = {"done": True, "held": unrec.held, "pending": not unrec.held}
+    state = unrec.state
+    said = {
+        "done": True,
+        "held": state == "held",
+        "pending": state == "pending",
+        "restart_needed": state == "broken",
+    }
     return 503, {**body, **unavailable("audit", unrec), **said}

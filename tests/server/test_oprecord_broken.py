@@ -1,0 +1,73 @@
+"""Attack: an operator's action with the audit log broken for good (an emit nobody waited for
+was lost: the log refuses everything after, for the process's life). The 503 said the record
+was "held and written once the log commits again" (``held: true``), which no longer happens
+without a restart; and the approvals poll's sender re-sent it every recheck interval, two
+ERRORs each time, for the rest of the process. Now the answer says it is not held and a
+restart is needed, and the refusal is logged once. A real gateway over HTTP with
+server-everything; the disk fills as in ``break_audit_log`` (a trigger refusing every insert)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ActionUnrecorded
+from gateway.events import Event, Unsent
+from tests.conftest import break_audit_log
+from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+
+RECHECK_S = 0.2
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(1 for r in caplog.records if r.name == "symbi.events" and r.levelno >= logging.ERROR)
+
+
+def test_a_record_failed_with_the_log_for_good_is_not_said_held_nor_sent_at_every_recheck(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = everything_config(tmp_path, top_extra=f"[mcp]\nrecheck_interval_s = {RECHECK_S}\n")
+    keys = make_keys(cfg)
+    caplog.set_level(logging.ERROR, logger="symbi.events")
+    with run_server(cfg) as run:
+        break_audit_log(load_config(cfg, {}).audit_path)
+        api = run.base + "/api/principals/suspend"
+        r = httpx.post(api, json={"principal": "key:bob", "reason": "x"}, headers=bearer(keys.admin))
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert (body["code"], body["done"]) == (ActionUnrecorded.code, True)
+        # "held" said it would be written once the log commits again: it never will
+        assert (body["held"], body["pending"], body["restart_needed"]) == (False, False, True), body
+        gw = run.state.gateway
+        assert gw is not None
+
+        time.sleep(RECHECK_S * 3)  # the sender's first pass: refused, said once
+        assert gw.verifier.unsent.refused_by(gw.events) is not None
+        said = _errors(caplog)
+        time.sleep(RECHECK_S * 10)  # ten more rechecks: two ERRORs each before
+        assert _errors(caplog) == said, [r.getMessage() for r in caplog.records]
+        # still held, for the stop's last trace (``Unsent.abandon``)
+        assert [k for k, _ in gw.verifier.unsent.held()].count(Event.PRINCIPAL_SUSPEND_REQUESTED) == 1
+
+
+def test_a_record_dropped_at_once_by_the_bound_is_not_said_held(tmp_path: Path) -> None:
+    """``Unsent.submit``'s own record dropped by the bound of held records (a log that failed
+    long enough to fill it) was answered ``held: true``: it is held nowhere."""
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        gw = run.state.gateway
+        assert gw is not None
+        gw.verifier.unsent = Unsent(cap=0)  # full: a new record is dropped at once (logged)
+        api = run.base + "/api/principals/suspend"
+        r = httpx.post(api, json={"principal": "key:bob", "reason": "x"}, headers=bearer(keys.admin))
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert (body["code"], body["done"]) == (ActionUnrecorded.code, True)
+        assert (body["held"], body["pending"], body["restart_needed"]) == (False, False, False), body
+        assert gw.verifier.unsent.held() == []

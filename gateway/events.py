@@ -276,7 +276,8 @@ class Unsent:
     ``cap`` records waiting to be sent; past it the oldest of those are dropped, logged (a log
     broken for days must not grow memory without end). A record in flight is not dropped: the
     writer holds it and will write it (dropping it logged a record "never recorded" that was
-    then written); it leaves once its commit settles, which a dead writer settles too (failed)."""
+    then written); it leaves once its commit settles, which a dead writer settles too (failed).
+    A log that refused them is broken for good: never tried again (``refused_by``)."""
 
     def __init__(self, cap: int = 10_000) -> None:
         self._held: deque[_Held] = deque()

@@ -374,6 +374,7 @@ class PrincipalHolds:
             except _REDIS_ERRORS as e:
                 _logger.debug("the suspended principals' wake-up channel was lost: %s", e)
             except Exception:  # never the gateway's end: the renewal's poll reads the changes
+                # (not redundant with ``_redis_only``: the pub/sub's close and ``wake`` are outside it)
                 _logger.exception("the suspended principals' wake-up channel failed")
             await anyio.sleep(RENEW_S)
 

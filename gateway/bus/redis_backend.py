@@ -37,7 +37,7 @@ from gateway.bus.message import SecureMessage
 from gateway.bus.redis_subs import BEAT_S, LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
 from gateway.logs import Outage
-from gateway.state.redisclient import NotItself
+from gateway.state.redisclient import NotItself, open_sync_redis, pong
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -138,11 +138,13 @@ class RedisBackend:
     async def start(self) -> None:
         if self._beat is None:  # (beating even if Redis cannot be reached yet)
             self._beat = asyncio.get_running_loop().create_task(self._beating(), name="bus-redis-beat")
-        if not await self.run(self._r.ping()):  # (False: what answered is not Redis)
+        try:
+            pong(await self.run(self._r.ping()))
+        except InvalidResponse:  # what answered is not Redis
             raise BusUnavailable(
                 "the bus backend (Redis) did not answer PING with PONG: is bus.url a Redis?",
                 reasons=["bus backend unreachable (bus.url)"],
-            )
+            ) from None
         await self.subs.upgrade(int(time.time() * 1000))
         await self.subs.hold("")
 
@@ -398,7 +400,7 @@ def parse_key_blob(agent: str, blob: bytes) -> PublicKeys:
 
 
 def redis_stats(url: str) -> dict[str, object]:
-    r: Any = _sync(url)
+    r: Any = sync_client(url)
     counters: dict[str, int] = {name: 0 for name in COUNTERS}
     counters.update({k.decode(): int(v) for k, v in r.hgetall(PREFIX + "stats").items()})
     inboxes = {
@@ -416,7 +418,7 @@ def redis_stats(url: str) -> dict[str, object]:
 
 
 def redis_scan(url: str) -> Iterator[StoredMessage]:
-    r: Any = _sync(url)
+    r: Any = sync_client(url)
     for key in sorted(r.scan_iter(match=f"{PREFIX}inbox:*")):
         inbox = key.decode().removeprefix(PREFIX + "inbox:")
         for i, f in r.xrange(key):
@@ -424,12 +426,14 @@ def redis_scan(url: str) -> Iterator[StoredMessage]:
             yield StoredMessage(inbox, "pending", p.msg, p.error)
 
 
-def _sync(url: str) -> redis.Redis:
+def sync_client(url: str) -> redis.Redis:
     try:
-        r = redis.Redis.from_url(url, socket_connect_timeout=2)
-        if not r.ping():  # (False: what answered is not Redis)
+        r = open_sync_redis(url, 2)
+        try:
+            pong(r.ping())
+        except RedisError:
             r.close()
-            raise InvalidResponse("PING was not answered PONG")
+            raise
         return r
     except (RedisError, OSError) as e:
         raise BusUnavailable(f"the bus backend (Redis at {_safe(url)}) cannot be reached: {e}") from None

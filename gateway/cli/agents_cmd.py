@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from gateway.cli import admin_client
+from gateway.principals import principal_malformed  # (standard library only: no gateway.runtime)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,10 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _principal(text: str) -> str:
     """``--principal``: of a kind the gateway makes (the server checks the rest against its config)."""
-    # imported here: gateway.runtime brings the agent registry, screening and redis, a third
-    # of every `symbi agents ...` process's start-up, and only --principal needs this check
-    from gateway.runtime.holds import principal_malformed
-
     malformed = principal_malformed(text)
     if malformed is not None:
         raise argparse.ArgumentTypeError(malformed)

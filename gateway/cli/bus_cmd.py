@@ -67,11 +67,9 @@ class _Source:
 
     def lookup(self) -> Callable[[str], PublicKeys | None]:
         if self.cfg.bus.backend == "redis":
-            import redis
+            from gateway.bus.redis_backend import PREFIX, parse_key_blob, sync_client
 
-            from gateway.bus.redis_backend import PREFIX, parse_key_blob
-
-            r = redis.Redis.from_url(self._url())
+            r = sync_client(self._url())  # (refused as the scan's is: not Redis, not reachable)
 
             def from_redis(agent: str) -> PublicKeys | None:
                 blob = r.hget(PREFIX + "keys", agent)

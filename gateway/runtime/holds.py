@@ -62,39 +62,6 @@ STALE_S = LEASE_TTL_MS / 1000  # the mirror not confirmed for this long: session
 REASON_MAX = 500
 
 
-PRINCIPAL_KINDS = ("key", "jwt", "anonymous")  # the namespaces of a serving gateway's callers
-
-
-def principal_malformed(principal: str) -> str | None:
-    """Why ``principal`` is not the qualified id of any caller a ``symbi serve`` gateway makes
-    (``key:ID``, ``jwt:ISSUER#SUB``, ``anonymous:ID``), or None. A typo held no one while the
-    operator was told "suspended" (session 41): refused before anything is changed."""
-    kind, colon, ident = principal.partition(":")
-    shown = repr(principal[:80])
-    if not colon or kind not in PRINCIPAL_KINDS or not ident:
-        kinds = ", ".join(f"{k}:" for k in PRINCIPAL_KINDS)
-        return f"principal {shown}: a qualified id of a kind the gateway makes ({kinds})"
-    if kind == "jwt" and "#" not in ident[1:-1]:
-        return f"principal {shown}: a JWT subject is named jwt:ISSUER#SUB"
-    return None
-
-
-def principal_unknown(principal: str, *, jwt_issuer: str | None, anonymous: str | None) -> str | None:
-    """Why well-formed ``principal`` names no caller of this gateway (its config: a JWT of
-    another issuer or with no ``[http.jwt]``, an anonymous principal not its own), or None."""
-    kind, _, ident = principal.partition(":")
-    shown = repr(principal[:80])
-    if ident != ident.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in ident):
-        return f"principal {shown}: no caller's id has white space around it or a control character"
-    if kind == "jwt" and (jwt_issuer is None or not principal.startswith(f"jwt:{jwt_issuer}#")):
-        here = f"jwt:{jwt_issuer}#SUB ([http.jwt] issuer)" if jwt_issuer else "none ([http.jwt] is not set)"
-        return f"principal {shown}: this gateway's JWT subjects are {here}"
-    if kind == "anonymous" and ident != anonymous:
-        here = f"anonymous:{anonymous}" if anonymous else "none"
-        return f"principal {shown}: this gateway's anonymous principal is {here}"
-    return None
-
-
 def held_here_only(principal: str) -> bool:
     """A principal whose hold stays in this process (not on disk, not shared): ``stdio:``."""
     return principal.startswith("stdio:")
@@ -374,6 +341,7 @@ class PrincipalHolds:
             except _REDIS_ERRORS as e:
                 _logger.debug("the suspended principals' wake-up channel was lost: %s", e)
             except Exception:  # never the gateway's end: the renewal's poll reads the changes
+                # (not redundant with ``_redis_only``: the pub/sub's close and ``wake`` are outside it)
                 _logger.exception("the suspended principals' wake-up channel failed")
             await anyio.sleep(RENEW_S)
 

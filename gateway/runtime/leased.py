@@ -154,7 +154,7 @@ class LeasedAgents:
         this config lists as disabled: in a rolling deploy another replica's config may enable
         an agent this one lacks, and its starts (answered 202 there) are not ours to delete.
         A removed agent's start expires a day after the last replica whose config has it
-        (``LeaseBoard.keep_starts``)."""
+        (``LeaseBoard.watch``)."""
         disabled = sorted(n for n, ac in self.hosted.config.agents.items() if not ac.enabled)
         try:
             dropped = await self.board.drop_starts(disabled)
@@ -169,11 +169,14 @@ class LeasedAgents:
         enabled = [n for n in names if self.hosted.config.agents[n].enabled]
         while True:
             try:
-                self.seen = await self.board.statuses(names)
+                # the statuses, Redis's clock (read where no lease is held, too: a start asked
+                # here is stamped with it) and the life of the starts of the agents this
+                # replica runs, in one round trip (it was three every RENEW_S)
+                sent = time.monotonic()  # (TIME comes after: the estimate errs ahead, so a
+                # withdrawal errs on deleting)
+                self.seen, now = await self.board.watch(names, enabled)
                 self.seen_at = time.time()
-                sent = time.monotonic()  # Redis's clock kept read where no lease is held, too:
-                self._clock = (await self.board.now(), sent)  # a start asked here is stamped
-                await self.board.keep_starts(enabled)  # theirs live while this replica runs
+                self._clock = (now, sent)
             except _REDIS_ERRORS as e:
                 _logger.warning("could not read the hosted agents' leases: %s", e)
             await anyio.sleep(RENEW_S)
@@ -237,7 +240,7 @@ class LeasedAgents:
         return None
 
     def _redis_now(self) -> float | None:
-        """Redis's clock now, as last read (``_take_orders``) plus the time since; None: not read."""
+        """Redis's clock now, as last read (``_watch``) plus the time since; None: not read."""
         if self._clock is None:
             return None
         at, mono = self._clock
@@ -403,9 +406,7 @@ class LeasedAgents:
         """Carry out the operators' orders other processes left for ``name`` (well-formed ones);
         ``woken``: this renewal took a start, not acted on yet (a terminate withdraws it)."""
         try:
-            sent = time.monotonic()  # (Redis's TIME comes after: the estimate errs ahead, so
-            raw, now = await self.board.take_orders(name)  # a withdrawal errs on deleting)
-            self._clock = (now, sent)
+            raw, now = await self.board.take_orders(name)  # (the clock's one writer: ``_watch``)
         except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
             _logger.warning("agent %s: operator orders not read (%s)", name, e)
             return

@@ -101,6 +101,7 @@ class SessionAgents:
             except _REDIS_ERRORS as e:
                 _logger.debug("the session orders' wake-up channel was lost: %s", e)
             except Exception:  # never the gateway's end: the renewal's poll takes the orders
+                # (not redundant with ``_redis_only``: the pub/sub's close and ``wake`` are outside it)
                 _logger.exception("the session orders' wake-up channel failed")
             await anyio.sleep(RENEW_S)
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from gateway.errors import ActionUnrecorded, ApprovalError, AuditError, GatewayError, NotStarted
 from gateway.events import Event
 from gateway.jsonlimits import too_large
-from gateway.runtime.holds import principal_malformed, principal_unknown
+from gateway.principals import principal_malformed, principal_unknown
 from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff

@@ -81,9 +81,11 @@ def lets_anyone_in(url: str, timeout_s: float) -> bool:
             return False
     import redis
 
+    from gateway.state.redisclient import open_sync_redis  # (one connected to itself is down)
+
     bare = urlunsplit(parts._replace(netloc=f"{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
     try:
-        with redis.Redis.from_url(bare, socket_connect_timeout=timeout_s, socket_timeout=timeout_s) as r:
+        with open_sync_redis(bare, timeout_s, timeout_s) as r:
             return bool(r.ping())
     except redis.RedisError:
         return False

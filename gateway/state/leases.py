@@ -48,7 +48,7 @@ WAKE = "symbi:lease:wake:"
 WITHDRAWN = "symbi:lease:withdrawn:"  # the latest kept withdrawal's time (Redis's clock)
 ORDERS = "symbi:lease:orders:"
 # a start's life once no live replica's config has its agent (each one that has it renews it,
-# ``keep_starts``): a removed agent's start fired if the agent came back, months later
+# ``watch``): a removed agent's start fired if the agent came back, months later
 START_TTL_MS = 24 * 3600 * 1000
 
 # KEYS: the lease, its status; ARGV: token, ttl (ms), status JSON
@@ -206,7 +206,7 @@ class LeaseBoard(RedisUser):
         """Ask the holder of ``name``'s lease to start it (taken at its next renewal). Kept until
         a holder takes it, a terminate withdraws it (``unwake``) or a replica whose config
         disables ``name`` starts (``drop_starts``), or ``START_TTL_MS`` after the last live
-        replica whose config has ``name`` (``keep_starts``): one that lived ``LEASE_TTL_MS`` was
+        replica whose config has ``name`` (``watch``): one that lived ``LEASE_TTL_MS`` was
         lost when no replica could take the lease that long (every log broken), after a 202.
         One per agent (a second start asked before it is taken is the same start). ``asked``:
         when it was asked on Redis's clock, if earlier than now (kept here through an outage).
@@ -225,18 +225,25 @@ class LeaseBoard(RedisUser):
         stamp = "" if before is None else repr(before)  # "": now (every start there is older)
         return bool(await self.unwake_script(keys=[WAKE + name, WITHDRAWN + name], args=[stamp]))
 
-    async def keep_starts(self, names: list[str]) -> None:
-        """Renew the life (``START_TTL_MS``) of the starts waiting for ``names``, the agents
-        this config enables (every ``RENEW_S``): a start lives while a live replica has its
-        agent, so an outage of every holder does not lose it, and a start of an agent no
-        replica has any more expires (a rolling deploy's other configs renew theirs). One
-        round trip, no scan. Raises ``RedisError``/``OSError``."""
-        if not names:
-            return
+    async def watch(
+        self, names: list[str], enabled: list[str]
+    ) -> tuple[dict[str, dict[str, Any] | None], float]:
+        """The lease runner's look every ``RENEW_S``, one round trip: each of ``names``'s holder
+        status (as ``statuses``), Redis's clock (epoch s), and the life (``START_TTL_MS``) of
+        the starts waiting for ``enabled`` (the agents this config enables) renewed: a start
+        lives while a live replica has its agent, so an outage of every holder does not lose
+        it, and a start of an agent no replica has any more expires (a rolling deploy's other
+        configs renew theirs). No scan. Raises ``RedisError``/``OSError``."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
+            if names:
+                pipe.mget([STATUS + n for n in names])
+            pipe.time()
+            for name in enabled:
                 pipe.pexpire(WAKE + name, START_TTL_MS)
-            await pipe.execute()
+            got = await pipe.execute()
+        raw, (sec, usec) = (got[0], got[1]) if names else ([], got[0])
+        seen = {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
+        return seen, float(sec) + float(usec) / 1e6
 
     async def drop_starts(self, names: list[str]) -> int:
         """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no

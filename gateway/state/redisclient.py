@@ -13,9 +13,11 @@ need connections without a socket timeout, which the state's fail-closed command
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,6 +26,15 @@ from redis.exceptions import InvalidResponse, RedisError
 T = TypeVar("T")
 
 WAKEUP_READ_S = 1.0  # each read of a wake-up channel (below the client's socket timeout or not)
+
+
+def _itself(sock: socket.socket) -> str | None:
+    """Why ``sock`` is not a connection to Redis: connected to itself (or already reset)."""
+    try:
+        itself = sock.getsockname() == sock.getpeername()
+    except OSError as e:  # reset before the check: a failed connect, as redis-py's own
+        return f"the connection was lost at once ({e})"
+    return "a socket connected to itself, not Redis" if itself else None
 
 
 class NotItself(Connection):
@@ -36,14 +47,21 @@ class NotItself(Connection):
     async def _connect(self) -> None:
         await super()._connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         sock = self._writer.transport.get_extra_info("socket") if self._writer else None
-        try:
-            itself = sock is not None and sock.getsockname() == sock.getpeername()
-        except OSError as e:  # reset before the check: a failed connect, as redis-py's own
-            itself, why = True, f"the connection was lost at once ({e})"
-        else:
-            why = "a socket connected to itself, not Redis"
-        if itself:  # (redis-py's connect disconnects on any failure of this)
+        why = _itself(sock) if sock is not None else None
+        if why is not None:  # (redis-py's connect disconnects on any failure of this)
             raise RedisConnectionError(f"{self.host}:{self.port}: {why}")
+
+
+class NotItselfSync(redis.connection.Connection):
+    """``NotItself`` for the synchronous clients (the CLI's, the start's open-server check)."""
+
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
+        why = _itself(sock)
+        if why is not None:  # (not yet the connection's: redis-py would not close it)
+            sock.close()
+            raise RedisConnectionError(f"{self.host}:{self.port}: {why}")
+        return sock
 
 
 def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
@@ -52,6 +70,26 @@ def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
     connection is made until the first command."""
     client: aioredis.Redis = aioredis.Redis.from_url(
         url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, connection_class=NotItself
+    )
+    return client
+
+
+def pong(answered: object) -> None:
+    """What redis-py's PING returned (sync or awaited): anything but True (an answer that is
+    not PONG: a peer that is not Redis, an echo reading its own PING back) raises
+    ``InvalidResponse``, never taken as answered. (``is not True``: a PING not awaited fails.)"""
+    if answered is not True:
+        raise InvalidResponse("PING was not answered PONG")
+
+
+def open_sync_redis(url: str, connect_timeout_s: float, timeout_s: float | None = None) -> redis.Redis:
+    """A synchronous client on ``url`` (the CLI's, the start's open-server check) that refuses
+    a socket connected to itself, as ``open_redis``'s does."""
+    client: redis.Redis = redis.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=timeout_s,
+        connection_class=NotItselfSync,
     )
     return client
 

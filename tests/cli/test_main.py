@@ -76,3 +76,16 @@ _RUN_TIME = (
 @pytest.mark.parametrize("module", _RUN_TIME)
 def test_what_an_admin_command_imports_as_it_runs_does_not_load_the_mcp_sdk(module: str) -> None:
     assert _sdk_loaded("importlib.import_module(sys.argv[1])", module) == []
+
+
+def test_checking_a_principal_as_the_agents_command_parses_does_not_import_the_runtime() -> None:
+    # gateway.runtime (the agent registry, screening, redis) was a third of `symbi agents`'s start
+    probe = (
+        "import sys; from gateway.cli import build_parser; "
+        "build_parser('agents').parse_args(['agents', 'suspend', '--principal', 'key:bob']); "
+        "print(sorted(m for m in sys.modules if m == 'gateway.runtime' or m.startswith('gateway.runtime.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -27,8 +27,8 @@ from gateway.cli import main as symbi_main
 from gateway.config.model import Config
 from gateway.errors import AgentError, InvalidTransition
 from gateway.events import Event
+from gateway.principals import principal_malformed, principal_unknown
 from gateway.runtime import AgentState
-from gateway.runtime import holds as holds_mod
 from gateway.runtime.agents import Agent
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.holds import PrincipalHolds
@@ -61,7 +61,7 @@ def test_a_principal_of_a_kind_the_gateway_never_makes_is_refused() -> None:
     refused outright; well-formed but not of this gateway's config (a JWT of another issuer or
     with no ``[http.jwt]``, an anonymous principal not its own): no such principal here."""
     issuer, anon = "https://idp.example", "guest"
-    malformed, unknown = holds_mod.principal_malformed, holds_mod.principal_unknown  # none before
+    malformed, unknown = principal_malformed, principal_unknown  # none before
     for ok in ("key:bob", f"jwt:{issuer}#bob", "anonymous:guest"):
         assert malformed(ok) is None and unknown(ok, jwt_issuer=issuer, anonymous=anon) is None, ok
     for bad in ("kye:bob", "bob", "key:", "jwt:bob", "jwt:#bob", "stdio:local", "KEY:bob", "anonymous:"):

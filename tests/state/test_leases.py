@@ -190,7 +190,7 @@ async def test_a_start_lives_while_a_replica_renews_it_and_expires_after(
 ) -> None:
     """A start had no expiry: one for an agent later removed from every config fired if the
     agent came back, months on. It lives ``START_TTL_MS`` now, renewed by each live replica
-    whose config enables its agent (``keep_starts``): a start of an agent none has expires."""
+    whose config enables its agent (``watch``): a start of an agent none has expires."""
     a, b = boards
     raw = _raw(redis_engine)
     await b.wake("clock")
@@ -198,7 +198,8 @@ async def test_a_start_lives_while_a_replica_renews_it_and_expires_after(
     assert START_TTL_MS - 60_000 < raw.pttl(WAKE + "removed") <= START_TTL_MS
     raw.pexpire(WAKE + "clock", 1000)  # as if a day had gone by with no replica renewing them
     raw.pexpire(WAKE + "removed", 1000)
-    await a.keep_starts(["clock", "other"])  # a's config: clock (and an agent with no start)
+    seen, now = await a.watch(["clock"], ["clock", "other"])  # a's config: clock (and one with no start)
+    assert seen == {"clock": None} and abs(now - await a.now()) < 5  # with the statuses and Redis's clock
     assert raw.pttl(WAKE + "clock") > START_TTL_MS - 60_000
     assert raw.pttl(WAKE + "other") == -2  # none made
     await anyio.sleep(1.2)

@@ -7,22 +7,26 @@ the gateway with them (/readyz 503 without its state components)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import anyio
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import ConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from gateway.assemble import make_gateway
 from gateway.bus.redis_backend import RedisBackend
 from gateway.config.load import load_config
 from gateway.policy.counters import CallCounters
 from gateway.state import RedisRateLimiter
-from gateway.state.redisclient import NotItself, open_redis, wakeups
+from gateway.state.redisclient import NotItself, NotItselfSync, open_redis, open_sync_redis, wakeups
 from tests._echo import echo_redis_url
 from tests.conftest import free_port, write_config
 
@@ -97,3 +101,37 @@ def test_the_state_and_bus_clients_refuse_a_socket_connected_to_itself() -> None
     assert open_redis("redis://127.0.0.1:1", 1.0).connection_pool.connection_class is NotItself
     bus = RedisBackend("redis://127.0.0.1:1")
     assert bus._r.connection_pool.connection_class is NotItself
+
+
+class _SelfConnected(redis.connection.Connection):
+    """The synchronous twin's real socket connected to itself: bound to the port it connects
+    to, on which nothing listens (redis-py's own connect binds no source)."""
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # each retry binds it again
+        sock.settimeout(self.socket_connect_timeout)
+        sock.bind((self.host, self.port))
+        sock.connect((self.host, self.port))
+        return sock
+
+
+class _SyncFromItsOwnPort(NotItselfSync, _SelfConnected):
+    """``NotItselfSync``'s check over a socket connected to itself."""
+
+
+def test_a_sync_socket_connected_to_itself_is_refused_at_connect() -> None:
+    pool = redis.ConnectionPool(
+        connection_class=_SyncFromItsOwnPort, host="127.0.0.1", port=free_port(), socket_connect_timeout=2
+    )
+    client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))  # (one connect)
+    try:
+        with pytest.raises(RedisConnectionError):  # (its own PING read back was False: not an error)
+            client.ping()
+    finally:
+        client.close()
+
+
+def test_the_sync_clients_refuse_a_socket_connected_to_itself() -> None:
+    # (the CLI's bus client and the start's open-server check are made by it)
+    assert open_sync_redis("redis://127.0.0.1:1", 1.0).connection_pool.connection_class is NotItselfSync

@@ -17,7 +17,8 @@ import pytest
 from gateway.cli import main as symbi_main
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.runtime.holds import Hold, HoldFile, principal_unknown
+from gateway.principals import principal_unknown
+from gateway.runtime.holds import Hold, HoldFile
 from gateway.server.auth import ApiKeyStore
 from tests.server.http.conftest import (
     DENY_FORBIDDEN_ECHO,

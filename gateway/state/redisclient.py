@@ -85,11 +85,11 @@ def pong(answered: object) -> None:
 def open_sync_redis(url: str, connect_timeout_s: float, timeout_s: float | None = None) -> redis.Redis:
     """A synchronous client on ``url`` (the CLI's, the start's open-server check) that refuses
     a socket connected to itself, as ``open_redis``'s does."""
+    # only for redis://: the sync from_url lets this argument replace the URL's own class
+    # (rediss:// would lose its TLS, unix:// be dialled as TCP); the async one keeps the URL's
+    tcp = {"connection_class": NotItselfSync} if url.startswith("redis://") else {}
     client: redis.Redis = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=connect_timeout_s,
-        socket_timeout=timeout_s,
-        connection_class=NotItselfSync,
+        url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s, **tcp
     )
     return client
 

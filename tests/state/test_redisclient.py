@@ -8,6 +8,8 @@ the gateway with them (/readyz 503 without its state components)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -135,3 +137,25 @@ def test_a_sync_socket_connected_to_itself_is_refused_at_connect() -> None:
 def test_the_sync_clients_refuse_a_socket_connected_to_itself() -> None:
     # (the CLI's bus client and the start's open-server check are made by it)
     assert open_sync_redis("redis://127.0.0.1:1", 1.0).connection_pool.connection_class is NotItselfSync
+
+
+def test_the_sync_clients_keep_a_unix_socket_and_tls_url_their_own_connection(tmp_path: Path) -> None:
+    # redis-py's sync from_url lets a connection_class argument replace the URL's own: a unix://
+    # client was dialled as TCP, a rediss:// one lost its TLS. A real redis-server on a socket.
+    sock = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        assert open_sync_redis(f"unix://{sock}", 2.0, 2.0).ping() is True
+    finally:
+        server.terminate()
+        server.wait(10)
+    tls = open_sync_redis("rediss://127.0.0.1:1", 1.0).connection_pool.connection_class
+    assert issubclass(tls, redis.connection.SSLConnection)

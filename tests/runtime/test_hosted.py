@@ -228,10 +228,13 @@ def _has_token(cfg: Path) -> bool:
 
 
 def test_on_demand_starts_with_symbi_agents_run_and_an_interval_repeats(tmp_path: Path) -> None:
-    cfg, admin = _config(tmp_path, "bwrap", _env() + '\nstart = "on-demand"\nrestart = "never"')
+    # ``tick``, a with-gateway agent, the control: its supervisor starts after clock's, which
+    # decides to wait for a start at its first step; once tick has a run, clock must not have
+    tick = '\n[agents.tick]\ncommand = "/usr/bin/true"\nsandbox = "bwrap"\nrestart = "never"'
+    cfg, admin = _config(tmp_path, "bwrap", _env() + '\nstart = "on-demand"\nrestart = "never"' + tick)
     with serve(cfg) as base:
-        time.sleep(1.0)
-        assert _wait(base, admin, lambda h: True) == []  # nothing runs until asked
+        ran = _wait(base, admin, lambda h: any(a["name"] == "tick" for a in h))
+        assert [a["name"] for a in ran] == ["tick"]  # nothing runs until asked
         run = subprocess.run(
             [str(SYMBI), "agents", "run", "clock", "--config", str(cfg), "--url", base],
             check=False,
@@ -241,7 +244,7 @@ def test_on_demand_starts_with_symbi_agents_run_and_an_interval_repeats(tmp_path
             env=symbi_env(SYMBI_API_KEY=admin),
         )
         assert run.returncode == 0, run.stderr
-        _wait(base, admin, lambda h: bool(h) and h[0]["state"] == "Terminated")
+        _wait(base, admin, lambda h: any(a["name"] == "clock" and a["state"] == "Terminated" for a in h))
     every = tmp_path / "interval"
     every.mkdir()
     cfg2, admin2 = _config(every, "bwrap", _env() + '\nstart = "1s"\nrestart = "never"')

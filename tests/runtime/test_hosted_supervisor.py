@@ -757,6 +757,17 @@ async def test_an_on_demand_start_refused_by_a_broken_log_is_run_once_the_log_re
     assert h.runs["od"] == 1 and "od" not in h.refusing
 
 
+async def _paused_without_a_run(h: HostedAgents, name: str, runs: int) -> None:
+    """No run after ``name``'s pause (a restart's backoff, an interval's or a retry's wait),
+    proven on the supervisor's own step rather than by outwaiting the pause: a run after it is
+    counted in the same step as the pause's end (no await between), so once the pause is over
+    and every task has moved on, an unchanged count means none was made."""
+    while name in h._pauses:
+        await anyio.sleep(0.01)
+    await wait_all_tasks_blocked()
+    assert h.runs[name] == runs
+
+
 @pytest.mark.parametrize("start", ["with-gateway", "on-demand"])
 async def test_a_terminate_in_the_restart_backoff_stops_the_restart(tmp_path: Path, start: str) -> None:
     """A failed run's record is Terminated already while the supervisor backs off: an
@@ -778,9 +789,7 @@ async def test_a_terminate_in_the_restart_backoff_stops_the_restart(tmp_path: Pa
             run = h.runtime.agents.by_name("bad")
             assert run is not None and run.state is AgentState.TERMINATED
             assert h.runtime.terminate(run, "operator: enough") == "already terminated"
-            with anyio.move_on_after(bad.restart_backoff_s + 2):  # a restart would have run
-                await anyio.sleep_forever()
-            assert h.runs["bad"] == 1
+            await _paused_without_a_run(h, "bad", 1)  # (without the fix: a second run at 3 s)
             if start == "on-demand":  # terminated, not gone: the next `symbi agents run` runs it
                 assert h.request_start("bad") == "starting"
                 while h.runs["bad"] < 2:
@@ -796,13 +805,13 @@ async def test_a_terminate_between_interval_runs_stops_the_next_run(tmp_path: Pa
     with anyio.fail_after(GUARD_S):
         async with anyio.create_task_group() as tg:
             tg.start_soon(h._supervise, "tick", tick)
-            while (run := h.runtime.agents.by_name("tick")) is None or run.state is not AgentState.TERMINATED:
+            while "tick" not in h._pauses:
                 await anyio.sleep(0.01)  # the first run is over: the interval's wait has begun
+            run = h.runtime.agents.by_name("tick")
+            assert run is not None and run.state is AgentState.TERMINATED
             assert h.runtime.terminate(run, "operator: enough") == "already terminated"
-            with anyio.move_on_after(3 + 2):  # the next interval's run would have started
-                await anyio.sleep_forever()
-            tg.cancel_scope.cancel()
-    assert h.runs["tick"] == 1
+            await _paused_without_a_run(h, "tick", 1)  # (without the fix: a second run at 3 s)
+    assert h.runs["tick"] == 1  # and the supervisor ended (the group did not need cancelling)
 
 
 async def test_a_terminate_in_the_audit_retry_wait_stops_the_restart(
@@ -827,7 +836,5 @@ async def test_a_terminate_in_the_audit_retry_wait_stops_the_restart(
             run = h.runtime.agents.by_name("bad")
             assert run is not None and run.state is AgentState.TERMINATED
             assert h.runtime.terminate(run, "operator: enough") == "already terminated"
-            with anyio.move_on_after(hosted_module.AUDIT_RETRY_S + 2):  # the retry would have run it
-                await anyio.sleep_forever()
-            tg.cancel_scope.cancel()
-    assert h.runs["bad"] == 1
+            await _paused_without_a_run(h, "bad", 1)  # (without the fix: the retry's run at 3 s)
+    assert h.runs["bad"] == 1  # and the supervisor ended (the group did not need cancelling)

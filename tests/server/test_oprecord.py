@@ -8,10 +8,11 @@ commits again. A real gateway over HTTP with server-everything; the disk fills a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,17 @@ def _wait_for(db: Path, kind: Event, timeout: float = 20.0) -> list[dict[str, An
     while not (found := _records(db, kind)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return found
+
+
+def _on_loop(run: Running, step: Callable[[], object]) -> None:
+    """``step`` done on the gateway's event loop and waited for: ``Unsent`` is the loop's alone
+    (the sender and the request path use it there), so a test holds a record there too."""
+    loop = run.server.servers[0].get_loop()
+
+    async def call() -> None:
+        step()
+
+    asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=30)
 
 
 @contextlib.contextmanager
@@ -155,7 +167,10 @@ def test_a_record_held_before_an_operators_action_is_committed_ahead_of_its_reco
     with _gateway(tmp_path, top_extra="[mcp]\nrecheck_interval_s = 600.0\n") as (run, keys, db):
         gw = run.state.gateway
         assert gw is not None
-        gw.verifier.unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["everything"]}, refused=True)
+        unsent = gw.verifier.unsent
+        _on_loop(
+            run, lambda: unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["everything"]}, refused=True)
+        )
 
         api = run.base + "/api/principals/suspend"
         r = httpx.post(api, json={"principal": "key:bob", "reason": "x"}, headers=bearer(keys.admin))

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -14,13 +13,15 @@ import anyio
 import jsonschema
 import pytest
 import redis
+from anyio import wait_all_tasks_blocked
 
 from gateway.runtime import hosted, leased
 from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.orders import OPERATOR_EVENTS, Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import act_on_agent
 from gateway.state import leases
-from gateway.state.leases import WAKE, WITHDRAWN
+from gateway.state.leases import ORDERS, WAKE, WITHDRAWN
 from tests.runtime._leases import NAME, START_S, _until, first_start_refused, marked, replica
 from tests.runtime.test_core import Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
@@ -58,8 +59,12 @@ async def test_a_terminate_on_the_holder_withdraws_a_first_start_its_log_refused
         ops = Recorder()
         status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
         _withdrawn(status, body, ops)
-        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
-        assert a.runs.get(NAME, 0) == 0 and not marked(mark)
+        # the retry's wait over (``refusing`` is left in the step after it), then the
+        # supervisor's next step: it takes a start left to it at once (one checkpoint) and
+        # counts the run before its first await, so once every task waits none was taken
+        await _until("the retry's wait over", lambda: NAME not in a.refusing, hosted.AUDIT_RETRY_S + 10)
+        await wait_all_tasks_blocked()
+        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
 
 
 async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_yet(
@@ -71,7 +76,8 @@ async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_ye
     terminate on the holder answered 404 and the next renewal ran it. Now it is withdrawn."""
     monkeypatch.setattr(leased, "RENEW_S", 60.0)  # the start stays untaken until poked
     mark = f"0.6030{os.getpid()}"
-    a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
+    rec = Recorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
     la = a.leased
     assert la is not None
     la.board.ttl_ms = 300_000
@@ -84,11 +90,16 @@ async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_ye
         status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
         _withdrawn(status, body, ops)
         assert not r.exists(WAKE + NAME)
+        # a control the renewal must act on: a suspend b passed (refused here, never run). Its
+        # record is made by the renewal's orders, after which the start it took (none now) is
+        # handed to the supervisor in the same step, and taken by it at its next
+        sec, usec = cast(tuple[int, int], r.time())
+        order = Order(action="suspend", by="ops", reason="control", via="replica-b", at=sec + usec / 1e6)
+        r.rpush(ORDERS + NAME, order.dumps())
         la._changed[NAME].set()  # a renewal now: a start left would be taken and run
-        started = time.monotonic()
-        await _until("renewed", lambda: NAME not in la._unwake, 10)
-        await anyio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
-        assert a.runs.get(NAME, 0) == 0 and not marked(mark)
+        await _until("renewed", lambda: any(t == OPERATOR_EVENTS["suspend"] for t, *_ in rec.events), 10)
+        await wait_all_tasks_blocked()
+        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
         tg.cancel_scope.cancel()
 
 

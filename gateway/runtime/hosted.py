@@ -38,6 +38,7 @@ from gateway.config.model import Config
 from gateway.config.sections import AgentConfig
 from gateway.errors import AuditError, GatewayError, InvalidTransition
 from gateway.events import Event, EventSink, record_acted
+from gateway.runtime import launch
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
@@ -128,10 +129,18 @@ class HostedAgents:
         pause, thread = self._pauses.get(agent.name, (None, None))
         if pause is not None and thread == threading.get_ident():  # (else it waits its end)
             pause.cancel()
-        if self._wake[agent.name].is_set():  # only when set: a waiting supervisor keeps its event
-            self._wake[agent.name] = anyio.Event()
-        if self.leased is not None:
-            self.leased.withdraw(agent.name)
+        self.withdraw_start(agent.name)
+
+    def withdraw_start(self, name: str, *, mark: bool = True) -> bool:
+        """Every terminate's: a start asked here and not taken yet withdrawn, and (``mark``)
+        one on Redis marked for the lease's loop (``LeasedAgents.withdraw``; False: the caller
+        marks it, or not). Whether one was here."""
+        asked = self._wake[name].is_set()
+        if asked:  # only when set: a waiting supervisor keeps its event
+            self._wake[name] = anyio.Event()
+        if mark and self.leased is not None:
+            self.leased.withdraw(name)
+        return asked
 
     async def run(self) -> None:
         """Started with the gateway: one supervisor per enabled hosted agent (with shared
@@ -363,17 +372,7 @@ class HostedAgents:
             await anyio.to_thread.run_sync(self.revoke_pending)
 
     def revoke_pending(self) -> None:
-        """Revoke the run credentials not revoked yet (blocking: a worker thread). A key store
-        that cannot be reached (PostgreSQL down) keeps them for the next try -- it never raises
-        out of a run, which would end the supervisor and the gateway's lifespan with it."""
-        for kid in sorted(self.unrevoked):
-            try:
-                if self.keys is not None:
-                    self.keys.revoke(kid)
-            except (OSError, GatewayError) as e:
-                _logger.error("could not revoke the credential %s (retried at the next run): %s", kid, e)
-                return
-            self.unrevoked.discard(kid)
+        launch.revoke_pending(self.keys, self.unrevoked, _logger)
 
     async def _execute(
         self,

@@ -198,39 +198,37 @@ class HostedAgents:
 
     async def _runs(self, name: str, ac: AgentConfig) -> None:
         every = interval_s(ac.start)
+        ondemand = ac.start == "on-demand"
         backoff = ac.restart_backoff_s
-        if ac.start == "on-demand":
+        if ondemand:
             await self._wait_for_start(name)
         while True:
             self._may_start(name)
             outcome = await self._run_once(name, ac)
-            if outcome in ("invalid", "escalated", "stopped"):
-                if ac.start != "on-demand":  # (an on-demand one's terminate ends its run, not
-                    return  # it: ended, the next `symbi agents run` answered "starting", ran nothing)
-                await self._wait_for_start(name)
-                continue
-            if every is not None:  # "30s": a run every interval, whatever the last one did
-                if not await self._pause(name, every, start=True):
-                    return
-                continue
-            restart = ac.restart == "always" or (ac.restart == "on-failure" and outcome == "failed")
-            if not restart:
-                if ac.start == "on-demand":
-                    await self._wait_for_start(name)
+            ended = outcome in ("invalid", "escalated", "stopped")
+            if not ended and every is not None:  # "30s": a run every interval, whatever the last did
+                if await self._pause(name, every, start=True):
                     continue
+            elif not ended and (
+                ac.restart == "always" or (ac.restart == "on-failure" and outcome == "failed")
+            ):
+                if outcome == "ok":
+                    backoff = ac.restart_backoff_s
+                record_acted(
+                    self.events,
+                    Event.AGENT_RESTART_SCHEDULED,
+                    {"name": name, "after_s": backoff, "outcome": outcome},
+                )
+                if await self._pause(name, backoff):  # (False: terminated in it)
+                    backoff = min(backoff * 2, ac.restart_backoff_max_s)
+                    continue
+            # no run follows by itself: an on-demand agent waits for a new start (an operator's
+            # terminate ends its run, not it: it returned, and the next `symbi agents run` was
+            # answered "starting" and ran nothing), whose restarts back off afresh
+            if not ondemand:
                 return
-            if outcome == "ok":
-                backoff = ac.restart_backoff_s
-            record_acted(
-                self.events,
-                Event.AGENT_RESTART_SCHEDULED,
-                {"name": name, "after_s": backoff, "outcome": outcome},
-            )
-            if not await self._pause(name, backoff):  # terminated in it
-                if ac.start != "on-demand":
-                    return
-                await self._wait_for_start(name)
-            backoff = min(backoff * 2, ac.restart_backoff_max_s)
+            await self._wait_for_start(name)
+            backoff = ac.restart_backoff_s
 
     async def _pause(self, name: str, seconds: float, *, start: bool = False) -> bool:
         """Wait ``seconds`` (``start``: or for a start). False: an operator terminated the agent

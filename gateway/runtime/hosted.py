@@ -38,6 +38,7 @@ from gateway.config.model import Config
 from gateway.config.sections import AgentConfig
 from gateway.errors import AuditError, GatewayError, InvalidTransition
 from gateway.events import Event, EventSink, record_acted
+from gateway.runtime import launch
 from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
@@ -128,10 +129,18 @@ class HostedAgents:
         pause, thread = self._pauses.get(agent.name, (None, None))
         if pause is not None and thread == threading.get_ident():  # (else it waits its end)
             pause.cancel()
-        if self._wake[agent.name].is_set():  # only when set: a waiting supervisor keeps its event
-            self._wake[agent.name] = anyio.Event()
-        if self.leased is not None:
-            self.leased.withdraw(agent.name)
+        self.withdraw_start(agent.name)
+
+    def withdraw_start(self, name: str, *, mark: bool = True) -> bool:
+        """Every terminate's: a start asked here and not taken yet withdrawn, and (``mark``)
+        one on Redis marked for the lease's loop (``LeasedAgents.withdraw``; False: the caller
+        marks it, or not). Whether one was here."""
+        asked = self._wake[name].is_set()
+        if asked:  # only when set: a waiting supervisor keeps its event
+            self._wake[name] = anyio.Event()
+        if mark and self.leased is not None:
+            self.leased.withdraw(name)
+        return asked
 
     async def run(self) -> None:
         """Started with the gateway: one supervisor per enabled hosted agent (with shared
@@ -189,39 +198,37 @@ class HostedAgents:
 
     async def _runs(self, name: str, ac: AgentConfig) -> None:
         every = interval_s(ac.start)
+        ondemand = ac.start == "on-demand"
         backoff = ac.restart_backoff_s
-        if ac.start == "on-demand":
+        if ondemand:
             await self._wait_for_start(name)
         while True:
             self._may_start(name)
             outcome = await self._run_once(name, ac)
-            if outcome in ("invalid", "escalated", "stopped"):
-                if ac.start != "on-demand":  # (an on-demand one's terminate ends its run, not
-                    return  # it: ended, the next `symbi agents run` answered "starting", ran nothing)
-                await self._wait_for_start(name)
-                continue
-            if every is not None:  # "30s": a run every interval, whatever the last one did
-                if not await self._pause(name, every, start=True):
-                    return
-                continue
-            restart = ac.restart == "always" or (ac.restart == "on-failure" and outcome == "failed")
-            if not restart:
-                if ac.start == "on-demand":
-                    await self._wait_for_start(name)
+            ended = outcome in ("invalid", "escalated", "stopped")
+            if not ended and every is not None:  # "30s": a run every interval, whatever the last did
+                if await self._pause(name, every, start=True):
                     continue
+            elif not ended and (
+                ac.restart == "always" or (ac.restart == "on-failure" and outcome == "failed")
+            ):
+                if outcome == "ok":
+                    backoff = ac.restart_backoff_s
+                record_acted(
+                    self.events,
+                    Event.AGENT_RESTART_SCHEDULED,
+                    {"name": name, "after_s": backoff, "outcome": outcome},
+                )
+                if await self._pause(name, backoff):  # (False: terminated in it)
+                    backoff = min(backoff * 2, ac.restart_backoff_max_s)
+                    continue
+            # no run follows by itself: an on-demand agent waits for a new start (an operator's
+            # terminate ends its run, not it: it returned, and the next `symbi agents run` was
+            # answered "starting" and ran nothing), whose restarts back off afresh
+            if not ondemand:
                 return
-            if outcome == "ok":
-                backoff = ac.restart_backoff_s
-            record_acted(
-                self.events,
-                Event.AGENT_RESTART_SCHEDULED,
-                {"name": name, "after_s": backoff, "outcome": outcome},
-            )
-            if not await self._pause(name, backoff):  # terminated in it
-                if ac.start != "on-demand":
-                    return
-                await self._wait_for_start(name)
-            backoff = min(backoff * 2, ac.restart_backoff_max_s)
+            await self._wait_for_start(name)
+            backoff = ac.restart_backoff_s
 
     async def _pause(self, name: str, seconds: float, *, start: bool = False) -> bool:
         """Wait ``seconds`` (``start``: or for a start). False: an operator terminated the agent
@@ -363,17 +370,7 @@ class HostedAgents:
             await anyio.to_thread.run_sync(self.revoke_pending)
 
     def revoke_pending(self) -> None:
-        """Revoke the run credentials not revoked yet (blocking: a worker thread). A key store
-        that cannot be reached (PostgreSQL down) keeps them for the next try -- it never raises
-        out of a run, which would end the supervisor and the gateway's lifespan with it."""
-        for kid in sorted(self.unrevoked):
-            try:
-                if self.keys is not None:
-                    self.keys.revoke(kid)
-            except (OSError, GatewayError) as e:
-                _logger.error("could not revoke the credential %s (retried at the next run): %s", kid, e)
-                return
-            self.unrevoked.discard(kid)
+        launch.revoke_pending(self.keys, self.unrevoked, _logger)
 
     async def _execute(
         self,

@@ -4,6 +4,7 @@ leaves (``gateway.runtime.sandboxed``). The supervisor (``gateway.runtime.hosted
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import deque
@@ -146,6 +147,20 @@ def process_inputs(
     for p in ro:
         refuse_exposing(p)  # as for the folders of its command and arguments
     return args, env, ro
+
+
+def revoke_pending(keys: Credentials | None, unrevoked: set[str], logger: logging.Logger) -> None:
+    """Revoke the run credentials not revoked yet (blocking: a worker thread). A key store
+    that cannot be reached (PostgreSQL down) keeps them for the next try -- it never raises
+    out of a run, which would end the supervisor and the gateway's lifespan with it."""
+    for kid in sorted(unrevoked):
+        try:
+            if keys is not None:
+                keys.revoke(kid)
+        except (OSError, GatewayError) as e:
+            logger.error("could not revoke the credential %s (retried at the next run): %s", kid, e)
+            return
+        unrevoked.discard(kid)
 
 
 def launchable(tier: str, keys: Credentials | None, socket_path: str | None) -> Credentials:

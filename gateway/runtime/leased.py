@@ -102,8 +102,17 @@ class LeasedAgents:
         is withdrawn (it no longer expires, so it ran whenever a holder came). True when there
         was one on Redis. Raises ``RedisError``/``OSError``: then a start asked here and not
         passed on yet is kept too (the operator is answered 503, nothing done)."""
+        # on the holder a mark (``withdraw``, the loop not poked) while the DEL is in flight: a
+        # renewal meanwhile does not take the start; gone with the DEL's success, kept for the
+        # loop's retry when it fails. Poked, the loop deleted it a second time. (A later
+        # terminate's mark is another object: kept; None, Redis's clock not read yet: kept.)
+        mark = None
+        if name in self.held:
+            mark = self._unwake[name] = self._redis_now()
         withdrawn = await self.board.unwake(name)
         self._wanted.pop(name, None)
+        if mark is not None and self._unwake.get(name) is mark:
+            del self._unwake[name]
         return withdrawn
 
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
@@ -429,13 +438,10 @@ class LeasedAgents:
         if agent is None:  # on-demand, never started here: nothing to act on but a start
             doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
             doc["result"] = "refused: the agent has not run here yet"
-            wake = self.hosted._wake.get(name)
-            if order.action == "terminate" and (woken or (wake is not None and wake.is_set())):
+            if order.action == "terminate" and (self.hosted.withdraw_start(name, mark=False) or woken):
+                self.withdraw(name)
                 # the start this renewal took, not handed to the supervisor yet, or one its log
                 # refused, waiting for the retry: withdrawn (before the record: it may refuse)
-                if wake is not None and wake.is_set():
-                    self.hosted._wake[name] = anyio.Event()
-                self.withdraw(name)
                 doc["result"] = "a pending start withdrawn (the agent has not run here yet)"
             self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
             return

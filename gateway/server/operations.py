@@ -22,7 +22,7 @@ from gateway.runtime.identity import is_agent_id
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, carry_out
 from gateway.server.oprecord import record_action, with_record
-from gateway.server.pending import hosted_pending, withdraw_pending, withdrawn_answer
+from gateway.server.pending import hosted_pending, unreachable, withdraw_pending, withdrawn_answer
 from gateway.server.unavailable import unavailable
 from gateway.state.leases import process_name
 
@@ -129,19 +129,29 @@ async def act_on_agent(
     """An operator's ``action`` on agent ``ref``, wherever it runs: a hosted agent whose lease
     another process holds is passed to it (``pass_hosted_action``), any other is acted on here
     (``agent_action``). The admin API and the dashboard both act through this."""
+    gw = state.gateway
+    elsewhere = hosted_elsewhere(state, ref)
+    agent = gw.runtime.agents.resolve(ref) if gw is not None else None
+    pending = hosted_pending(state, ref, action)  # a hosted agent never run here: its start
+    # nothing here to act on, nor elsewhere: 404 before the log's check (nothing to refuse)
+    if (
+        gw is not None
+        and elsewhere is None
+        and agent is None
+        and pending is None
+        and not shared_sessions(state)
+    ):
+        return 404, {"error": "not_found", "reason": not_here(state, ref)}
     refused = unrecordable(audit_log(state), action)
     if refused is not None:
         return refused
-    elsewhere = hosted_elsewhere(state, ref)
     if elsewhere is not None:
         return await pass_hosted_action(state, elsewhere, action, who, reason)
-    gw = state.gateway
-    pending = hosted_pending(state, ref) if action == "terminate" else None
-    if pending is not None and gw is not None and gw.hosted is not None:  # never run here
+    if pending is not None and gw is not None and gw.hosted is not None:
         withdrawn = await withdraw_pending(gw, gw.hosted, pending, who, reason)
         if withdrawn is not None:
             return withdrawn
-    agent = gw.runtime.agents.resolve(ref) if gw is not None else None
+        agent = gw.runtime.agents.resolve(ref)  # (its round trip: a run may have started)
     if shared_sessions(state) and agent is None:
         return await pass_session_action(state, ref, action, who, reason)
     cleared = False
@@ -432,11 +442,8 @@ async def pass_hosted_action(
             withdrawn = await gw.hosted.leased.withdraw_start(name)
         seen = await gw.hosted.leased.pass_order(name, action, who, reason)
     except (RedisError, OSError) as e:
-        why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
-        if not withdrawn:
-            return 503, unavailable("state", StateUnavailable(why))
-        body = {**unavailable("state", StateUnavailable(why)), "result": why}
-        return await withdrawn_answer(gw, name, who, reason, 503, body, gw.hosted.leased.seen.get(name))
+        seen = gw.hosted.leased.seen.get(name)
+        return await unreachable(gw, name, who, reason, f"pass the {action} on", e, withdrawn, seen)
     if seen is None and withdrawn:
         return await withdrawn_answer(
             gw, name, who, reason, 200, {"result": "no process holds its lease"}, None

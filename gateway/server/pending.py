@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from redis.exceptions import RedisError
 
 from gateway.errors import StateUnavailable
@@ -21,13 +20,17 @@ if TYPE_CHECKING:
 NOT_RUN_HERE = "the agent has not run here yet"
 
 
-def hosted_pending(state: HttpState, ref: str) -> str | None:
-    """``ref`` when it names an enabled hosted agent run here (no lease, or this process holds
-    it) that has no record here (never run: at most a start pending), else None."""
+def hosted_pending(state: HttpState, ref: str, action: str) -> str | None:
+    """``ref`` when ``action`` is a terminate (the only action with something to act on in an
+    agent never run: its start) and ``ref`` names an enabled hosted agent run here (no lease,
+    or this process holds it) that has no record here (never run: at most a start pending),
+    else None."""
     gw = state.gateway
     hosted = gw.hosted if gw is not None else None
     ac = state.config.agents.get(ref)
-    if gw is None or hosted is None or ac is None or not ac.enabled or ref not in hosted._wake:
+    if action != "terminate" or gw is None or hosted is None or ac is None or not ac.enabled:
+        return None
+    if ref not in hosted.config.agents:
         return None
     if hosted.leased is not None and not hosted.leased.holds(ref):
         return None  # another process runs it (``pass_hosted_action``)
@@ -42,22 +45,34 @@ async def withdraw_pending(
     answered 200 ``withdrawn`` and recorded; None when there was none (404, as before). Redis
     unreachable: 503 (said withdrawn when one was here); the withdrawal is kept all the same
     (the lease's loop deletes a start asked by now once Redis is back)."""
-    withdrawn = hosted._wake[name].is_set()
-    if withdrawn:  # (only when set: a waiting supervisor keeps its event)
-        hosted._wake[name] = anyio.Event()
+    withdrawn = hosted.withdraw_start(name, mark=False)  # (marked by the one DEL's call)
     if hosted.leased is not None:
-        hosted.leased.withdraw(name)  # marked first: a renewal meanwhile does not take the start
         try:
             withdrawn = await hosted.leased.withdraw_start(name) or withdrawn
         except (RedisError, OSError) as e:
-            why = f"the shared state (Redis) could not be reached to withdraw its start there: {e}"
-            if not withdrawn:
-                return 503, unavailable("state", StateUnavailable(why))
-            body = {**unavailable("state", StateUnavailable(why)), "result": why}
-            return await withdrawn_answer(gw, name, who, reason, 503, body, None)
+            return await unreachable(gw, name, who, reason, "withdraw its start there", e, withdrawn, None)
     if not withdrawn:
         return None
     return await withdrawn_answer(gw, name, who, reason, 200, {"result": NOT_RUN_HERE}, None)
+
+
+async def unreachable(
+    gw: Gateway,
+    name: str,
+    who: str,
+    reason: str,
+    what: str,
+    e: BaseException,
+    withdrawn: bool,
+    seen: dict[str, Any] | None,
+) -> tuple[int, dict[str, Any]]:
+    """The 503 of a terminate (or a passed action) Redis refused on hosted agent ``name``:
+    ``state_unavailable``, and when a start was withdrawn all the same, said and recorded."""
+    why = f"the shared state (Redis) could not be reached to {what}: {e}"
+    body = unavailable("state", StateUnavailable(why))
+    if not withdrawn:
+        return 503, body
+    return await withdrawn_answer(gw, name, who, reason, 503, {**body, "result": why}, seen)
 
 
 async def withdrawn_answer(

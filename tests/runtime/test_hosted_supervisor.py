@@ -145,6 +145,30 @@ async def test_backoff_doubles_up_to_its_maximum_and_a_success_resets_it() -> No
     ]
 
 
+async def test_a_new_start_after_a_terminate_backs_off_afresh() -> None:
+    """An on-demand agent's restarts doubled their backoff, an operator stopped its run, and
+    the next `symbi agents run`'s first failure was restarted after the doubled backoff (the
+    old start's): a new start backs off from ``restart_backoff_s`` again."""
+    h = Scripted(
+        _config(start="on-demand", restart="always", restart_backoff_max_s=0.004),
+        ["failed", "failed", "stopped", "failed"],
+    )
+
+    async def supervise() -> None:
+        with pytest.raises(ScriptDone):
+            await _supervise(h)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(supervise)
+        await wait_all_tasks_blocked()
+        assert h.request_start("a") == "starting"
+        while len(h.calls) < 3:  # failed, failed (each restarted), stopped: waits for a start
+            await anyio.sleep(0.01)
+        await wait_all_tasks_blocked()
+        assert h.request_start("a") == "starting"
+    assert h.restarts() == [("a", 0.001, "failed"), ("a", 0.002, "failed"), ("a", 0.001, "failed")]
+
+
 async def test_on_demand_runs_only_when_asked_and_waits_again_after_each_run() -> None:
     # "stopped" (an operator ended the run) waits for the next request too: it returned, and
     # the next `symbi agents run` was answered "starting" and ran nothing

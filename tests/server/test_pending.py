@@ -118,3 +118,58 @@ async def test_a_terminate_of_an_agent_with_no_start_pending_is_still_not_found(
         status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
         assert status == 404 and body["error"] == "not_found" and not ops.events
         tg.cancel_scope.cancel()
+
+
+async def test_a_terminate_on_the_holder_deletes_the_start_on_redis_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """The holder's terminate marked the start for its lease's loop and deleted it on Redis
+    at once: the mark stayed, and the loop's next turn deleted it again. Now the delete done
+    at once takes the mark with it."""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # no renewal meanwhile: the mark would stay
+    a = replica(tmp_path / "a", fresh.url, f"0.6032{os.getpid()}", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        r.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", "")  # as b's LeaseBoard.wake
+        dels: list[float | None] = []
+        unwake = la.board.unwake
+
+        async def counted(name: str, before: float | None = None) -> bool:
+            dels.append(before)
+            return await unwake(name, before)
+
+        monkeypatch.setattr(la.board, "unwake", counted)
+        ops = Recorder()
+        status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
+        _withdrawn(status, body, ops)
+        clock = la._clock
+        la._changed[NAME].set()  # the loop's turn: a mark left is deleted at it
+        await _until("renewed", lambda: la._clock is not clock, 10)
+        assert not r.exists(WAKE + NAME) and NAME not in la._unwake and len(dels) == 1, dels
+        tg.cancel_scope.cancel()
+
+
+async def test_a_suspend_of_a_hosted_agent_never_run_is_not_found(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """Only a terminate has something to act on in an agent never run here (its start): a
+    suspend or a resume of one is 404, nothing recorded, as of any agent unknown here."""
+    a = replica(tmp_path / "a", fresh.url, f"0.6033{os.getpid()}", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        ops = Recorder()
+        for action in ("suspend", "resume"):
+            status, body = await act_on_agent(_admin(a, ops), NAME, action, "ops", "x")
+            assert status == 404 and body["error"] == "not_found" and not ops.events
+        tg.cancel_scope.cancel()

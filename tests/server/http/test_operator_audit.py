@@ -107,3 +107,22 @@ def test_a_hosted_run_and_a_dashboard_approval_are_refused_with_the_log_broken(t
         r = httpx.post(run.base + pages + "/tools/everything__echo/approve", data=form, cookies=cookies)
         assert r.status_code == 503, r.text
         _still_pending(run.base, admin)
+
+
+def test_an_action_on_a_hosted_agent_never_run_is_not_found_with_the_log_broken(tmp_path: Path) -> None:
+    """A suspend (or resume) of an on-demand hosted agent never run here has nothing to act
+    on: 404 as with the log working, where it answered 503 ``audit_unavailable`` (the admin
+    guard let it through for any action, as a terminate withdraws a start). A terminate still
+    asks the log first (it may withdraw a start: 503)."""
+    agent = '[agents.idle]\ncommand = "/bin/true"\nstart = "on-demand"\nrestart = "never"\n'
+    cfg = everything_config(tmp_path, top_extra=agent)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        admin = bearer(keys.admin)
+        break_audit_log(load_config(cfg, {}).audit_path)
+        assert KeySession(run.mcp, keys.user).call("everything__echo", {"message": "hi"}) == AuditError.code
+        for action in ("suspend", "resume"):
+            r = httpx.post(run.base + f"/api/agents/idle/{action}", json={"reason": "x"}, headers=admin)
+            assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+        r = httpx.post(run.base + "/api/agents/idle/terminate", json={"reason": "x"}, headers=admin)
+        assert r.status_code == 503 and r.json()["code"] == AuditError.code, r.text

@@ -149,9 +149,16 @@ async def test_a_terminate_on_the_holder_deletes_the_start_on_redis_once(
         ops = Recorder()
         status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
         _withdrawn(status, body, ops)
-        clock = la._clock
+        turns: list[str] = []
+        take_orders = la.board.take_orders
+
+        async def taken(name: str) -> tuple[list[bytes], float]:
+            turns.append(name)  # the turn's last step: a mark left was deleted before it
+            return await take_orders(name)
+
+        monkeypatch.setattr(la.board, "take_orders", taken)
         la._changed[NAME].set()  # the loop's turn: a mark left is deleted at it
-        await _until("renewed", lambda: la._clock is not clock, 10)
+        await _until("renewed", lambda: NAME in turns, 10)
         assert not r.exists(WAKE + NAME) and NAME not in la._unwake and len(dels) == 1, dels
         tg.cancel_scope.cancel()
 

@@ -81,11 +81,13 @@ def lets_anyone_in(url: str, timeout_s: float) -> bool:
             return False
     import redis
 
-    from gateway.state.redisclient import open_sync_redis  # (one connected to itself is down)
+    from gateway.state.redisclient import open_sync_redis, pong  # (connected to itself: down)
 
-    bare = urlunsplit(parts._replace(netloc=f"{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else f"{parts.hostname}"  # IPv6
+    bare = urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
     try:
         with open_sync_redis(bare, timeout_s, timeout_s) as r:
-            return bool(r.ping())
-    except redis.RedisError:
+            pong(r.ping())
+            return True
+    except redis.RedisError:  # (down, asks for a password, or not Redis: ``pong``)
         return False

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,21 @@ async def test_a_probe_says_what_is_down_to_callers_and_where_to_the_operator() 
     doc = probe.status()
     assert "10.0.0.7" not in probe.what and doc["at"] == "redis://symbi:***@10.0.0.7:6380/2"
     assert doc["up"] is False
+
+
+def test_an_ipv6_redis_url_is_checked_not_a_crash_at_start(tmp_path: Path) -> None:
+    # the bare URL dropped the brackets (redis://::1:port): redis-py raised ValueError, which
+    # ended the gateway's start. A real redis-server without a password on [::1].
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "::1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://:secret@[::1]:{port}/0"  # the URL's password is not what is checked
+        assert any(lets_anyone_in(url, 1.0) or time.sleep(0.1) for _ in range(50))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert not lets_anyone_in(url, 0.5)  # down: the probes say so

@@ -103,15 +103,17 @@ class LeasedAgents:
         was one on Redis. Raises ``RedisError``/``OSError``: then a start asked here and not
         passed on yet is kept too (the operator is answered 503, nothing done)."""
         # on the holder a mark (``withdraw``, the loop not poked) while the DEL is in flight: a
-        # renewal meanwhile does not take the start; gone with the DEL's success, kept for the
-        # loop's retry when it fails. Poked, the loop deleted it a second time. (A later
-        # terminate's mark is another object: kept; None, Redis's clock not read yet: kept.)
+        # renewal meanwhile does not take the start; gone once the DEL deleted it, kept for the
+        # loop's retry when it fails, and kept when it found nothing (a renewal may have taken
+        # the start just before, its orders not read: the mark drops what it took). Poked, the
+        # loop deleted it a second time. (A later terminate's mark is another object: kept;
+        # None, Redis's clock not read yet: kept.)
         mark = None
         if name in self.held:
             mark = self._unwake[name] = self._redis_now()
         withdrawn = await self.board.unwake(name)
         self._wanted.pop(name, None)
-        if mark is not None and self._unwake.get(name) is mark:
+        if withdrawn and mark is not None and self._unwake.get(name) is mark:
             del self._unwake[name]
         return withdrawn
 

@@ -103,6 +103,50 @@ async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_ye
         tg.cancel_scope.cancel()
 
 
+async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A terminate on the holder whose DEL reaches Redis just after a renewal took the start
+    (it found nothing): its mark was dropped with the DEL's success, and the renewal, reading
+    its orders meanwhile, handed the start on: the terminated agent ran. The mark stays now
+    when the DEL found nothing, and the renewal drops the start it took."""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # the one renewal is the one poked
+    mark = f"0.6034{os.getpid()}"
+    a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000
+    r = redis.Redis.from_url(fresh.url)
+    at_orders, go_on, taken = anyio.Event(), anyio.Event(), anyio.Event()
+    take_orders = la.board.take_orders
+
+    async def held_at_orders(name: str) -> tuple[list[bytes], float]:
+        at_orders.set()  # the renewal has taken the start (woken), its orders not read yet
+        await go_on.wait()
+        got = await take_orders(name)
+        taken.set()
+        return got
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        monkeypatch.setattr(la.board, "take_orders", held_at_orders)
+        r.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", "")  # as b's LeaseBoard.wake
+        la._changed[NAME].set()
+        with anyio.fail_after(10):
+            await at_orders.wait()
+        assert not r.exists(WAKE + NAME)  # the renewal took it
+        await act_on_agent(_admin(a, Recorder()), NAME, "terminate", "ops", "not wanted")
+        go_on.set()
+        with anyio.fail_after(10):
+            await taken.wait()
+        await wait_all_tasks_blocked()  # (the hand-on is in the same step as the orders)
+        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_terminate_of_an_agent_with_no_start_pending_is_still_not_found(
     tmp_path: Path,
     fresh: Redis,  # noqa: F811

@@ -417,10 +417,13 @@ class LeasedAgents:
         """Carry out the operators' orders other processes left for ``name`` (well-formed ones);
         ``woken``: this renewal took a start, not acted on yet (a terminate withdraws it)."""
         try:
-            raw, now = await self.board.take_orders(name)  # (the clock's one writer: ``_watch``)
+            sent = time.monotonic()
+            raw, now = await self.board.take_orders(name)
         except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
             _logger.warning("agent %s: operator orders not read (%s)", name, e)
             return
+        if self._clock is None:  # ``_watch`` (its writer) not through yet: a terminate carried
+            self._clock = (now, sent)  # out here would mark "any start", a later one's too
         for order in filter(None, (parse_order(r, now) for r in raw)):
             try:
                 self._carry_out(name, order, woken)

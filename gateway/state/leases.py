@@ -199,8 +199,7 @@ class LeaseBoard(RedisUser):
         """Each agent's holder status (None: no process holds its lease)."""
         if not names:
             return {}
-        raw = await self.redis.mget([STATUS + n for n in names])
-        return {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
+        return _statuses(names, await self.redis.mget([STATUS + n for n in names]))
 
     async def wake(self, name: str, asked: float | None = None) -> bool:
         """Ask the holder of ``name``'s lease to start it (taken at its next renewal). Kept until
@@ -241,9 +240,8 @@ class LeaseBoard(RedisUser):
             for name in enabled:
                 pipe.pexpire(WAKE + name, START_TTL_MS)
             got = await pipe.execute()
-        raw, (sec, usec) = (got[0], got[1]) if names else ([], got[0])
-        seen = {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
-        return seen, float(sec) + float(usec) / 1e6
+        raw, time_ = (got[0], got[1]) if names else ([], got[0])
+        return _statuses(names, raw), _epoch(time_)
 
     async def drop_starts(self, names: list[str]) -> int:
         """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no
@@ -268,8 +266,8 @@ class LeaseBoard(RedisUser):
             pipe.lrange(ORDERS + name, 0, -1)
             pipe.delete(ORDERS + name)
             pipe.time()
-            got, _, (sec, usec) = await pipe.execute()
-        return list(got), sec + usec / 1e6
+            got, _, time_ = await pipe.execute()
+        return list(got), _epoch(time_)
 
     async def now(self) -> float:
         """Redis's clock (epoch s): what orders are stamped with, so replicas' clocks never matter."""
@@ -278,5 +276,15 @@ class LeaseBoard(RedisUser):
 
 async def redis_now(client: aioredis.Redis) -> float:
     """The Redis server's clock (epoch s). Raises ``RedisError``/``OSError``."""
-    sec, usec = await client.time()
+    return _epoch(await client.time())
+
+
+def _epoch(time_: tuple[int, int]) -> float:
+    """What Redis's TIME answered (seconds, microseconds) as epoch seconds."""
+    sec, usec = time_
     return float(sec) + float(usec) / 1e6
+
+
+def _statuses(names: list[str], raw: list[bytes | None]) -> dict[str, dict[str, Any] | None]:
+    """``names``' holder statuses from their MGET (None: no process holds the lease)."""
+    return {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}

@@ -400,3 +400,34 @@ async def test_a_replica_renews_the_starts_of_the_agents_its_config_has(
         assert cast(int, r.pttl(WAKE + NAME)) <= START_TTL_MS
         assert 0 < cast(int, r.pttl(WAKE + "removed")) <= 30_000
         tg.cancel_scope.cancel()
+
+
+async def test_orders_carried_out_before_the_first_watch_have_redis_s_clock(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """Redis's clock is the watch's to read (every RENEW_S); a watch that failed (a flaky
+    Redis at start) left none, and a terminate carried out from the orders then marked "any
+    start" (a start asked after it, elsewhere, was deleted too). The orders' own TIME seeds it."""
+    rec = Recorder()
+    a = replica(tmp_path / "a", fresh.url, f"6040.{os.getpid()}", rec, start="on-demand")
+    la = a.leased
+    assert la is not None
+
+    async def no_watch(names: list[str], enabled: list[str]) -> Any:
+        raise redis.ConnectionError("the watch's Redis is flaky")
+
+    monkeypatch.setattr(la.board, "watch", no_watch)
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        assert la._redis_now() is None  # no watch went through
+        now = float(cast(Any, r.time())[0])
+        r.rpush(ORDERS + NAME, Order(action="terminate", by="ops", reason="x", via="b", at=now).dumps())
+        terminated = lambda: "agent.terminate_requested" in [t for t, *_ in rec.events]  # noqa: E731
+        await _until("the terminate carried out", terminated, 2 * RENEW_S)
+        seen = la._redis_now()
+        assert seen is not None and abs(seen - time.time()) < 5
+        tg.cancel_scope.cancel()

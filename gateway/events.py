@@ -315,6 +315,8 @@ class Unsent:
         log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
         now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
         held = _Held(kind, details, since_ns)
+        if self._refused is not None:  # never sent now: this line is its trace until the stop
+            refused_for_good(kind, self._refused[1], f"held: {dict(details)}")
         held.late = refused
         held.principal, held.agent = principal, agent
         self._held.append(held)
@@ -378,8 +380,8 @@ class Unsent:
                     self._waiting -= 1
             except AuditError as e:
                 self._late()
-                self._refused = (sink, e)
                 refused_for_good(f"{len(self._held)} held records", e, "logged when the gateway stops")
+                self._refused = (sink, e)
                 return e
         return None
 

@@ -347,3 +347,18 @@ async def test_what_is_queued_in_a_stalled_writer_is_logged_when_the_gateway_sto
     lost = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
     assert [r.args[0] for r in lost] == [FIRST[0]]  # type: ignore[index]
     log.close()
+
+
+async def test_a_record_held_after_the_log_refused_for_good_is_logged_once_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # never sent to that log again, logged only at stop: a CLI revoke held after the refusal
+    # left no trace at all if the process was then killed (the stop's line never written)
+    broken, unsent = _closed(tmp_path), Unsent()
+    assert not await unsent.send(broken, [FIRST])  # refused: said once
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="symbi.events"):
+        unsent.keep(*SECOND)
+        assert unsent.queue(broken) == [] and unsent.queue(broken) == []
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(lines) == 1 and SECOND[0] in lines[0] and "revoked" in lines[0], lines

@@ -40,7 +40,7 @@ JSON-RPC error.
      ├── SchedulerBusy               the scheduler's queue is full, or the call was preempted
      ├── AuditError                  the audit log cannot be written (fail closed)
      │    ├── AuditLogBusy           another process writes this chain
-     │    ├── ActionUnrecorded       an operator's action was done, its record not committed (held or pending)
+     │    ├── ActionUnrecorded       an operator's action was done, its record not committed (held, pending or broken)
      │    └── AuditIntegrityError    verification found a changed/missing/reordered event
      ├── ContextError                agent memory / knowledge failed (bad input, store down)
      │    ├── MemoryQuotaExceeded [D]  the principal holds all the memory [context] allows it
@@ -340,9 +340,9 @@ UnrecordedState = Literal["held", "pending", "broken", "dropped"]
 
 class ActionUnrecorded(AuditError):
     """An operator's action was carried out (it cannot be undone in general) but its record was
-    not committed (``gateway.server.oprecord``): the log refused or failed it after the check
-    before it (``held``: sent again until committed), or stalled (``pending``: still queued in
-    the writer, held should it fail), or the log is broken for good (``broken``: not sent again,
+    not committed (``gateway.server.oprecord``): the log failed it after the check before it
+    (``held``: sent again until committed), or stalled (``pending``: still queued in
+    the writer, held should it fail), or the log refused it, broken for good (``broken``: not sent again,
     a restart is needed), or it was dropped by the held records' bound (``dropped``). Returned
     with the action's own answer, not raised: the 503 says both what was done and this
     (``oprecord.with_record``)."""

@@ -129,7 +129,7 @@ def carry_out(
     except AuditError as e:
         # the log broke since the operator's check (a resume awaits Redis first): the runtime
         # moved the agent before its own record raised. Done, and said so: the caller's record
-        # is then held and answered 503 action_unrecorded, not a bare 500 for an action done
+        # is answered 503 action_unrecorded (restart_needed), not a bare 500 for an action done
         result, done = f"{order.action} done, its state change not recorded ({e.message})", True
     said = result if done else f"refused: {result}"
     doc: dict[str, Any] = {"agent": agent.id, "by": order.by, "reason": order.reason, "result": said}

@@ -86,8 +86,8 @@ async def approve_tool(
     still the current one; the catalogue is re-verified at once, waited for ``REFRESH_WAIT_S``
     (``catalogue_refreshed`` false: still being rebuilt, in force shortly). (200, what was approved), 503
     ``audit_unavailable`` when the log cannot record it (nothing approved), or 503
-    ``action_unrecorded`` when it was approved but its record is not committed (held or
-    pending: ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
+    ``action_unrecorded`` when it was approved but its record is not committed (held,
+    pending or restart_needed: ``oprecord``). The tool state is read and written in a worker thread (PostgreSQL with [state])."""
     gw = _running(gw)
     rec = await anyio.to_thread.run_sync(_record, gw, name)
     # refused before anything is saved (503 audit_unavailable, as every operator action): an

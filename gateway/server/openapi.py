@@ -42,7 +42,8 @@ _STD = {"401": _ERR, "403": _ERR}
 # an operator action done whose record the log failed (or stalled on) after its check
 _DONE = (
     "action_unrecorded (done: true): done, its audit record not committed yet "
-    "(held: sent again; pending: still queued in a stalled writer)"
+    "(held: sent again; pending: still queued in a stalled writer; restart_needed: the log "
+    "refuses for good, the record is logged when the gateway stops)"
 )
 _LIMIT = [
     {

@@ -14,9 +14,9 @@ answered 503 ``action_unrecorded`` with ``done: true``. One that failed stays he
 time stays queued in the writer (``pending: true``), written when the disk moves, and is held
 only should its commit then fail. A log that broke for good (it refused the record, or an
 emit nobody waited for was lost) commits nothing more in this process: the answer says so
-(``held: false``, ``restart_needed: true``); one dropped by the held records' bound is
-not held either, the record is not sent to it again
-(``events.refused_for_good``) and is logged at stop (``Unsent.abandon``).
+(``held: false``, ``restart_needed: true``), the record is not sent to it again
+(``events.refused_for_good``) and is logged at stop (``Unsent.abandon``). One dropped at once
+by the held records' bound (only with ``cap=0``) is not held either: logged then.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def record_action(
     try:  # held (stamped with now, when it was done) until committed, behind older held ones
         commit = unsent.submit(sink, kind, details, principal=principal, agent=agent)
     except AuditError as e:  # refused before it was queued (broken since the check), or dropped
-        return _unrecorded(kind, e.message, "broken" if unsent.refused_by(sink) else "dropped")
+        return _unrecorded(kind, e.message, "broken" if log.unwritable() is not None else "dropped")
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
     if not done:  # still queued in the writer: held should its commit fail later
         return _unrecorded(kind, f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)", "pending")

@@ -46,8 +46,10 @@ def test_a_record_failed_with_the_log_for_good_is_not_said_held_nor_sent_at_ever
         gw = run.state.gateway
         assert gw is not None
 
-        time.sleep(RECHECK_S * 3)  # the sender's first pass: refused, said once
-        assert gw.verifier.unsent.refused_by(gw.events) is not None
+        deadline = time.monotonic() + 10  # the sender's first pass: refused, said once
+        while gw.verifier.unsent.refused_by(gw.events) is None:
+            assert time.monotonic() < deadline, "the held record was not refused by the sender"
+            time.sleep(0.05)
         said = _errors(caplog)
         time.sleep(RECHECK_S * 10)  # ten more rechecks: two ERRORs each before
         assert _errors(caplog) == said, [r.getMessage() for r in caplog.records]

@@ -209,17 +209,21 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
         sink.emit(event_type, details, **who)
         return True
     except AuditError as e:
-        refused_for_good(event_type, e, f"acted on all the same: {dict(details)}")
+        refused_for_good(event_type, e, "acted on all the same", details)
         return False
 
 
-def refused_for_good(what: str, err: AuditError, then: str) -> None:
+def refused_for_good(what: str, err: AuditError, then: str, details: Mapping[str, Any]) -> None:
     """THE rule for a record the audit log refused (``record_acted``, ``Unsent``): a log
     refuses an emit only when broken or closed, for the process's life (a restart mends it).
     So it is logged here once, its last trace, and its caller does not try it again: not at the
     next recheck, refresh or fetch (each try was one more ERROR, for good)."""
-    _logger.error(
-        "%s not recorded: the audit log refuses for good (restart the gateway): %s; %s", what, err, then
+    _logger.error(  # the details a record's own argument: read back as they were (a dict)
+        "%s not recorded: the audit log refuses for good (restart the gateway): %s; %s: %s",
+        what,
+        err,
+        then,
+        dict(details),
     )
 
 
@@ -316,7 +320,7 @@ class Unsent:
         now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
         held = _Held(kind, details, since_ns)
         if self._refused is not None:  # never sent now: this line is its trace until the stop
-            refused_for_good(kind, self._refused[1], f"held: {dict(details)}")
+            refused_for_good(kind, self._refused[1], "held", details)
         held.late = refused
         held.principal, held.agent = principal, agent
         self._held.append(held)
@@ -380,7 +384,7 @@ class Unsent:
                     self._waiting -= 1
             except AuditError as e:
                 self._late()
-                refused_for_good(f"{len(self._held)} held records", e, "logged when the gateway stops")
+                refused_for_good(f"{len(self._held)} held records", e, "logged when the gateway stops", {})
                 self._refused = (sink, e)
                 return e
         return None

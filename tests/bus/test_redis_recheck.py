@@ -56,8 +56,12 @@ async def test_parks_of_an_agent_held_elsewhere_share_one_recheck(
     assert len(loops) == 1  # was 20
     ran.clear()
     await asyncio.sleep(10 * TICK_S)
-    assert 1 <= len(ran) <= 12  # about one script a tick (was ~190)
-    assert all(agents == ["agent-c"] for agents in ran)
+    assert len(ran) <= 12  # about one script a tick at most (was ~190)
+    for _ in range(200):  # and the one loop runs (a loaded machine may have run none yet)
+        if ran:
+            break
+        await asyncio.sleep(TICK_S)
+    assert ran and all(agents == ["agent-c"] for agents in ran)
 
 
 async def test_the_recheck_outlives_a_redis_outage(

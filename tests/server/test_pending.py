@@ -17,6 +17,7 @@ from anyio import wait_all_tasks_blocked
 
 from gateway.runtime import hosted, leased
 from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.leased import LeasedAgents
 from gateway.runtime.orders import OPERATOR_EVENTS, Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import act_on_agent
@@ -43,6 +44,24 @@ def _withdrawn(status: int, body: dict[str, Any], ops: Recorder) -> None:
     assert status == 200 and body["withdrawn"] is True and body["state"] is None
     jsonschema.validate(body, OPENAPI["components"]["schemas"]["AgentAction"])  # its 200's schema
     assert [t for t, *_ in ops.events] == ["agent.terminate_requested"]
+
+
+def _idle_holder(
+    tmp_path: Path, url: str, mark: str, rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> tuple[HostedAgents, LeasedAgents, redis.Redis]:
+    """Replica a for an on-demand agent whose renewals come only when poked (``RENEW_S`` 60 s,
+    a lease that outlives the test), its lease runner, and a client on its Redis."""
+    monkeypatch.setattr(leased, "RENEW_S", 60.0)
+    a = replica(tmp_path / "a", url, mark, rec, start="on-demand")
+    la = a.leased
+    assert la is not None
+    la.board.ttl_ms = 300_000
+    return a, la, redis.Redis.from_url(url)
+
+
+def _start_from_b(r: redis.Redis) -> None:
+    """A start another replica left on Redis, as b's ``LeaseBoard.wake`` writes it."""
+    r.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", "")
 
 
 async def test_a_terminate_on_the_holder_withdraws_a_first_start_its_log_refused(
@@ -74,18 +93,13 @@ async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_ye
 ) -> None:
     """A start another replica left on Redis, not taken by the holder's renewal yet: a
     terminate on the holder answered 404 and the next renewal ran it. Now it is withdrawn."""
-    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # the start stays untaken until poked
     mark = f"0.6030{os.getpid()}"
     rec = Recorder()
-    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
-    la = a.leased
-    assert la is not None
-    la.board.ttl_ms = 300_000
-    r = redis.Redis.from_url(fresh.url)
+    a, la, r = _idle_holder(tmp_path, fresh.url, mark, rec, monkeypatch)  # the start untaken until poked
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("a holds it", lambda: la.holds(NAME), START_S)
-        r.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", "")  # as b's LeaseBoard.wake
+        _start_from_b(r)
         ops = Recorder()
         status, body = await act_on_agent(_admin(a, ops), NAME, "terminate", "ops", "not wanted")
         _withdrawn(status, body, ops)
@@ -112,13 +126,8 @@ async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
     (it found nothing): its mark was dropped with the DEL's success, and the renewal, reading
     its orders meanwhile, handed the start on: the terminated agent ran. The mark stays now
     when the DEL found nothing, and the renewal drops the start it took."""
-    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # the one renewal is the one poked
     mark = f"0.6034{os.getpid()}"
-    a = replica(tmp_path / "a", fresh.url, mark, Recorder(), start="on-demand")
-    la = a.leased
-    assert la is not None
-    la.board.ttl_ms = 300_000
-    r = redis.Redis.from_url(fresh.url)
+    a, la, r = _idle_holder(tmp_path, fresh.url, mark, Recorder(), monkeypatch)  # the one renewal: poked
     at_orders, go_on, taken = anyio.Event(), anyio.Event(), anyio.Event()
     take_orders = la.board.take_orders
 
@@ -133,7 +142,7 @@ async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
         tg.start_soon(a.run)
         await _until("a holds it", lambda: la.holds(NAME), START_S)
         monkeypatch.setattr(la.board, "take_orders", held_at_orders)
-        r.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", "")  # as b's LeaseBoard.wake
+        _start_from_b(r)
         la._changed[NAME].set()
         with anyio.fail_after(10):
             await at_orders.wait()
@@ -172,16 +181,12 @@ async def test_a_terminate_on_the_holder_deletes_the_start_on_redis_once(
     """The holder's terminate marked the start for its lease's loop and deleted it on Redis
     at once: the mark stayed, and the loop's next turn deleted it again. Now the delete done
     at once takes the mark with it."""
-    monkeypatch.setattr(leased, "RENEW_S", 60.0)  # no renewal meanwhile: the mark would stay
-    a = replica(tmp_path / "a", fresh.url, f"0.6032{os.getpid()}", Recorder(), start="on-demand")
-    la = a.leased
-    assert la is not None
-    la.board.ttl_ms = 300_000
-    r = redis.Redis.from_url(fresh.url)
+    # no renewal meanwhile: the mark would stay
+    a, la, r = _idle_holder(tmp_path, fresh.url, f"0.6032{os.getpid()}", Recorder(), monkeypatch)
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("a holds it", lambda: la.holds(NAME), START_S)
-        r.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", "")  # as b's LeaseBoard.wake
+        _start_from_b(r)
         dels: list[float | None] = []
         unwake = la.board.unwake
 

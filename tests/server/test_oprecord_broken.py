@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,16 @@ def _errors(caplog: pytest.LogCaptureFixture) -> int:
     return sum(1 for r in caplog.records if r.name == "symbi.events" and r.levelno >= logging.ERROR)
 
 
+def _suspended_unrecorded(base: str, admin_key: str) -> dict[str, Any]:
+    """An operator's suspend of key:bob, done and answered 503 ``action_unrecorded``: its body."""
+    api = base + "/api/principals/suspend"
+    r = httpx.post(api, json={"principal": "key:bob", "reason": "x"}, headers=bearer(admin_key))
+    assert r.status_code == 503, r.text
+    body: dict[str, Any] = r.json()
+    assert (body["code"], body["done"]) == (ActionUnrecorded.code, True)
+    return body
+
+
 def test_a_record_failed_with_the_log_for_good_is_not_said_held_nor_sent_at_every_recheck(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -36,11 +47,7 @@ def test_a_record_failed_with_the_log_for_good_is_not_said_held_nor_sent_at_ever
     caplog.set_level(logging.ERROR, logger="symbi.events")
     with run_server(cfg) as run:
         break_audit_log(load_config(cfg, {}).audit_path)
-        api = run.base + "/api/principals/suspend"
-        r = httpx.post(api, json={"principal": "key:bob", "reason": "x"}, headers=bearer(keys.admin))
-        assert r.status_code == 503, r.text
-        body = r.json()
-        assert (body["code"], body["done"]) == (ActionUnrecorded.code, True)
+        body = _suspended_unrecorded(run.base, keys.admin)
         # "held" said it would be written once the log commits again: it never will
         assert (body["held"], body["pending"], body["restart_needed"]) == (False, False, True), body
         gw = run.state.gateway
@@ -66,10 +73,6 @@ def test_a_record_dropped_at_once_by_the_bound_is_not_said_held(tmp_path: Path) 
         gw = run.state.gateway
         assert gw is not None
         gw.verifier.unsent = Unsent(cap=0)  # full: a new record is dropped at once (logged)
-        api = run.base + "/api/principals/suspend"
-        r = httpx.post(api, json={"principal": "key:bob", "reason": "x"}, headers=bearer(keys.admin))
-        assert r.status_code == 503, r.text
-        body = r.json()
-        assert (body["code"], body["done"]) == (ActionUnrecorded.code, True)
+        body = _suspended_unrecorded(run.base, keys.admin)
         assert (body["held"], body["pending"], body["restart_needed"]) == (False, False, False), body
         assert gw.verifier.unsent.held() == []

@@ -384,7 +384,9 @@ class Unsent:
                     self._waiting -= 1
             except AuditError as e:
                 self._late()
-                refused_for_good(f"{len(self._held)} held records", e, "logged when the gateway stops", {})
+                for w in self._held:  # each one's line now (never sent to it again): a kill
+                    if w.commit is None:  # before the stop's ``abandon`` lost the lot
+                        refused_for_good(w.kind, e, "held", w.sent_details())
                 self._refused = (sink, e)
                 return e
         return None

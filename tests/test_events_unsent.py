@@ -362,3 +362,15 @@ async def test_a_record_held_after_the_log_refused_for_good_is_logged_once_at_on
         assert unsent.queue(broken) == [] and unsent.queue(broken) == []
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(lines) == 1 and SECOND[0] in lines[0] and "revoked" in lines[0], lines
+
+
+async def test_the_records_held_when_the_log_refuses_for_good_get_their_lines_then(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # one count line before: their details only at the stop's ``abandon``, lost to a kill
+    broken, unsent = _closed(tmp_path), Unsent()
+    unsent.keep(*FIRST)
+    with caplog.at_level(logging.ERROR, logger="symbi.events"):
+        assert not await unsent.send(broken, [SECOND])
+    said = [r.args for r in caplog.records if r.levelno == logging.ERROR and isinstance(r.args, tuple)]
+    assert [(a[0], {k: v for k, v in a[-1].items() if k != "held_since_ns"}) for a in said] == [FIRST, SECOND]

@@ -98,7 +98,7 @@ async def _send_held(gw: Gateway, unsent: Unsent, interval: float) -> None:
     refused them is not tried again (``Unsent.refused_by``: broken for the process's life)."""
     while True:
         await anyio.sleep(interval)
-        if len(unsent):
+        if len(unsent) and unsent.refused_by(gw.events) is None:  # (its walk, skipped for good)
             await unsent.send(gw.events)
 
 

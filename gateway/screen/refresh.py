@@ -55,9 +55,8 @@ class RefreshScreening:
     def __init__(self, events: EventSink) -> None:
         self._events = events
         self._screener = Screener()
-        self._screened: dict[
-            str, str | None
-        ] = {}  # what -> definition hash whose findings were recorded (or refused)
+        # what -> definition hash whose findings were recorded (or refused)
+        self._screened: dict[str, str | None] = {}
         self._every: frozenset[str] = frozenset()
         self._others: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # upstream -> (own, others)
 

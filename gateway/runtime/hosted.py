@@ -160,6 +160,7 @@ class HostedAgents:
         made that cannot be recorded (``AuditError`` ended the gateway, rt42b), it is tried again
         later. Only a run not started yet raises it here: an ended run's records go through
         ``record_acted`` and its outcome to the restart policy (session 43)."""
+        self._halted.discard(name)  # an earlier holding's terminate: not this supervisor's
         while True:
             try:
                 await self._runs(name, ac)

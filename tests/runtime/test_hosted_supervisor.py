@@ -862,3 +862,26 @@ async def test_a_terminate_in_the_audit_retry_wait_stops_the_restart(
             assert h.runtime.terminate(run, "operator: enough") == "already terminated"
             await _paused_without_a_run(h, "bad", 1)  # (without the fix: the retry's run at 3 s)
     assert h.runs["bad"] == 1  # and the supervisor ended (the group did not need cancelling)
+
+
+async def test_a_new_supervisor_is_not_halted_by_an_earlier_ones_terminate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminate halts its run's supervisor (``_halted``). A supervisor started later (the
+    lease taken again) whose first start the log refused found that old halt at its retry and
+    ended: the agent ran nowhere until a restart. A new supervisor starts unhalted."""
+    monkeypatch.setattr(hosted_module, "AUDIT_RETRY_S", 0.3)
+    bad = AgentConfig(command="/usr/bin/sh", args=("-c", "exit 3"), sandbox="bwrap", restart_backoff_s=1.0)
+    rec = BreakingRecorder()
+    h, _, _ = _bwrap_host(tmp_path, rec=rec, bad=bad)
+    h._halted.add("bad")  # as an earlier holding's terminate in a backoff left it
+    rec.broken = True  # the first start refused: the retry's wait
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(h._supervise, "bad", bad)
+            while "bad" not in h.refusing:
+                await anyio.sleep(0.01)
+            rec.broken = False
+            while h.runs.get("bad", 0) < 1:  # without the fix: the supervisor ended, no run
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()

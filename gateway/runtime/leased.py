@@ -111,8 +111,10 @@ class LeasedAgents:
         mark = None
         if name in self.held:
             mark = self._unwake[name] = self._redis_now()
+        asked = self._wanted.get(name)  # (one asked during the DEL is later: kept)
         withdrawn = await self.board.unwake(name)
-        self._wanted.pop(name, None)
+        if self._wanted.get(name) is asked:
+            self._wanted.pop(name, None)
         if withdrawn and mark is not None and self._unwake.get(name) is mark:
             del self._unwake[name]
         return withdrawn

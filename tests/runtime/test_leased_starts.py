@@ -431,3 +431,24 @@ async def test_orders_carried_out_before_the_first_watch_have_redis_s_clock(
         seen = la._redis_now()
         assert seen is not None and abs(seen - time.time()) < 5
         tg.cancel_scope.cancel()
+
+
+async def test_a_start_asked_while_a_terminates_delete_is_on_its_way_is_kept(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A terminate answered without the lease dropped what was asked here after its DEL came
+    back: a `symbi agents run` answered 202 while the DEL was on its way was lost with it."""
+    a = replica(tmp_path / "a", fresh.url, "6041", Recorder(), start="on-demand")
+    leased = a.leased
+    assert leased is not None
+    unwake = leased.board.unwake
+
+    async def asked_meanwhile(name: str, before: float | None = None) -> bool:
+        leased.request_elsewhere(name)  # a run asked here while this DEL is on its way
+        return await unwake(name, before)
+
+    leased.board.unwake = asked_meanwhile  # type: ignore[method-assign]
+    await leased.withdraw_start(NAME)
+    assert NAME in leased._wanted  # the later start is kept, to pass on
+    await leased.board.aclose()

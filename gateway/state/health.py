@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 
 def safe_url(url: str) -> str:
@@ -18,8 +18,13 @@ def safe_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@" + _hostport(parts)))
+
+
+def _hostport(parts: SplitResult) -> str:
+    """``parts``' host and port as a netloc writes them (an IPv6 host in brackets)."""
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else f"{parts.hostname}"
+    return host + (f":{parts.port}" if parts.port else "")
 
 
 class Probe:
@@ -83,8 +88,7 @@ def lets_anyone_in(url: str, timeout_s: float) -> bool:
 
     from gateway.state.redisclient import open_sync_redis, pong  # (connected to itself: down)
 
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else f"{parts.hostname}"  # IPv6
-    bare = urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+    bare = urlunsplit(parts._replace(netloc=_hostport(parts)))
     try:
         with open_sync_redis(bare, timeout_s, timeout_s) as r:
             pong(r.ping())

@@ -103,8 +103,10 @@ def test_an_ipv6_redis_url_is_checked_not_a_crash_at_start(tmp_path: Path) -> No
     )
     try:
         url = f"redis://:secret@[::1]:{port}/0"  # the URL's password is not what is checked
+        assert safe_url(url) == f"redis://:***@[::1]:{port}/0"  # as shown in the warning
         deadline = time.monotonic() + 10
         while not lets_anyone_in(url, 1.0):  # (the server starting)
+            assert server.poll() is None, "redis-server could not listen on [::1]"
             assert time.monotonic() < deadline, "an open Redis on [::1] was not seen as open"
             time.sleep(0.1)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -373,4 +374,11 @@ async def test_the_records_held_when_the_log_refuses_for_good_get_their_lines_th
     with caplog.at_level(logging.ERROR, logger="symbi.events"):
         assert not await unsent.send(broken, [SECOND])
     said = [r.args for r in caplog.records if r.levelno == logging.ERROR and isinstance(r.args, tuple)]
-    assert [(a[0], {k: v for k, v in a[-1].items() if k != "held_since_ns"}) for a in said] == [FIRST, SECOND]
+    details = [cast(dict[str, Any], a[-1]) for a in said]  # (each line's details: a dict)
+    assert [
+        (a[0], {k: v for k, v in d.items() if k != "held_since_ns"})
+        for a, d in zip(said, details, strict=True)
+    ] == [
+        FIRST,
+        SECOND,
+    ]

@@ -65,16 +65,23 @@ async def record_action(
     return _unrecorded(kind, why, "broken" if log.unwritable() is not None else "held")
 
 
-_WHERE: dict[UnrecordedState, str] = {
-    "held": "it is held and written once the audit log commits again",
-    "pending": "it stays queued and is written when the disk moves (held, should that fail)",
-    "broken": "the audit log refuses for good, a restart is needed: it is logged when the gateway stops",
-    "dropped": "it was dropped, over the bound of records held for the log (logged)",
+# THE definition of each state's answer: the 503's one flag that says it (a dropped record has
+# none: not held, not queued, no restart mends it) and where the message says the record is
+_SAID: dict[UnrecordedState, tuple[str | None, str]] = {
+    "held": ("held", "it is held and written once the audit log commits again"),
+    "pending": ("pending", "it stays queued and is written when the disk moves (held, should that fail)"),
+    "broken": (
+        "restart_needed",
+        "the audit log refuses for good, a restart is needed: it is logged when the gateway stops",
+    ),
+    "dropped": (None, "it was dropped, over the bound of records held for the log (logged)"),
 }
+# the body's flags, every one in every 503 (the README's and OpenAPI's wire format)
+_FLAGS: tuple[str, ...] = tuple(flag for flag, _ in _SAID.values() if flag is not None)
 
 
 def _unrecorded(kind: Event, why: str, state: UnrecordedState) -> ActionUnrecorded:
-    where = _WHERE[state]
+    where = _SAID[state][1]
     return ActionUnrecorded(
         f"done, but its audit record ({kind}) is not committed ({why}): {where}; see /readyz", state=state
     )
@@ -84,15 +91,11 @@ def with_record(
     unrec: ActionUnrecorded | None, status: int, body: dict[str, Any]
 ) -> tuple[int, dict[str, Any]]:
     """``(status, body)`` when the record was committed, else the one 503 ``action_unrecorded``
-    with what was done in it: ``done``, and ``held`` (sent again until committed), ``pending``
-    (still queued in a stalled writer) or ``restart_needed`` (the log is broken for good)."""
+    with what was done in it: ``done``, and the one flag of its state true (``_SAID``):
+    ``held`` (sent again until committed), ``pending`` (still queued in a stalled writer) or
+    ``restart_needed`` (the log is broken for good); none when it was dropped."""
     if unrec is None:
         return status, body
-    state = unrec.state
-    said = {
-        "done": True,
-        "held": state == "held",
-        "pending": state == "pending",
-        "restart_needed": state == "broken",
-    }
+    mine = _SAID[unrec.state][0]
+    said = {"done": True} | {flag: flag == mine for flag in _FLAGS}
     return 503, {**body, **unavailable("audit", unrec), **said}

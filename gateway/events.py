@@ -196,8 +196,9 @@ class EventSink(Protocol):
         """
 
 
-def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any], **who: str | None) -> bool:
-    """Record a change a background task acts on whatever the audit log says; whether it was.
+def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any], **who: str | None) -> None:
+    """Record a change a background task acts on whatever the audit log says (a refusal is
+    logged, once: ``refused_for_good``; no caller acts otherwise, so none is told).
     With the log broken (``audit.on_failure = "deny"``) ``emit`` raises ``AuditError``: out of
     a background task it ended the task, and the gateway's task group with it, before the
     change was acted on. Every call is refused meanwhile (the audit step), /readyz says why.
@@ -207,10 +208,8 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
 
     try:
         sink.emit(event_type, details, **who)
-        return True
     except AuditError as e:
         refused_for_good(event_type, e, "acted on all the same", details)
-        return False
 
 
 def refused_for_good(what: str, err: AuditError, then: str, details: Mapping[str, Any]) -> None:

@@ -300,6 +300,12 @@ class Unsent:
         never sent to it again), or None."""
         return self._refused[1] if self._refused is not None and self._refused[0] is sink else None
 
+    def holds(self, details: Mapping[str, Any]) -> bool:
+        """Whether the record kept with this very ``details`` (identity) is still held: not
+        committed, nor dropped by the bound (an operator's, whose commit failed: ``oprecord``).
+        A walk: asked only after a failure."""
+        return any(h.details is details for h in self._held)
+
     def held(self) -> list[tuple[Event, Mapping[str, Any]]]:
         """The records not committed yet, oldest first, as they are (or will be) sent."""
         return [(h.kind, h.sent_details()) for h in self._held]

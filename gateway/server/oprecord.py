@@ -15,8 +15,9 @@ time stays queued in the writer (``pending: true``), written when the disk moves
 only should its commit then fail. A log that broke for good (it refused the record, or an
 emit nobody waited for was lost) commits nothing more in this process: the answer says so
 (``held: false``, ``restart_needed: true``), the record is not sent to it again
-(``events.refused_for_good``) and is logged at stop (``Unsent.abandon``). One dropped at once
-by the held records' bound (only with ``cap=0``) is not held either: logged then.
+(``events.refused_for_good``) and is logged at stop (``Unsent.abandon``). One dropped by the
+held records' bound (at once with ``cap=0``; or as its commit failed, with ``cap`` more held
+records failed in its batch behind it) is not held either (``dropped``): logged then.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ async def record_action(
     try:  # held (stamped with now, when it was done) until committed, behind older held ones
         commit = unsent.submit(sink, kind, details, principal=principal, agent=agent)
     except AuditError as e:  # refused before it was queued (broken since the check), or dropped
-        return _unrecorded(kind, e.message, "broken" if log.unwritable() is not None else "dropped")
+        return _unrecorded(kind, e.message, _where(gw, details))
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
     if not done:  # still queued in the writer: held should its commit fail later
         return _unrecorded(kind, f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)", "pending")
@@ -61,8 +62,17 @@ async def record_action(
     if err is None:
         return None
     why = err.message if isinstance(err, AuditError) else repr(err)
-    # failed with the log for good: refused at the next send, never written to it
-    return _unrecorded(kind, why, "broken" if log.unwritable() is not None else "held")
+    return _unrecorded(kind, why, _where(gw, details))
+
+
+def _where(gw: Gateway, details: Mapping[str, Any]) -> UnrecordedState:
+    """Where a record refused or failed is: dropped by the bound (the batch it failed in can
+    bring back more held records than ``cap``, the oldest dropped: this one, answered ``held``
+    before), else held, never sent again when the log is broken for good."""
+    if not gw.verifier.unsent.holds(details):
+        return "dropped"
+    log = gw.audit
+    return "broken" if log is not None and log.unwritable() is not None else "held"
 
 
 # THE definition of each state's answer: the 503's one flag that says it (a dropped record has

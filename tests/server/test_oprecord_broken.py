@@ -8,6 +8,7 @@ server-everything; the disk fills as in ``break_audit_log`` (a trigger refusing 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ import pytest
 from gateway.config import load_config
 from gateway.errors import ActionUnrecorded
 from gateway.events import Event, Unsent
-from tests.conftest import break_audit_log
+from gateway.server import oprecord
+from tests.conftest import Stall, break_audit_log
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
 
 RECHECK_S = 0.2
@@ -76,3 +78,43 @@ def test_a_record_dropped_at_once_by_the_bound_is_not_said_held(tmp_path: Path) 
         body = _suspended_unrecorded(run.base, keys.admin)
         assert (body["held"], body["pending"], body["restart_needed"]) == (False, False, False), body
         assert gw.verifier.unsent.held() == []
+
+
+def test_a_record_the_bound_drops_as_its_commit_fails_is_not_said_held(tmp_path: Path) -> None:
+    """The bound full (``cap``: 1 here, 10,000 in production): the operator's record is in
+    flight in a stalled writer, a later held record behind it; the disk fills and the batch
+    fails. Both come back held at once (one wake-up per batch, before the request's own), one
+    over the bound: the oldest, the operator's, is dropped (logged). It was answered
+    ``held: true``, a record held nowhere."""
+    cfg = everything_config(tmp_path, top_extra="[mcp]\nrecheck_interval_s = 600.0\n")
+    with run_server(cfg) as run:
+        gw = run.state.gateway
+        assert gw is not None and gw.audit is not None
+        unsent = gw.verifier.unsent = Unsent(cap=1)
+        loop = run.server.servers[0].get_loop()
+
+        async def act() -> asyncio.Task[ActionUnrecorded | None]:
+            mine = asyncio.ensure_future(
+                oprecord.record_action(
+                    gw, Event.PRINCIPAL_SUSPEND_REQUESTED, {"principal": "key:bob"}, principal="alice"
+                )
+            )
+            await asyncio.sleep(0)  # its first step: submitted, in flight (the writer stalled)
+            assert len(unsent) == 1
+            unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["everything"]})  # a later one, behind it
+            unsent.queue(gw.events)
+            return mine
+
+        async def answer(mine: asyncio.Task[ActionUnrecorded | None]) -> ActionUnrecorded | None:
+            return await mine
+
+        with Stall(gw.audit):
+            break_audit_log(load_config(cfg, {}).audit_path)  # the batch fails once the disk moves
+            mine = asyncio.run_coroutine_threadsafe(act(), loop).result(timeout=30)
+        unrec = asyncio.run_coroutine_threadsafe(answer(mine), loop).result(timeout=60)
+        assert unrec is not None
+        kinds = [k for k, _ in unsent.held()]
+        assert Event.PRINCIPAL_SUSPEND_REQUESTED not in kinds, kinds  # dropped by the bound
+        assert unrec.state == "dropped", (unrec.state, kinds)
+        status, body = oprecord.with_record(unrec, 200, {})
+        assert status == 503 and (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3

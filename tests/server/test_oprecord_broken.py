@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from gateway.config import load_config
-from gateway.errors import ActionUnrecorded
-from gateway.events import Event, Unsent
+from gateway.errors import ActionUnrecorded, AuditError
+from gateway.events import Event, EventSink, Unsent
 from gateway.server import oprecord
 from tests.conftest import Stall, break_audit_log
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
@@ -42,7 +42,7 @@ def _suspended_unrecorded(base: str, admin_key: str) -> dict[str, Any]:
 
 
 def test_a_record_failed_with_the_log_for_good_is_not_said_held_nor_sent_at_every_recheck(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = everything_config(tmp_path, top_extra=f"[mcp]\nrecheck_interval_s = {RECHECK_S}\n")
     keys = make_keys(cfg)
@@ -55,12 +55,22 @@ def test_a_record_failed_with_the_log_for_good_is_not_said_held_nor_sent_at_ever
         gw = run.state.gateway
         assert gw is not None
 
-        deadline = time.monotonic() + 10  # the sender's first pass: refused, said once
-        while gw.verifier.unsent.refused_by(gw.events) is None:
+        unsent = gw.verifier.unsent
+        refused_by, passes = unsent.refused_by, [0]
+
+        def counted(sink: EventSink) -> AuditError | None:  # the sender asks it at each pass
+            passes[0] += 1
+            return refused_by(sink)
+
+        monkeypatch.setattr(unsent, "refused_by", counted)
+        deadline = time.monotonic() + 30  # the sender's first pass: refused, said once
+        while refused_by(gw.events) is None:
             assert time.monotonic() < deadline, "the held record was not refused by the sender"
             time.sleep(0.05)
-        said = _errors(caplog)
-        time.sleep(RECHECK_S * 10)  # ten more rechecks: two ERRORs each before
+        said, seen = _errors(caplog), passes[0]
+        while passes[0] < seen + 10:  # ten more passes of the sender (a fixed sleep: a stalled one passed)
+            assert time.monotonic() < deadline + 30, f"the sender made {passes[0] - seen} passes"
+            time.sleep(RECHECK_S)
         assert _errors(caplog) == said, [r.getMessage() for r in caplog.records]
         # still held, for the stop's last trace (``Unsent.abandon``)
         assert [k for k, _ in gw.verifier.unsent.held()].count(Event.PRINCIPAL_SUSPEND_REQUESTED) == 1

@@ -369,7 +369,8 @@ class RedisBackend:
         return await anyio.to_thread.run_sync(redis_stats, self.url)
 
     def scan(self) -> Iterator[StoredMessage]:
-        return redis_scan(self.url)
+        with sync_client(self.url) as r:  # (closed when the scan ends or is dropped)
+            yield from redis_scan(r)
 
 
 def key_blob(entry: PublicKeys) -> bytes:
@@ -400,7 +401,12 @@ def parse_key_blob(agent: str, blob: bytes) -> PublicKeys:
 
 
 def redis_stats(url: str) -> dict[str, object]:
-    r: Any = sync_client(url)
+    with sync_client(url) as r:
+        return _stats_of(r)
+
+
+def _stats_of(client: redis.Redis) -> dict[str, object]:
+    r: Any = client  # (redis-py types its sync replies as "Awaitable[T] | T")
     counters: dict[str, int] = {name: 0 for name in COUNTERS}
     counters.update({k.decode(): int(v) for k, v in r.hgetall(PREFIX + "stats").items()})
     inboxes = {
@@ -417,8 +423,9 @@ def redis_stats(url: str) -> dict[str, object]:
     }
 
 
-def redis_scan(url: str) -> Iterator[StoredMessage]:
-    r: Any = sync_client(url)
+def redis_scan(client: redis.Redis) -> Iterator[StoredMessage]:
+    """The stored messages on ``client`` (``sync_client``'s; the caller closes it)."""
+    r: Any = client
     for key in sorted(r.scan_iter(match=f"{PREFIX}inbox:*")):
         inbox = key.decode().removeprefix(PREFIX + "inbox:")
         for i, f in r.xrange(key):

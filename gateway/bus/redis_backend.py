@@ -37,7 +37,7 @@ from gateway.bus.message import SecureMessage
 from gateway.bus.redis_subs import BEAT_S, LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
 from gateway.logs import Outage
-from gateway.state.redisclient import NotItself, open_sync_redis, pong
+from gateway.state.redisclient import open_redis, open_sync_redis, pong
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -88,9 +88,7 @@ class RedisBackend:
     def __init__(self, url: str, *, consumer: str | None = None) -> None:
         self.url = url
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self._r: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=None, connection_class=NotItself
-        )
+        self._r: aioredis.Redis = open_redis(url, 2, blocking_reads=True)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._leave = self._r.register_script(_LEAVE)
         # (its own name in ``procs``: two backends in one Python process are two processes)

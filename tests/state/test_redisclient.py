@@ -100,9 +100,10 @@ async def test_a_socket_connected_to_itself_is_refused_at_connect() -> None:
 
 
 def test_the_state_and_bus_clients_refuse_a_socket_connected_to_itself() -> None:
-    assert open_redis("redis://127.0.0.1:1", 1.0).connection_pool.connection_class is NotItself
-    bus = RedisBackend("redis://127.0.0.1:1")
-    assert bus._r.connection_pool.connection_class is NotItself
+    state = open_redis("redis://127.0.0.1:1", 1.0).connection_pool
+    assert state.connection_class is NotItself and state.connection_kwargs["socket_timeout"] == 1.0
+    bus = RedisBackend("redis://127.0.0.1:1")._r.connection_pool  # (made by open_redis too)
+    assert bus.connection_class is NotItself and bus.connection_kwargs["socket_timeout"] is None
 
 
 class _SelfConnected(redis.connection.Connection):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from gateway.state import RedisRateLimiter
 from gateway.state.redisclient import NotItself, NotItselfSync, open_redis, open_sync_redis, wakeups
 from tests._echo import echo_redis_url
 from tests.conftest import free_port, write_config
+from tests.state.engines import Redis
 
 pytestmark = pytest.mark.anyio
 
@@ -155,20 +154,11 @@ def test_the_sync_clients_refuse_a_socket_connected_to_itself() -> None:
 def test_the_sync_clients_keep_a_unix_socket_and_tls_url_their_own_connection(tmp_path: Path) -> None:
     # redis-py's sync from_url lets a connection_class argument replace the URL's own: a unix://
     # client was dialled as TCP, a rediss:// one lost its TLS. A real redis-server on a socket.
-    sock = tmp_path / "redis.sock"
-    server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-    )
+    server = Redis(tmp_path, unix_socket=True)
+    server.start()
     try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
-        assert open_sync_redis(f"unix://{sock}", 2.0, 2.0).ping() is True
+        assert open_sync_redis(server.url, 2.0, 2.0).ping() is True
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
     tls = open_sync_redis("rediss://127.0.0.1:1", 1.0).connection_pool.connection_class
     assert issubclass(tls, redis.connection.SSLConnection)

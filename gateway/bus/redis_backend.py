@@ -37,7 +37,7 @@ from gateway.bus.message import SecureMessage
 from gateway.bus.redis_subs import BEAT_S, LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
 from gateway.logs import Outage
-from gateway.state.redisclient import NotItself, open_sync_redis, pong
+from gateway.state.redisclient import open_redis, open_sync_redis, pong
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -88,9 +88,7 @@ class RedisBackend:
     def __init__(self, url: str, *, consumer: str | None = None) -> None:
         self.url = url
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self._r: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=None, connection_class=NotItself
-        )
+        self._r: aioredis.Redis = open_redis(url, 2, blocking_reads=True)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._leave = self._r.register_script(_LEAVE)
         # (its own name in ``procs``: two backends in one Python process are two processes)
@@ -369,7 +367,8 @@ class RedisBackend:
         return await anyio.to_thread.run_sync(redis_stats, self.url)
 
     def scan(self) -> Iterator[StoredMessage]:
-        return redis_scan(self.url)
+        with sync_client(self.url) as r:  # (closed when the scan ends or is dropped)
+            yield from redis_scan(r)
 
 
 def key_blob(entry: PublicKeys) -> bytes:
@@ -400,7 +399,12 @@ def parse_key_blob(agent: str, blob: bytes) -> PublicKeys:
 
 
 def redis_stats(url: str) -> dict[str, object]:
-    r: Any = sync_client(url)
+    with sync_client(url) as r:
+        return _stats_of(r)
+
+
+def _stats_of(client: redis.Redis) -> dict[str, object]:
+    r: Any = client  # (redis-py types its sync replies as "Awaitable[T] | T")
     counters: dict[str, int] = {name: 0 for name in COUNTERS}
     counters.update({k.decode(): int(v) for k, v in r.hgetall(PREFIX + "stats").items()})
     inboxes = {
@@ -417,8 +421,9 @@ def redis_stats(url: str) -> dict[str, object]:
     }
 
 
-def redis_scan(url: str) -> Iterator[StoredMessage]:
-    r: Any = sync_client(url)
+def redis_scan(client: redis.Redis) -> Iterator[StoredMessage]:
+    """The stored messages on ``client`` (``sync_client``'s; the caller closes it)."""
+    r: Any = client
     for key in sorted(r.scan_iter(match=f"{PREFIX}inbox:*")):
         inbox = key.decode().removeprefix(PREFIX + "inbox:")
         for i, f in r.xrange(key):

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.bus.backend import StoredMessage
 from gateway.bus.crypto import PublicKeys, config_secret
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import BusUnavailable
+
+if TYPE_CHECKING:
+    import redis
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,6 +51,12 @@ class _Source:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.secret = config_secret(cfg)
+        self._r: redis.Redis | None = None  # the one Redis client of a command (the scan's and the keys')
+
+    def close(self) -> None:
+        if self._r is not None:
+            self._r.close()
+            self._r = None
 
     def stats(self) -> dict[str, object]:
         if self.cfg.bus.backend == "redis":
@@ -60,16 +71,16 @@ class _Source:
         if self.cfg.bus.backend == "redis":
             from gateway.bus.redis_backend import redis_scan
 
-            return redis_scan(self._url())
+            return redis_scan(self._redis())
         from gateway.bus.embedded import scan_db
 
         return scan_db(self._db())
 
     def lookup(self) -> Callable[[str], PublicKeys | None]:
         if self.cfg.bus.backend == "redis":
-            from gateway.bus.redis_backend import PREFIX, parse_key_blob, sync_client
+            from gateway.bus.redis_backend import PREFIX, parse_key_blob
 
-            r = sync_client(self._url())  # (refused as the scan's is: not Redis, not reachable)
+            r = self._redis()
 
             def from_redis(agent: str) -> PublicKeys | None:
                 blob = r.hget(PREFIX + "keys", agent)
@@ -84,6 +95,13 @@ class _Source:
             return lookup_keys_db(db, agent)
 
         return from_db
+
+    def _redis(self) -> redis.Redis:
+        if self._r is None:  # (refused when not Redis or not reachable: BusUnavailable)
+            from gateway.bus.redis_backend import sync_client
+
+            self._r = sync_client(self._url())
+        return self._r
 
     def _url(self) -> str:
         assert self.cfg.bus.url is not None
@@ -106,8 +124,8 @@ def _stats(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from gateway.bus.verify import verify_messages
 
-    src = _Source(load_config(args.config, args.environ))
-    report = verify_messages(src.scan(), src.lookup(), src.secret)
+    with contextlib.closing(_Source(load_config(args.config, args.environ))) as src:
+        report = verify_messages(src.scan(), src.lookup(), src.secret)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -118,15 +136,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    src = _Source(load_config(args.config, args.environ))
     rows = []
-    for s in src.scan():
-        if s.msg is None:
-            rows.append({"inbox": s.inbox, "state": s.state, "error": s.error})
-            continue
-        if args.topic is not None and s.msg.topic != args.topic:
-            continue
-        rows.append({"inbox": s.inbox, "state": s.state, **s.msg.metadata()})
+    with contextlib.closing(_Source(load_config(args.config, args.environ))) as src:
+        for s in src.scan():
+            if s.msg is None:
+                rows.append({"inbox": s.inbox, "state": s.state, "error": s.error})
+                continue
+            if args.topic is not None and s.msg.topic != args.topic:
+                continue
+            rows.append({"inbox": s.inbox, "state": s.state, **s.msg.metadata()})
     rows.sort(key=lambda r: int(r.get("timestamp_ms") or 0))
     for r in rows[-max(args.lines, 0) :] if args.lines else []:
         if args.json:

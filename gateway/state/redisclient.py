@@ -64,12 +64,16 @@ class NotItselfSync(redis.connection.Connection):
         return sock
 
 
-def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
+def open_redis(url: str, timeout_s: float, *, blocking_reads: bool = False) -> aioredis.Redis:
     """A client on ``url`` whose connects and commands fail after ``timeout_s`` (fail closed:
     a caller waiting on a Redis that does not answer is refused, never left hanging). No
-    connection is made until the first command."""
+    connection is made until the first command. ``blocking_reads``: no read timeout (the bus's
+    blocking stream reads wait longer than any bound), only the connect's."""
     client: aioredis.Redis = aioredis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, connection_class=NotItself
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=None if blocking_reads else timeout_s,
+        connection_class=NotItself,
     )
     return client
 

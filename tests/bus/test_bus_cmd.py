@@ -128,3 +128,16 @@ def test_on_redis(tmp_path: Path, redis_server: RedisServer) -> None:
     forged = {**fields, b"c": bytes([fields[b"c"][0] ^ 1]) + fields[b"c"][1:]}
     r.xadd(key, cast("dict[FieldT, EncodableT]", forged))  # a forged copy
     assert symbi(cfg, "verify").returncode == 1
+
+
+def test_verify_on_redis_makes_one_connection(tmp_path: Path, redis_server: RedisServer) -> None:
+    # the scan and the key lookups each opened a client of their own (two connects, two PINGs)
+    cfg = write_config(tmp_path, f'[bus]\nbackend = "redis"\nurl = "{redis_server.url}"\n')
+    r = redis.Redis.from_url(redis_server.url)
+    try:
+        before = int(cast(dict[str, int], r.info("stats"))["total_connections_received"])
+        assert symbi(cfg, "verify").returncode == 0
+        after = int(cast(dict[str, int], r.info("stats"))["total_connections_received"])
+    finally:
+        r.close()
+    assert after - before == 1

@@ -27,15 +27,21 @@ def test_the_command_is_the_first_word_and_only_a_known_one() -> None:
     assert _command(["nosuch", "audit"]) is None  # argparse names the bad choice (full parser)
 
 
-def test_a_command_imports_its_module_and_no_other() -> None:
-    probe = (
-        "import json, sys; from gateway.cli import build_parser; build_parser('audit'); "
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('gateway.cli.'))))"
-    )
+def _loaded(probe: str, arg: str, package: str) -> list[str]:
+    """The modules of ``package`` (it and those under it) loaded by ``probe`` (Python run with
+    ``arg`` as ``sys.argv[1]``) in a fresh process, as a ``symbi`` command starts."""
+    listed = f"sorted(m for m in sys.modules if m == {package!r} or m.startswith({package!r} + '.'))"
+    code = f"import importlib, json, sys; {probe}; print(json.dumps({listed}))"
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code, arg], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     ).stdout
-    loaded = json.loads(out)
+    return list(json.loads(out))
+
+
+def test_a_command_imports_its_module_and_no_other() -> None:
+    loaded = _loaded(
+        "from gateway.cli import build_parser; build_parser(sys.argv[1])", "audit", "gateway.cli"
+    )
     assert "gateway.cli.audit_cmd" in loaded
     assert not set(loaded) & (set(COMMANDS) - {"gateway.cli.audit_cmd"})
 
@@ -46,13 +52,8 @@ _ADMIN = [n for names in COMMANDS.values() for n in names if n not in _SERVES_MC
 
 
 def _sdk_loaded(probe: str, arg: str) -> list[str]:
-    """The MCP SDK's modules loaded by ``probe`` (Python run with ``arg``) in a fresh process,
-    as a ``symbi`` command starts."""
-    code = f"import importlib, json, sys; {probe}; print(json.dumps(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.'))))"
-    out = subprocess.run(
-        [sys.executable, "-c", code, arg], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-    return list(json.loads(out))
+    """The MCP SDK's modules loaded by ``probe`` (Python run with ``arg``)."""
+    return _loaded(probe, arg, "mcp")
 
 
 @pytest.mark.parametrize("command", _ADMIN)
@@ -81,11 +82,7 @@ def test_what_an_admin_command_imports_as_it_runs_does_not_load_the_mcp_sdk(modu
 def test_checking_a_principal_as_the_agents_command_parses_does_not_import_the_runtime() -> None:
     # gateway.runtime (the agent registry, screening, redis) was a third of `symbi agents`'s start
     probe = (
-        "import sys; from gateway.cli import build_parser; "
-        "build_parser('agents').parse_args(['agents', 'suspend', '--principal', 'key:bob']); "
-        "print(sorted(m for m in sys.modules if m == 'gateway.runtime' or m.startswith('gateway.runtime.')))"
+        "from gateway.cli import build_parser; "
+        "build_parser(sys.argv[1]).parse_args([sys.argv[1], 'suspend', '--principal', 'key:bob'])"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-    assert out.strip() == "[]"
+    assert _loaded(probe, "agents", "gateway.runtime") == []

@@ -59,40 +59,56 @@ class Redis:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     password: str | None = None  # requirepass: clients must give it
+    host: str = "127.0.0.1"  # the address it binds ("::1": IPv6)
+    unix_socket: bool = False  # on a unix socket in ``folder`` only (no TCP port)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.folder / "redis.sock"
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        if self.unix_socket:
+            return f"unix://{auth}{self.socket_path}?db=0"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{auth}{host}:{self.port}/0"
+
+    def _args(self) -> list[str]:
+        where = ["--port", "0", "--unixsocket", str(self.socket_path)] if self.unix_socket else []
+        return [
+            "redis-server",
+            *(where or ["--port", str(self.port), "--bind", self.host]),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.folder),
+            *(["--requirepass", self.password] if self.password else []),
+        ]
 
     def start(self) -> None:
         _require("redis-server", "redis-server")
+        if self.unix_socket:  # (its own folder: no other run's server on that path)
+            self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 15  # the bound of the wait, not a timing assertion
+            while not self.socket_path.exists():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not listen on {self.socket_path}")
+                time.sleep(0.05)
+            return
         given = self.port  # a restart keeps the port (clients reconnect to it)
         for _ in range(3):
             self.port = given or free_port()
-            self.proc = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.folder),
-                    *(["--requirepass", self.password] if self.password else []),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             # its own port, not another run's redis-server answering there (ours then exits)
             if _owned_or_exited(self.proc, self.port) or given:
                 wait_port_owned(self.proc.pid, self.port, "redis-server")
                 return
-        raise RuntimeError("redis-server: three free ports in a row were taken by other processes")
+        raise RuntimeError(
+            f"redis-server exited three times: {self.host} cannot be bound or its ports were taken"
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

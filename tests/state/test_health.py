@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -95,21 +94,13 @@ async def test_a_probe_says_what_is_down_to_callers_and_where_to_the_operator() 
 def test_an_ipv6_redis_url_is_checked_not_a_crash_at_start(tmp_path: Path) -> None:
     # the bare URL dropped the brackets (redis://::1:port): redis-py raised ValueError, which
     # ended the gateway's start. A real redis-server without a password on [::1].
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "::1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-    )
+    server = Redis(tmp_path, host="::1")
+    server.start()  # fails the test at once when redis-server cannot listen on [::1]
     try:
-        url = f"redis://:secret@[::1]:{port}/0"  # the URL's password is not what is checked
-        assert safe_url(url) == f"redis://:***@[::1]:{port}/0"  # as shown in the warning
-        deadline = time.monotonic() + 10
-        while not lets_anyone_in(url, 1.0):  # (the server starting)
-            assert server.poll() is None, "redis-server could not listen on [::1]"
-            assert time.monotonic() < deadline, "an open Redis on [::1] was not seen as open"
-            time.sleep(0.1)
+        url = f"redis://:secret@[::1]:{server.port}/0"  # the URL's password is not what is checked
+        assert server.url == f"redis://[::1]:{server.port}/0"
+        assert safe_url(url) == f"redis://:***@[::1]:{server.port}/0"  # as shown in the warning
+        assert lets_anyone_in(url, 1.0), "an open Redis on [::1] was not seen as open"
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
     assert not lets_anyone_in(url, 0.5)  # down: the probes say so

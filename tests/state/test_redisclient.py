@@ -7,9 +7,8 @@ the gateway with them (/readyz 503 without its state components)."""
 
 from __future__ import annotations
 
+import logging
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from gateway.state import RedisRateLimiter
 from gateway.state.redisclient import NotItself, NotItselfSync, open_redis, open_sync_redis, wakeups
 from tests._echo import echo_redis_url
 from tests.conftest import free_port, write_config
+from tests.state.engines import Redis
 
 pytestmark = pytest.mark.anyio
 
@@ -59,8 +59,18 @@ async def test_a_ping_not_answered_pong_is_a_failure(echo_url: str) -> None:
         await limiter.aclose()
 
 
+def _channels_lost(records: list[logging.LogRecord]) -> set[str]:
+    """The loggers of the wake-up channels seen lost as a Redis error (not another failure)."""
+    lost = set()
+    for r in records:
+        args = r.args if isinstance(r.args, tuple) else ()  # (a log record's args: a tuple here)
+        if r.levelno == logging.DEBUG and args and isinstance(args[0], RedisError):
+            lost.add(r.name)
+    return lost
+
+
 async def test_a_gateway_on_a_peer_that_is_not_redis_keeps_running_and_says_it_is_down(
-    tmp_path: Path, echo_url: str
+    tmp_path: Path, echo_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     toml = f"""
         [sandbox]
@@ -72,11 +82,15 @@ async def test_a_gateway_on_a_peer_that_is_not_redis_keeps_running_and_says_it_i
         """
     gw = make_gateway(load_config(write_config(tmp_path, toml)))
     assert gw.state is not None and gw.state.sessions is not None  # both wake-up channels run
-    async with gw.running():
-        with anyio.fail_after(20):  # the probe pings it (a bound, not a timing)
-            while gw.state.status()["redis"]["up"] is not False:
-                await anyio.sleep(0.1)
-        await anyio.sleep(2)  # the wake-up channels read the echo (1 s reads); their end raises
+    channels = {"symbi.runtime.holds", "symbi.runtime.sessionorders"}
+    with caplog.at_level(logging.DEBUG, logger="symbi.runtime"):
+        async with gw.running():
+            with anyio.fail_after(20):  # the probe pings it (a bound, not a timing)
+                while gw.state.status()["redis"]["up"] is not False:
+                    await anyio.sleep(0.1)
+            with anyio.fail_after(20):  # both wake-up channels read the echo and are lost
+                while _channels_lost(caplog.records) != channels:
+                    await anyio.sleep(0.05)
 
 
 class _FromItsOwnPort(NotItself):
@@ -100,9 +114,10 @@ async def test_a_socket_connected_to_itself_is_refused_at_connect() -> None:
 
 
 def test_the_state_and_bus_clients_refuse_a_socket_connected_to_itself() -> None:
-    assert open_redis("redis://127.0.0.1:1", 1.0).connection_pool.connection_class is NotItself
-    bus = RedisBackend("redis://127.0.0.1:1")
-    assert bus._r.connection_pool.connection_class is NotItself
+    state = open_redis("redis://127.0.0.1:1", 1.0).connection_pool
+    assert state.connection_class is NotItself and state.connection_kwargs["socket_timeout"] == 1.0
+    bus = RedisBackend("redis://127.0.0.1:1")._r.connection_pool  # (made by open_redis too)
+    assert bus.connection_class is NotItself and bus.connection_kwargs["socket_timeout"] is None
 
 
 class _SelfConnected(redis.connection.Connection):
@@ -142,20 +157,11 @@ def test_the_sync_clients_refuse_a_socket_connected_to_itself() -> None:
 def test_the_sync_clients_keep_a_unix_socket_and_tls_url_their_own_connection(tmp_path: Path) -> None:
     # redis-py's sync from_url lets a connection_class argument replace the URL's own: a unix://
     # client was dialled as TCP, a rediss:// one lost its TLS. A real redis-server on a socket.
-    sock = tmp_path / "redis.sock"
-    server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-    )
+    server = Redis(tmp_path, unix_socket=True)
+    server.start()
     try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
-        assert open_sync_redis(f"unix://{sock}", 2.0, 2.0).ping() is True
+        assert open_sync_redis(server.url, 2.0, 2.0).ping() is True
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
     tls = open_sync_redis("rediss://127.0.0.1:1", 1.0).connection_pool.connection_class
     assert issubclass(tls, redis.connection.SSLConnection)

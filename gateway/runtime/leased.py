@@ -187,9 +187,13 @@ class LeasedAgents:
                 # replica runs, in one round trip (it was three every RENEW_S)
                 sent = time.monotonic()  # (TIME comes after: the estimate errs ahead, so a
                 # withdrawal errs on deleting)
-                self.seen, now = await self.board.watch(names, enabled)
-                self.seen_at = time.time()
-                self._clock = (now, sent)
+                look = await self.board.watch(names, enabled)
+                if look.statuses is not None:  # (else the last ones stand, ``seen_at`` their age)
+                    self.seen, self.seen_at = look.statuses, time.time()
+                if look.now is not None:  # (else the last reading, moved on by monotonic time)
+                    self._clock = (look.now, sent)
+                for why in look.failed:  # each part on its own: one refused loses no other
+                    _logger.warning("hosted agents' leases: %s", why)
             except _REDIS_ERRORS as e:
                 _logger.warning("could not read the hosted agents' leases: %s", e)
             await anyio.sleep(RENEW_S)

@@ -18,6 +18,7 @@ import redis
 
 from gateway.runtime import hosted, leased
 from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.leased import Mark
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
@@ -226,7 +227,7 @@ async def test_a_terminate_during_a_withdrawal_is_kept_and_a_failed_one_keeps_th
     leased.withdraw(NAME)
     await leased._withdraw(NAME)  # Redis down: kept for the next try
     assert NAME in leased._unwake
-    leased._wanted[NAME] = (None,)
+    leased._wanted[NAME] = Mark()
     with pytest.raises((redis.RedisError, OSError)):
         await leased.withdraw_start(NAME)
     assert NAME in leased._wanted  # the operator's 503 said nothing was done: nothing was
@@ -452,3 +453,30 @@ async def test_a_start_asked_while_a_terminates_delete_is_on_its_way_is_kept(
     await leased.withdraw_start(NAME)
     assert NAME in leased._wanted  # the later start is kept, to pass on
     await leased.board.aclose()
+
+
+async def test_a_terminate_before_redis_s_clock_was_read_spares_a_start_asked_after_it(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A terminate on the holder before Redis's clock was read (its watch failed) left a mark
+    with no time (None): its DEL deleted the start, yet the mark was never dropped (told apart
+    by that time), and the loop's next turn deleted "any start": one asked after it elsewhere."""
+    a = replica(tmp_path / "a", fresh.url, "6042", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    other = leases.LeaseBoard(fresh.url, owner="replica-b", timeout_s=2)
+    r = redis.Redis.from_url(fresh.url)
+    try:
+        la.held.add(NAME)  # its holder, before any watch went through (no lease loop runs)
+        assert la._redis_now() is None
+        await other.wake(NAME)  # a start asked before the terminate
+        assert await la.withdraw_start(NAME)  # the terminate's DEL withdrew it
+        await other.wake(NAME)  # a start asked after it, elsewhere
+        await la._withdraw(NAME)  # the holder loop's next turn
+        assert r.exists(WAKE + NAME) == 1  # still there, for the holder to take
+    finally:
+        la.held.discard(NAME)
+        r.close()
+        await other.aclose()
+        await la.board.aclose()

@@ -72,6 +72,7 @@ class LeasedAgents:
         # terminated here: a start on Redis to withdraw -> the terminate's mark (only a start
         # asked by its time is deleted; that clock not read yet when it is used: any start)
         self._unwake: dict[str, Mark] = {}
+        self._taking: set[str] = set()  # a renewal took a start, not handed on yet (or dropped)
         self._clock: tuple[float, float] | None = None  # Redis's clock, and monotonic, read at once
         self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
@@ -127,7 +128,9 @@ class LeasedAgents:
             self._wanted.pop(name, None)
         if withdrawn and mark is not None and self._unwake.get(name) is mark:  # (None: not held)
             del self._unwake[name]
-        return withdrawn
+        # found nothing as a renewal here had just taken it: the kept mark drops it (withdrawn:
+        # not a 404). A renewal whose reply is still on its way is not seen (404, dropped all the same)
+        return withdrawn or (mark is not None and name in self._taking)
 
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
         """An operator's ``action`` on ``name``, answered here without its lease: left on Redis
@@ -399,11 +402,15 @@ class LeasedAgents:
                 continue
             if not got.held:
                 return "its lease was taken or expired (another token holds it)"
-            # the orders first: a terminate that came in the same renewal window as the start
-            # was refused ("Initializing") once the supervisor had taken the start, and it ran
-            await self._take_orders(name, got.woken)
-            if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
-                self.hosted._wake[name].set()
+            if got.woken:
+                self._taking.add(name)
+            try:  # the orders first: a terminate that came in the same renewal window as the start
+                # was refused ("Initializing") once the supervisor had taken the start, and it ran
+                await self._take_orders(name, got.woken)
+                if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
+                    self.hosted._wake[name].set()
+            finally:
+                self._taking.discard(name)
             wait = RENEW_S
 
     def _stopped(self, name: str) -> bool:

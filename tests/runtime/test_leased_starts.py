@@ -15,6 +15,7 @@ import anyio
 import jsonschema
 import pytest
 import redis
+from anyio import wait_all_tasks_blocked
 
 from gateway.runtime import hosted, leased
 from gateway.runtime.hosted import HostedAgents
@@ -50,6 +51,13 @@ pytestmark = pytest.mark.anyio
 def _ended(h: HostedAgents) -> bool:
     agent = h.runtime.agents.by_name(NAME)
     return agent is not None and agent.state is AgentState.TERMINATED
+
+
+async def _retried(a: HostedAgents) -> None:
+    """The refused start's retry decided: its wait over (or cut short by the terminate), the
+    supervisor has gone on to a run (``runs`` counted in the same step) or to wait for a start."""
+    await _until("the retry's wait over", lambda: NAME not in a.refusing, hosted.AUDIT_RETRY_S + 5)
+    await wait_all_tasks_blocked()
 
 
 async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
@@ -294,7 +302,7 @@ async def test_a_start_refused_by_a_broken_log_and_terminated_in_the_retry_does_
         assert agent is not None
         a.runtime.terminate(agent, "operator: not wanted")  # as the admin API does, in the wait
         rec.broken = False
-        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        await _retried(a)
         assert a.runs[NAME] == 1 and not marked(mark)
         assert not a._wake[NAME].is_set() and not la._wanted and not r.exists(WAKE + NAME)
         assert la.holds(NAME)
@@ -378,7 +386,7 @@ async def test_a_terminate_passed_while_a_first_start_waits_out_a_refusal_withdr
         order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=time.time())
         rec.broken = False  # (mended first: the terminate's own record; no await till the order)
         la._carry_out(NAME, order)  # as the next renewal takes it
-        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        await _retried(a)
         assert a.runs.get(NAME, 0) == 0 and not marked(mark)
 
 

@@ -205,8 +205,8 @@ class LeasedAgents:
                     self.seen, self.seen_at = look.statuses, time.time()
                 if look.now is not None:  # (else the last reading, moved on by monotonic time)
                     self._clock = (look.now, sent)
-                for why in look.failed:  # each part on its own: one refused loses no other
-                    _logger.warning("hosted agents' leases: %s", why)
+                if look.failed:  # each part on its own: one refused loses no other (one line a look)
+                    _logger.warning("hosted agents' leases: %s", "; ".join(look.failed))
             except _REDIS_ERRORS as e:
                 _logger.warning("could not read the hosted agents' leases: %s", e)
             await anyio.sleep(RENEW_S)

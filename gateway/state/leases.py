@@ -248,7 +248,7 @@ class LeaseBoard(RedisUser):
             for n, e in zip(enabled, renewed, strict=True)
             if _refused(e)
         ]
-        statuses = None
+        statuses: dict[str, dict[str, Any] | None] | None = None
         if _refused(raw):
             failed.append(f"the statuses not read ({raw})")
         else:

@@ -225,7 +225,9 @@ async def test_a_refused_start_renewal_loses_neither_the_statuses_nor_the_clock(
     admin.acl_setuser(
         "nopexpire", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-pexpire"]
     )
-    limited = LeaseBoard(f"redis://nopexpire:pw@127.0.0.1:{redis_engine.port}/0", owner="replica-c", timeout_s=2)
+    limited = LeaseBoard(
+        f"redis://nopexpire:pw@127.0.0.1:{redis_engine.port}/0", owner="replica-c", timeout_s=2
+    )
     try:
         look = await limited.watch(["clock"], ["clock"])
         assert look.statuses is not None and look.statuses["clock"] is not None  # read all the same

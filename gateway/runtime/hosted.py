@@ -271,7 +271,7 @@ class HostedAgents:
         try:
             keys = launchable(tier, self.keys, self.socket_path)
             if self.unrevoked:  # a past run's key an outage kept alive goes first
-                await anyio.to_thread.run_sync(self.revoke_pending)
+                await anyio.to_thread.run_sync(launch.revoke_pending, self.keys, self.unrevoked, _logger)
             # off the event loop: with [state] postgres_url the key store is a round trip
             key, record = await anyio.to_thread.run_sync(
                 lambda: keys.create(principal.id, tuple(ac.roles), kind="agent")
@@ -368,10 +368,7 @@ class HostedAgents:
             del self.run_keys[name]
         self.unrevoked.add(key_id)
         with anyio.CancelScope(shield=True):  # also when the run was cancelled (shutdown)
-            await anyio.to_thread.run_sync(self.revoke_pending)
-
-    def revoke_pending(self) -> None:
-        launch.revoke_pending(self.keys, self.unrevoked, _logger)
+            await anyio.to_thread.run_sync(launch.revoke_pending, self.keys, self.unrevoked, _logger)
 
     async def _execute(
         self,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,6 +47,16 @@ _logger = logging.getLogger("symbi.runtime.leased")
 _REDIS_ERRORS = (RedisError, OSError)
 
 
+@dataclass(eq=False)
+class Mark:
+    """An operator's start request or withdrawal made here: when (monotonic), put on Redis's
+    clock when it is used (``LeasedAgents._redis_at``: a mark made before that clock was read
+    gets its time once it is). Told apart by identity: two made before the clock was read are
+    two marks (by their time, None, they were one: a terminate's kept mark was never dropped)."""
+
+    mono: float = field(default_factory=time.monotonic)
+
+
 class LeasedAgents:
     """Runs ``hosted``'s supervisors for the agents whose lease this process holds."""
 
@@ -54,13 +65,14 @@ class LeasedAgents:
         self.board = board
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
-        # start requests to pass to the holder, with when each was asked (Redis's clock, as
-        # estimated: ``_redis_now``): one kept through an outage is stamped with it, so a
+        # start requests to pass to the holder, with when each was asked (on Redis's clock, as
+        # estimated: ``_redis_at``): one kept through an outage is stamped with it, so a
         # terminate asked after it, kept by its holder, withdraws it (it was stamped later)
-        self._wanted: dict[str, tuple[float | None]] = {}  # (a tuple each: told apart by identity)
-        # terminated here: a start on Redis to withdraw -> the terminate's time on Redis's clock
-        # (only a start asked by then is deleted; None: that clock not read yet, any start)
-        self._unwake: dict[str, float | None] = {}
+        self._wanted: dict[str, Mark] = {}
+        # terminated here: a start on Redis to withdraw -> the terminate's mark (only a start
+        # asked by its time is deleted; that clock not read yet when it is used: any start)
+        self._unwake: dict[str, Mark] = {}
+        self._taking: set[str] = set()  # a renewal took a start, not handed on yet (or dropped)
         self._clock: tuple[float, float] | None = None  # Redis's clock, and monotonic, read at once
         self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
@@ -82,7 +94,7 @@ class LeasedAgents:
         """``symbi agents run NAME`` on a process that does not hold ``name``'s lease: the
         request goes to the holder through Redis (it starts the agent at its next renewal)."""
         holder = (self.seen.get(name) or {}).get("holder")
-        self._wanted[name] = (self._redis_now(),)  # the latest request's time: the operator's last word
+        self._wanted[name] = Mark()  # the latest request's time: the operator's last word
         self._poke[name].set()
         return f"start passed to the process holding its lease ({holder or 'none yet'})"
 
@@ -93,7 +105,7 @@ class LeasedAgents:
         process holds the lease and the terminate came on the loop's thread, else at its next
         turn), retried until done."""
         self._wanted.pop(name, None)
-        self._unwake[name] = self._redis_now()  # a later terminate's time covers an earlier one's
+        self._unwake[name] = Mark()  # a later terminate's time covers an earlier one's
         if name in self.held and threading.get_ident() == self._loop_thread:
             self._changed[name].set()
 
@@ -106,18 +118,19 @@ class LeasedAgents:
         # renewal meanwhile does not take the start; gone once the DEL deleted it, kept for the
         # loop's retry when it fails, and kept when it found nothing (a renewal may have taken
         # the start just before, its orders not read: the mark drops what it took). Poked, the
-        # loop deleted it a second time. (A later terminate's mark is another object: kept;
-        # None, Redis's clock not read yet: kept.)
+        # loop deleted it a second time. (A later terminate's mark is another object: kept.)
         mark = None
         if name in self.held:
-            mark = self._unwake[name] = self._redis_now()
+            mark = self._unwake[name] = Mark()
         asked = self._wanted.get(name)  # (one asked during the DEL is later: kept)
         withdrawn = await self.board.unwake(name)
         if self._wanted.get(name) is asked:
             self._wanted.pop(name, None)
-        if withdrawn and mark is not None and self._unwake.get(name) is mark:
+        if withdrawn and mark is not None and self._unwake.get(name) is mark:  # (None: not held)
             del self._unwake[name]
-        return withdrawn
+        # found nothing as a renewal here had just taken it: the kept mark drops it (withdrawn:
+        # not a 404). A renewal whose reply is still on its way is not seen (404, dropped all the same)
+        return withdrawn or (mark is not None and name in self._taking)
 
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
         """An operator's ``action`` on ``name``, answered here without its lease: left on Redis
@@ -187,9 +200,13 @@ class LeasedAgents:
                 # replica runs, in one round trip (it was three every RENEW_S)
                 sent = time.monotonic()  # (TIME comes after: the estimate errs ahead, so a
                 # withdrawal errs on deleting)
-                self.seen, now = await self.board.watch(names, enabled)
-                self.seen_at = time.time()
-                self._clock = (now, sent)
+                look = await self.board.watch(names, enabled)
+                if look.statuses is not None:  # (else the last ones stand, ``seen_at`` their age)
+                    self.seen, self.seen_at = look.statuses, time.time()
+                if look.now is not None:  # (else the last reading, moved on by monotonic time)
+                    self._clock = (look.now, sent)
+                if look.failed:  # each part on its own: one refused loses no other (one line a look)
+                    _logger.warning("hosted agents' leases: %s", "; ".join(look.failed))
             except _REDIS_ERRORS as e:
                 _logger.warning("could not read the hosted agents' leases: %s", e)
             await anyio.sleep(RENEW_S)
@@ -254,10 +271,15 @@ class LeasedAgents:
 
     def _redis_now(self) -> float | None:
         """Redis's clock now, as last read (``_watch``) plus the time since; None: not read."""
+        return self._redis_at(Mark())
+
+    def _redis_at(self, mark: Mark) -> float | None:
+        """When ``mark`` was made on Redis's clock, by the last reading (``_watch``, or the orders'
+        before the first; taken before the TIME it sent, so it errs later); None: not read yet."""
         if self._clock is None:
             return None
         at, mono = self._clock
-        return at + (time.monotonic() - mono)
+        return at + (mark.mono - mono)
 
     async def _withdraw(self, name: str) -> None:
         if name not in self._unwake:
@@ -267,7 +289,7 @@ class LeasedAgents:
         # terminate: a mark kept through an outage deleted a start asked after it (lost)
         before = self._unwake.pop(name)
         try:
-            await self.board.unwake(name, before)
+            await self.board.unwake(name, self._redis_at(before))
         except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
             self._unwake.setdefault(name, before)  # (a terminate during the DEL: its later time)
             _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
@@ -278,10 +300,9 @@ class LeasedAgents:
             return
         asked = self._wanted[name]
         try:
-            if not await self.board.wake(name, asked[0]):
+            if not await self.board.wake(name, self._redis_at(asked)):
                 _logger.info("agent %s: a start asked here was withdrawn by a later terminate", name)
-            if self._wanted.get(name) is asked:  # (not a later request asked meanwhile: by identity,
-                # as two asked before Redis's clock was read carry the same time, None)
+            if self._wanted.get(name) is asked:  # (not a later request asked meanwhile)
                 self._wanted.pop(name, None)
         except _REDIS_ERRORS as e:
             _logger.warning("agent %s: the start request could not be passed on (%s)", name, e)
@@ -313,7 +334,7 @@ class LeasedAgents:
                 # or a with-gateway one's (nothing waits for it), went holder to holder for good;
                 # an interval agent's is dropped (its next run comes with the interval anyway)
                 if ac.start == "on-demand" and name not in self._ended:
-                    self._wanted.setdefault(name, (self._redis_now(),))  # (a terminate after it drops it)
+                    self._wanted.setdefault(name, Mark())  # (a terminate after it drops it)
             self.hosted.end_record(
                 name, f"stopped here, {why}"
             )  # on every way out: lost, stopped or cancelled
@@ -366,7 +387,7 @@ class LeasedAgents:
                 # with it by ``_run_held``, not here (a terminate's mark may be gone by now)
                 ondemand = self.hosted.config.agents[name].start == "on-demand"
                 if ondemand and name not in self.hosted.refusing and not self._stopped(name):
-                    self._wanted.setdefault(name, (self._redis_now(),))  # (a terminate after it drops it)
+                    self._wanted.setdefault(name, Mark())  # (a terminate after it drops it)
                 return why
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:
@@ -381,11 +402,15 @@ class LeasedAgents:
                 continue
             if not got.held:
                 return "its lease was taken or expired (another token holds it)"
-            # the orders first: a terminate that came in the same renewal window as the start
-            # was refused ("Initializing") once the supervisor had taken the start, and it ran
-            await self._take_orders(name, got.woken)
-            if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
-                self.hosted._wake[name].set()
+            if got.woken:
+                self._taking.add(name)
+            try:  # the orders first: a terminate that came in the same renewal window as the start
+                # was refused ("Initializing") once the supervisor had taken the start, and it ran
+                await self._take_orders(name, got.woken)
+                if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
+                    self.hosted._wake[name].set()
+            finally:
+                self._taking.discard(name)
             wait = RENEW_S
 
     def _stopped(self, name: str) -> bool:

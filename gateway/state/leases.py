@@ -224,24 +224,38 @@ class LeaseBoard(RedisUser):
         stamp = "" if before is None else repr(before)  # "": now (every start there is older)
         return bool(await self.unwake_script(keys=[WAKE + name, WITHDRAWN + name], args=[stamp]))
 
-    async def watch(
-        self, names: list[str], enabled: list[str]
-    ) -> tuple[dict[str, dict[str, Any] | None], float]:
+    async def watch(self, names: list[str], enabled: list[str]) -> Look:
         """The lease runner's look every ``RENEW_S``, one round trip: each of ``names``'s holder
         status (as ``statuses``), Redis's clock (epoch s), and the life (``START_TTL_MS``) of
         the starts waiting for ``enabled`` (the agents this config enables) renewed: a start
         lives while a live replica has its agent, so an outage of every holder does not lose
         it, and a start of an agent no replica has any more expires (a rolling deploy's other
-        configs renew theirs). No scan. Raises ``RedisError``/``OSError``."""
+        configs renew theirs). No scan. Each part's reply is its own: one Redis refuses (an ACL
+        without ``PEXPIRE``) fails that part only (``Look.failed``), not the statuses and the
+        clock with it. Raises ``RedisError``/``OSError`` when Redis is not reached."""
         async with self.redis.pipeline(transaction=False) as pipe:
             if names:
                 pipe.mget([STATUS + n for n in names])
             pipe.time()
             for name in enabled:
                 pipe.pexpire(WAKE + name, START_TTL_MS)
-            got = await pipe.execute()
-        raw, time_ = (got[0], got[1]) if names else ([], got[0])
-        return _statuses(names, raw), _epoch(time_)
+            got = await pipe.execute(raise_on_error=False)
+        if not names:
+            got = [[], *got]
+        raw, time_, renewed = got[0], got[1], got[2:]
+        failed = [
+            f"the starts of {n} not renewed ({e})"
+            for n, e in zip(enabled, renewed, strict=True)
+            if _refused(e)
+        ]
+        statuses: dict[str, dict[str, Any] | None] | None = None
+        if _refused(raw):
+            failed.append(f"the statuses not read ({raw})")
+        else:
+            statuses = _statuses(names, raw)
+        if _refused(time_):
+            failed.append(f"the clock not read ({time_})")
+        return Look(statuses, None if _refused(time_) else _epoch(time_), failed)
 
     async def drop_starts(self, names: list[str]) -> int:
         """Delete the start requests of ``names`` (agents the config disables; one ``DEL``, no
@@ -277,6 +291,20 @@ class LeaseBoard(RedisUser):
 async def redis_now(client: aioredis.Redis) -> float:
     """The Redis server's clock (epoch s). Raises ``RedisError``/``OSError``."""
     return _epoch(await client.time())
+
+
+@dataclass(frozen=True)
+class Look:
+    """What ``LeaseBoard.watch`` read, part by part (None: that part failed, said in ``failed``)."""
+
+    statuses: dict[str, dict[str, Any] | None] | None
+    now: float | None  # Redis's clock (epoch s)
+    failed: list[str]  # each part Redis refused, and why (readable: for the log)
+
+
+def _refused(reply: object) -> bool:
+    """A pipeline reply that is Redis's refusal (``execute(raise_on_error=False)`` returns it)."""
+    return isinstance(reply, Exception)
 
 
 def _epoch(time_: tuple[int, int]) -> float:

@@ -15,9 +15,11 @@ import anyio
 import jsonschema
 import pytest
 import redis
+from anyio import wait_all_tasks_blocked
 
 from gateway.runtime import hosted, leased
 from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.leased import Mark
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
@@ -49,6 +51,13 @@ pytestmark = pytest.mark.anyio
 def _ended(h: HostedAgents) -> bool:
     agent = h.runtime.agents.by_name(NAME)
     return agent is not None and agent.state is AgentState.TERMINATED
+
+
+async def _retried(a: HostedAgents) -> None:
+    """The refused start's retry decided: its wait over (or cut short by the terminate), the
+    supervisor has gone on to a run (``runs`` counted in the same step) or to wait for a start."""
+    await _until("the retry's wait over", lambda: NAME not in a.refusing, hosted.AUDIT_RETRY_S + 5)
+    await wait_all_tasks_blocked()
 
 
 async def test_a_terminate_withdraws_a_start_no_holder_took_yet(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
@@ -226,7 +235,7 @@ async def test_a_terminate_during_a_withdrawal_is_kept_and_a_failed_one_keeps_th
     leased.withdraw(NAME)
     await leased._withdraw(NAME)  # Redis down: kept for the next try
     assert NAME in leased._unwake
-    leased._wanted[NAME] = (None,)
+    leased._wanted[NAME] = Mark()
     with pytest.raises((redis.RedisError, OSError)):
         await leased.withdraw_start(NAME)
     assert NAME in leased._wanted  # the operator's 503 said nothing was done: nothing was
@@ -293,7 +302,7 @@ async def test_a_start_refused_by_a_broken_log_and_terminated_in_the_retry_does_
         assert agent is not None
         a.runtime.terminate(agent, "operator: not wanted")  # as the admin API does, in the wait
         rec.broken = False
-        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        await _retried(a)
         assert a.runs[NAME] == 1 and not marked(mark)
         assert not a._wake[NAME].is_set() and not la._wanted and not r.exists(WAKE + NAME)
         assert la.holds(NAME)
@@ -377,7 +386,7 @@ async def test_a_terminate_passed_while_a_first_start_waits_out_a_refusal_withdr
         order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=time.time())
         rec.broken = False  # (mended first: the terminate's own record; no await till the order)
         la._carry_out(NAME, order)  # as the next renewal takes it
-        await anyio.sleep(hosted.AUDIT_RETRY_S + 2)  # the retry's wait is over: a start would run
+        await _retried(a)
         assert a.runs.get(NAME, 0) == 0 and not marked(mark)
 
 
@@ -452,3 +461,30 @@ async def test_a_start_asked_while_a_terminates_delete_is_on_its_way_is_kept(
     await leased.withdraw_start(NAME)
     assert NAME in leased._wanted  # the later start is kept, to pass on
     await leased.board.aclose()
+
+
+async def test_a_terminate_before_redis_s_clock_was_read_spares_a_start_asked_after_it(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A terminate on the holder before Redis's clock was read (its watch failed) left a mark
+    with no time (None): its DEL deleted the start, yet the mark was never dropped (told apart
+    by that time), and the loop's next turn deleted "any start": one asked after it elsewhere."""
+    a = replica(tmp_path / "a", fresh.url, "6042", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    other = leases.LeaseBoard(fresh.url, owner="replica-b", timeout_s=2)
+    r = redis.Redis.from_url(fresh.url)
+    try:
+        la.held.add(NAME)  # its holder, before any watch went through (no lease loop runs)
+        assert la._redis_now() is None
+        await other.wake(NAME)  # a start asked before the terminate
+        assert await la.withdraw_start(NAME)  # the terminate's DEL withdrew it
+        await other.wake(NAME)  # a start asked after it, elsewhere
+        await la._withdraw(NAME)  # the holder loop's next turn
+        assert r.exists(WAKE + NAME) == 1  # still there, for the holder to take
+    finally:
+        la.held.discard(NAME)
+        r.close()
+        await other.aclose()
+        await la.board.aclose()

@@ -125,7 +125,8 @@ async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
     """A terminate on the holder whose DEL reaches Redis just after a renewal took the start
     (it found nothing): its mark was dropped with the DEL's success, and the renewal, reading
     its orders meanwhile, handed the start on: the terminated agent ran. The mark stays now
-    when the DEL found nothing, and the renewal drops the start it took."""
+    when the DEL found nothing, and the renewal drops the start it took; the operator is
+    answered ``withdrawn`` (it was 404, "no start pending")."""
     mark = f"0.6034{os.getpid()}"
     a, la, r = _idle_holder(tmp_path, fresh.url, mark, Recorder(), monkeypatch)  # the one renewal: poked
     at_orders, go_on, taken = anyio.Event(), anyio.Event(), anyio.Event()
@@ -147,7 +148,8 @@ async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
         with anyio.fail_after(10):
             await at_orders.wait()
         assert not r.exists(WAKE + NAME)  # the renewal took it
-        await act_on_agent(_admin(a, Recorder()), NAME, "terminate", "ops", "not wanted")
+        status, body = await act_on_agent(_admin(a, Recorder()), NAME, "terminate", "ops", "not wanted")
+        assert status == 200 and body["withdrawn"]  # (it was 404: the DEL found nothing)
         go_on.set()
         with anyio.fail_after(10):
             await taken.wait()

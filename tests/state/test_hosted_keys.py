@@ -6,6 +6,7 @@ the key is revoked as soon as the store answers again.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anyio
@@ -15,7 +16,7 @@ from gateway.config.load import load_config
 from gateway.events import LoggingSink
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import HostedAgents
-from gateway.runtime.launch import AgentHost
+from gateway.runtime.launch import AgentHost, revoke_pending
 from gateway.state.pgkeys import PgApiKeyStore
 from gateway.state.postgres import Postgres
 from tests.conftest import write_config
@@ -42,7 +43,8 @@ async def test_a_run_key_an_outage_kept_alive_is_revoked_when_postgres_returns(
             postgres_engine.start()
         assert hosted.unrevoked == {rec.id}
         assert keys.lookup(key) is not None  # still live: the outage held it back
-        hosted.revoke_pending()  # what the next run (or the next run's end) does first
+        revoke_pending(hosted.keys, hosted.unrevoked, logging.getLogger("test"))  # what the next run
+        # (or the next run's end) does first
         assert keys.lookup(key) is None and hosted.unrevoked == set()
     finally:
         keys.close()

@@ -198,8 +198,9 @@ async def test_a_start_lives_while_a_replica_renews_it_and_expires_after(
     assert START_TTL_MS - 60_000 < raw.pttl(WAKE + "removed") <= START_TTL_MS
     raw.pexpire(WAKE + "clock", 1000)  # as if a day had gone by with no replica renewing them
     raw.pexpire(WAKE + "removed", 1000)
-    seen, now = await a.watch(["clock"], ["clock", "other"])  # a's config: clock (and one with no start)
-    assert seen == {"clock": None} and abs(now - await a.now()) < 5  # with the statuses and Redis's clock
+    look = await a.watch(["clock"], ["clock", "other"])  # a's config: clock (and one with no start)
+    assert look.statuses == {"clock": None} and look.failed == []  # with the statuses
+    assert look.now is not None and abs(look.now - await a.now()) < 5  # and Redis's clock
     assert raw.pttl(WAKE + "clock") > START_TTL_MS - 60_000
     assert raw.pttl(WAKE + "other") == -2  # none made
     await anyio.sleep(1.2)
@@ -209,3 +210,31 @@ async def test_a_start_lives_while_a_replica_renews_it_and_expires_after(
     lc = a.lease("clock")
     assert await lc.acquire({})
     assert (await lc.renew({})).woken
+
+
+async def test_a_refused_start_renewal_loses_neither_the_statuses_nor_the_clock(
+    boards: tuple[LeaseBoard, LeaseBoard], redis_engine: Redis
+) -> None:
+    """``watch`` is one non-transactional pipeline: it raised the first refusal after running
+    all, so a user Redis's ACL denies ``PEXPIRE`` (a real refusal, ``NOPERM``) also lost the
+    statuses and the clock every ``RENEW_S``. Each part's reply is its own now."""
+    a, _ = boards
+    assert await a.lease("clock").acquire({"state": "Running"})
+    await a.wake("clock")
+    admin = redis.Redis.from_url(redis_engine.url)
+    admin.acl_setuser(
+        "nopexpire", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-pexpire"]
+    )
+    limited = LeaseBoard(
+        f"redis://nopexpire:pw@127.0.0.1:{redis_engine.port}/0", owner="replica-c", timeout_s=2
+    )
+    try:
+        look = await limited.watch(["clock"], ["clock"])
+        assert look.statuses is not None and look.statuses["clock"] is not None  # read all the same
+        assert look.statuses["clock"]["state"] == "Running"
+        assert look.now is not None and abs(look.now - await a.now()) < 5
+        assert len(look.failed) == 1  # the refused renewal, said
+    finally:
+        await limited.aclose()
+        admin.acl_deluser("nopexpire")
+        admin.close()

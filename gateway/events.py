@@ -209,7 +209,7 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
     try:
         sink.emit(event_type, details, **who)
     except AuditError as e:
-        refused_for_good(event_type, e, "acted on all the same", details)
+        refused_for_good(event_type, e, "acted on all the same", _traced(details, **who))
 
 
 def refused_for_good(what: str, err: AuditError, then: str, details: Mapping[str, Any]) -> None:
@@ -265,6 +265,15 @@ class _Held:
     def sent_details(self) -> Mapping[str, Any]:
         # a record sent after later ones were recorded directly says when the change was made
         return {**self.details, "held_since_ns": self.since_ns} if self.late else self.details
+
+    def trace(self) -> dict[str, Any]:
+        """What a log line keeps of a record never written: its details and who acted (an
+        approval's details name no approver: the principal column does)."""
+        return _traced(self.sent_details(), principal=self.principal, agent=self.agent)
+
+
+def _traced(details: Mapping[str, Any], **who: str | None) -> dict[str, Any]:
+    return {**details, **{k: v for k, v in who.items() if v is not None}}
 
 
 class Unsent:
@@ -324,10 +333,10 @@ class Unsent:
         log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
         now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
         held = _Held(kind, details, since_ns)
-        if self._refused is not None:  # never sent now: this line is its trace until the stop
-            refused_for_good(kind, self._refused[1], "held", details)
         held.late = refused
         held.principal, held.agent = principal, agent
+        if self._refused is not None:  # never sent now: this line is its trace until the stop
+            refused_for_good(kind, self._refused[1], "held", held.trace())
         self._held.append(held)
         self._waiting += 1
         if self._waiting > self._cap:
@@ -391,7 +400,7 @@ class Unsent:
                 self._late()
                 for w in self._held:  # each one's line now (never sent to it again): a kill
                     if w.commit is None:  # before the stop's ``abandon`` lost the lot
-                        refused_for_good(w.kind, e, "held", w.sent_details())
+                        refused_for_good(w.kind, e, "held", w.trace())
                 self._refused = (sink, e)
                 return e
         return None
@@ -423,7 +432,7 @@ class Unsent:
         to say so)."""
         for h in self._held:
             where = "never recorded" if h.commit is None else "queued, not committed"
-            _logger.error("%s %s: the gateway stopped first: %s", h.kind, where, dict(h.details))
+            _logger.error("%s %s: the gateway stopped first: %s", h.kind, where, h.trace())
             h.commit = None  # let go: a commit settling later is not this list's any more
         self._held.clear()
         self._waiting = 0
@@ -461,7 +470,12 @@ class Unsent:
         for dropped in list(itertools.islice(over, self._waiting - self._cap)):
             self._held.remove(dropped)
             self._waiting -= 1
-            _logger.error("%s never recorded: over %d records held for a broken log", dropped.kind, self._cap)
+            _logger.error(  # its last trace: what was done, and by whom
+                "%s never recorded: over %d records held for a broken log: %s",
+                dropped.kind,
+                self._cap,
+                dropped.trace(),
+            )
 
     def _late(self) -> None:
         # sent after records made later: each one not in flight says when it was acted on

@@ -243,13 +243,35 @@ async def test_records_in_flight_when_the_writer_dies_are_sent_again(
     assert all("held_since_ns" in r.details for r in records)
 
 
-async def test_record_acted_drops_a_refused_record_and_says_so(tmp_path: Path) -> None:
+async def test_record_acted_drops_a_refused_record_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     broken, working = _closed(tmp_path), AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    record_acted(broken, *FIRST)  # acted on all the same: dropped, logged (no raise)
+    with caplog.at_level(logging.ERROR, logger="symbi.events"):
+        record_acted(broken, *FIRST, principal="key:admin")  # acted on all the same: logged (no raise)
     record_acted(working, *SECOND, principal="key:ops")
     working.close()
     [revoked] = tool_records(tmp_path / "b.db")
     assert (revoked.type, revoked.principal) == (SECOND[0], "key:ops")
+    # its one trace: the kind, the details and who acted (an approval's details name no approver)
+    [line] = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
+    args = cast(tuple[object, ...], line.args)
+    assert args[0] == FIRST[0]
+    assert args[-1] == {**FIRST[1], "principal": "key:admin"}
+
+
+async def test_a_record_the_bound_drops_is_logged_with_its_details_and_who_acted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    unsent = Unsent(cap=1)
+    unsent.keep(*FIRST, principal="key:admin")
+    with caplog.at_level(logging.ERROR, logger="symbi.events"):
+        unsent.keep(*SECOND)  # over the bound: the oldest, FIRST, dropped
+    assert [kind for kind, _ in unsent.held()] == [SECOND[0]]
+    [line] = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
+    args = cast(tuple[object, ...], line.args)
+    assert args[0] == FIRST[0]
+    assert args[-1] == {**FIRST[1], "principal": "key:admin"}  # (only its kind was logged)
 
 
 async def test_a_stalled_commit_is_queued_once_however_often_it_is_sent(

@@ -43,7 +43,8 @@ _STD = {"401": _ERR, "403": _ERR}
 _DONE = (
     "action_unrecorded (done: true): done, its audit record not committed yet "
     "(held: sent again; pending: still queued in a stalled writer; restart_needed: the log "
-    "refuses for good, the record is logged when the gateway stops)"
+    "refuses for good, the record is logged then and when the gateway stops; all three false: "
+    "dropped over the bound of held records, logged then)"
 )
 _LIMIT = [
     {

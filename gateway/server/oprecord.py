@@ -27,11 +27,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ActionUnrecorded, AuditError, UnrecordedState
-from gateway.events import COMMIT_WAIT_S, Event, Recording
+from gateway.events import COMMIT_WAIT_S, Event, Recording, Unsent
 from gateway.server.unavailable import unavailable
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.audit.log import AuditLog
 
 # as a call's record (``steps.audit``, ``events.COMMIT_WAIT_S``): a stalled disk does not hang
 # the admin request; the commit stays in flight (the event queued once, written when it moves)
@@ -52,7 +53,7 @@ async def record_action(
     try:  # held (stamped with now, when it was done) until committed, behind older held ones
         commit = unsent.submit(sink, kind, details, principal=principal, agent=agent)
     except AuditError as e:  # refused before it was queued (broken since the check), or dropped
-        return _unrecorded(kind, e.message, _where(gw, details))
+        return _unrecorded(kind, e.message, _where(unsent, log, details))
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
     if not done:  # still queued in the writer: held should its commit fail later
         return _unrecorded(kind, f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)", "pending")
@@ -62,17 +63,17 @@ async def record_action(
     if err is None:
         return None
     why = err.message if isinstance(err, AuditError) else repr(err)
-    return _unrecorded(kind, why, _where(gw, details))
+    return _unrecorded(kind, why, _where(unsent, log, details))
 
 
-def _where(gw: Gateway, details: Mapping[str, Any]) -> UnrecordedState:
-    """Where a record refused or failed is: dropped by the bound (the batch it failed in can
-    bring back more held records than ``cap``, the oldest dropped: this one, answered ``held``
-    before), else held, never sent again when the log is broken for good."""
-    if not gw.verifier.unsent.holds(details):
+def _where(unsent: Unsent, log: AuditLog, details: Mapping[str, Any]) -> UnrecordedState:
+    """Where a record refused or failed is, in the ``unsent`` it was submitted to: dropped by
+    the bound (records held behind it, failed in its batch or kept since, past ``cap``: the
+    oldest dropped, this one, answered ``held`` before), else held, never sent again when the
+    log is broken for good. (A point in time: one held may still be dropped later, logged.)"""
+    if not unsent.holds(details):
         return "dropped"
-    log = gw.audit
-    return "broken" if log is not None and log.unwritable() is not None else "held"
+    return "broken" if log.unwritable() is not None else "held"
 
 
 # THE definition of each state's answer: the 503's one flag that says it (a dropped record has

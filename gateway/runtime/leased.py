@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger("symbi.runtime.leased")
 _REDIS_ERRORS = (RedisError, OSError)
+CLOCK_RTT_S = 0.5  # a reading of Redis's clock that took longer does not replace the last one
 
 
 @dataclass(eq=False)
@@ -203,7 +204,11 @@ class LeasedAgents:
                 look = await self.board.watch(names, enabled)
                 if look.statuses is not None:  # (else the last ones stand, ``seen_at`` their age)
                     self.seen, self.seen_at = look.statuses, time.time()
-                if look.now is not None:  # (else the last reading, moved on by monotonic time)
+                # else the last reading, moved on by monotonic time. Nor a slow one (a reconnect
+                # after an outage): it errs ahead by its wait, and the marks kept through the
+                # outage, put on it, had a start asked before a terminate stamped after it
+                slow = time.monotonic() - sent > CLOCK_RTT_S and self._clock is not None
+                if look.now is not None and not slow:
                     self._clock = (look.now, sent)
                 if look.failed:  # each part on its own: one refused loses no other (one line a look)
                     _logger.warning("hosted agents' leases: %s", "; ".join(look.failed))
@@ -288,11 +293,18 @@ class LeasedAgents:
         # discard after the DEL lost it); put back when the DEL fails. Only a start asked by the
         # terminate: a mark kept through an outage deleted a start asked after it (lost)
         before = self._unwake.pop(name)
+        done = False
         try:
+            if self._clock is None:  # no reading yet: its time is None, "any start", a later one's too
+                sent = time.monotonic()
+                self._clock = (await self.board.now(), sent)
             await self.board.unwake(name, self._redis_at(before))
+            done = True
         except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
-            self._unwake.setdefault(name, before)  # (a terminate during the DEL: its later time)
             _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
+        finally:  # failed, or cancelled (a renewal's bound ran out in a Redis retry's backoff)
+            if not done:
+                self._unwake.setdefault(name, before)  # (a terminate during the DEL: its later time)
 
     async def _pass_requests(self, name: str) -> None:
         await self._withdraw(name)

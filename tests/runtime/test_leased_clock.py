@@ -1,0 +1,114 @@
+"""A hosted agent's terminate on the holder and Redis's clock (``gateway.runtime.leased``), on a
+real Redis: a withdrawal cut short keeps its mark, a mark is put on a clock read before it is
+used, and a slow reading (a reconnect's) does not replace the last one. (Split from
+tests/runtime/test_leased_starts.py, near 500 lines.) Redis is slowed for real: ``CLIENT
+PAUSE``, which holds every client's commands (``WRITE``: its writes and scripts) a while."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+
+from gateway.runtime.leased import Mark
+from gateway.state import leases
+from gateway.state.leases import WAKE
+from tests.runtime._leases import NAME, replica
+from tests.runtime.test_core import Recorder
+from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
+from tests.state.engines import Redis
+
+# isort: split
+from tests.runtime._leases import _require_bwrap, fresh  # noqa: F401 - the fixtures
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_withdrawal_cut_short_in_its_delete_keeps_its_mark(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
+    """The holder loop's withdrawal runs under the renewal's bound; a DEL waiting on Redis (a
+    retry's backoff in an outage) was cancelled by it, and the mark, taken out before the DEL,
+    was put back only on a Redis error: the terminate's withdrawal was lost, and a start asked
+    before it ran at the next holder."""
+    a = replica(tmp_path / "a", fresh.url, "6043", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    r = redis.Redis.from_url(fresh.url)
+    try:
+        la._clock = (await la.board.now(), time.monotonic())
+        mark = la._unwake[NAME] = Mark()
+        r.client_pause(3000, all=False)  # the DEL (a script) waits
+        with anyio.move_on_after(0.5):
+            await la._withdraw(NAME)
+        assert la._unwake.get(NAME) is mark  # kept for the next turn
+    finally:
+        r.client_unpause()
+        r.close()
+        await la.board.aclose()
+
+
+async def test_a_mark_kept_before_any_reading_is_put_on_a_clock_read_for_it(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A terminate on the holder before Redis's clock was read, whose DEL found nothing, keeps
+    its mark; the loop's next turn withdrew with no time ("any start") and deleted a start asked
+    after the terminate, elsewhere. The clock is read for it first now."""
+    a = replica(tmp_path / "a", fresh.url, "6044", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    other = leases.LeaseBoard(fresh.url, owner="replica-b", timeout_s=2)
+    r = redis.Redis.from_url(fresh.url)
+    try:
+        la.held.add(NAME)  # its holder, before any watch went through (no lease loop runs)
+        assert la._clock is None
+        assert not await la.withdraw_start(NAME)  # nothing to delete: the mark is kept
+        assert NAME in la._unwake
+        await anyio.sleep(0.05)  # (a margin over the estimate's error: one round trip)
+        await other.wake(NAME)  # a start asked after the terminate, elsewhere
+        await la._withdraw(NAME)  # the holder loop's next turn
+        assert r.exists(WAKE + NAME) == 1  # still there, for the holder to take
+    finally:
+        la.held.discard(NAME)
+        r.close()
+        await other.aclose()
+        await la.board.aclose()
+
+
+async def test_a_slow_reading_of_redis_s_clock_does_not_replace_the_last(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """The watch's reading is put at the time its round trip began; one that waited (Redis
+    paused here; a reconnect after an outage in production) errs ahead by the wait, and marks
+    kept through the outage, put on it, made a start asked before a terminate later than it.
+    A fast reading replaces the last; a slow one does not."""
+    a = replica(tmp_path / "a", fresh.url, "6045", Recorder(), start="on-demand")
+    la = a.leased
+    assert la is not None
+    r = redis.Redis.from_url(fresh.url)
+
+    async def one_watch() -> None:
+        before = la.seen_at
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(la._watch)
+            with anyio.fail_after(30):
+                while la.seen_at == before:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    try:
+        stale = (0.0, 0.0)
+        la._clock = stale
+        await one_watch()
+        assert la._clock is not stale and la._clock[0] > 0  # a fast reading is taken
+        la._clock = stale
+        r.client_pause(1000, all=True)  # the watch's round trip waits 1 s
+        await one_watch()
+        assert la._clock is stale
+    finally:
+        r.client_unpause()
+        r.close()
+        await la.board.aclose()

@@ -252,7 +252,10 @@ class LeaseBoard(RedisUser):
         if _refused(raw):
             failed.append(f"the statuses not read ({raw})")
         else:
-            statuses = _statuses(names, raw)
+            try:
+                statuses = _statuses(names, raw)
+            except ValueError as e:  # a status not JSON (written by no gateway): a part failed,
+                failed.append(f"the statuses not read (not JSON: {e})")  # not the lease runner
         if _refused(time_):
             failed.append(f"the clock not read ({time_})")
         return Look(statuses, None if _refused(time_) else _epoch(time_), failed)

@@ -238,3 +238,20 @@ async def test_a_refused_start_renewal_loses_neither_the_statuses_nor_the_clock(
         await limited.aclose()
         admin.acl_deluser("nopexpire")
         admin.close()
+
+
+async def test_a_status_that_is_not_json_fails_the_statuses_only(
+    boards: tuple[LeaseBoard, LeaseBoard], redis_engine: Redis
+) -> None:
+    """A status no gateway wrote (not JSON) raised ``ValueError`` out of ``watch``: not a Redis
+    error, it ended the lease runner's task group (every hosted agent's supervision with it).
+    The statuses are a part that failed now; the clock is read all the same."""
+    a, _ = boards
+    admin = redis.Redis.from_url(redis_engine.url)
+    try:
+        admin.set(STATUS + "garbled", b"\xffnot json")
+        look = await a.watch(["garbled"], [])
+        assert look.statuses is None and len(look.failed) == 1
+        assert look.now is not None
+    finally:
+        admin.close()

@@ -231,7 +231,7 @@ async def test_a_broken_audit_log_does_not_end_the_lease_runner(tmp_path: Path, 
         # its process gone and the lease let go: the records of both were refused (AuditError
         # out of run() before, ending this task group)
         await _until("its run stopped", lambda: not marked(mark) and not leased.holds(NAME), RENEW_S + 5)
-        await wait_all_tasks_blocked()  # its release and the refused records' handling done
+        await wait_all_tasks_blocked()  # the refused records handled (its release may wait on Redis)
         assert not _running(a)
         rec.broken = False
         await _until("it runs it again", lambda: bool(marked(mark)) and _running(a), 4 * RENEW_S + START_S)

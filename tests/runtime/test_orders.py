@@ -137,9 +137,9 @@ async def test_the_holder_acts_only_on_well_formed_fresh_orders(
         tg.start_soon(a.run)
         await _until("it runs", lambda: bool(marked(mark)) and _running(a), START_S)
         stale = {"action": "terminate", "by": ADMIN, "reason": "", "via": "x", "at": time.time() - 3600}
-        for bad in ("not json", json.dumps(["terminate"]), json.dumps({"action": "terminate"}),
-                    json.dumps({**stale, "action": "kill"}), json.dumps(stale)):  # fmt: skip
-            r.rpush(ORDERS + NAME, bad)
+        bads = ("not json", json.dumps(["terminate"]), json.dumps({"action": "terminate"}),
+                json.dumps({**stale, "action": "kill"}), json.dumps(stale))  # fmt: skip
+        r.rpush(ORDERS + NAME, *bads)  # one command: a take in between does not split them
         with anyio.fail_after(TAKEN_S):
             await taken.wait()
         await wait_all_tasks_blocked()  # the holder has acted on them (or not)

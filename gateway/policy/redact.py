@@ -112,7 +112,19 @@ def key_matches(key: str, rule_words: tuple[str, ...]) -> bool:
 # (an argument like ``m123``) is a few times cheaper than the 13 scans; over longer text the
 # alternation costs more per character than the 13 (each pattern's literal lets the engine skip
 # ahead alone, not in an alternation), so only texts up to ``_ANY_SECRET_CHARS`` take it.
-_ANY_SECRET = re.compile("|".join(f"(?:{p.pattern})" for p in SECRET_PATTERNS))
+def one_alternation(patterns: Sequence[re.Pattern[str]]) -> re.Pattern[str]:
+    """``patterns`` as one alternation, refused (``ValueError``, at import) where it would not be
+    exact: a pattern with flags of its own (the alternation has none) or a group (numbered
+    across the alternation: a backreference would point at another pattern's group, and the
+    shortcut would pass a secret unscrubbed)."""
+    plain = re.compile("").flags
+    for p in patterns:
+        if p.flags != plain or p.groups:
+            raise ValueError(f"secret pattern {p.pattern!r}: flags or a capturing group (use (?:...))")
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
+
+
+_ANY_SECRET = one_alternation(SECRET_PATTERNS)
 _ANY_SECRET_CHARS = 128
 
 

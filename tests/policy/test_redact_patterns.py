@@ -7,6 +7,9 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
+
+from gateway.policy import redact
 from gateway.policy.redact import REDACTED, SECRET_PATTERNS, scrub_secrets
 
 # The patterns as they were written before they were made fast: the oracle.
@@ -117,3 +120,13 @@ def test_short_texts_scrub_as_the_patterns_one_by_one() -> None:
         assert got == _each_pattern(text), repr(text)
         found, clean = found + (got[1] > 0), clean + (got[1] == 0)
     assert found > 1000 and clean > 1000  # both ways through the shortcut were taken
+
+
+def test_a_pattern_the_alternation_would_not_match_as_it_does_alone_is_refused() -> None:
+    # alone, (a)\1 finds "aa"; in the alternation its \1 is the first pattern's group: a
+    # secret of that shape would pass the shortcut unscrubbed
+    with pytest.raises(ValueError):
+        redact.one_alternation([re.compile(r"(z)q"), re.compile(r"(a)\1")])
+    with pytest.raises(ValueError):
+        redact.one_alternation([re.compile(r"sk-\w+", re.IGNORECASE)])
+    assert redact.one_alternation(SECRET_PATTERNS).groups == 0

@@ -91,10 +91,12 @@ class Redis:
     def start(self) -> None:
         _require("redis-server", "redis-server")
         if self.unix_socket:  # (its own folder: no other run's server on that path)
+            self.socket_path.unlink(missing_ok=True)  # a killed server's: not taken as listening
             self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 15  # the bound of the wait, not a timing assertion
             while not self.socket_path.exists():
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()  # (not left running when it gives up)
                     raise RuntimeError(f"redis-server did not listen on {self.socket_path}")
                 time.sleep(0.05)
             return

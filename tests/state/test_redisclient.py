@@ -120,6 +120,15 @@ def test_the_state_and_bus_clients_refuse_a_socket_connected_to_itself() -> None
     assert bus.connection_class is NotItself and bus.connection_kwargs["socket_timeout"] is None
 
 
+def test_the_async_clients_keep_a_unix_socket_and_tls_url_their_own_connection() -> None:
+    # the sync from_url lets a connection_class replace the URL's own (TLS dialled in clear):
+    # the async one's URL wins; were that to change, rediss:// would lose its TLS here too
+    unix = open_redis("unix:///nowhere/redis.sock", 1.0).connection_pool.connection_class
+    assert issubclass(unix, redis.asyncio.connection.UnixDomainSocketConnection)
+    tls = open_redis("rediss://127.0.0.1:1/0", 1.0).connection_pool.connection_class
+    assert issubclass(tls, redis.asyncio.connection.SSLConnection)
+
+
 class _SelfConnected(redis.connection.Connection):
     """The synchronous twin's real socket connected to itself: bound to the port it connects
     to, on which nothing listens (redis-py's own connect binds no source)."""

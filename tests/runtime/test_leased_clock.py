@@ -7,13 +7,14 @@ PAUSE``, which holds every client's commands (``WRITE``: its writes and scripts)
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 import redis
 
-from gateway.runtime.leased import Mark
+from gateway.runtime.leased import LeasedAgents, Mark
 from gateway.state import leases
 from gateway.state.leases import WAKE
 from tests.runtime._leases import NAME, replica
@@ -27,40 +28,46 @@ from tests.runtime._leases import _require_bwrap, fresh  # noqa: F401 - the fixt
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_withdrawal_cut_short_in_its_delete_keeps_its_mark(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811
-    """The holder loop's withdrawal runs under the renewal's bound; a DEL waiting on Redis (a
-    retry's backoff in an outage) was cancelled by it, and the mark, taken out before the DEL,
-    was put back only on a Redis error: the terminate's withdrawal was lost, and a start asked
-    before it ran at the next holder."""
-    a = replica(tmp_path / "a", fresh.url, "6043", Recorder(), start="on-demand")
-    la = a.leased
+@pytest.fixture
+async def holder(tmp_path: Path, fresh: Redis) -> AsyncIterator[tuple[LeasedAgents, redis.Redis]]:  # noqa: F811
+    """An on-demand agent's lease runner (no loop runs: each test drives its steps) and a plain
+    client on its Redis (left unpaused)."""
+    la = replica(tmp_path / "a", fresh.url, "6043", Recorder(), start="on-demand").leased
     assert la is not None
     r = redis.Redis.from_url(fresh.url)
     try:
-        la._clock = (await la.board.now(), time.monotonic())
-        mark = la._unwake[NAME] = Mark()
-        r.client_pause(3000, all=False)  # the DEL (a script) waits
-        with anyio.move_on_after(0.5):
-            await la._withdraw(NAME)
-        assert la._unwake.get(NAME) is mark  # kept for the next turn
+        yield la, r
     finally:
         r.client_unpause()
         r.close()
         await la.board.aclose()
 
 
+async def test_a_withdrawal_cut_short_in_its_delete_keeps_its_mark(
+    holder: tuple[LeasedAgents, redis.Redis],
+) -> None:
+    """The holder loop's withdrawal runs under the renewal's bound; a DEL waiting on Redis (a
+    retry's backoff in an outage) was cancelled by it, and the mark, taken out before the DEL,
+    was put back only on a Redis error: the terminate's withdrawal was lost, and a start asked
+    before it ran at the next holder."""
+    la, r = holder
+    la._clock = (await la.board.now(), time.monotonic())
+    mark = la._unwake[NAME] = Mark()
+    r.client_pause(3000, all=False)  # the DEL (a script) waits
+    with anyio.move_on_after(0.5):
+        await la._withdraw(NAME)
+    assert la._unwake.get(NAME) is mark  # kept for the next turn
+
+
 async def test_a_mark_kept_before_any_reading_is_put_on_a_clock_read_for_it(
-    tmp_path: Path,
+    holder: tuple[LeasedAgents, redis.Redis],
     fresh: Redis,  # noqa: F811
 ) -> None:
     """A terminate on the holder before Redis's clock was read, whose DEL found nothing, keeps
     its mark; the loop's next turn withdrew with no time ("any start") and deleted a start asked
     after the terminate, elsewhere. The clock is read for it first now."""
-    a = replica(tmp_path / "a", fresh.url, "6044", Recorder(), start="on-demand")
-    la = a.leased
-    assert la is not None
+    la, r = holder
     other = leases.LeaseBoard(fresh.url, owner="replica-b", timeout_s=2)
-    r = redis.Redis.from_url(fresh.url)
     try:
         la.held.add(NAME)  # its holder, before any watch went through (no lease loop runs)
         assert la._clock is None
@@ -71,24 +78,17 @@ async def test_a_mark_kept_before_any_reading_is_put_on_a_clock_read_for_it(
         await la._withdraw(NAME)  # the holder loop's next turn
         assert r.exists(WAKE + NAME) == 1  # still there, for the holder to take
     finally:
-        la.held.discard(NAME)
-        r.close()
         await other.aclose()
-        await la.board.aclose()
 
 
 async def test_a_slow_reading_of_redis_s_clock_does_not_replace_the_last(
-    tmp_path: Path,
-    fresh: Redis,  # noqa: F811
+    holder: tuple[LeasedAgents, redis.Redis],
 ) -> None:
     """The watch's reading is put at the time its round trip began; one that waited (Redis
     paused here; a reconnect after an outage in production) errs ahead by the wait, and marks
     kept through the outage, put on it, made a start asked before a terminate later than it.
     A fast reading replaces the last; a slow one does not."""
-    a = replica(tmp_path / "a", fresh.url, "6045", Recorder(), start="on-demand")
-    la = a.leased
-    assert la is not None
-    r = redis.Redis.from_url(fresh.url)
+    la, r = holder
 
     async def one_watch() -> None:
         before = la.seen_at
@@ -99,16 +99,11 @@ async def test_a_slow_reading_of_redis_s_clock_does_not_replace_the_last(
                     await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
-    try:
-        stale = (0.0, 0.0)
-        la._clock = stale
-        await one_watch()
-        assert la._clock is not stale and la._clock[0] > 0  # a fast reading is taken
-        la._clock = stale
-        r.client_pause(1000, all=True)  # the watch's round trip waits 1 s
-        await one_watch()
-        assert la._clock is stale
-    finally:
-        r.client_unpause()
-        r.close()
-        await la.board.aclose()
+    stale = (0.0, 0.0)
+    la._clock = stale
+    await one_watch()
+    assert la._clock is not stale and la._clock[0] > 0  # a fast reading is taken
+    la._clock = stale
+    r.client_pause(1000, all=True)  # the watch's round trip waits 1 s
+    await one_watch()
+    assert la._clock is stale

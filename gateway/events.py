@@ -455,13 +455,11 @@ class Unsent:
             self._trim()
         # a bug, not a refusal, is logged with its trace; a refusal is counted by ``send``
         bug = not isinstance(err, AuditError)
-        _logger.log(
-            logging.ERROR if bug else logging.DEBUG,
-            "%s not committed, held: %r",
-            h.kind,
-            err,
-            exc_info=err if bug else None,
-        )
+        level = logging.ERROR if bug else logging.DEBUG
+        _logger.log(level, "%s not committed, held: %r", h.kind, err, exc_info=err if bug else None)
+        if self._refused is not None and h in self._held:  # a log refused for good while it was
+            # in flight: never sent again, its line now (as the ones held at the refusal)
+            refused_for_good(h.kind, self._refused[1], "held", h.trace())
 
     def _trim(self) -> None:
         # only records not in flight count against the cap and are dropped, the oldest first:

@@ -404,3 +404,36 @@ async def test_the_records_held_when_the_log_refuses_for_good_get_their_lines_th
         FIRST,
         SECOND,
     ]
+
+
+async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record in flight when a log refused for good (its writer broke the log before its
+    batch's commits settled on the loop) was held again with a DEBUG line only: never sent
+    again, no trace until the stop, lost to a kill. It gets its line when its commit fails.
+    (Two real logs: the refusal comes from a closed one while the other's writer is stalled.)"""
+    from gateway.errors import AuditError
+
+    log = AuditLog(tmp_path / "w.db", tmp_path / "w-key.pem")
+    unsent = Unsent()
+    try:
+        with Stall(log):
+            flying = unsent.submit(log, *FIRST, principal="key:admin")  # in flight, stalled
+            with pytest.raises(AuditError):
+                unsent.submit(_closed(tmp_path), *SECOND)  # refused for good
+            break_audit_log(tmp_path / "w.db")  # its batch fails when the writer moves
+            caplog.clear()
+            caplog.set_level(logging.ERROR, logger="symbi.events")
+        with anyio.fail_after(30):
+            while not flying.done():
+                await anyio.sleep(0.01)
+        await anyio.lowlevel.checkpoint()  # (its done-callbacks run)
+        assert flying.exception() is not None
+        said = [cast(tuple[object, ...], r.args) for r in caplog.records if r.levelno == logging.ERROR]
+        mine = [a for a in said if a[0] == FIRST[0]]
+        assert len(mine) == 1, said
+        details = cast(dict[str, object], mine[0][-1])
+        assert details["principal"] == "key:admin" and details["fingerprint"] == ["1"]
+    finally:
+        log.close()

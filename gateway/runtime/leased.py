@@ -51,7 +51,7 @@ CLOCK_RTT_S = 0.5  # a reading of Redis's clock that took longer does not replac
 @dataclass(eq=False)
 class Mark:
     """An operator's start request or withdrawal made here: when (monotonic), put on Redis's
-    clock when it is used (``LeasedAgents._redis_at``: a mark made before that clock was read
+    clock when it is used (``LeasedAgents._stamp``: a mark made before that clock was read
     gets its time once it is). Told apart by identity: two made before the clock was read are
     two marks (by their time, None, they were one: a terminate's kept mark was never dropped)."""
 
@@ -67,7 +67,7 @@ class LeasedAgents:
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
         # start requests to pass to the holder, with when each was asked (on Redis's clock, as
-        # estimated: ``_redis_at``): one kept through an outage is stamped with it, so a
+        # estimated: ``_stamp``): one kept through an outage is stamped with it, so a
         # terminate asked after it, kept by its holder, withdraws it (it was stamped later)
         self._wanted: dict[str, Mark] = {}
         # terminated here: a start on Redis to withdraw -> the terminate's mark (only a start
@@ -207,9 +207,8 @@ class LeasedAgents:
                 # else the last reading, moved on by monotonic time. Nor a slow one (a reconnect
                 # after an outage): it errs ahead by its wait, and the marks kept through the
                 # outage, put on it, had a start asked before a terminate stamped after it
-                slow = time.monotonic() - sent > CLOCK_RTT_S and self._clock is not None
-                if look.now is not None and not slow:
-                    self._clock = (look.now, sent)
+                if look.now is not None:
+                    self._set_clock(look.now, sent)
                 if look.failed:  # each part on its own: one refused loses no other (one line a look)
                     _logger.warning("hosted agents' leases: %s", "; ".join(look.failed))
             except _REDIS_ERRORS as e:
@@ -274,15 +273,22 @@ class LeasedAgents:
             self._warned.add(name)
         return None
 
-    def _redis_now(self) -> float | None:
-        """Redis's clock now, as last read (``_watch``) plus the time since; None: not read."""
-        return self._redis_at(Mark())
+    def _set_clock(self, now: float, sent: float) -> None:
+        """Redis's clock read (``now``, asked at monotonic ``sent``): it replaces the last
+        reading unless it was slow (a reconnect): it errs ahead by its wait, and the marks kept
+        through an outage, put on it, had a start asked before a terminate stamped after it."""
+        if self._clock is None or time.monotonic() - sent <= CLOCK_RTT_S:
+            self._clock = (now, sent)
 
-    def _redis_at(self, mark: Mark) -> float | None:
-        """When ``mark`` was made on Redis's clock, by the last reading (``_watch``, or the orders'
-        before the first; taken before the TIME it sent, so it errs later); None: not read yet."""
+    async def _stamp(self, mark: Mark) -> float:
+        """When ``mark`` was made on Redis's clock, by the last reading (taken before the TIME it
+        sent: it errs later); read first when it never was (no time meant "any start" to a
+        withdrawal and "now" to a start: one asked before a terminate outlived it). Raises
+        ``RedisError``/``OSError``."""
         if self._clock is None:
-            return None
+            sent = time.monotonic()
+            self._set_clock(await self.board.now(), sent)
+        assert self._clock is not None  # (read just now)
         at, mono = self._clock
         return at + (mark.mono - mono)
 
@@ -295,10 +301,7 @@ class LeasedAgents:
         before = self._unwake.pop(name)
         done = False
         try:
-            if self._clock is None:  # no reading yet: its time is None, "any start", a later one's too
-                sent = time.monotonic()
-                self._clock = (await self.board.now(), sent)
-            await self.board.unwake(name, self._redis_at(before))
+            await self.board.unwake(name, await self._stamp(before))
             done = True
         except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
             _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
@@ -312,7 +315,7 @@ class LeasedAgents:
             return
         asked = self._wanted[name]
         try:
-            if not await self.board.wake(name, self._redis_at(asked)):
+            if not await self.board.wake(name, await self._stamp(asked)):
                 _logger.info("agent %s: a start asked here was withdrawn by a later terminate", name)
             if self._wanted.get(name) is asked:  # (not a later request asked meanwhile)
                 self._wanted.pop(name, None)
@@ -461,8 +464,7 @@ class LeasedAgents:
         except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
             _logger.warning("agent %s: operator orders not read (%s)", name, e)
             return
-        if self._clock is None:  # ``_watch`` (its writer) not through yet: a terminate carried
-            self._clock = (now, sent)  # out here would mark "any start", a later one's too
+        self._set_clock(now, sent)  # (a reading too: the first, before ``_watch``'s, at times)
         for order in filter(None, (parse_order(r, now) for r in raw)):
             try:
                 self._carry_out(name, order, woken)

@@ -14,6 +14,7 @@ import anyio
 import pytest
 import redis
 
+from gateway.runtime import leased
 from gateway.runtime.leased import LeasedAgents, Mark
 from gateway.state import leases
 from gateway.state.leases import WAKE
@@ -73,7 +74,7 @@ async def test_a_mark_kept_before_any_reading_is_put_on_a_clock_read_for_it(
         assert la._clock is None
         assert not await la.withdraw_start(NAME)  # nothing to delete: the mark is kept
         assert NAME in la._unwake
-        await anyio.sleep(0.05)  # (a margin over the estimate's error: one round trip)
+        la._unwake[NAME].mono -= 5  # made well before the start below (no race with the estimate)
         await other.wake(NAME)  # a start asked after the terminate, elsewhere
         await la._withdraw(NAME)  # the holder loop's next turn
         assert r.exists(WAKE + NAME) == 1  # still there, for the holder to take
@@ -81,8 +82,27 @@ async def test_a_mark_kept_before_any_reading_is_put_on_a_clock_read_for_it(
         await other.aclose()
 
 
-async def test_a_slow_reading_of_redis_s_clock_does_not_replace_the_last(
+async def test_a_start_kept_before_any_reading_is_put_on_a_clock_read_for_it(
     holder: tuple[LeasedAgents, redis.Redis],
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A start asked on a replica that never read Redis's clock (it came up in an outage) was
+    passed on with no time, stamped "now" by Redis: a terminate asked after it, kept by the
+    holder through the outage, did not withdraw it, and the terminated agent ran."""
+    la, r = holder
+    other = leases.LeaseBoard(fresh.url, owner="replica-b", timeout_s=2)
+    try:
+        assert la._clock is None
+        la._wanted[NAME] = Mark(mono=time.monotonic() - 5)  # asked 5 s ago
+        await other.unwake(NAME)  # the holder's terminate, after it (its withdrawal now)
+        await la._pass_requests(NAME)
+        assert r.exists(WAKE + NAME) == 0  # refused: withdrawn by the later terminate
+    finally:
+        await other.aclose()
+
+
+async def test_a_slow_reading_of_redis_s_clock_does_not_replace_the_last(
+    holder: tuple[LeasedAgents, redis.Redis], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The watch's reading is put at the time its round trip began; one that waited (Redis
     paused here; a reconnect after an outage in production) errs ahead by the wait, and marks
@@ -101,9 +121,11 @@ async def test_a_slow_reading_of_redis_s_clock_does_not_replace_the_last(
 
     stale = (0.0, 0.0)
     la._clock = stale
+    monkeypatch.setattr(leased, "CLOCK_RTT_S", 60.0)  # (any real round trip is fast)
     await one_watch()
     assert la._clock is not stale and la._clock[0] > 0  # a fast reading is taken
     la._clock = stale
-    r.client_pause(1000, all=True)  # the watch's round trip waits 1 s
+    monkeypatch.setattr(leased, "CLOCK_RTT_S", 0.2)
+    r.client_pause(1000, all=True)  # the watch's round trip waits 1 s, over the bound
     await one_watch()
     assert la._clock is stale

@@ -252,10 +252,7 @@ class LeaseBoard(RedisUser):
         if _refused(raw):
             failed.append(f"the statuses not read ({raw})")
         else:
-            try:
-                statuses = _statuses(names, raw)
-            except ValueError as e:  # a status not JSON (written by no gateway): a part failed,
-                failed.append(f"the statuses not read (not JSON: {e})")  # not the lease runner
+            statuses = _statuses(names, raw)
         if _refused(time_):
             failed.append(f"the clock not read ({time_})")
         return Look(statuses, None if _refused(time_) else _epoch(time_), failed)
@@ -318,4 +315,15 @@ def _epoch(time_: tuple[int, int]) -> float:
 
 def _statuses(names: list[str], raw: list[bytes | None]) -> dict[str, dict[str, Any] | None]:
     """``names``' holder statuses from their MGET (None: no process holds the lease)."""
-    return {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
+    return {n: (_status(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
+
+
+def _status(raw: bytes) -> dict[str, Any]:
+    """One holder's status; ``{}`` (held, nothing known: not Running, no key) when no gateway
+    wrote it (not a JSON object). Its ``ValueError`` ended the lease runner's task group, and a
+    credential check answered an error; its agent's alone now, and every reader fails closed."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

@@ -240,18 +240,24 @@ async def test_a_refused_start_renewal_loses_neither_the_statuses_nor_the_clock(
         admin.close()
 
 
-async def test_a_status_that_is_not_json_fails_the_statuses_only(
+async def test_a_status_that_no_gateway_wrote_is_that_agent_s_alone_and_known_as_nothing(
     boards: tuple[LeaseBoard, LeaseBoard], redis_engine: Redis
 ) -> None:
-    """A status no gateway wrote (not JSON) raised ``ValueError`` out of ``watch``: not a Redis
-    error, it ended the lease runner's task group (every hosted agent's supervision with it).
-    The statuses are a part that failed now; the clock is read all the same."""
+    """A status that is not a JSON object raised ``ValueError`` out of ``watch`` (not a Redis
+    error: it ended the lease runner's task group, every hosted agent's supervision with it)
+    and out of ``statuses`` (a credential check answered an error, not a refusal). It reads as
+    a holder's status with nothing known (not Running, no key); the other agents' are read."""
     a, _ = boards
+    assert await a.lease("clock").acquire({"state": "Running"})
     admin = redis.Redis.from_url(redis_engine.url)
     try:
         admin.set(STATUS + "garbled", b"\xffnot json")
-        look = await a.watch(["garbled"], [])
-        assert look.statuses is None and len(look.failed) == 1
-        assert look.now is not None
+        admin.set(STATUS + "listed", b"[1]")
+        look = await a.watch(["garbled", "listed", "clock"], [])
+        assert look.failed == [] and look.now is not None and look.statuses is not None
+        assert look.statuses["garbled"] == {} and look.statuses["listed"] == {}
+        clock = look.statuses["clock"]
+        assert clock is not None and clock["state"] == "Running"
+        assert await a.statuses(["garbled", "clock"]) == {"garbled": {}, "clock": clock}
     finally:
         admin.close()

@@ -37,6 +37,7 @@ from gateway.bus.message import SecureMessage
 from gateway.bus.redis_subs import BEAT_S, LEAVE_SUBS, RedisSubscriptions
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
 from gateway.logs import Outage
+from gateway.state.health import safe_url
 from gateway.state.redisclient import open_redis, open_sync_redis, pong
 
 _logger = logging.getLogger("symbi.bus")
@@ -119,7 +120,7 @@ class RedisBackend:
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             # said to callers: not where it is nor Redis's text, which names the address
             # (debug: once per refused operation while it is down; the config names the server)
-            _logger.debug("the bus backend (Redis at %s) cannot be reached: %r", _safe(self.url), e)
+            _logger.debug("the bus backend (Redis at %s) cannot be reached: %r", safe_url(self.url), e)
             raise BusUnavailable(
                 f"the bus backend (Redis) cannot be reached ({type(e).__name__})",
                 reasons=["bus backend unreachable (bus.url)"],
@@ -129,7 +130,7 @@ class RedisBackend:
                 self._groups.clear()  # Redis lost its data (restart without persistence): made again
                 raise _NoGroup(str(e)) from None
             raise BusError(
-                f"the bus backend (Redis at {_safe(self.url)}) refused a command: {e}",
+                f"the bus backend (Redis at {safe_url(self.url)}) refused a command: {e}",
                 reasons=["bus backend error (bus.url)"],
             ) from None
 
@@ -441,7 +442,7 @@ def sync_client(url: str) -> redis.Redis:
             raise
         return r
     except (RedisError, OSError) as e:
-        raise BusUnavailable(f"the bus backend (Redis at {_safe(url)}) cannot be reached: {e}") from None
+        raise BusUnavailable(f"the bus backend (Redis at {safe_url(url)}) cannot be reached: {e}") from None
 
 
 def _pending(ref: bytes | str, fields: dict[Any, Any]) -> Pending:
@@ -456,11 +457,3 @@ def _pending(ref: bytes | str, fields: dict[Any, Any]) -> Pending:
 
 class _NoGroup(BusError):
     """The consumer group is gone (Redis lost its data); made again on the next call."""
-
-
-def _safe(url: str) -> str:
-    """The URL without a password (for errors and logs)."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

@@ -10,20 +10,28 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+
+# query parameters redis-py and libpq take a password from (``?password=`` is as good as ``:pw@``)
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password (it is shown in errors and on /readyz)."""
+    """``url`` without its password, in the netloc or the query (it is shown in errors, logs
+    and on /readyz)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in query]
+    if parts.password is None and hidden == query:
         return url
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@" + _hostport(parts)))
+    netloc = parts.netloc if parts.password is None else f"{parts.username or ''}:***@" + _hostport(parts)
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(hidden, safe="*")))
 
 
 def _hostport(parts: SplitResult) -> str:
     """``parts``' host and port as a netloc writes them (an IPv6 host in brackets)."""
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else f"{parts.hostname}"
+    host = parts.hostname or ""  # (none: a unix socket's URL)
+    host = f"[{host}]" if ":" in host else host
     return host + (f":{parts.port}" if parts.port else "")
 
 

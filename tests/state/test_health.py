@@ -104,3 +104,13 @@ def test_an_ipv6_redis_url_is_checked_not_a_crash_at_start(tmp_path: Path) -> No
     finally:
         server.stop()
     assert not lets_anyone_in(url, 0.5)  # down: the probes say so
+
+
+def test_a_password_in_the_query_or_a_unix_url_is_hidden_too() -> None:
+    # redis-py and libpq take a password from the query as from the netloc: it was shown as is
+    assert safe_url("redis://127.0.0.1:6379/0?password=s3cret&db=1") == (
+        "redis://127.0.0.1:6379/0?password=***&db=1"
+    )
+    assert safe_url("postgresql://u@h/db?sslpassword=k3y") == "postgresql://u@h/db?sslpassword=***"
+    assert safe_url("unix://:s3cret@/tmp/redis.sock?db=0") == "unix://:***@/tmp/redis.sock?db=0"
+    assert safe_url("redis://127.0.0.1:6379/0?db=1") == "redis://127.0.0.1:6379/0?db=1"

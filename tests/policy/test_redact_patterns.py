@@ -110,8 +110,8 @@ def _each_pattern(text: str) -> tuple[str, int]:
 
 def test_short_texts_scrub_as_the_patterns_one_by_one() -> None:
     """A text of up to 128 characters is searched once with every pattern in one alternation
-    first: exact only while no pattern carries a flag of its own (the alternation has none)."""
-    assert all(p.flags == re.compile("").flags for p in SECRET_PATTERNS)
+    first: exact while no pattern carries a flag or a group of its own (refused at import:
+    the next test)."""
     rng = random.Random(4848)
     found = clean = 0
     for _ in range(20_000):

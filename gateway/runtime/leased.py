@@ -51,7 +51,7 @@ CLOCK_RTT_S = 0.5  # a reading of Redis's clock that took longer does not replac
 @dataclass(eq=False)
 class Mark:
     """An operator's start request or withdrawal made here: when (monotonic), put on Redis's
-    clock when it is used (``LeasedAgents._stamp``: a mark made before that clock was read
+    clock when it is used (``LeasedAgents._on_redis_clock``: a mark made before that clock was read
     gets its time once it is). Told apart by identity: two made before the clock was read are
     two marks (by their time, None, they were one: a terminate's kept mark was never dropped)."""
 
@@ -67,7 +67,7 @@ class LeasedAgents:
         self.held: set[str] = set()
         self._poke = {name: anyio.Event() for name in hosted.config.agents}
         # start requests to pass to the holder, with when each was asked (on Redis's clock, as
-        # estimated: ``_stamp``): one kept through an outage is stamped with it, so a
+        # estimated: ``_on_redis_clock``): one kept through an outage is stamped with it, so a
         # terminate asked after it, kept by its holder, withdraws it (it was stamped later)
         self._wanted: dict[str, Mark] = {}
         # terminated here: a start on Redis to withdraw -> the terminate's mark (only a start
@@ -280,7 +280,7 @@ class LeasedAgents:
         if self._clock is None or time.monotonic() - sent <= CLOCK_RTT_S:
             self._clock = (now, sent)
 
-    async def _stamp(self, mark: Mark) -> float:
+    async def _on_redis_clock(self, mark: Mark) -> float:
         """When ``mark`` was made on Redis's clock, by the last reading (taken before the TIME it
         sent: it errs later); read first when it never was (no time meant "any start" to a
         withdrawal and "now" to a start: one asked before a terminate outlived it). Raises
@@ -301,7 +301,7 @@ class LeasedAgents:
         before = self._unwake.pop(name)
         done = False
         try:
-            await self.board.unwake(name, await self._stamp(before))
+            await self.board.unwake(name, await self._on_redis_clock(before))
             done = True
         except _REDIS_ERRORS as e:  # kept: a renewal's start is void until it is withdrawn
             _logger.warning("agent %s: a start could not be withdrawn yet (%s)", name, e)
@@ -315,7 +315,7 @@ class LeasedAgents:
             return
         asked = self._wanted[name]
         try:
-            if not await self.board.wake(name, await self._stamp(asked)):
+            if not await self.board.wake(name, await self._on_redis_clock(asked)):
                 _logger.info("agent %s: a start asked here was withdrawn by a later terminate", name)
             if self._wanted.get(name) is asked:  # (not a later request asked meanwhile)
                 self._wanted.pop(name, None)

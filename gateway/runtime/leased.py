@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,6 +35,7 @@ from gateway.errors import AuditError, InvalidTransition
 from gateway.events import Event, record_acted
 from gateway.runtime.hosted import AUDIT_RETRY_S
 from gateway.runtime.lifecycle import AgentState
+from gateway.runtime.marks import Clock, Mark, dated, on_clock, voids
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
 from gateway.state.leases import RENEW_S, RETRY_S, STOP_MARGIN_S, Lease, LeaseBoard
 
@@ -46,16 +46,6 @@ if TYPE_CHECKING:
 _logger = logging.getLogger("symbi.runtime.leased")
 _REDIS_ERRORS = (RedisError, OSError)
 CLOCK_RTT_S = 0.5  # a reading of Redis's clock that took longer does not replace the last one
-
-
-@dataclass(eq=False)
-class Mark:
-    """An operator's start request or withdrawal made here: when (monotonic), put on Redis's
-    clock when it is used (``LeasedAgents._on_redis_clock``: a mark made before that clock was read
-    gets its time once it is). Told apart by identity: two made before the clock was read are
-    two marks (by their time, None, they were one: a terminate's kept mark was never dropped)."""
-
-    mono: float = field(default_factory=time.monotonic)
 
 
 class LeasedAgents:
@@ -74,7 +64,7 @@ class LeasedAgents:
         # asked by its time is deleted; that clock not read yet when it is used: any start)
         self._unwake: dict[str, Mark] = {}
         self._taking: set[str] = set()  # a renewal took a start, not handed on yet (or dropped)
-        self._clock: tuple[float, float] | None = None  # Redis's clock, and monotonic, read at once
+        self._clock: Clock | None = None  # Redis's clock, and monotonic, read at once
         self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
         self._broken_since: dict[str, float] = {}  # a held agent's live run: its log broken since
@@ -194,6 +184,7 @@ class LeasedAgents:
     async def _watch(self) -> None:
         names = sorted(self.hosted.config.agents)
         enabled = [n for n in names if self.hosted.config.agents[n].enabled]
+        said: list[str] = []  # the refused parts last logged (an ACL's stands: one line, not one a look)
         while True:
             try:
                 # the statuses, Redis's clock (read where no lease is held, too: a start asked
@@ -209,8 +200,10 @@ class LeasedAgents:
                 # outage, put on it, had a start asked before a terminate stamped after it
                 if look.now is not None:
                     self._set_clock(look.now, sent)
-                if look.failed:  # each part on its own: one refused loses no other (one line a look)
-                    _logger.warning("hosted agents' leases: %s", "; ".join(look.failed))
+                if look.failed != said:  # each part on its own: one refused loses no other
+                    said = look.failed  # logged when it starts being refused, and when it ends
+                    why = "; ".join(look.failed) or "every part read again"
+                    (_logger.warning if look.failed else _logger.info)("hosted agents' leases: %s", why)
             except _REDIS_ERRORS as e:
                 _logger.warning("could not read the hosted agents' leases: %s", e)
             await anyio.sleep(RENEW_S)
@@ -289,8 +282,7 @@ class LeasedAgents:
             sent = time.monotonic()
             self._set_clock(await self.board.now(), sent)
         assert self._clock is not None  # (read just now)
-        at, mono = self._clock
-        return at + (mark.mono - mono)
+        return on_clock(self._clock, mark)
 
     async def _withdraw(self, name: str) -> None:
         if name not in self._unwake:
@@ -350,9 +342,7 @@ class LeasedAgents:
                 # an interval agent's is dropped (its next run comes with the interval anyway)
                 if ac.start == "on-demand" and name not in self._ended:
                     self._wanted.setdefault(name, Mark())  # (a terminate after it drops it)
-            self.hosted.end_record(
-                name, f"stopped here, {why}"
-            )  # on every way out: lost, stopped or cancelled
+            self.hosted.end_record(name, f"stopped here, {why}")  # on every way out: lost, stopped, cancelled
             with anyio.CancelScope(shield=True):  # each its own bound: a slow pass keeps the release
                 with anyio.move_on_after(RENEW_S):
                     await self._pass_requests(name)  # before the release: also when the gateway stops
@@ -421,8 +411,9 @@ class LeasedAgents:
                 self._taking.add(name)
             try:  # the orders first: a terminate that came in the same renewal window as the start
                 # was refused ("Initializing") once the supervisor had taken the start, and it ran
-                await self._take_orders(name, got.woken)
-                if got.woken and name not in self._unwake:  # (not one a terminate withdrew meanwhile)
+                await self._take_orders(name, got.asked)
+                # not one asked by a terminate's time whose mark is kept (one asked after it runs)
+                if got.asked is not None and not voids(self._unwake.get(name), self._clock, got.asked):
                     self.hosted._wake[name].set()
             finally:
                 self._taking.discard(name)
@@ -455,9 +446,9 @@ class LeasedAgents:
         since = self._broken_since.setdefault(name, time.monotonic())
         return why if time.monotonic() - since >= AUDIT_RETRY_S else None
 
-    async def _take_orders(self, name: str, woken: bool = False) -> None:
+    async def _take_orders(self, name: str, asked: float | None = None) -> None:
         """Carry out the operators' orders other processes left for ``name`` (well-formed ones);
-        ``woken``: this renewal took a start, not acted on yet (a terminate withdraws it)."""
+        ``asked``: this renewal took a start asked then, not acted on yet (a terminate after withdraws it)."""
         try:
             sent = time.monotonic()
             raw, now = await self.board.take_orders(name)
@@ -467,7 +458,7 @@ class LeasedAgents:
         self._set_clock(now, sent)  # (a reading too: the first, before ``_watch``'s, at times)
         for order in filter(None, (parse_order(r, now) for r in raw)):
             try:
-                self._carry_out(name, order, woken)
+                self._carry_out(name, order, asked)
             except (AuditError, InvalidTransition) as e:  # taken off Redis: the rest carried out
                 # and the lease kept (out of _keep it let the lease go, and another replica ran
                 # the agent afresh: a terminate undone; session 43). The state moves and the
@@ -478,21 +469,28 @@ class LeasedAgents:
                     *(name, order.action, order.by, order.via, order.reason, e),
                 )
 
-    def _carry_out(self, name: str, order: Order, woken: bool = False) -> None:
-        """One order left for ``name``: carried out here, or refused on the record."""
+    def _carry_out(self, name: str, order: Order, asked: float | None = None) -> None:
+        """One order left for ``name``: carried out here, or refused on the record. A terminate's
+        mark is put at the order's time (``dated``): a start asked after it is not withdrawn."""
+        before = self._unwake.get(name)
         agent = self.hosted.runtime.agents.by_name(name)
-        if agent is None:  # on-demand, never started here: nothing to act on but a start
-            doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
-            doc["result"] = "refused: the agent has not run here yet"
-            if order.action == "terminate" and (self.hosted.withdraw_start(name, mark=False) or woken):
-                self.withdraw(name)
-                # the start this renewal took, not handed to the supervisor yet, or one its log
-                # refused, waiting for the retry: withdrawn (before the record: it may refuse)
-                doc["result"] = "a pending start withdrawn (the agent has not run here yet)"
-            self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
-            return
-        _, result = act(self.hosted.runtime, self.hosted.events, agent, order)
-        _logger.info("agent %s: %s from %s via %s: %s", name, order.action, order.by, order.via, result)
+        try:
+            if agent is None:  # on-demand, never started here: nothing to act on but a start
+                doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
+                doc["result"] = "refused: the agent has not run here yet"
+                took = asked is not None and asked <= order.at  # (a start asked after it stands)
+                if order.action == "terminate" and (self.hosted.withdraw_start(name, mark=False) or took):
+                    self.withdraw(name)
+                    # the start this renewal took, not handed to the supervisor yet, or one its log
+                    # refused, waiting for the retry: withdrawn (before the record: it may refuse)
+                    doc["result"] = "a pending start withdrawn (the agent has not run here yet)"
+                self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
+                return
+            _, result = act(self.hosted.runtime, self.hosted.events, agent, order)
+            _logger.info("agent %s: %s from %s via %s: %s", name, order.action, order.by, order.via, result)
+        finally:  # (also when its record refused: the mark stands)
+            if (mark := self._unwake.get(name)) is not None and mark is not before:
+                dated(mark, order.at, self._clock, before)
 
 
 def lease_left(lease: Lease) -> float:

@@ -60,13 +60,17 @@ end
 return 0
 """
 # KEYS: the lease, its status, its start requests; ARGV: token, ttl (ms), status JSON.
-# 0: not ours (expired, released, or someone else's); 1: extended; 2: extended + a start request
+# 0: not ours (expired, released, or someone else's); 1: extended; {2, when the start request
+# taken was asked (its stamp, ``_WAKE``; "": none)}: extended + a start request. The stamp as
+# written (a Lua number would be cut to an integer, its string to 14 digits)
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-if redis.call('DEL', KEYS[3]) == 1 then return 2 end
-return 1
+local v = redis.pcall('GET', KEYS[3])
+if redis.call('DEL', KEYS[3]) == 0 then return 1 end
+if type(v) ~= 'string' then v = '' end
+return {2, string.match(v, ' ([0-9.]+)$') or ''}
 """
 # KEYS: a start request, the last withdrawal's time; ARGV: who asked, when it was asked
 # (Redis's clock, epoch s, or ""). Stamped with when it was asked, else now (a withdrawal
@@ -121,7 +125,13 @@ def process_name(data_dir: os.PathLike[str] | str) -> str:
 @dataclass
 class Renewal:
     held: bool  # the lease is still ours, extended
-    woken: bool = False  # another replica asked for a start (``symbi agents run``)
+    # it took a start request (``symbi agents run``), asked then on Redis's clock (epoch s; 0.0:
+    # not stamped, asked before any terminate, as ``unwake`` counts it); None: none taken
+    asked: float | None = None
+
+    @property
+    def woken(self) -> bool:
+        return self.asked is not None
 
 
 class Lease:
@@ -162,7 +172,7 @@ class Lease:
             self.token, self.valid_until = "", 0.0
             return Renewal(held=False)
         self.valid_until = sent + self.board.ttl_ms / 1000
-        return Renewal(held=True, woken=got == 2)
+        return Renewal(held=True, asked=_asked(got[1]) if isinstance(got, list) else None)
 
     async def release(self) -> bool:
         """Give the lease back if it is still ours. Raises ``RedisError``/``OSError``."""
@@ -311,6 +321,15 @@ def _epoch(time_: tuple[int, int]) -> float:
     """What Redis's TIME answered (seconds, microseconds) as epoch seconds."""
     sec, usec = time_
     return float(sec) + float(usec) / 1e6
+
+
+def _asked(stamp: bytes | str) -> float:
+    """A start request's stamp as the renewal that took it read it (0.0: none, or not a time:
+    asked before any terminate, as ``_UNWAKE_BEFORE`` counts it)."""
+    try:
+        return float(stamp) if stamp else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _statuses(names: list[str], raw: list[bytes | None]) -> dict[str, dict[str, Any] | None]:

@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from gateway.runtime import leased
-from gateway.runtime.leased import LeasedAgents, Mark
+from gateway.runtime.leased import LeasedAgents
+from gateway.runtime.marks import Mark
 from gateway.state import leases
 from gateway.state.leases import WAKE
 from tests.runtime._leases import NAME, replica

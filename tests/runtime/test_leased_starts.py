@@ -19,8 +19,8 @@ from anyio import wait_all_tasks_blocked
 
 from gateway.runtime import hosted, leased
 from gateway.runtime.hosted import HostedAgents
-from gateway.runtime.leased import Mark
 from gateway.runtime.lifecycle import AgentState
+from gateway.runtime.marks import Mark
 from gateway.runtime.orders import Order
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import pass_hosted_action

@@ -261,3 +261,24 @@ async def test_a_status_that_no_gateway_wrote_is_that_agent_s_alone_and_known_as
         assert await a.statuses(["garbled", "clock"]) == {"garbled": {}, "clock": clock}
     finally:
         admin.close()
+
+
+async def test_a_renewal_says_when_the_start_it_took_was_asked(
+    boards: tuple[LeaseBoard, LeaseBoard], redis_engine: Redis
+) -> None:
+    """The renewal said only that it took a start: a holder keeping a terminate's mark dropped
+    it, one asked after the terminate too. It says the start's stamp now (Redis's clock), or
+    0.0 for a start written with none (asked before any terminate, as ``unwake`` counts it)."""
+    a, b = boards
+    la = a.lease("clock")
+    assert await la.acquire({})
+    t = await a.now() - 5.0
+    assert await b.wake("clock", t)  # kept through an outage: stamped when asked
+    assert (await la.renew({})).asked == t
+    before = await a.now()
+    assert await b.wake("clock")  # stamped now, by Redis
+    asked = (await la.renew({})).asked
+    assert asked is not None and before <= asked <= await a.now()
+    _raw(redis_engine).set(WAKE + "clock", "replica-b", px=60_000)  # no stamp
+    assert (await la.renew({})).asked == 0.0
+    assert (await la.renew({})).asked is None  # nothing taken

@@ -117,7 +117,8 @@ class LeasedAgents:
         withdrawn = await self.board.unwake(name)
         if self._wanted.get(name) is asked:
             self._wanted.pop(name, None)
-        if withdrawn and mark is not None and self._unwake.get(name) is mark:  # (None: not held)
+        # (kept while a renewal takes a start: one asked before this DEL, which took another)
+        if withdrawn and mark is not None and self._unwake.get(name) is mark and name not in self._taking:
             del self._unwake[name]
         # found nothing as a renewal here had just taken it: the kept mark drops it (withdrawn:
         # not a 404). A renewal whose reply is still on its way is not seen (404, dropped all the same)

@@ -158,6 +158,46 @@ async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
         tg.cancel_scope.cancel()
 
 
+async def test_a_terminate_whose_delete_finds_a_later_start_while_the_renewal_takes_one_stops_both(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh: Redis,  # noqa: F811
+) -> None:
+    """A renewal took a start (its orders not read yet), another start was asked, then a
+    terminate on the holder: its DEL deleted the second, and its mark went with that success,
+    so the renewal handed the first on: the terminated agent ran. The mark is kept while a
+    renewal's start is being taken; the first is dropped too."""
+    mark = f"0.6049{os.getpid()}"
+    a, la, r = _idle_holder(tmp_path, fresh.url, mark, Recorder(), monkeypatch)  # the one renewal: poked
+    at_orders, go_on, taken = anyio.Event(), anyio.Event(), anyio.Event()
+    take_orders = la.board.take_orders
+
+    async def held_at_orders(name: str) -> tuple[list[bytes], float]:
+        at_orders.set()  # the renewal has taken the first start, its orders not read yet
+        await go_on.wait()
+        got = await take_orders(name)
+        taken.set()
+        return got
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("a holds it", lambda: la.holds(NAME), START_S)
+        monkeypatch.setattr(la.board, "take_orders", held_at_orders)
+        _start_from_b(r)
+        la._changed[NAME].set()
+        with anyio.fail_after(10):
+            await at_orders.wait()
+        _start_from_b(r)  # a second start, asked before the terminate too
+        status, body = await act_on_agent(_admin(a, Recorder()), NAME, "terminate", "ops", "not wanted")
+        assert status == 200 and body["withdrawn"] and not r.exists(WAKE + NAME)  # the DEL took it
+        go_on.set()
+        with anyio.fail_after(10):
+            await taken.wait()
+        await wait_all_tasks_blocked()  # (the hand-on is in the same step as the orders)
+        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_terminate_of_an_agent_with_no_start_pending_is_still_not_found(
     tmp_path: Path,
     fresh: Redis,  # noqa: F811

@@ -63,7 +63,7 @@ class LeasedAgents:
         # terminated here: a start on Redis to withdraw -> the terminate's mark (only a start
         # asked by its time is deleted; that clock not read yet when it is used: any start)
         self._unwake: dict[str, Mark] = {}
-        self._taking: set[str] = set()  # a renewal took a start, not handed on yet (or dropped)
+        self._taking: dict[str, bool] = {}  # a renewal in flight (False) or took a start (True)
         self._clock: Clock | None = None  # Redis's clock, and monotonic, read at once
         self._ended: set[str] = set()  # held agents whose supervisor has nothing more to run
         self._let_go: set[str] = set()  # let go by ``_letting_go``: not retaken at once
@@ -117,12 +117,12 @@ class LeasedAgents:
         withdrawn = await self.board.unwake(name)
         if self._wanted.get(name) is asked:
             self._wanted.pop(name, None)
-        # (kept while a renewal takes a start: one asked before this DEL, which took another)
+        # (kept through a renewal: one it takes was asked before this DEL, which took another)
         if withdrawn and mark is not None and self._unwake.get(name) is mark and name not in self._taking:
             del self._unwake[name]
         # found nothing as a renewal here had just taken it: the kept mark drops it (withdrawn:
         # not a 404). A renewal whose reply is still on its way is not seen (404, dropped all the same)
-        return withdrawn or (mark is not None and name in self._taking)
+        return withdrawn or (mark is not None and self._taking.get(name, False))
 
     async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
         """An operator's ``action`` on ``name``, answered here without its lease: left on Redis
@@ -398,26 +398,26 @@ class LeasedAgents:
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:
                 return "could not renew its lease in time (Redis unreachable)"
+            self._taking[name] = False  # in flight: a terminate's mark is kept (its reply may take one)
             try:
                 with anyio.fail_after(bound):
                     await self._withdraw(name)  # a terminate's, before the renewal takes the start
                     got = await lease.renew(self._doc(name))
-            except (*_REDIS_ERRORS, TimeoutError) as e:
-                _logger.warning("agent %s: lease renewal failed (%s); retrying", name, e)
-                wait = min(RETRY_S, max(0.0, lease.valid_until - STOP_MARGIN_S - time.monotonic()))
-                continue
-            if not got.held:
-                return "its lease was taken or expired (another token holds it)"
-            if got.woken:
-                self._taking.add(name)
-            try:  # the orders first: a terminate that came in the same renewal window as the start
+                if not got.held:
+                    return "its lease was taken or expired (another token holds it)"
+                self._taking[name] = got.woken
+                # the orders first: a terminate that came in the same renewal window as the start
                 # was refused ("Initializing") once the supervisor had taken the start, and it ran
                 await self._take_orders(name, got.asked)
                 # not one asked by a terminate's time whose mark is kept (one asked after it runs)
                 if got.asked is not None and not voids(self._unwake.get(name), self._clock, got.asked):
                     self.hosted._wake[name].set()
+            except (*_REDIS_ERRORS, TimeoutError) as e:
+                _logger.warning("agent %s: lease renewal failed (%s); retrying", name, e)
+                wait = min(RETRY_S, max(0.0, lease.valid_until - STOP_MARGIN_S - time.monotonic()))
+                continue
             finally:
-                self._taking.discard(name)
+                self._taking.pop(name, None)
             wait = RENEW_S
 
     def _stopped(self, name: str) -> bool:

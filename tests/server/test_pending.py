@@ -158,31 +158,42 @@ async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("held", ["reply", "orders"])
 async def test_a_terminate_whose_delete_finds_a_later_start_while_the_renewal_takes_one_stops_both(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     fresh: Redis,  # noqa: F811
+    held: str,
 ) -> None:
-    """A renewal took a start (its orders not read yet), another start was asked, then a
-    terminate on the holder: its DEL deleted the second, and its mark went with that success,
-    so the renewal handed the first on: the terminated agent ran. The mark is kept while a
-    renewal's start is being taken; the first is dropped too."""
+    """A renewal took a start (its reply on its way, or its orders not read yet), another start
+    was asked, then a terminate on the holder: its DEL deleted the second, and its mark went
+    with that success, so the renewal handed the first on: the terminated agent ran. The mark
+    is kept through a renewal; the first is dropped too."""
     mark = f"0.6049{os.getpid()}"
     a, la, r = _idle_holder(tmp_path, fresh.url, mark, Recorder(), monkeypatch)  # the one renewal: poked
     at_orders, go_on, taken = anyio.Event(), anyio.Event(), anyio.Event()
-    take_orders = la.board.take_orders
+    take_orders, renew_script = la.board.take_orders, la.board.renew_script
 
     async def held_at_orders(name: str) -> tuple[list[bytes], float]:
-        at_orders.set()  # the renewal has taken the first start, its orders not read yet
-        await go_on.wait()
+        if held == "orders":
+            at_orders.set()  # the renewal has taken the first start, its orders not read yet
+            await go_on.wait()
         got = await take_orders(name)
         taken.set()
+        return got
+
+    async def held_reply(**kw: Any) -> Any:
+        got = await renew_script(**kw)
+        if held == "reply":
+            at_orders.set()  # the script took the first start, its reply not handled yet
+            await go_on.wait()
         return got
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("a holds it", lambda: la.holds(NAME), START_S)
         monkeypatch.setattr(la.board, "take_orders", held_at_orders)
+        monkeypatch.setattr(la.board, "renew_script", held_reply)
         _start_from_b(r)
         la._changed[NAME].set()
         with anyio.fail_after(10):

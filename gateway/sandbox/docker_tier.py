@@ -292,21 +292,56 @@ class DockerTier(SandboxTier):
         return code
 
     def _killed_reason(self, stop: _Stopper, code: int) -> KilledReason:
-        """Why the run ended: our own stop first, else the memory or pids limit's kill."""
-        killed: KilledReason = stop.reasons[0] if stop.reasons else "none"
-        if killed == "none" and code != 0:  # a clean exit needs no post-mortem
-            state = stop.client.api.inspect_container(stop.cid)["State"]
-            if state.get("Status") == "removing":  # killed by a removal that is not ours
-                raise SandboxInterrupted(f"the {self.name} container was removed while the call ran")
-            # A SIGKILL we did not send (ours are in ``stop.reasons``) is the memory limit's: runsc
-            # reports the sandbox OOM kill only as 137, and Docker 20.10 sets OOMKilled only
-            # when containerd saw the OOM before the exit (on a loaded machine: 137, a memcg
-            # OOM kill in dmesg, OOMKilled false), like the hosted runtime's removed container.
-            if state.get("OOMKilled") or code == 137:
-                killed = "memory"
-            elif code != 0 and self._pids_hit(stop.cid):
-                killed = "pids"
-        return killed
+        """Why the run ended: our own stop first, else the memory or pids limit's kill.
+
+        A run that did not exit cleanly on its own is checked against Docker first: a container
+        another party removed or killed (an operator, another gateway's sweep, a daemon going
+        down) gives no result, whatever its exit code and our own stops say. The removal's
+        SIGKILL exits 137 like the memory limit's, and our time limit can fire while a slow
+        removal (a runsc teardown on a loaded host) is still killing the container.
+        """
+        if code == 0 and not stop.reasons:  # a clean exit is the payload's own: no post-mortem
+            return "none"
+        state = stop.client.api.inspect_container(stop.cid)["State"]  # 404: removed under the call
+        if state.get("Status") == "removing":  # killed by a removal that is not ours
+            raise SandboxInterrupted(f"the {self.name} container was removed while the call ran")
+        if stop.reasons:
+            return stop.reasons[0]
+        other = self._killed_by_another(stop)
+        if other is not None:
+            raise SandboxInterrupted(f"the {self.name} container {other} while the call ran (no result)")
+        # A SIGKILL we did not send (ours are in ``stop.reasons``, others' in Docker's events) is
+        # the memory limit's: runsc reports the sandbox OOM kill only as 137, and Docker 20.10
+        # sets OOMKilled only when containerd saw the OOM before the exit (on a loaded machine:
+        # 137, a memcg OOM kill in dmesg, OOMKilled false), like the hosted runtime's removed
+        # container.
+        if state.get("OOMKilled") or code == 137:
+            return "memory"
+        if self._pids_hit(stop.cid):
+            return "pids"
+        return "none"
+
+    @staticmethod
+    def _killed_by_another(stop: _Stopper) -> str | None:
+        """How another party ended a container we did not stop, from Docker's own events, or
+        None: a ``kill`` event (``docker kill``, ``docker stop``, a forced removal whose delete then
+        failed) is an API kill, never the kernel's OOM kill. Docker logs the ``die`` event before
+        a wait can answer, so a ``die`` missing from its record (a ring of the last 256 events,
+        overrun) means it cannot tell: that is no result either (fail closed)."""
+        events = stop.client.api.events(
+            since="0",  # the whole ring, filtered to this container's id (ids are never reused)
+            until=f"{time.time():.6f}",
+            filters={"container": stop.cid, "event": ["kill", "die"]},
+            decode=True,
+        )
+        actions: dict[str, dict[str, str]] = {}
+        for e in events:
+            actions.setdefault(str(e.get("Action")), (e.get("Actor") or {}).get("Attributes") or {})
+        if "kill" in actions:
+            return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
+        if "die" not in actions:
+            return "ended and Docker no longer records how (its event ring overran), so it may have been killed"
+        return None
 
     @staticmethod
     def _pids_hit(cid: str) -> bool:

@@ -1,0 +1,134 @@
+"""A call whose container another party removes or kills gets no result (SandboxInterrupted),
+whatever the exit code and the call's own stops say: real daemon, real containers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.errors import SandboxInterrupted
+from gateway.sandbox import SandboxManager, SandboxRequest
+from gateway.sandbox import docker_tier
+from gateway.sandbox.types import Limits
+
+from .conftest import require_tier
+from .test_docker_api import _own_container
+
+pytestmark = pytest.mark.sandbox
+
+
+def _other_party() -> Any:
+    """A second real client of the real daemon: the operator, another gateway's sweep."""
+    import docker
+
+    other = docker.DockerClient(**docker.utils.kwargs_from_env(), version="1.41", timeout=60)
+    other.api.trust_env = False
+    return other.api
+
+
+class _WaitSeam:
+    """The real client's API but for ``wait``, split where Docker splits it, and ``kill``,
+    noted. Docker writes the wait's 200 header once the wait is registered and before it blocks:
+    another party's removal made then is answered on this wait (the removal's kill, 137), not
+    with a 404. No sleep can time that; this seam is the one stand-in here."""
+
+    def __init__(self, api: Any, between: Callable[[str], None]) -> None:
+        self.real, self.between = api, between
+        self.own_kill = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def kill(self, container: str, *args: Any, **kwargs: Any) -> Any:
+        self.own_kill.set()  # the call's own stop (its time limit here)
+        return self.real.kill(container, *args, **kwargs)
+
+    def wait(self, container: str, timeout: float | None = None) -> dict[str, Any]:
+        url = f"{self.real.base_url}/v{self.real.api_version}/containers/{container}/wait"
+        answer = self.real.post(url, timeout=timeout, stream=True)  # back at the header
+        answer.raise_for_status()
+        self.between(container)
+        status: dict[str, Any] = answer.json()
+        assert self.own_kill.wait(60), "the call's time limit never fired"
+        return status
+
+
+class _SeamClient:
+    def __init__(self, real: Any, api: _WaitSeam) -> None:
+        self.real, self.api = real, api
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("tier_name", ["docker", "gvisor"])
+def test_a_time_limit_that_fires_while_another_party_removes_the_container_gives_no_result(
+    manager: SandboxManager, tier_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full suite's flake: a removal by another party kills the container (a runsc
+    teardown on a loaded host takes seconds) and the call's own time limit fires before the
+    call reads why it ended. It returned a result, "timeout" with the removal's 137, for a run
+    someone else ended. Whichever kill lands first, the container is gone under the call."""
+    require_tier(manager, tier_name)
+    real = docker_tier.docker_client()
+    other = _other_party()
+    seam = _WaitSeam(real.api, lambda cid: other.remove_container(cid, force=True))
+    monkeypatch.setattr(docker_tier, "docker_client", lambda: _SeamClient(real, seam))
+    with pytest.raises(SandboxInterrupted):
+        manager.run(tier_name, SandboxRequest(command=("/bin/sleep", "600")), manager.limits(timeout_s=1.0))
+    assert seam.own_kill.is_set()
+
+
+def _signalled_until_done(
+    manager: SandboxManager, tier_name: str, command: tuple[str, ...], signal: str
+) -> list[object]:
+    """Run ``command`` (it carries a unique marker) and have another party send ``signal`` to
+    its container until the call ends; the call's own time limit is far off."""
+    marker = f"{time.monotonic_ns()}"
+    outcome: list[object] = []
+    limits: Limits = manager.limits(timeout_s=120.0)
+
+    def call() -> None:
+        try:
+            outcome.append(manager.run(tier_name, SandboxRequest(command=(*command, marker)), limits))
+        except Exception as e:  # noqa: BLE001 - the outcome under test
+            outcome.append(e)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    cid, other = _own_container(marker), _other_party()
+    while caller.is_alive():
+        try:
+            other.kill(cid, signal=signal)
+        except Exception:  # noqa: BLE001 - it has stopped: the call ends now
+            break
+        caller.join(0.2)
+    caller.join(150)
+    return outcome
+
+
+@pytest.mark.parametrize("tier_name", ["docker", "gvisor"])
+def test_a_call_whose_container_another_party_kills_is_interrupted(
+    manager: SandboxManager, tier_name: str
+) -> None:
+    """``docker kill`` by someone else exits 137, as the memory limit's kill does: it was read
+    as the memory limit's, a made-up result. Docker's events record the API kill."""
+    require_tier(manager, tier_name)
+    outcome = _signalled_until_done(manager, tier_name, ("/bin/sleep", "600"), "SIGKILL")
+    assert [type(x) for x in outcome] == [SandboxInterrupted]
+
+
+@pytest.mark.parametrize("tier_name", ["docker", "gvisor"])
+def test_a_call_whose_program_another_party_terminates_is_interrupted(
+    manager: SandboxManager, tier_name: str
+) -> None:
+    """``docker stop``'s SIGTERM by someone else, which the program answers with an ordinary
+    exit code (3): that was returned as the program's own result."""
+    require_tier(manager, tier_name)
+    handler = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); time.sleep(600)"
+    outcome = _signalled_until_done(manager, tier_name, ("/usr/bin/python3", "-c", handler), "SIGTERM")
+    assert [type(x) for x in outcome] == [SandboxInterrupted]

@@ -8,7 +8,7 @@ became of it (delivered, rejected, expired), which is what makes delivery at-lea
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -128,9 +128,6 @@ class BusBackend(Protocol):
     async def bump(self, counter: str, n: int = 1) -> None: ...
 
     async def stats(self) -> dict[str, object]: ...
-
-    def scan(self) -> Iterator[StoredMessage]:
-        """Every stored message, inbox by inbox, oldest first (synchronous, for the CLI)."""
 
 
 async def quiet(aw: Awaitable[None]) -> None:

@@ -325,9 +325,6 @@ class EmbeddedBackend:
     async def stats(self) -> dict[str, object]:
         return stats_of(self.db)
 
-    def scan(self) -> Iterator[StoredMessage]:
-        return scan_db(self.db)
-
 
 def lookup_keys_db(db: sqlite3.Connection, agent: str) -> PublicKeys | None:
     row = db.execute(

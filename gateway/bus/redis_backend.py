@@ -365,11 +365,11 @@ class RedisBackend:
         await self.run(self._r.hincrby(PREFIX + "stats", counter, n))
 
     async def stats(self) -> dict[str, object]:
-        return await anyio.to_thread.run_sync(redis_stats, self.url)
+        def read() -> dict[str, object]:
+            with sync_client(self.url) as r:
+                return redis_stats(r)
 
-    def scan(self) -> Iterator[StoredMessage]:
-        with sync_client(self.url) as r:  # (closed when the scan ends or is dropped)
-            yield from redis_scan(r)
+        return await anyio.to_thread.run_sync(read)
 
 
 def key_blob(entry: PublicKeys) -> bytes:
@@ -399,12 +399,8 @@ def parse_key_blob(agent: str, blob: bytes) -> PublicKeys:
         return PublicKeys(agent, "", b"", b"", b"")  # fails its HMAC: rejected, never trusted
 
 
-def redis_stats(url: str) -> dict[str, object]:
-    with sync_client(url) as r:
-        return _stats_of(r)
-
-
-def _stats_of(client: redis.Redis) -> dict[str, object]:
+def redis_stats(client: redis.Redis) -> dict[str, object]:
+    """The counters and what waits on ``client`` (``sync_client``'s)."""
     r: Any = client  # (redis-py types its sync replies as "Awaitable[T] | T")
     counters: dict[str, int] = {name: 0 for name in COUNTERS}
     counters.update({k.decode(): int(v) for k, v in r.hgetall(PREFIX + "stats").items()})
@@ -432,17 +428,33 @@ def redis_scan(client: redis.Redis) -> Iterator[StoredMessage]:
             yield StoredMessage(inbox, "pending", p.msg, p.error)
 
 
-def sync_client(url: str) -> redis.Redis:
+SYNC_CONNECT_S = 2.0  # the synchronous client's connect (symbi bus, stats)
+SYNC_READ_S = 10.0  # and each of its replies: a Redis that accepts and stalls is refused
+
+
+@contextlib.contextmanager
+def sync_client(url: str) -> Iterator[redis.Redis]:
+    """A synchronous client on ``url`` (``symbi bus``'s, ``stats``'), PINGed, closed on leaving.
+    Fail closed: a connect waits ``SYNC_CONNECT_S``, each reply ``SYNC_READ_S`` (a paused or
+    frozen Redis, a peer that never answers). A Redis failure in the block, the connect's, the
+    PING's or a command's, is a ``BusError`` naming the URL (``safe_url``): ``BusUnavailable``
+    but for a command Redis refused."""
+    where = f"the bus backend (Redis at {safe_url(url)})"
     try:
-        r = open_sync_redis(url, 2)
-        try:
+        with open_sync_redis(url, SYNC_CONNECT_S, SYNC_READ_S) as r:
             pong(r.ping())
-        except RedisError:
-            r.close()
-            raise
-        return r
+            yield r
+    except RedisTimeoutError as e:
+        raise BusUnavailable(
+            f"{where} did not answer in time ({e}; {SYNC_READ_S:g} s for each reply)",
+            reasons=["bus backend not answering (bus.url)"],
+        ) from None
+    except ResponseError as e:
+        raise BusError(f"{where} refused a command: {e}", reasons=["bus backend error (bus.url)"]) from None
     except (RedisError, OSError) as e:
-        raise BusUnavailable(f"the bus backend (Redis at {safe_url(url)}) cannot be reached: {e}") from None
+        raise BusUnavailable(
+            f"{where} cannot be reached: {e}", reasons=["bus backend unreachable (bus.url)"]
+        ) from None
 
 
 def _pending(ref: bytes | str, fields: dict[Any, Any]) -> Pending:

@@ -10,7 +10,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
 
 from gateway.bus.backend import StoredMessage
 from gateway.bus.crypto import PublicKeys, config_secret
@@ -46,41 +47,62 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 class _Source:
-    """Read-only access to the configured backend's messages and key directory."""
+    """Read-only access to the configured backend's messages and key directory: one client (a
+    Redis client or a read-only SQLite connection) per command, opened at entry and closed at
+    exit. On Redis, a failure anywhere in the block is ``BusUnavailable`` (``sync_client``)."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.secret = config_secret(cfg)
-        self._r: redis.Redis | None = None  # the one Redis client of a command (the scan's and the keys')
+        self._open = contextlib.ExitStack()
+        self._r: redis.Redis | None = None
+        self._db: sqlite3.Connection | None = None
 
-    def close(self) -> None:
-        if self._r is not None:
-            self._r.close()
-            self._r = None
+    def __enter__(self) -> Self:
+        if self.cfg.bus.backend == "redis":
+            from gateway.bus.redis_backend import sync_client
+
+            assert self.cfg.bus.url is not None  # (the config model requires it with redis)
+            self._r = self._open.enter_context(sync_client(self.cfg.bus.url))
+            return self
+        path = self.cfg.bus_path
+        if not path.exists():
+            raise BusUnavailable(f"no bus store at {path} (the gateway has not run with this data dir)")
+        from gateway.bus.embedded import open_db
+
+        self._db = self._open.enter_context(contextlib.closing(open_db(path, readonly=True)))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return self._open.__exit__(kind, err, tb)
 
     def stats(self) -> dict[str, object]:
-        if self.cfg.bus.backend == "redis":
+        if self._r is not None:
             from gateway.bus.redis_backend import redis_stats
 
-            return redis_stats(self._url())
+            return redis_stats(self._r)
         from gateway.bus.embedded import stats_of
 
-        return stats_of(self._db())
+        assert self._db is not None
+        return stats_of(self._db)
 
     def scan(self) -> Iterator[StoredMessage]:
-        if self.cfg.bus.backend == "redis":
+        if self._r is not None:
             from gateway.bus.redis_backend import redis_scan
 
-            return redis_scan(self._redis())
+            return redis_scan(self._r)
         from gateway.bus.embedded import scan_db
 
-        return scan_db(self._db())
+        assert self._db is not None
+        return scan_db(self._db)
 
     def lookup(self) -> Callable[[str], PublicKeys | None]:
-        if self.cfg.bus.backend == "redis":
+        if self._r is not None:
             from gateway.bus.redis_backend import PREFIX, parse_key_blob
 
-            r = self._redis()
+            r = self._r
 
             def from_redis(agent: str) -> PublicKeys | None:
                 blob = r.hget(PREFIX + "keys", agent)
@@ -89,42 +111,26 @@ class _Source:
             return from_redis
         from gateway.bus.embedded import lookup_keys_db
 
-        db = self._db()
+        db = self._db
+        assert db is not None
 
         def from_db(agent: str) -> PublicKeys | None:
             return lookup_keys_db(db, agent)
 
         return from_db
 
-    def _redis(self) -> redis.Redis:
-        if self._r is None:  # (refused when not Redis or not reachable: BusUnavailable)
-            from gateway.bus.redis_backend import sync_client
-
-            self._r = sync_client(self._url())
-        return self._r
-
-    def _url(self) -> str:
-        assert self.cfg.bus.url is not None
-        return self.cfg.bus.url
-
-    def _db(self) -> sqlite3.Connection:
-        path = self.cfg.bus_path
-        if not path.exists():
-            raise BusUnavailable(f"no bus store at {path} (the gateway has not run with this data dir)")
-        from gateway.bus.embedded import open_db
-
-        return open_db(path, readonly=True)
-
 
 def _stats(args: argparse.Namespace) -> int:
-    print(json.dumps(_Source(load_config(args.config, args.environ)).stats(), indent=2))
+    with _Source(load_config(args.config, args.environ)) as src:
+        stats = src.stats()
+    print(json.dumps(stats, indent=2))
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.bus.verify import verify_messages
 
-    with contextlib.closing(_Source(load_config(args.config, args.environ))) as src:
+    with _Source(load_config(args.config, args.environ)) as src:
         report = verify_messages(src.scan(), src.lookup(), src.secret)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -137,7 +143,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _tail(args: argparse.Namespace) -> int:
     rows = []
-    with contextlib.closing(_Source(load_config(args.config, args.environ))) as src:
+    with _Source(load_config(args.config, args.environ)) as src:
         for s in src.scan():
             if s.msg is None:
                 rows.append({"inbox": s.inbox, "state": s.state, "error": s.error})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from gateway.bus.redis_backend import RedisBackend, redis_stats
+from gateway.bus.redis_backend import RedisBackend, sync_client
 from gateway.errors import BusError
 from tests._echo import echo_redis_url
 
@@ -27,4 +27,9 @@ async def test_the_bus_backend_refuses_a_peer_that_does_not_answer_pong() -> Non
 async def test_the_bus_cli_refuses_a_peer_that_does_not_answer_pong() -> None:
     async with echo_redis_url() as url:
         with pytest.raises(BusError):
-            await anyio.to_thread.run_sync(redis_stats, url)
+            await anyio.to_thread.run_sync(_connect, url)
+
+
+def _connect(url: str) -> None:
+    with sync_client(url):
+        pass

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import SandboxInterrupted
-from gateway.sandbox import SandboxManager, SandboxRequest
-from gateway.sandbox import docker_tier
+from gateway.sandbox import SandboxManager, SandboxRequest, docker_tier
 from gateway.sandbox.types import Limits
 
 from .conftest import require_tier

@@ -196,9 +196,8 @@ class LeasedAgents:
                 look = await self.board.watch(names, enabled)
                 if look.statuses is not None:  # (else the last ones stand, ``seen_at`` their age)
                     self.seen, self.seen_at = look.statuses, time.time()
-                # else the last reading, moved on by monotonic time. Nor a slow one (a reconnect
-                # after an outage): it errs ahead by its wait, and the marks kept through the
-                # outage, put on it, had a start asked before a terminate stamped after it
+                # else the last reading, moved on by monotonic time; nor a slow one (a reconnect): it
+                # errs ahead, and marks kept through the outage had a start before a terminate after it
                 if look.now is not None:
                     self._set_clock(look.now, sent)
                 if look.failed != said:  # each part on its own: one refused loses no other
@@ -399,10 +398,15 @@ class LeasedAgents:
             if bound <= 0:
                 return "could not renew its lease in time (Redis unreachable)"
             self._taking[name] = False  # in flight: a terminate's mark is kept (its reply may take one)
-            try:
-                with anyio.fail_after(bound):
-                    await self._withdraw(name)  # a terminate's, before the renewal takes the start
-                    got = await lease.renew(self._doc(name))
+            try:  # (the inner: only the renewal's failures retried, an order's error is not one)
+                try:
+                    with anyio.fail_after(bound):
+                        await self._withdraw(name)  # a terminate's, before the renewal takes the start
+                        got = await lease.renew(self._doc(name))
+                except (*_REDIS_ERRORS, TimeoutError) as e:
+                    _logger.warning("agent %s: lease renewal failed (%s); retrying", name, e)
+                    wait = min(RETRY_S, max(0.0, lease.valid_until - STOP_MARGIN_S - time.monotonic()))
+                    continue
                 if not got.held:
                     return "its lease was taken or expired (another token holds it)"
                 self._taking[name] = got.woken
@@ -412,10 +416,6 @@ class LeasedAgents:
                 # not one asked by a terminate's time whose mark is kept (one asked after it runs)
                 if got.asked is not None and not voids(self._unwake.get(name), self._clock, got.asked):
                     self.hosted._wake[name].set()
-            except (*_REDIS_ERRORS, TimeoutError) as e:
-                _logger.warning("agent %s: lease renewal failed (%s); retrying", name, e)
-                wait = min(RETRY_S, max(0.0, lease.valid_until - STOP_MARGIN_S - time.monotonic()))
-                continue
             finally:
                 self._taking.pop(name, None)
             wait = RENEW_S
@@ -489,8 +489,9 @@ class LeasedAgents:
                 return
             _, result = act(self.hosted.runtime, self.hosted.events, agent, order)
             _logger.info("agent %s: %s from %s via %s: %s", name, order.action, order.by, order.via, result)
-        finally:  # (also when its record refused: the mark stands)
-            if (mark := self._unwake.get(name)) is not None and mark is not before:
+        finally:  # (also when its record refused: the mark stands). A terminate's only: another
+            mark = self._unwake.get(name)  # thread's terminate made during a suspend keeps its time
+            if order.action == "terminate" and mark is not None and mark is not before:
                 dated(mark, order.at, self._clock, before)
 
 

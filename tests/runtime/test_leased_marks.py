@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,7 +16,9 @@ import pytest
 import redis
 
 from gateway.runtime import leased
+from gateway.runtime.marks import Mark
 from gateway.runtime.orders import Order
+from gateway.runtime.orders import act as real_act
 from gateway.state import leases
 from gateway.state.leases import ORDERS, WAKE, WITHDRAWN
 from tests.runtime._leases import NAME, START_S, _until, marked, replica
@@ -111,3 +115,83 @@ async def test_a_refused_part_of_the_watch_is_logged_when_it_starts_and_when_it_
         admin.acl_deluser("nopexpire")
         admin.close()
         await la.board.aclose()
+
+
+def _redis_now(r: redis.Redis) -> float:
+    sec, usec = cast(tuple[int, int], r.time())
+    return sec + usec / 1e6
+
+
+async def test_a_terminate_made_on_another_thread_while_a_suspend_is_carried_out_keeps_its_time(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Carrying out any order put a terminate's mark made meanwhile (on another thread: a
+    terminate answered there) at the order's time: a suspend asked 2 s ago made that terminate
+    2 s older, and a start asked in between survived it. Only a terminate order's own mark is
+    dated. The other thread is real; it is started from inside the order's action, the one
+    instant no timing can hit (a seam, wrapping the real ``act``)."""
+    mark = f"6049.7{os.getpid()}"
+    a = replica(tmp_path / "a", fresh.url, mark, Recorder())
+    la = a.leased
+    assert la is not None
+    made: list[tuple[float, Mark]] = []
+
+    def act_meanwhile(*args: Any, **kwargs: Any) -> tuple[bool, str]:
+        def terminate() -> None:
+            before = time.monotonic()
+            la.withdraw(NAME)
+            made.append((before, la._unwake[NAME]))
+
+        other = threading.Thread(target=terminate)
+        other.start()
+        other.join(10)
+        return real_act(*args, **kwargs)
+
+    monkeypatch.setattr(leased, "act", act_meanwhile)
+    r = redis.Redis.from_url(fresh.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("it runs", lambda: a.runs.get(NAME, 0) == 1, START_S)
+        order = Order(action="suspend", by="ops", reason="look", via="replica-b", at=_redis_now(r) - 2.0)
+        r.rpush(ORDERS + NAME, order.dumps())
+        await _until(
+            "the suspend carried out", lambda: bool(made) and not r.exists(ORDERS + NAME), 3 * leases.RENEW_S
+        )
+        await anyio.sleep(0.2)  # (the order's ``finally`` ran in the same turn as its act)
+        before, kept = made[0]
+        assert kept.mono >= before  # not put at the suspend's time, 2 s before it was made
+        tg.cancel_scope.cancel()
+    r.close()
+
+
+async def test_an_error_carrying_out_an_order_is_not_retried_as_a_failed_renewal(
+    tmp_path: Path,
+    fresh: Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ``OSError`` raised while an order is carried out (a hook whose kill is refused) was
+    caught as a failed renewal once the orders moved inside the renewal's ``try``: logged
+    "retrying", the order lost after its 202, the lease kept. It ends the lease's run as any bug
+    does (the run stopped, the lease released). The action's error is a seam: no real order
+    raises one on purpose."""
+    mark = f"6049.8{os.getpid()}"
+    a = replica(tmp_path / "a", fresh.url, mark, Recorder())
+
+    def refused(*args: Any, **kwargs: Any) -> tuple[bool, str]:
+        raise PermissionError("the hook's kill was refused")
+
+    monkeypatch.setattr(leased, "act", refused)
+    r = redis.Redis.from_url(fresh.url)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        with anyio.fail_after(START_S + 4 * leases.RENEW_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.run)
+                await _until("it runs", lambda: a.runs.get(NAME, 0) == 1, START_S)
+                order = Order(action="suspend", by="ops", reason="look", via="replica-b", at=_redis_now(r))
+                r.rpush(ORDERS + NAME, order.dumps())
+                await anyio.sleep_forever()
+    assert caught.value.subgroup(PermissionError) is not None
+    await _until("its run stopped", lambda: not marked(mark), 10)
+    r.close()

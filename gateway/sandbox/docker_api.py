@@ -37,6 +37,7 @@ CONTAINERD_SOCK = "/var/run/docker/containerd/containerd.sock"
 REMOVE_DEADLINE_S = 120.0  # a runsc kill on a loaded host takes seconds, not minutes
 # how long a create the client gave up on is looked for (the daemon may still be making it)
 RECLAIM_DEADLINE_S = 15.0
+EVENTS_WAIT_S = 5.0  # the most a run's post-mortem waits for Docker's events
 _client_lock = threading.Lock()
 _client: Any = None
 
@@ -285,3 +286,35 @@ def runsc_orphans() -> list[str]:
     for cid in gone:
         runsc_delete(cid)
     return gone
+
+
+def killed_by_another(api: Any, cid: str) -> str | None:
+    """How another party ended container ``cid`` (we did not stop it), from Docker's events, or
+    None: a ``kill`` event (``docker kill``, ``docker stop``, a forced removal whose delete then
+    failed) is an API kill, never the kernel's OOM kill. Docker logs the ``die`` event before
+    a wait can answer, so a ``die`` missing from its record (a ring of the last 256 events,
+    overrun) means it cannot tell: that is no result either (fail closed). (On Docker 23+ a
+    wait answers before ``die`` is logged: the caller's inspect, which waits for the exit's
+    handling, must come first.)"""
+    events = api.events(
+        since="0",  # the whole ring, filtered to this container's id (ids are never reused)
+        until=f"{time.time():.6f}",
+        filters={"container": cid, "event": ["kill", "die"]},
+        decode=True,
+    )
+    # docker-py sends it with no timeout: a stalled daemon, or one whose clock is behind
+    # (``until`` ahead: it streams live events until then), is cut off (no ``die``: fail closed)
+    bound = threading.Timer(EVENTS_WAIT_S, events.close)
+    bound.start()
+    actions: dict[str, dict[str, str]] = {}
+    try:
+        for e in events:
+            actions.setdefault(str(e.get("Action")), (e.get("Actor") or {}).get("Attributes") or {})
+    finally:
+        bound.cancel()
+        events.close()
+    if "kill" in actions:
+        return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
+    if "die" not in actions:
+        return "ended and Docker no longer records how (its event ring overran), so it may have been killed"
+    return None

@@ -45,6 +45,7 @@ from .docker_api import (
     container_name,
     docker_errors,
     docker_knows,
+    killed_by_another,
     remove_container,
     runsc_delete,
     runsc_ids,
@@ -303,11 +304,12 @@ class DockerTier(SandboxTier):
         if code == 0 and not stop.reasons:  # a clean exit is the payload's own: no post-mortem
             return "none"
         state = stop.client.api.inspect_container(stop.cid)["State"]  # 404: removed under the call
-        if state.get("Status") == "removing":  # killed by a removal that is not ours
+        # killed by a removal that is not ours ("dead": one whose delete then failed)
+        if state.get("Status") in ("removing", "dead"):
             raise SandboxInterrupted(f"the {self.name} container was removed while the call ran")
         if stop.reasons:
             return stop.reasons[0]
-        other = self._killed_by_another(stop)
+        other = killed_by_another(stop.client.api, stop.cid)
         if other is not None:
             raise SandboxInterrupted(f"the {self.name} container {other} while the call ran (no result)")
         # A SIGKILL we did not send (ours are in ``stop.reasons``, others' in Docker's events) is
@@ -320,28 +322,6 @@ class DockerTier(SandboxTier):
         if self._pids_hit(stop.cid):
             return "pids"
         return "none"
-
-    @staticmethod
-    def _killed_by_another(stop: _Stopper) -> str | None:
-        """How another party ended a container we did not stop, from Docker's own events, or
-        None: a ``kill`` event (``docker kill``, ``docker stop``, a forced removal whose delete then
-        failed) is an API kill, never the kernel's OOM kill. Docker logs the ``die`` event before
-        a wait can answer, so a ``die`` missing from its record (a ring of the last 256 events,
-        overrun) means it cannot tell: that is no result either (fail closed)."""
-        events = stop.client.api.events(
-            since="0",  # the whole ring, filtered to this container's id (ids are never reused)
-            until=f"{time.time():.6f}",
-            filters={"container": stop.cid, "event": ["kill", "die"]},
-            decode=True,
-        )
-        actions: dict[str, dict[str, str]] = {}
-        for e in events:
-            actions.setdefault(str(e.get("Action")), (e.get("Actor") or {}).get("Attributes") or {})
-        if "kill" in actions:
-            return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
-        if "die" not in actions:
-            return "ended and Docker no longer records how (its event ring overran), so it may have been killed"
-        return None
 
     @staticmethod
     def _pids_hit(cid: str) -> bool:

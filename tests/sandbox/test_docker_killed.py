@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from gateway.errors import SandboxInterrupted
-from gateway.sandbox import SandboxManager, SandboxRequest, docker_tier
+from gateway.sandbox import SandboxManager, SandboxRequest, docker_api, docker_tier
 from gateway.sandbox.types import Limits
 
 from .conftest import require_tier
@@ -131,3 +132,20 @@ def test_a_call_whose_program_another_party_terminates_is_interrupted(
     handler = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); time.sleep(600)"
     outcome = _signalled_until_done(manager, tier_name, ("/usr/bin/python3", "-c", handler), "SIGTERM")
     assert [type(x) for x in outcome] == [SandboxInterrupted]
+
+
+def test_the_events_post_mortem_is_bounded_when_the_daemons_clock_is_behind(
+    manager: SandboxManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker-py sends the events query with no timeout, and a daemon whose clock is behind ours
+    reads ``until`` as ahead and streams live events until then: a run's post-mortem waited that
+    long. It is cut off, and what it could not read is no result (fail closed). Our clock put
+    60 s ahead stands in for the daemon's behind (a daemon's clock cannot be set here)."""
+    require_tier(manager, "docker")
+    ahead = SimpleNamespace(time=lambda: time.time() + 60, monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(docker_api, "time", ahead)  # (this module's clock only)
+    monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 0.5)
+    started = time.monotonic()
+    said = docker_api.killed_by_another(docker_tier.docker_client().api, "0" * 64)
+    assert time.monotonic() - started < 10
+    assert said is not None  # no ``die`` read: it cannot tell, so no result

@@ -71,12 +71,23 @@ class _Source:
         from gateway.bus.embedded import open_db
 
         self._db = self._open.enter_context(contextlib.closing(open_db(path, readonly=True)))
+        try:  # (a read-only open reads nothing: a file that is no database fails here)
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as e:
+            self._open.close()
+            raise self._unreadable(e) from e
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        return self._open.__exit__(kind, err, tb)
+        suppressed = self._open.__exit__(kind, err, tb)
+        if isinstance(err, sqlite3.Error):  # (a store damaged or locked away under the command)
+            raise self._unreadable(err) from err
+        return suppressed
+
+    def _unreadable(self, e: sqlite3.Error) -> BusUnavailable:
+        return BusUnavailable(f"the bus store at {self.cfg.bus_path} cannot be read: {e}")
 
     def stats(self) -> dict[str, object]:
         if self._r is not None:

@@ -289,3 +289,31 @@ def test_every_bus_command_opens_one_redis_client_and_closes_it(
             assert others == [], command  # closed, not left to the collector
     finally:
         r.close()
+
+
+def test_a_bus_store_that_cannot_be_read_fails_the_command_closed(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a file that is no database (or one locked away) failed at the first query with a
+    # traceback: the command's own error now, exit 1, naming the store
+    store = tmp_path / "data" / "bus.db"
+    for extra in ("-wal", "-shm"):
+        store.with_name(store.name + extra).unlink(missing_ok=True)
+    store.write_bytes(b"not a database " * 100)
+    for command in ("stats", "verify", "tail"):
+        assert _run("bus", command, "--config", str(cfg)) == EXIT_FAIL
+        assert str(store) in capsys.readouterr().err
+    from gateway.cli.bus_cmd import _Source
+    from gateway.config import load_config
+
+    with pytest.raises(BusUnavailable), _Source(load_config(cfg)):
+        pass
+
+
+def test_a_data_dir_whose_path_has_uri_characters_is_read(tmp_path: Path) -> None:
+    # the read-only open passed the path into a URI unquoted: "#" cut it (a file "…/a" not found)
+    room = tmp_path / "a#b?c%20"
+    room.mkdir()
+    c = write_config(room, "")
+    _fill(room / "data")
+    assert _run("bus", "stats", "--config", str(c)) == EXIT_OK

@@ -23,7 +23,7 @@ from gateway.bus.core import Bus
 from gateway.bus.crypto import KeyRing, load_secret
 from gateway.bus.embedded import EmbeddedBackend, open_db
 from gateway.bus.redis_backend import sync_client
-from gateway.cli import EXIT_FAIL, EXIT_OK, main
+from gateway.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
 from gateway.context import Principal
 from gateway.errors import BusUnavailable
 from gateway.events import LoggingSink
@@ -317,3 +317,17 @@ def test_a_data_dir_whose_path_has_uri_characters_is_read(tmp_path: Path) -> Non
     c = write_config(room, "")
     _fill(room / "data")
     assert _run("bus", "stats", "--config", str(c)) == EXIT_OK
+
+
+def test_reading_commands_never_make_a_bus_secret(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # stats, tail and verify made a fresh bus-secret where none was (an operator's shell without
+    # SYMBI_BUS_SECRET): verify then read every message as forged; stats and tail need none
+    secret = tmp_path / "data" / "bus-secret"
+    secret.unlink()
+    for command in ("stats", "tail"):
+        assert _run("bus", command, "--config", str(cfg)) == EXIT_OK
+    assert _run("bus", "verify", "--config", str(cfg)) == EXIT_USAGE  # a ConfigError, naming it
+    assert str(secret) in capsys.readouterr().err
+    assert not secret.exists()

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from gateway.custody import private_secret
-from gateway.errors import BusError
+from gateway.errors import BusError, ConfigError
 
 if TYPE_CHECKING:
     from gateway.config.model import Config
@@ -84,12 +84,23 @@ def load_secret(path: Path) -> bytes:
     return private_secret(path, "bus secret")
 
 
-def config_secret(config: Config) -> bytes:
+def config_secret(config: Config, *, make: bool = True) -> bytes:
     """``[bus] secret`` (``SYMBI_BUS_SECRET``, shared by the gateways of one Redis bus) when
-    set, else the data dir's ``bus-secret``."""
+    set, else the data dir's ``bus-secret`` (made on first use; ``make=False``: a reader's, never
+    made, so a missing one is ``ConfigError`` rather than a fresh secret that fails every check)."""
     if config.bus.secret is not None:
         return base64.b64decode(config.bus.secret)  # validated by the config model
-    return load_secret(config.bus_secret_path)
+    path = config.bus_secret_path
+    if make:
+        return load_secret(path)
+    try:
+        if not path.exists():
+            raise ConfigError(
+                f"{path}: no bus secret here: set [bus] secret (SYMBI_BUS_SECRET) as the gateways do"
+            )
+        return load_secret(path)
+    except OSError as e:  # (the gateway's data dir, closed to this user)
+        raise ConfigError(f"{path}: the bus secret cannot be read ({e.strerror})") from e
 
 
 def derived_key(secret: bytes, info: bytes) -> bytes:

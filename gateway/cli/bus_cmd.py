@@ -53,7 +53,6 @@ class _Source:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.secret = config_secret(cfg)
         self._open = contextlib.ExitStack()
         self._r: redis.Redis | None = None
         self._db: sqlite3.Connection | None = None
@@ -142,7 +141,8 @@ def _verify(args: argparse.Namespace) -> int:
     from gateway.bus.verify import verify_messages
 
     with _Source(load_config(args.config, args.environ)) as src:
-        report = verify_messages(src.scan(), src.lookup(), src.secret)
+        # (only verify reads the secret, and never makes one: stats and tail need none)
+        report = verify_messages(src.scan(), src.lookup(), config_secret(src.cfg, make=False))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

@@ -3,6 +3,7 @@ metadata only (a body never appears in the output)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -23,7 +24,7 @@ from gateway.bus.core import Bus
 from gateway.bus.crypto import KeyRing, load_secret
 from gateway.bus.embedded import EmbeddedBackend, open_db
 from gateway.bus.redis_backend import sync_client
-from gateway.cli import EXIT_FAIL, EXIT_OK, main
+from gateway.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
 from gateway.context import Principal
 from gateway.errors import BusUnavailable
 from gateway.events import LoggingSink
@@ -35,6 +36,8 @@ from tests.conftest import SYMBI, symbi_env, write_config
 pytestmark = pytest.mark.slow
 
 BODY = "secret-body-for-the-cli-test"
+# the gateways' shared [bus] secret (SYMBI_BUS_SECRET): verify reads it, never makes one
+SECRET = base64.b64encode(bytes(range(32))).decode()
 
 
 def _fill(data: Path) -> None:
@@ -142,7 +145,9 @@ def test_on_redis(tmp_path: Path, redis_server: RedisServer) -> None:
 
 def test_verify_on_redis_makes_one_connection(tmp_path: Path, redis_server: RedisServer) -> None:
     # the scan and the key lookups each opened a client of their own (two connects, two PINGs)
-    cfg = write_config(tmp_path, f'[bus]\nbackend = "redis"\nurl = "{redis_server.url}"\n')
+    cfg = write_config(
+        tmp_path, f'[bus]\nbackend = "redis"\nsecret = "{SECRET}"\nurl = "{redis_server.url}"\n'
+    )
     r = redis.Redis.from_url(redis_server.url)
     try:
         before = int(cast(dict[str, int], r.info("stats"))["total_connections_received"])
@@ -219,7 +224,7 @@ def test_a_redis_that_accepts_and_stalls_fails_every_bus_command_closed(
     peer = _Stalled(handshake)
     try:
         url = f"redis://:s3cret@127.0.0.1:{peer.port}/0"
-        cfg = write_config(tmp_path, f'[bus]\nbackend = "redis"\nurl = "{url}"\n')
+        cfg = write_config(tmp_path, f'[bus]\nbackend = "redis"\nsecret = "{SECRET}"\nurl = "{url}"\n')
         for command in ("stats", "verify", "tail"):
             assert _run("bus", command, "--config", str(cfg)) == EXIT_FAIL
             err = capsys.readouterr().err
@@ -232,7 +237,9 @@ def test_a_redis_that_accepts_and_stalls_fails_every_bus_command_closed(
 
 def test_a_paused_redis_fails_the_command_closed(tmp_path: Path, redis_server: RedisServer) -> None:
     # a real redis-server holding every client (CLIENT PAUSE ... ALL), the CLI's own timeouts
-    cfg = write_config(tmp_path, f'[bus]\nbackend = "redis"\nurl = "{redis_server.url}"\n')
+    cfg = write_config(
+        tmp_path, f'[bus]\nbackend = "redis"\nsecret = "{SECRET}"\nurl = "{redis_server.url}"\n'
+    )
     r = redis.Redis.from_url(redis_server.url)
     try:
         r.client_pause(60_000, all=True)
@@ -264,7 +271,9 @@ def test_every_bus_command_opens_one_sqlite_connection_and_closes_it(
 def test_every_bus_command_opens_one_redis_client_and_closes_it(
     tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = write_config(tmp_path, f'[bus]\nbackend = "redis"\nurl = "{redis_server.url}"\n')
+    cfg = write_config(
+        tmp_path, f'[bus]\nbackend = "redis"\nsecret = "{SECRET}"\nurl = "{redis_server.url}"\n'
+    )
     opened: list[redis.Redis] = []
 
     def spied(url: str, connect_timeout_s: float, timeout_s: float | None = None) -> redis.Redis:
@@ -317,3 +326,17 @@ def test_a_data_dir_whose_path_has_uri_characters_is_read(tmp_path: Path) -> Non
     c = write_config(room, "")
     _fill(room / "data")
     assert _run("bus", "stats", "--config", str(c)) == EXIT_OK
+
+
+def test_reading_commands_never_make_a_bus_secret(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # stats, tail and verify made a fresh bus-secret where none was (an operator's shell without
+    # SYMBI_BUS_SECRET): verify then read every message as forged; stats and tail need none
+    secret = tmp_path / "data" / "bus-secret"
+    secret.unlink()
+    for command in ("stats", "tail"):
+        assert _run("bus", command, "--config", str(cfg)) == EXIT_OK
+    assert _run("bus", "verify", "--config", str(cfg)) == EXIT_USAGE  # a ConfigError, naming it
+    assert str(secret) in capsys.readouterr().err
+    assert not secret.exists()

@@ -32,17 +32,20 @@ from tests.runtime._leases import _require_bwrap, fresh  # noqa: F401 - the fixt
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize("after", [False, True])
-async def test_a_start_asked_after_a_terminate_order_taken_in_one_renewal_runs(
+@pytest.mark.parametrize("asked", ["unstamped", "before", "after"])
+async def test_a_terminate_order_and_a_start_in_one_renewal_run_the_start_only_if_asked_after(
     tmp_path: Path,
     fresh: Redis,  # noqa: F811
-    after: bool,
+    asked: str,
 ) -> None:
-    """A terminate order and a start left for an idle on-demand holder before one renewal: the
-    renewal that took the start carried out the terminate (its mark kept) and dropped the start
-    whenever it was asked, one asked after the terminate too (a 202 for nothing). Only a start
-    asked by the order's time is dropped now; a later one runs."""
-    mark = f"6049.{int(after)}{os.getpid()}"
+    """A terminate order and a start left for an idle on-demand holder before one renewal. The
+    renewal handed the start to the supervisor before the orders were read, so the terminate
+    found the new run Initializing and was refused, and the terminated agent ran; then, the
+    orders first, it dropped the start whenever it was asked, one asked after the terminate too
+    (a 202 for nothing). Only a start asked by the order's time is dropped now (one with no
+    stamp, from a replica before stamps, counts as asked before); a later one runs."""
+    after = asked == "after"
+    mark = f"6049.{len(asked)}{os.getpid()}"
     rec = Recorder()
     a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
     r = redis.Redis.from_url(fresh.url)
@@ -52,9 +55,12 @@ async def test_a_start_asked_after_a_terminate_order_taken_in_one_renewal_runs(
         sec, usec = cast(tuple[int, int], r.time())
         at = sec + usec / 1e6 - 2.0  # the terminate, asked 2 s ago
         order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=at)
-        asked = "" if after else repr(at - 1.0)  # now (after it), or 1 s before it
         with r.pipeline(transaction=True) as pipe:  # both in one renewal window, for sure
-            pipe.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", asked)
+            if asked == "unstamped":
+                pipe.set(WAKE + NAME, "replica-b")
+            else:  # now (after it), or 1 s before it
+                stamp = "" if after else repr(at - 1.0)
+                pipe.eval(leases._WAKE, 2, WAKE + NAME, WITHDRAWN + NAME, "replica-b", stamp)
             pipe.rpush(ORDERS + NAME, order.dumps())
             pipe.execute()
         terminated = lambda: "agent.terminate_requested" in [t for t, *_ in rec.events]  # noqa: E731

@@ -243,35 +243,6 @@ async def test_a_terminate_during_a_withdrawal_is_kept_and_a_failed_one_keeps_th
     await leased.board.aclose()
 
 
-async def test_a_terminate_passed_with_a_start_in_one_renewal_window_is_not_refused(
-    tmp_path: Path,
-    fresh: Redis,  # noqa: F811
-) -> None:
-    """A start and a terminate left for an idle on-demand holder before its next renewal: the
-    renewal took the start and handed it to the supervisor before the orders were read, so the
-    terminate found the new run Initializing and was refused, and the terminated agent ran.
-    Now the orders go first: the terminate withdraws the start, and nothing runs."""
-    mark = f"6022.{os.getpid()}"
-    rec = Recorder()
-    a = replica(tmp_path / "a", fresh.url, mark, rec, start="on-demand")
-    r = redis.Redis.from_url(fresh.url)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
-        now = float(cast(Any, r.time())[0])
-        order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=now)
-        with r.pipeline(transaction=True) as pipe:  # both in one renewal window, for sure
-            pipe.set(WAKE + NAME, "replica-b")  # a start passed from b (its wake raced the DEL)
-            pipe.rpush(ORDERS + NAME, order.dumps())
-            pipe.execute()
-        terminated = lambda: "agent.terminate_requested" in [t for t, *_ in rec.events]  # noqa: E731
-        await _until("the terminate carried out", terminated, 2 * RENEW_S)
-        assert not r.exists(WAKE + NAME) and not r.exists(ORDERS + NAME)  # both taken
-        await anyio.sleep(RENEW_S)  # a start handed on would have made its run's record by now
-        assert a.runtime.agents.by_name(NAME) is None and not marked(mark)
-        tg.cancel_scope.cancel()
-
-
 async def test_a_start_refused_by_a_broken_log_and_terminated_in_the_retry_does_not_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -117,6 +117,16 @@ async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_ye
         tg.cancel_scope.cancel()
 
 
+async def _let_go_and_nothing_ran(a: HostedAgents, mark: str, go_on: anyio.Event, taken: anyio.Event) -> None:
+    """The held renewal let go: once it has read its orders, the start it took is handed on or
+    dropped in that same step; none was (no run, no wake left set, no process)."""
+    go_on.set()
+    with anyio.fail_after(10):
+        await taken.wait()
+    await wait_all_tasks_blocked()
+    assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+
+
 async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -150,11 +160,7 @@ async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(
         assert not r.exists(WAKE + NAME)  # the renewal took it
         status, body = await act_on_agent(_admin(a, Recorder()), NAME, "terminate", "ops", "not wanted")
         assert status == 200 and body["withdrawn"]  # (it was 404: the DEL found nothing)
-        go_on.set()
-        with anyio.fail_after(10):
-            await taken.wait()
-        await wait_all_tasks_blocked()  # (the hand-on is in the same step as the orders)
-        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+        await _let_go_and_nothing_ran(a, mark, go_on, taken)
         tg.cancel_scope.cancel()
 
 
@@ -201,11 +207,7 @@ async def test_a_terminate_whose_delete_finds_a_later_start_while_the_renewal_ta
         _start_from_b(r)  # a second start, asked before the terminate too
         status, body = await act_on_agent(_admin(a, Recorder()), NAME, "terminate", "ops", "not wanted")
         assert status == 200 and body["withdrawn"] and not r.exists(WAKE + NAME)  # the DEL took it
-        go_on.set()
-        with anyio.fail_after(10):
-            await taken.wait()
-        await wait_all_tasks_blocked()  # (the hand-on is in the same step as the orders)
-        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+        await _let_go_and_nothing_ran(a, mark, go_on, taken)
         tg.cancel_scope.cancel()
 
 

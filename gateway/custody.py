@@ -207,13 +207,20 @@ def _tighten(path: Path, mode: int) -> None:
         raise ConfigError(f"gateway.data_dir: cannot make {path} private: {e.strerror or e}") from None
 
 
-def private_secret(path: Path, what: str) -> bytes:
+def private_secret(path: Path, what: str, *, make: bool = True) -> bytes:
     """A 32-byte secret at ``path``, made on first use (random, mode 0600, fsynced); an existing
     file readable by group or others, or of the wrong size, is refused with ``ConfigError``.
+    ``make=False`` (a reader's: a fresh secret would fail every check): one missing or closed to
+    this user is a ``ConfigError`` too, and nothing is made.
 
     Made in a temporary file and linked into place, so processes starting together on one
     data dir never read a half-written secret: one link wins and every process reads that one.
     """
+    if not make:
+        try:
+            return _checked_secret(path, what)
+        except OSError as e:  # (missing, or the gateway's data dir, closed to this user)
+            raise ConfigError(f"{path}: no {what} can be read here ({e.strerror})") from e
     path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     if not path.exists():
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
@@ -230,6 +237,10 @@ def private_secret(path: Path, what: str) -> bytes:
             if fd >= 0:
                 os.close(fd)
             os.unlink(tmp)
+    return _checked_secret(path, what)
+
+
+def _checked_secret(path: Path, what: str) -> bytes:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise ConfigError(

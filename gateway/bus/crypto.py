@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from gateway.custody import private_secret
-from gateway.errors import BusError, ConfigError
+from gateway.errors import BusError
 
 if TYPE_CHECKING:
     from gateway.config.model import Config
@@ -79,9 +79,10 @@ class AgentKeys:
         return cls(agent, principal, Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
 
 
-def load_secret(path: Path) -> bytes:
-    """The bus secret, made on first use (32 random bytes, mode 0600; a looser file is refused)."""
-    return private_secret(path, "bus secret")
+def load_secret(path: Path, *, make: bool = True) -> bytes:
+    """The bus secret, made on first use (32 random bytes, mode 0600; a looser file is refused;
+    ``make=False``: never made, see ``private_secret``)."""
+    return private_secret(path, "bus secret", make=make)
 
 
 def config_secret(config: Config, *, make: bool = True) -> bytes:
@@ -90,17 +91,7 @@ def config_secret(config: Config, *, make: bool = True) -> bytes:
     made, so a missing one is ``ConfigError`` rather than a fresh secret that fails every check)."""
     if config.bus.secret is not None:
         return base64.b64decode(config.bus.secret)  # validated by the config model
-    path = config.bus_secret_path
-    if make:
-        return load_secret(path)
-    try:
-        if not path.exists():
-            raise ConfigError(
-                f"{path}: no bus secret here: set [bus] secret (SYMBI_BUS_SECRET) as the gateways do"
-            )
-        return load_secret(path)
-    except OSError as e:  # (the gateway's data dir, closed to this user)
-        raise ConfigError(f"{path}: the bus secret cannot be read ({e.strerror})") from e
+    return load_secret(config.bus_secret_path, make=make)
 
 
 def derived_key(secret: bytes, info: bytes) -> bytes:

@@ -446,7 +446,7 @@ def sync_client(url: str) -> Iterator[redis.Redis]:
             yield r
     except RedisTimeoutError as e:
         raise BusUnavailable(
-            f"{where} did not answer in time ({e}; {SYNC_READ_S:g} s for each reply)",
+            f"{where} did not answer in time ({e}; {SYNC_CONNECT_S:g} s to connect, {SYNC_READ_S:g} s a reply)",
             reasons=["bus backend not answering (bus.url)"],
         ) from None
     except ResponseError as e:

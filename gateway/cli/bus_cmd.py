@@ -65,14 +65,15 @@ class _Source:
             self._r = self._open.enter_context(sync_client(self.cfg.bus.url))
             return self
         path = self.cfg.bus_path
-        if not path.exists():
-            raise BusUnavailable(f"no bus store at {path} (the gateway has not run with this data dir)")
         from gateway.bus.embedded import open_db
 
-        self._db = self._open.enter_context(contextlib.closing(open_db(path, readonly=True)))
-        try:  # (a read-only open reads nothing: a file that is no database fails here)
+        try:  # a data dir or store closed to this user, a file that is no database
+            if not path.exists():
+                raise BusUnavailable(f"no bus store at {path} (the gateway has not run with this data dir)")
+            self._db = self._open.enter_context(contextlib.closing(open_db(path, readonly=True)))
+            # (a read-only open reads nothing: a file that is no database fails here)
             self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             self._open.close()
             raise self._unreadable(e) from e
         return self
@@ -85,7 +86,7 @@ class _Source:
             raise self._unreadable(err) from err
         return suppressed
 
-    def _unreadable(self, e: sqlite3.Error) -> BusUnavailable:
+    def _unreadable(self, e: sqlite3.Error | OSError) -> BusUnavailable:
         return BusUnavailable(f"the bus store at {self.cfg.bus_path} cannot be read: {e}")
 
     def stats(self) -> dict[str, object]:
@@ -140,9 +141,12 @@ def _stats(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from gateway.bus.verify import verify_messages
 
-    with _Source(load_config(args.config, args.environ)) as src:
-        # (only verify reads the secret, and never makes one: stats and tail need none)
-        report = verify_messages(src.scan(), src.lookup(), config_secret(src.cfg, make=False))
+    cfg = load_config(args.config, args.environ)
+    # only verify reads the secret, and never makes one (stats and tail need none); first, as a
+    # missing one is the thing to say, not the backend's state
+    secret = config_secret(cfg, make=False)
+    with _Source(cfg) as src:
+        report = verify_messages(src.scan(), src.lookup(), secret)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

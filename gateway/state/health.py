@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 # query parameters redis-py and libpq take a password from (``?password=`` is as good as ``:pw@``)
-_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "ssl_password"})
 
 
 def safe_url(url: str) -> str:

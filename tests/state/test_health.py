@@ -112,5 +112,8 @@ def test_a_password_in_the_query_or_a_unix_url_is_hidden_too() -> None:
         "redis://127.0.0.1:6379/0?password=***&db=1"
     )
     assert safe_url("postgresql://u@h/db?sslpassword=k3y") == "postgresql://u@h/db?sslpassword=***"
+    assert (
+        safe_url("rediss://h:6380/0?ssl_password=k3y") == "rediss://h:6380/0?ssl_password=***"
+    )  # redis-py's
     assert safe_url("unix://:s3cret@/tmp/redis.sock?db=0") == "unix://:***@/tmp/redis.sock?db=0"
     assert safe_url("redis://127.0.0.1:6379/0?db=1") == "redis://127.0.0.1:6379/0?db=1"

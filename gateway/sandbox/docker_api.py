@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from gateway.errors import GatewayError, SandboxError, SandboxInterrupted, SandboxUnavailable
@@ -298,21 +298,27 @@ def killed_by_another(api: Any, cid: str) -> str | None:
     handling, must come first.)"""
     events = api.events(
         since="0",  # the whole ring, filtered to this container's id (ids are never reused)
-        until=f"{time.time():.6f}",
+        # read up to its ``die`` (any ``kill`` of the run comes before it), so ``until``, on the
+        # daemon's clock, only ends a ring that lost it: ahead by the bound, for a daemon's
+        # clock ahead of ours (a ``die`` after an ``until`` of now was filtered out)
+        until=f"{time.time() + EVENTS_WAIT_S:.6f}",
         filters={"container": cid, "event": ["kill", "die"]},
         decode=True,
     )
-    # docker-py sends it with no timeout: a stalled daemon, or one whose clock is behind
-    # (``until`` ahead: it streams live events until then), is cut off (no ``die``: fail closed)
+    # docker-py reads it with no timeout: a stream with no ``die`` (a daemon whose clock is
+    # behind ours streams live events until ``until``) is cut off (no ``die``: fail closed)
     bound = threading.Timer(EVENTS_WAIT_S, events.close)
     bound.start()
     actions: dict[str, dict[str, str]] = {}
     try:
         for e in events:
             actions.setdefault(str(e.get("Action")), (e.get("Actor") or {}).get("Attributes") or {})
+            if "die" in actions:
+                break
     finally:
         bound.cancel()
-        events.close()
+        with suppress(OSError):  # (closed by the bound already)
+            events.close()
     if "kill" in actions:
         return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
     if "die" not in actions:

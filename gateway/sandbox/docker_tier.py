@@ -295,11 +295,12 @@ class DockerTier(SandboxTier):
     def _killed_reason(self, stop: _Stopper, code: int) -> KilledReason:
         """Why the run ended: our own stop first, else the memory or pids limit's kill.
 
-        A run that did not exit cleanly on its own is checked against Docker first: a container
-        another party removed or killed (an operator, another gateway's sweep, a daemon going
-        down) gives no result, whatever its exit code and our own stops say. The removal's
-        SIGKILL exits 137 like the memory limit's, and our time limit can fire while a slow
-        removal (a runsc teardown on a loaded host) is still killing the container.
+        A run that did not exit 0 on its own is checked against Docker first: a container
+        another party removed (an operator, another gateway's sweep) gives no result, whatever our
+        own stops say; one another party killed (its ``kill`` event) gives none when we did not
+        stop it ourselves. The removal's SIGKILL exits 137 like the memory limit's, and our time
+        limit can fire while a slow removal (a runsc teardown on a loaded host) is still killing
+        the container. (A program that answers another party's SIGTERM with exit 0 is not seen.)
         """
         if code == 0 and not stop.reasons:  # a clean exit is the payload's own: no post-mortem
             return "none"

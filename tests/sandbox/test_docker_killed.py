@@ -134,18 +134,49 @@ def test_a_call_whose_program_another_party_terminates_is_interrupted(
     assert [type(x) for x in outcome] == [SandboxInterrupted]
 
 
+class _Bound(threading.Timer):
+    """The real timer, noting when it fires."""
+
+    fired: list[bool] = []
+
+    def run(self) -> None:
+        self.finished.wait(self.interval)
+        if not self.finished.is_set():
+            _Bound.fired.append(True)
+            self.function(*self.args, **self.kwargs)
+        self.finished.set()
+
+
+def _shifted(monkeypatch: pytest.MonkeyPatch, by_s: float) -> None:
+    """This module's clock only, ``by_s`` ahead of the daemon's (a daemon's clock cannot be
+    set here: ours shifted stands in for the daemon's, the other way)."""
+    shifted = SimpleNamespace(time=lambda: time.time() + by_s, monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(docker_api, "time", shifted)
+
+
 def test_the_events_post_mortem_is_bounded_when_the_daemons_clock_is_behind(
     manager: SandboxManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docker-py sends the events query with no timeout, and a daemon whose clock is behind ours
     reads ``until`` as ahead and streams live events until then: a run's post-mortem waited that
-    long. It is cut off, and what it could not read is no result (fail closed). Our clock put
-    60 s ahead stands in for the daemon's behind (a daemon's clock cannot be set here)."""
+    long (60 s here). The bound cuts it off, and what it could not read is no result."""
     require_tier(manager, "docker")
-    ahead = SimpleNamespace(time=lambda: time.time() + 60, monotonic=time.monotonic, sleep=time.sleep)
-    monkeypatch.setattr(docker_api, "time", ahead)  # (this module's clock only)
+    _shifted(monkeypatch, 60)
     monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 0.5)
-    started = time.monotonic()
-    said = docker_api.killed_by_another(docker_tier.docker_client().api, "0" * 64)
-    assert time.monotonic() - started < 10
+    monkeypatch.setattr(threading, "Timer", _Bound)  # (the module's: docker_api reads it there)
+    _Bound.fired.clear()
+    said = docker_api.killed_by_another(docker_tier.docker_client().api, "0" * 64)  # (no such run)
+    assert _Bound.fired == [True]  # the bound ended the read, not ``until``
     assert said is not None  # no ``die`` read: it cannot tell, so no result
+
+
+def test_an_exit_of_its_own_is_read_as_such_when_the_daemons_clock_is_ahead(
+    manager: SandboxManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon whose clock is ahead of ours stamps a run's ``die`` after an ``until`` of our
+    now: filtered out, every payload's own non-zero exit read as "cannot tell", no result. It is
+    read up to its ``die`` now, with ``until`` ahead by the bound."""
+    require_tier(manager, "docker")
+    _shifted(monkeypatch, -2)  # the daemon 2 s ahead of us
+    got = manager.run("docker", SandboxRequest(command=("/bin/sleep", "not-a-number")))  # exit 1
+    assert (got.exit_code, got.killed) == (1, "none")  # its own exit, a result (not interrupted)

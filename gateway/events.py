@@ -273,7 +273,8 @@ class _Held:
 
 
 def _traced(details: Mapping[str, Any], **who: str | None) -> dict[str, Any]:
-    return {**details, **{k: v for k, v in who.items() if v is not None}}
+    acted = {k: v for k, v in who.items() if v is not None}  # (beside: a suspension's target is "principal")
+    return {**details, "recorded_as": acted} if acted else dict(details)
 
 
 class Unsent:

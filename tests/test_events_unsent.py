@@ -257,7 +257,7 @@ async def test_record_acted_drops_a_refused_record_and_says_so(
     [line] = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
     args = cast(tuple[object, ...], line.args)
     assert args[0] == FIRST[0]
-    assert args[-1] == {**FIRST[1], "principal": "key:admin"}
+    assert args[-1] == {**FIRST[1], "recorded_as": {"principal": "key:admin"}}
 
 
 async def test_a_record_the_bound_drops_is_logged_with_its_details_and_who_acted(
@@ -271,7 +271,19 @@ async def test_a_record_the_bound_drops_is_logged_with_its_details_and_who_acted
     [line] = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
     args = cast(tuple[object, ...], line.args)
     assert args[0] == FIRST[0]
-    assert args[-1] == {**FIRST[1], "principal": "key:admin"}  # (only its kind was logged)
+    assert args[-1] == {**FIRST[1], "recorded_as": {"principal": "key:admin"}}  # (only its kind was logged)
+
+
+def test_who_acted_is_traced_beside_a_target_named_principal(caplog: pytest.LogCaptureFixture) -> None:
+    # an operator's suspension of a principal names its target "principal" in its details: who
+    # acted was written over it, and the one trace of that record lost whom it suspended
+    unsent = Unsent(cap=1)
+    unsent.keep(Event.PRINCIPAL_SUSPEND_REQUESTED, {"principal": "key:bob", "by": "alice"}, principal="alice")
+    with caplog.at_level(logging.ERROR, logger="symbi.events"):
+        unsent.keep(*SECOND)  # over the bound: the suspension's record dropped, logged
+    [line] = [r for r in caplog.records if r.name == "symbi.events" and r.levelno == logging.ERROR]
+    traced = cast(dict[str, object], cast(tuple[object, ...], line.args)[-1])
+    assert traced["principal"] == "key:bob" and traced["recorded_as"] == {"principal": "alice"}
 
 
 async def test_a_stalled_commit_is_queued_once_however_often_it_is_sent(
@@ -434,6 +446,6 @@ async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
         mine = [a for a in said if a[0] == FIRST[0]]
         assert len(mine) == 1, said
         details = cast(dict[str, object], mine[0][-1])
-        assert details["principal"] == "key:admin" and details["fingerprint"] == ["1"]
+        assert details["recorded_as"] == {"principal": "key:admin"} and details["fingerprint"] == ["1"]
     finally:
         log.close()

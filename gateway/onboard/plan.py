@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from gateway.config.model import SERVER_NAME_RE
 from gateway.onboard.clients import FoundServer
-from gateway.policy.redact import SECRET_PATTERNS
+from gateway.policy.redact import SECRET_PATTERNS, holds_secret
 
 # Built-in upstreams own these names (their tools are NAME__tool).
 RESERVED = frozenset({"sandbox", "bus", "memory", "knowledge", "agents", "symbi"})
@@ -135,13 +135,9 @@ def _plan_one(f: FoundServer, name: str) -> PlannedServer:
 
 def _text(chunk: str, key: str, move: Callable[[str, str], str]) -> str:
     """Literal text between references: kept when it is plainly no secret."""
-    if not chunk or (_PLAIN.fullmatch(chunk) and not _LONG_TOKEN.search(chunk) and not _secretish(chunk)):
+    if not chunk or (_PLAIN.fullmatch(chunk) and not _LONG_TOKEN.search(chunk) and not holds_secret(chunk)):
         return chunk
     return move(key, chunk)
-
-
-def _secretish(text: str) -> bool:
-    return any(p.search(text) for p in SECRET_PATTERNS)
 
 
 def masked_args(args: list[str]) -> list[str]:
@@ -181,7 +177,7 @@ def _args(
             out.append(move("arg_" + prev.group(1).lstrip("-"), arg))
         elif (a := _ASSIGN.match(arg)) and _SECRET_WORD.search(a.group(1)) and not _REF.search(a.group(2)):
             out.append(f"{a.group(1)}={move('arg_' + a.group(1), a.group(2))}")
-        elif _secretish(arg):
+        elif holds_secret(arg):
             out.append(move(f"arg_{i}", arg) if inside is None else inside(arg))
         else:
             out.append(arg)
@@ -197,7 +193,7 @@ def _url(url: str, move: Callable[[str, str], str]) -> str:
         netloc = f"{user.split(':', 1)[0]}:{move('url_password', parts.password)}@{host}"
     query, moved = [], False
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
-        if v and (_SECRET_WORD.search(k) or _secretish(v)) and not _REF.fullmatch(v):
+        if v and (_SECRET_WORD.search(k) or holds_secret(v)) and not _REF.fullmatch(v):
             query.append(f"{quote(k, safe='')}={move(f'url_{k}', v)}")
             moved = True
         else:

@@ -128,9 +128,14 @@ _ANY_SECRET = one_alternation(SECRET_PATTERNS)
 _ANY_SECRET_CHARS = 128
 
 
+def holds_secret(text: str) -> bool:
+    """Whether any secret pattern matches anywhere in ``text`` (one search)."""
+    return _ANY_SECRET.search(text) is not None
+
+
 def scrub_secrets(text: str, patterns: Sequence[re.Pattern[str]] = SECRET_PATTERNS) -> tuple[str, int]:
     """``text`` with every recognisable secret value (``patterns``) replaced, and how many were."""
-    if patterns is SECRET_PATTERNS and len(text) <= _ANY_SECRET_CHARS and _ANY_SECRET.search(text) is None:
+    if patterns is SECRET_PATTERNS and len(text) <= _ANY_SECRET_CHARS and not holds_secret(text):
         return text, 0
     n = 0
     for pattern in patterns:

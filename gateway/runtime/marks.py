@@ -20,16 +20,19 @@ Clock = tuple[float, float]  # Redis's clock (epoch s), and the monotonic instan
 class Mark:
     """A start request or a withdrawal made here, and when (monotonic). Told apart by identity:
     two made before the clock was read are two marks (by their time, None, they were one: a
-    terminate's kept mark was never dropped)."""
+    terminate's kept mark was never dropped). ``at``: a time on Redis's clock it is put at, no
+    later (a terminate order's: ``dated``), kept as Redis's, not moved through a reading."""
 
     mono: float = field(default_factory=time.monotonic)
+    at: float | None = None
 
 
 def on_clock(clock: Clock, mark: Mark) -> float:
     """When ``mark`` was made on Redis's clock, by the reading ``clock`` (taken before the TIME
-    it sent: the estimate errs later, so a withdrawal errs on deleting)."""
+    it sent: the estimate errs later, so a withdrawal errs on deleting); no later than its ``at``."""
     at, mono = clock
-    return at + (mark.mono - mono)
+    estimate = at + (mark.mono - mono)
+    return estimate if mark.at is None else min(mark.at, estimate)
 
 
 def voids(mark: Mark | None, clock: Clock | None, asked: float) -> bool:
@@ -47,10 +50,11 @@ def dated(mark: Mark, at: float, clock: Clock | None, before: Mark | None) -> No
     the order's time rather than now: a start asked after the order and before it was carried out
     is the operator's later word (it was dropped). Never later than it was (an order stamped
     ahead), nor earlier than ``before``, the mark it replaced (a later terminate's time covers an
-    earlier one's). No reading of the clock: kept as now (fails closed)."""
-    if clock is None:
-        return
-    mono = clock[1] + (at - clock[0])
+    earlier one's). Kept on Redis's clock: put through one reading and back through another, a
+    faster one, it went earlier than the order. No reading of the clock to place ``before``:
+    kept as now (fails closed)."""
     if before is not None:
-        mono = max(mono, before.mono)
-    mark.mono = min(mark.mono, mono)
+        if clock is None:
+            return
+        at = max(at, on_clock(clock, before))
+    mark.at = at

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -31,7 +32,7 @@ from gateway.runtime.leased import LeasedAgents
 from gateway.runtime.lifecycle import AgentState
 from gateway.sandbox.manager import SandboxManager
 from gateway.server.auth import ApiKeyStore
-from gateway.state.leases import RENEW_S, LeaseBoard, process_name
+from gateway.state.leases import RENEW_S, LeaseBoard, _epoch, process_name
 from tests.runtime.test_core import BreakingRecorder
 from tests.state.engines import Redis
 
@@ -151,6 +152,19 @@ async def first_start_refused(
         assert a.runtime.agents.by_name(NAME) is None  # never run: no record
         yield a, la, rec
         tg.cancel_scope.cancel()
+
+
+def redis_now(r: redis.Redis) -> float:
+    """Redis's clock now (epoch seconds), as the leases read it."""
+    return _epoch(cast(tuple[int, int], r.time()))
+
+
+async def nothing_ran(a: HostedAgents, mark: str) -> None:
+    """Once a renewal's step that took a start is over (its orders read, the start handed on or
+    dropped in that same step) and every task waits: none was handed on (no run counted, no
+    wake left set for the supervisor, no process)."""
+    await anyio.wait_all_tasks_blocked()
+    assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
 
 
 def marked(mark: str) -> set[int]:

@@ -9,19 +9,19 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import pytest
 import redis
 
-from gateway.runtime import leased
+from gateway.runtime import leased, marks
 from gateway.runtime.marks import Mark
 from gateway.runtime.orders import Order
 from gateway.runtime.orders import act as real_act
 from gateway.state import leases
 from gateway.state.leases import ORDERS, WAKE, WITHDRAWN
-from tests.runtime._leases import NAME, START_S, _until, marked, replica
+from tests.runtime._leases import NAME, START_S, _until, marked, nothing_ran, redis_now, replica
 from tests.runtime.test_core import Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
@@ -52,8 +52,7 @@ async def test_a_terminate_order_and_a_start_in_one_renewal_run_the_start_only_i
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("a holds it", lambda: a.leased is not None and a.leased.holds(NAME), START_S)
-        sec, usec = cast(tuple[int, int], r.time())
-        at = sec + usec / 1e6 - 2.0  # the terminate, asked 2 s ago
+        at = redis_now(r) - 2.0  # the terminate, asked 2 s ago
         order = Order(action="terminate", by="ops", reason="not wanted", via="replica-b", at=at)
         with r.pipeline(transaction=True) as pipe:  # both in one renewal window, for sure
             if asked == "unstamped":
@@ -69,8 +68,8 @@ async def test_a_terminate_order_and_a_start_in_one_renewal_run_the_start_only_i
         if after:
             await _until("the later start runs", lambda: a.runs.get(NAME, 0) == 1, START_S)
         else:
-            await anyio.sleep(leases.RENEW_S)  # a start handed on would have made its run's record
-            assert a.runtime.agents.by_name(NAME) is None and not marked(mark)
+            await nothing_ran(a, mark)  # (the start dropped in the step that carried out the order)
+            assert a.runtime.agents.by_name(NAME) is None
         tg.cancel_scope.cancel()
 
 
@@ -123,11 +122,6 @@ async def test_a_refused_part_of_the_watch_is_logged_when_it_starts_and_when_it_
         await la.board.aclose()
 
 
-def _redis_now(r: redis.Redis) -> float:
-    sec, usec = cast(tuple[int, int], r.time())
-    return sec + usec / 1e6
-
-
 async def test_a_terminate_made_on_another_thread_while_a_suspend_is_carried_out_keeps_its_time(
     tmp_path: Path,
     fresh: Redis,  # noqa: F811
@@ -160,14 +154,16 @@ async def test_a_terminate_made_on_another_thread_while_a_suspend_is_carried_out
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         await _until("it runs", lambda: a.runs.get(NAME, 0) == 1, START_S)
-        order = Order(action="suspend", by="ops", reason="look", via="replica-b", at=_redis_now(r) - 2.0)
+        order = Order(action="suspend", by="ops", reason="look", via="replica-b", at=redis_now(r) - 2.0)
         r.rpush(ORDERS + NAME, order.dumps())
         await _until(
             "the suspend carried out", lambda: bool(made) and not r.exists(ORDERS + NAME), 3 * leases.RENEW_S
         )
-        await anyio.sleep(0.2)  # (the order's ``finally`` ran in the same turn as its act)
         before, kept = made[0]
-        assert kept.mono >= before  # not put at the suspend's time, 2 s before it was made
+        clock = la._clock
+        assert clock is not None  # (read by the renewal's orders)
+        made_at = marks.on_clock(clock, Mark(mono=before))
+        assert marks.on_clock(clock, kept) >= made_at  # not put at the suspend's, 2 s before
         tg.cancel_scope.cancel()
     r.close()
 
@@ -195,7 +191,7 @@ async def test_an_error_carrying_out_an_order_is_not_retried_as_a_failed_renewal
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a.run)
                 await _until("it runs", lambda: a.runs.get(NAME, 0) == 1, START_S)
-                order = Order(action="suspend", by="ops", reason="look", via="replica-b", at=_redis_now(r))
+                order = Order(action="suspend", by="ops", reason="look", via="replica-b", at=redis_now(r))
                 r.rpush(ORDERS + NAME, order.dumps())
                 await anyio.sleep_forever()
     assert caught.value.subgroup(PermissionError) is not None

@@ -13,7 +13,6 @@ import anyio
 import jsonschema
 import pytest
 import redis
-from anyio import wait_all_tasks_blocked
 
 from gateway.runtime import hosted, leased
 from gateway.runtime.hosted import HostedAgents
@@ -23,7 +22,15 @@ from gateway.server.openapi import OPENAPI
 from gateway.server.operations import act_on_agent
 from gateway.state import leases
 from gateway.state.leases import ORDERS, WAKE, WITHDRAWN
-from tests.runtime._leases import NAME, START_S, _until, first_start_refused, marked, replica
+from tests.runtime._leases import (
+    NAME,
+    START_S,
+    _until,
+    first_start_refused,
+    nothing_ran,
+    redis_now,
+    replica,
+)
 from tests.runtime.test_core import Recorder
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
@@ -82,8 +89,7 @@ async def test_a_terminate_on_the_holder_withdraws_a_first_start_its_log_refused
         # supervisor's next step: it takes a start left to it at once (one checkpoint) and
         # counts the run before its first await, so once every task waits none was taken
         await _until("the retry's wait over", lambda: NAME not in a.refusing, hosted.AUDIT_RETRY_S + 10)
-        await wait_all_tasks_blocked()
-        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+        await nothing_ran(a, mark)
 
 
 async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_yet(
@@ -107,13 +113,11 @@ async def test_a_terminate_on_the_holder_withdraws_a_start_on_redis_not_taken_ye
         # a control the renewal must act on: a suspend b passed (refused here, never run). Its
         # record is made by the renewal's orders, after which the start it took (none now) is
         # handed to the supervisor in the same step, and taken by it at its next
-        sec, usec = cast(tuple[int, int], r.time())
-        order = Order(action="suspend", by="ops", reason="control", via="replica-b", at=sec + usec / 1e6)
+        order = Order(action="suspend", by="ops", reason="control", via="replica-b", at=redis_now(r))
         r.rpush(ORDERS + NAME, order.dumps())
         la._changed[NAME].set()  # a renewal now: a start left would be taken and run
         await _until("renewed", lambda: any(t == OPERATOR_EVENTS["suspend"] for t, *_ in rec.events), 10)
-        await wait_all_tasks_blocked()
-        assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+        await nothing_ran(a, mark)
         tg.cancel_scope.cancel()
 
 
@@ -123,8 +127,7 @@ async def _let_go_and_nothing_ran(a: HostedAgents, mark: str, go_on: anyio.Event
     go_on.set()
     with anyio.fail_after(10):
         await taken.wait()
-    await wait_all_tasks_blocked()
-    assert a.runs.get(NAME, 0) == 0 and not a._wake[NAME].is_set() and not marked(mark)
+    await nothing_ran(a, mark)
 
 
 async def test_a_terminate_while_the_renewal_takes_the_start_stops_it(

@@ -3,6 +3,9 @@ an unreachable bus, and a reader that closes the output early (``symbi bus tail 
 
 from __future__ import annotations
 
+import base64
+import subprocess
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -10,10 +13,13 @@ import redis
 
 from gateway.bus.message import SecureMessage
 from gateway.bus.redis_backend import PREFIX, SCAN_PAGE, redis_scan, sync_client
+from gateway.cli import EXIT_PIPE
 from tests.bus.conftest import RedisServer
+from tests.conftest import SYMBI, symbi_env, write_config
 
 pytestmark = pytest.mark.slow
 
+SECRET = base64.b64encode(bytes(range(32))).decode()
 STORED = 2_500  # more than two pages
 
 
@@ -58,3 +64,22 @@ def test_the_callers_own_os_error_is_not_taken_for_an_unreachable_bus(redis_serv
         r.ping()
         raise BrokenPipeError(32, "the caller's own pipe")
 
+
+def test_a_reader_that_closes_early_ends_tail_quietly(tmp_path: Path, redis_server: RedisServer) -> None:
+    # `symbi bus tail | head -1`: a BrokenPipeError traceback (or a bus error), not a quiet end
+    _fill(redis_server.url)
+    cfg = write_config(
+        tmp_path, f'[bus]\nbackend = "redis"\nsecret = "{SECRET}"\nurl = "{redis_server.url}"\n'
+    )
+    proc = subprocess.Popen(
+        [str(SYMBI), "bus", "tail", "-n", str(STORED), "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=symbi_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # the output is far over a pipe's buffer: the rest must wait
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(60) == EXIT_PIPE, err
+    assert b"m-" in first and err == b""

@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from gateway.bus.message import SecureMessage
 from gateway.bus.redis_backend import PREFIX, SCAN_PAGE, redis_scan, sync_client
@@ -35,7 +36,7 @@ def _fill(url: str) -> None:
     try:
         pipe = r.pipeline(transaction=False)
         for n in range(STORED):
-            pipe.xadd(PREFIX + "inbox:ag-b", dict(_message(n).to_fields()))
+            pipe.xadd(PREFIX + "inbox:ag-b", cast(dict[FieldT, EncodableT], _message(n).to_fields()))
         pipe.execute()
     finally:
         r.close()

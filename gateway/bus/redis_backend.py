@@ -423,9 +423,18 @@ def redis_scan(client: redis.Redis) -> Iterator[StoredMessage]:
     r: Any = client
     for key in sorted(r.scan_iter(match=f"{PREFIX}inbox:*")):
         inbox = key.decode().removeprefix(PREFIX + "inbox:")
-        for i, f in r.xrange(key):
-            p = _pending(i, f)
-            yield StoredMessage(inbox, "pending", p.msg, p.error)
+        start = "-"
+        while True:  # a page a reply: an inbox of millions is never one reply held whole
+            page = r.xrange(key, min=start, count=SCAN_PAGE)
+            for i, f in page:
+                p = _pending(i, f)
+                yield StoredMessage(inbox, "pending", p.msg, p.error)
+            if len(page) < SCAN_PAGE:
+                break
+            start = "(" + page[-1][0].decode()  # the next page starts after the last id read
+
+
+SCAN_PAGE = 1000  # stream entries a reply (redis_scan)
 
 
 SYNC_CONNECT_S = 2.0  # the synchronous client's connect (symbi bus, stats)
@@ -438,7 +447,9 @@ def sync_client(url: str) -> Iterator[redis.Redis]:
     Fail closed: a connect waits ``SYNC_CONNECT_S``, each reply ``SYNC_READ_S`` (a paused or
     frozen Redis, a peer that never answers). A Redis failure in the block, the connect's, the
     PING's or a command's, is a ``BusError`` naming the URL (``safe_url``): ``BusUnavailable``
-    but for a command Redis refused."""
+    but for a command Redis refused. Only Redis's errors: redis-py raises a socket's ``OSError``
+    as its own ``ConnectionError``/``TimeoutError``, so the caller's own (a closed stdout's
+    ``BrokenPipeError``) pass through as they are."""
     where = f"the bus backend (Redis at {safe_url(url)})"
     try:
         with open_sync_redis(url, SYNC_CONNECT_S, SYNC_READ_S) as r:
@@ -451,7 +462,7 @@ def sync_client(url: str) -> Iterator[redis.Redis]:
         ) from None
     except ResponseError as e:
         raise BusError(f"{where} refused a command: {e}", reasons=["bus backend error (bus.url)"]) from None
-    except (RedisError, OSError) as e:
+    except RedisError as e:
         raise BusUnavailable(
             f"{where} cannot be reached: {e}", reasons=["bus backend unreachable (bus.url)"]
         ) from None

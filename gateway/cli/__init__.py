@@ -1,7 +1,8 @@
 """The ``symbi`` command line: thin, over the library.
 
 Only this package reads ``sys.argv`` and maps errors to exit codes:
-0 success / valid, 1 failure / invalid / denied, 2 usage or configuration error.
+0 success / valid, 1 failure / invalid / denied, 2 usage or configuration error, 141
+(``EXIT_PIPE``) the reader of stdout closed it (``symbi ... | head``).
 Each sub-command lives in its own module with a ``register(subparsers)`` function that
 sets ``func`` (returning the exit code) on its parser.
 """
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import importlib
 import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +43,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
 }
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE = 128 + 13  # ended by its reader, as the shell reports a tool SIGPIPE ended
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -69,8 +72,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _command(argv) in _UNESCAPED:
         return _main(argv)
-    with escaped_output():
-        return _main(argv)
+    try:
+        with escaped_output():
+            code = _main(argv)
+        sys.stdout.flush()  # a reader gone raises here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():  # another pipe's: not the reader of our output
+            raise
+        # `symbi ... | head`: the reader took what it wanted; end quietly, as Unix tools do
+        # (what is still buffered goes nowhere, so the exit's flush raises nothing)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports POLLERR then)."""
+    try:
+        watch = select.poll()
+        watch.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in watch.poll(0))
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        return False
 
 
 def _main(argv: list[str]) -> int:

@@ -60,7 +60,7 @@ class _WaitSeam:
 
 
 class _SeamClient:
-    def __init__(self, real: Any, api: _WaitSeam) -> None:
+    def __init__(self, real: Any, api: _WaitSeam | _DeadSeam) -> None:
         self.real, self.api = real, api
 
     def __getattr__(self, name: str) -> Any:
@@ -215,3 +215,39 @@ def test_an_exit_of_its_own_is_read_as_such_when_the_daemons_clock_is_ahead(
     _shifted(monkeypatch, -2)  # the daemon 2 s ahead of us
     got = manager.run("docker", SandboxRequest(command=("/bin/sleep", "not-a-number")))  # exit 1
     assert (got.exit_code, got.killed) == (1, "none")  # its own exit, a result (not interrupted)
+
+
+class _DeadSeam:
+    """The real client's API but for the post-mortem's inspect, which answers "dead" where
+    Docker answers "exited". A real "dead" container is one whose removal's delete failed (its
+    rootfs busy): it cannot be made here without leaving it stuck in the shared daemon, so this
+    inspect answer is the one stand-in; the run, its container and its exit are real."""
+
+    def __init__(self, api: Any) -> None:
+        self.real = api
+        self.answered_dead = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def inspect_container(self, container: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.real.inspect_container(container)
+        if answer["State"].get("Status") == "exited":
+            answer["State"]["Status"] = "dead"
+            self.answered_dead = True
+        return answer
+
+
+@pytest.mark.parametrize("tier_name", ["docker", "gvisor"])
+def test_a_call_whose_container_is_dead_gives_no_result(
+    manager: SandboxManager, tier_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container Docker reports "dead" (another party's removal killed it, then its delete
+    failed) ended under the call: its exit (1 here, the program's own otherwise) is no result."""
+    require_tier(manager, tier_name)
+    real = docker_tier.docker_client()
+    seam = _DeadSeam(real.api)
+    monkeypatch.setattr(docker_tier, "docker_client", lambda: _SeamClient(real, seam))
+    with pytest.raises(SandboxInterrupted):
+        manager.run(tier_name, SandboxRequest(command=("/bin/sleep", "not-a-number")))  # exits 1
+    assert seam.answered_dead

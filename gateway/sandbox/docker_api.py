@@ -13,6 +13,7 @@ failure during a call becomes the gateway's SandboxError family (``docker_errors
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from gateway.errors import GatewayError, SandboxError, SandboxInterrupted, SandboxUnavailable
@@ -288,6 +289,44 @@ def runsc_orphans() -> list[str]:
     return gone
 
 
+class _EventsRead:
+    """What one events query has read so far, shared with the thread that reads it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.actions: dict[str, dict[str, str]] = {}
+        self.gave_up = False  # the caller stopped waiting: read no further
+
+
+def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
+    """The events query, sent as a plain GET (docker-py's ``events`` sends it with no
+    timeout): connect and every read are bounded by ``wait_s``, so this thread ends too."""
+    params = {
+        "since": "0",  # the whole ring, filtered to this container's id (ids are never reused)
+        # read up to its ``die`` (any ``kill`` of the run comes before it), so ``until``, on the
+        # daemon's clock, only ends a ring that lost it: ahead by the bound, for a daemon's
+        # clock ahead of ours (a ``die`` after an ``until`` of now was filtered out)
+        "until": f"{time.time() + wait_s:.6f}",
+        "filters": json.dumps({"container": [cid], "event": ["kill", "die"]}),
+    }
+    try:
+        answer = api.get(
+            f"{api.base_url}/v{api.api_version}/events", params=params, stream=True, timeout=wait_s
+        )
+        with answer:
+            answer.raise_for_status()
+            for line in answer.iter_lines(chunk_size=None):  # each event as it comes
+                event: dict[str, Any] = json.loads(line) if line else {}
+                with read.lock:
+                    if event:
+                        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                        read.actions.setdefault(str(event.get("Action")), attrs)
+                    if read.gave_up or "die" in read.actions:
+                        return
+    except Exception as e:  # noqa: BLE001 - whatever cut it short, no ``die`` read: cannot tell
+        log.debug("docker events for %s: %r", cid, e)
+
+
 def killed_by_another(api: Any, cid: str) -> str | None:
     """How another party ended container ``cid`` (we did not stop it), from Docker's events, or
     None: a ``kill`` event (``docker kill``, ``docker stop``, a forced removal whose delete then
@@ -295,32 +334,23 @@ def killed_by_another(api: Any, cid: str) -> str | None:
     a wait can answer, so a ``die`` missing from its record (a ring of the last 256 events,
     overrun) means it cannot tell: that is no result either (fail closed). (On Docker 23+ a
     wait answers before ``die`` is logged: the caller's inspect, which waits for the exit's
-    handling, must come first.)"""
-    events = api.events(
-        since="0",  # the whole ring, filtered to this container's id (ids are never reused)
-        # read up to its ``die`` (any ``kill`` of the run comes before it), so ``until``, on the
-        # daemon's clock, only ends a ring that lost it: ahead by the bound, for a daemon's
-        # clock ahead of ours (a ``die`` after an ``until`` of now was filtered out)
-        until=f"{time.time() + EVENTS_WAIT_S:.6f}",
-        filters={"container": cid, "event": ["kill", "die"]},
-        decode=True,
+    handling, must come first.)
+
+    The query is read in a thread of its own and waited for at most EVENTS_WAIT_S, whatever
+    stalls (connect, headers, body: a daemon whose clock is behind ours streams live events
+    until ``until``); what it has not read by then is no ``die`` (fail closed)."""
+    wait_s, read = EVENTS_WAIT_S, _EventsRead()
+    reader = threading.Thread(
+        target=_read_events, args=(api, cid, read, wait_s), name="symbi-docker-events", daemon=True
     )
-    # docker-py reads it with no timeout: a stream with no ``die`` (a daemon whose clock is
-    # behind ours streams live events until ``until``) is cut off (no ``die``: fail closed)
-    bound = threading.Timer(EVENTS_WAIT_S, events.close)
-    bound.start()
-    actions: dict[str, dict[str, str]] = {}
-    try:
-        for e in events:
-            actions.setdefault(str(e.get("Action")), (e.get("Actor") or {}).get("Attributes") or {})
-            if "die" in actions:
-                break
-    finally:
-        bound.cancel()
-        with suppress(OSError):  # (closed by the bound already)
-            events.close()
+    reader.start()
+    reader.join(wait_s)
+    with read.lock:
+        read.gave_up = True
+        actions = dict(read.actions)
     if "kill" in actions:
         return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
     if "die" not in actions:
-        return "ended and Docker no longer records how (its event ring overran), so it may have been killed"
+        # its event ring overran, or the daemon did not answer within the bound
+        return "ended and Docker's events do not say how, so it may have been killed"
     return None

@@ -3,9 +3,11 @@ whatever the exit code and the call's own stops say: real daemon, real container
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,7 +60,7 @@ class _WaitSeam:
 
 
 class _SeamClient:
-    def __init__(self, real: Any, api: _WaitSeam) -> None:
+    def __init__(self, real: Any, api: _WaitSeam | _DeadSeam) -> None:
         self.real, self.api = real, api
 
     def __getattr__(self, name: str) -> Any:
@@ -134,19 +136,6 @@ def test_a_call_whose_program_another_party_terminates_is_interrupted(
     assert [type(x) for x in outcome] == [SandboxInterrupted]
 
 
-class _Bound(threading.Timer):
-    """The real timer, noting when it fires."""
-
-    fired: list[bool] = []
-
-    def run(self) -> None:
-        self.finished.wait(self.interval)
-        if not self.finished.is_set():
-            _Bound.fired.append(True)
-            self.function(*self.args, **self.kwargs)
-        self.finished.set()
-
-
 def _shifted(monkeypatch: pytest.MonkeyPatch, by_s: float) -> None:
     """This module's clock only, ``by_s`` ahead of the daemon's (a daemon's clock cannot be
     set here: ours shifted stands in for the daemon's, the other way)."""
@@ -154,20 +143,66 @@ def _shifted(monkeypatch: pytest.MonkeyPatch, by_s: float) -> None:
     monkeypatch.setattr(docker_api, "time", shifted)
 
 
+def _post_mortem_within(api: Any, limit_s: float) -> list[str | None]:
+    """``killed_by_another`` of a run that does not exist, in a thread joined for ``limit_s``:
+    empty when it did not return by then (unbounded, it would hang for the test's life)."""
+    said: list[str | None] = []
+    reader = threading.Thread(
+        target=lambda: said.append(docker_api.killed_by_another(api, "0" * 64)), daemon=True
+    )
+    reader.start()
+    reader.join(limit_s)
+    return said
+
+
 def test_the_events_post_mortem_is_bounded_when_the_daemons_clock_is_behind(
     manager: SandboxManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docker-py sends the events query with no timeout, and a daemon whose clock is behind ours
     reads ``until`` as ahead and streams live events until then: a run's post-mortem waited that
-    long (60 s here). The bound cuts it off, and what it could not read is no result."""
+    long (an hour here). The bound (0.5 s) cuts it off, and what it could not read is no result."""
     require_tier(manager, "docker")
-    _shifted(monkeypatch, 60)
+    _shifted(monkeypatch, 3600)
     monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 0.5)
-    monkeypatch.setattr(threading, "Timer", _Bound)  # (the module's: docker_api reads it there)
-    _Bound.fired.clear()
-    said = docker_api.killed_by_another(docker_tier.docker_client().api, "0" * 64)  # (no such run)
-    assert _Bound.fired == [True]  # the bound ended the read, not ``until``
-    assert said is not None  # no ``die`` read: it cannot tell, so no result
+    said = _post_mortem_within(docker_tier.docker_client().api, 60)
+    assert len(said) == 1  # the bound ended the read, not ``until``
+    assert said[0] is not None  # no ``die`` read: it cannot tell, so no result
+
+
+def test_the_events_post_mortem_is_bounded_when_the_daemon_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon that accepts the events query and stalls before its headers: docker-py's
+    ``events`` waits with no timeout, and the bound, set on the stream it returns, never existed.
+    Here a real peer (a TCP listener that accepts and never answers) stands in for that daemon,
+    reached by a real docker-py client; the post-mortem cannot tell, so no result."""
+    import docker
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with suppress(OSError):  # (the listener shut at the end)
+            while True:
+                accepted.append(listener.accept()[0])  # and never a byte back
+
+    threading.Thread(target=accept, daemon=True).start()
+    api = docker.APIClient(
+        base_url=f"tcp://127.0.0.1:{listener.getsockname()[1]}", version="1.41", timeout=60
+    )
+    api.trust_env = False
+    monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 0.5)
+    try:
+        said = _post_mortem_within(api, 60)
+        assert accepted  # the query reached the stalling peer
+        assert len(said) == 1  # the bound ended the wait
+        assert said[0] is not None  # it cannot tell: no result
+    finally:
+        with suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        for peer in accepted:
+            peer.close()
 
 
 def test_an_exit_of_its_own_is_read_as_such_when_the_daemons_clock_is_ahead(
@@ -180,3 +215,39 @@ def test_an_exit_of_its_own_is_read_as_such_when_the_daemons_clock_is_ahead(
     _shifted(monkeypatch, -2)  # the daemon 2 s ahead of us
     got = manager.run("docker", SandboxRequest(command=("/bin/sleep", "not-a-number")))  # exit 1
     assert (got.exit_code, got.killed) == (1, "none")  # its own exit, a result (not interrupted)
+
+
+class _DeadSeam:
+    """The real client's API but for the post-mortem's inspect, which answers "dead" where
+    Docker answers "exited". A real "dead" container is one whose removal's delete failed (its
+    rootfs busy): it cannot be made here without leaving it stuck in the shared daemon, so this
+    inspect answer is the one stand-in; the run, its container and its exit are real."""
+
+    def __init__(self, api: Any) -> None:
+        self.real = api
+        self.answered_dead = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def inspect_container(self, container: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.real.inspect_container(container)
+        if answer["State"].get("Status") == "exited":
+            answer["State"]["Status"] = "dead"
+            self.answered_dead = True
+        return answer
+
+
+@pytest.mark.parametrize("tier_name", ["docker", "gvisor"])
+def test_a_call_whose_container_is_dead_gives_no_result(
+    manager: SandboxManager, tier_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container Docker reports "dead" (another party's removal killed it, then its delete
+    failed) ended under the call: its exit (1 here, the program's own otherwise) is no result."""
+    require_tier(manager, tier_name)
+    real = docker_tier.docker_client()
+    seam = _DeadSeam(real.api)
+    monkeypatch.setattr(docker_tier, "docker_client", lambda: _SeamClient(real, seam))
+    with pytest.raises(SandboxInterrupted):
+        manager.run(tier_name, SandboxRequest(command=("/bin/sleep", "not-a-number")))  # exits 1
+    assert seam.answered_dead

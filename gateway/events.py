@@ -16,11 +16,12 @@ import contextlib
 import functools
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from gateway.held import Held, traced
 
 if TYPE_CHECKING:
     from gateway.errors import AuditError
@@ -209,7 +210,7 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
     try:
         sink.emit(event_type, details, **who)
     except AuditError as e:
-        refused_for_good(event_type, e, "acted on all the same", _traced(details, **who))
+        refused_for_good(event_type, e, "acted on all the same", traced(details, **who))
 
 
 def refused_for_good(what: str, err: AuditError, then: str, details: Mapping[str, Any]) -> None:
@@ -250,33 +251,6 @@ class Recording(Protocol):
 COMMIT_WAIT_S = 30.0
 
 
-class _Held:
-    __slots__ = ("agent", "commit", "details", "kind", "late", "principal", "since_ns")
-
-    def __init__(self, kind: Event, details: Mapping[str, Any], since_ns: int | None = None) -> None:
-        self.kind, self.details = kind, details
-        self.since_ns = time.time_ns() if since_ns is None else since_ns  # when it was acted on
-        # who acted (an operator's action: the principal column of its record)
-        self.principal: str | None = None
-        self.agent: str | None = None
-        self.late = False  # refused once: stamped with since_ns when it is sent
-        self.commit: asyncio.Future[int] | None = None  # queued in the log, not committed yet
-
-    def sent_details(self) -> Mapping[str, Any]:
-        # a record sent after later ones were recorded directly says when the change was made
-        return {**self.details, "held_since_ns": self.since_ns} if self.late else self.details
-
-    def trace(self) -> dict[str, Any]:
-        """What a log line keeps of a record never written: its details and who acted (an
-        approval's details name no approver: the principal column does)."""
-        return _traced(self.sent_details(), principal=self.principal, agent=self.agent)
-
-
-def _traced(details: Mapping[str, Any], **who: str | None) -> dict[str, Any]:
-    acted = {k: v for k, v in who.items() if v is not None}  # (beside: a suspension's target is "principal")
-    return {**details, "recorded_as": acted} if acted else dict(details)
-
-
 class Unsent:
     """Records a background task acted on, kept (in order) until the log COMMITTED them: some
     are the only record of a change (a CLI revoke, a tool's status) and must not be lost with a
@@ -293,7 +267,7 @@ class Unsent:
     A log that refused them is broken for good: never tried again (``refused_by``)."""
 
     def __init__(self, cap: int = 10_000) -> None:
-        self._held: deque[_Held] = deque()
+        self._held: deque[Held] = deque()
         self._cap = cap
         # the log that refused them, and why: a log refuses only when broken or closed for the
         # process's life, so it is not tried again (each try was two more ERRORs per recheck)
@@ -329,11 +303,11 @@ class Unsent:
         since_ns: int | None = None,
         principal: str | None = None,
         agent: str | None = None,
-    ) -> _Held:
+    ) -> Held:
         """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
         log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
         now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
-        held = _Held(kind, details, since_ns)
+        held = Held(kind, details, since_ns)
         held.late = refused
         held.principal, held.agent = principal, agent
         if self._refused is not None:  # never sent now: this line is its trace until the stop
@@ -438,7 +412,7 @@ class Unsent:
         self._held.clear()
         self._waiting = 0
 
-    def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:
+    def _settled(self, h: Held, commit: asyncio.Future[int]) -> None:
         """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
         from gateway.errors import AuditError
 

@@ -366,7 +366,7 @@ class Unsent:
                 if recorder is not None:
                     h.commit = recorder.submit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
                     self._waiting -= 1
-                    h.commit.add_done_callback(functools.partial(self._settled, h))
+                    h.commit.add_done_callback(functools.partial(self._settled, h, sink))
                 else:
                     sink.emit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
                     self._held.remove(h)
@@ -412,8 +412,9 @@ class Unsent:
         self._held.clear()
         self._waiting = 0
 
-    def _settled(self, h: Held, commit: asyncio.Future[int]) -> None:
-        """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
+    def _settled(self, h: Held, sink: EventSink, commit: asyncio.Future[int]) -> None:
+        """A commit ended (on ``sink``, where it was sent): the record is dropped, or (failed)
+        queued again at the next ``queue``."""
         from gateway.errors import AuditError
 
         if h.commit is not commit:
@@ -432,9 +433,10 @@ class Unsent:
         bug = not isinstance(err, AuditError)
         level = logging.ERROR if bug else logging.DEBUG
         _logger.log(level, "%s not committed, held: %r", h.kind, err, exc_info=err if bug else None)
-        if self._refused is not None and h in self._held:  # a log refused for good while it was
-            # in flight: never sent again, its line now (as the ones held at the refusal)
-            refused_for_good(h.kind, self._refused[1], "held", h.trace())
+        # its own log refused for good while it was in flight (another log's refusal is not
+        # why this one failed): never sent again, its line now (as those held at the refusal)
+        if (refusal := self.refused_by(sink)) is not None and h in self._held:
+            refused_for_good(h.kind, refusal, "held", h.trace())
 
     def _trim(self) -> None:
         # only records not in flight count against the cap and are dropped, the oldest first:

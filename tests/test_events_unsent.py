@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -421,10 +423,10 @@ async def test_the_records_held_when_the_log_refuses_for_good_get_their_lines_th
 async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A record in flight when a log refused for good (its writer broke the log before its
+    """A record in flight when its log refused for good (its writer broke the log before its
     batch's commits settled on the loop) was held again with a DEBUG line only: never sent
     again, no trace until the stop, lost to a kill. It gets its line when its commit fails.
-    (Two real logs: the refusal comes from a closed one while the other's writer is stalled.)"""
+    One real log, as in production: an emit nobody waits for in the failed batch breaks it."""
     from gateway.errors import AuditError
 
     log = AuditLog(tmp_path / "w.db", tmp_path / "w-key.pem")
@@ -432,11 +434,19 @@ async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
     try:
         with Stall(log):
             flying = unsent.submit(log, *FIRST, principal="key:admin")  # in flight, stalled
-            with pytest.raises(AuditError):
-                unsent.submit(_closed(tmp_path), *SECOND)  # refused for good
+            emitter = threading.Thread(target=log.emit, args=(Event.TOOL_DRIFT, {"tool": "s__u"}))
+            emitter.start()  # (off the loop: queued at once, in the same batch)
+            emitter.join(10)
             break_audit_log(tmp_path / "w.db")  # its batch fails when the writer moves
             caplog.clear()
             caplog.set_level(logging.ERROR, logger="symbi.events")
+        deadline = time.monotonic() + 30  # the loop held: the commit's failure not settled yet
+        while log.unwritable() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # noqa: ASYNC251 - the loop held on purpose
+        with pytest.raises(AuditError):
+            unsent.submit(log, *SECOND)  # refused for good, before FIRST's commit settles
+        assert not flying.done()
         with anyio.fail_after(30):
             while not flying.done():
                 await anyio.sleep(0.01)
@@ -447,5 +457,37 @@ async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
         assert len(mine) == 1, said
         details = cast(dict[str, object], mine[0][-1])
         assert details["recorded_as"] == {"principal": "key:admin"} and details["fingerprint"] == ["1"]
+    finally:
+        log.close()
+
+
+async def test_a_failed_commit_is_not_said_refused_for_good_by_another_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two real logs: A refused for good (closed), B's writer stalled with a record in flight,
+    then failing it (a full disk, not broken for good: every record in it was waited for).
+    The record was logged "refused for good" with A's refusal: a wrong cause, and a record
+    said never to be sent again that B, once mended, takes. It is held, to be sent again."""
+    from gateway.errors import AuditError
+
+    refusing, log = _closed(tmp_path), AuditLog(tmp_path / "w.db", tmp_path / "w-key.pem")
+    unsent = Unsent()
+    try:
+        with pytest.raises(AuditError) as refused:
+            unsent.submit(refusing, *SECOND)  # A: refused for good
+        with Stall(log):
+            flying = unsent.submit(log, *FIRST)  # B: in flight, behind SECOND (sent to B too)
+            break_audit_log(tmp_path / "w.db")
+            caplog.clear()
+            caplog.set_level(logging.ERROR, logger="symbi.events")
+        with anyio.fail_after(30):
+            while not flying.done():
+                await anyio.sleep(0.01)
+        await anyio.lowlevel.checkpoint()  # (its done-callbacks run)
+        assert isinstance(flying.exception(), AuditError)
+        blamed = [r for r in caplog.records if isinstance(r.args, tuple) and refused.value in r.args]
+        assert blamed == [], [r.getMessage() for r in blamed]
+        assert log.unwritable() is None and unsent.refused_by(log) is None  # B is not broken
+        assert FIRST[0] in [k for k, _ in unsent.held()]  # held, sent to B again
     finally:
         log.close()

@@ -275,6 +275,9 @@ class Unsent:
         # how many of them are not in flight (what ``cap`` bounds): counted, so a stalled disk
         # with ``cap`` records in flight does not cost a walk of them all on every ``keep``
         self._waiting = 0
+        # the gateway stopped (``abandon``): a record let go in flight, failed later, was not
+        # dropped by the bound; its waiter is told the stop came first (``oprecord``)
+        self.stopped = False
 
     def __len__(self) -> int:
         return len(self._held)
@@ -411,6 +414,7 @@ class Unsent:
             h.commit = None  # let go: a commit settling later is not this list's any more
         self._held.clear()
         self._waiting = 0
+        self.stopped = True
 
     def _settled(self, h: Held, sink: EventSink, commit: asyncio.Future[int]) -> None:
         """A commit ended (on ``sink``, where it was sent): the record is dropped, or (failed)

@@ -290,7 +290,9 @@ class Unsent:
     def holds(self, details: Mapping[str, Any]) -> bool:
         """Whether the record kept with this very ``details`` (identity) is still held: not
         committed, nor dropped by the bound (an operator's, whose commit failed: ``oprecord``).
-        A walk: asked only after a failure."""
+        Identity on purpose: two equal records are two actions (the same admin's two reloads),
+        and one committed or dropped is not held because the other is; each caller builds its
+        record's dict afresh and asks with it. A walk: asked only after a failure."""
         return any(h.details is details for h in self._held)
 
     def held(self) -> list[tuple[Event, Mapping[str, Any]]]:

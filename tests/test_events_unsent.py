@@ -491,3 +491,25 @@ async def test_a_failed_commit_is_not_said_refused_for_good_by_another_log(
         assert FIRST[0] in [k for k, _ in unsent.held()]  # held, sent to B again
     finally:
         log.close()
+
+
+async def test_held_is_asked_of_the_record_itself_not_of_an_equal_one(tmp_path: Path) -> None:
+    """Attack on ``holds``: two equal records (the same admin's two policy reloads) are two
+    actions. One committed, or dropped by the bound, is not held because an equal one is (an
+    equality check answered its waiter "held": a record written, or held nowhere)."""
+    from gateway.errors import AuditError
+
+    reload = (Event.POLICY_RELOAD_REQUESTED, {"by": "key:admin", "reloaded": True})
+    committed, held = dict(reload[1]), dict(reload[1])
+    working, broken = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem"), _closed(tmp_path)
+    unsent = Unsent(cap=1)
+    with anyio.fail_after(10):
+        assert await unsent.submit(working, reload[0], committed) > 0
+    working.close()
+    with pytest.raises(AuditError):
+        unsent.submit(broken, reload[0], held)  # refused: held
+    assert unsent.holds(held) and not unsent.holds(committed) and not unsent.holds(dict(held))
+    dropped, held = held, dict(reload[1])
+    unsent.keep(reload[0], held)  # over the bound (1): the older equal one dropped
+    assert unsent.holds(held) and not unsent.holds(dropped)
+    assert len(unsent) == 1

@@ -311,7 +311,9 @@ class Unsent:
     ) -> Held:
         """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
         log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
-        now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
+        now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s. Which log
+        it goes to is not known yet: a refusal for good by any is this list's (the gateway sends
+        its one list to one sink, its ``events``: ``test_the_held_records_go_to_one_sink``)."""
         held = Held(kind, details, since_ns)
         held.late = refused
         held.principal, held.agent = principal, agent

@@ -335,7 +335,7 @@ class AuditLogBusy(AuditError):
 
 
 # where an operator's unrecorded action's record is (``ActionUnrecorded``)
-UnrecordedState = Literal["held", "pending", "broken", "dropped"]
+UnrecordedState = Literal["held", "pending", "broken", "dropped", "stopped"]
 
 
 class ActionUnrecorded(AuditError):
@@ -343,7 +343,8 @@ class ActionUnrecorded(AuditError):
     not committed (``gateway.server.oprecord``): the log failed it after the check before it
     (``held``: sent again until committed), or stalled (``pending``: still queued in
     the writer, held should it fail), or the log refused it, broken for good (``broken``: not sent again,
-    a restart is needed), or it was dropped by the held records' bound (``dropped``). Returned
+    a restart is needed), or it was dropped by the held records' bound (``dropped``), or let go
+    by the gateway's stop (``stopped``: logged then, its commit failed after). Returned
     with the action's own answer, not raised: the 503 says both what was done and this
     (``oprecord.with_record``)."""
 

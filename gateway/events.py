@@ -16,11 +16,12 @@ import contextlib
 import functools
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from gateway.held import Held, traced
 
 if TYPE_CHECKING:
     from gateway.errors import AuditError
@@ -209,7 +210,7 @@ def record_acted(sink: EventSink, event_type: Event, details: Mapping[str, Any],
     try:
         sink.emit(event_type, details, **who)
     except AuditError as e:
-        refused_for_good(event_type, e, "acted on all the same", _traced(details, **who))
+        refused_for_good(event_type, e, "acted on all the same", traced(details, **who))
 
 
 def refused_for_good(what: str, err: AuditError, then: str, details: Mapping[str, Any]) -> None:
@@ -250,33 +251,6 @@ class Recording(Protocol):
 COMMIT_WAIT_S = 30.0
 
 
-class _Held:
-    __slots__ = ("agent", "commit", "details", "kind", "late", "principal", "since_ns")
-
-    def __init__(self, kind: Event, details: Mapping[str, Any], since_ns: int | None = None) -> None:
-        self.kind, self.details = kind, details
-        self.since_ns = time.time_ns() if since_ns is None else since_ns  # when it was acted on
-        # who acted (an operator's action: the principal column of its record)
-        self.principal: str | None = None
-        self.agent: str | None = None
-        self.late = False  # refused once: stamped with since_ns when it is sent
-        self.commit: asyncio.Future[int] | None = None  # queued in the log, not committed yet
-
-    def sent_details(self) -> Mapping[str, Any]:
-        # a record sent after later ones were recorded directly says when the change was made
-        return {**self.details, "held_since_ns": self.since_ns} if self.late else self.details
-
-    def trace(self) -> dict[str, Any]:
-        """What a log line keeps of a record never written: its details and who acted (an
-        approval's details name no approver: the principal column does)."""
-        return _traced(self.sent_details(), principal=self.principal, agent=self.agent)
-
-
-def _traced(details: Mapping[str, Any], **who: str | None) -> dict[str, Any]:
-    acted = {k: v for k, v in who.items() if v is not None}  # (beside: a suspension's target is "principal")
-    return {**details, "recorded_as": acted} if acted else dict(details)
-
-
 class Unsent:
     """Records a background task acted on, kept (in order) until the log COMMITTED them: some
     are the only record of a change (a CLI revoke, a tool's status) and must not be lost with a
@@ -293,7 +267,7 @@ class Unsent:
     A log that refused them is broken for good: never tried again (``refused_by``)."""
 
     def __init__(self, cap: int = 10_000) -> None:
-        self._held: deque[_Held] = deque()
+        self._held: deque[Held] = deque()
         self._cap = cap
         # the log that refused them, and why: a log refuses only when broken or closed for the
         # process's life, so it is not tried again (each try was two more ERRORs per recheck)
@@ -301,6 +275,9 @@ class Unsent:
         # how many of them are not in flight (what ``cap`` bounds): counted, so a stalled disk
         # with ``cap`` records in flight does not cost a walk of them all on every ``keep``
         self._waiting = 0
+        # the gateway stopped (``abandon``): a record let go in flight, failed later, was not
+        # dropped by the bound; its waiter is told the stop came first (``oprecord``)
+        self.stopped = False
 
     def __len__(self) -> int:
         return len(self._held)
@@ -313,7 +290,9 @@ class Unsent:
     def holds(self, details: Mapping[str, Any]) -> bool:
         """Whether the record kept with this very ``details`` (identity) is still held: not
         committed, nor dropped by the bound (an operator's, whose commit failed: ``oprecord``).
-        A walk: asked only after a failure."""
+        Identity on purpose: two equal records are two actions (the same admin's two reloads),
+        and one committed or dropped is not held because the other is; each caller builds its
+        record's dict afresh and asks with it. A walk: asked only after a failure."""
         return any(h.details is details for h in self._held)
 
     def held(self) -> list[tuple[Event, Mapping[str, Any]]]:
@@ -329,11 +308,13 @@ class Unsent:
         since_ns: int | None = None,
         principal: str | None = None,
         agent: str | None = None,
-    ) -> _Held:
+    ) -> Held:
         """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
         log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
-        now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s."""
-        held = _Held(kind, details, since_ns)
+        now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s. Which log
+        it goes to is not known yet: a refusal for good by any is this list's (the gateway sends
+        its one list to one sink, its ``events``: ``test_the_held_records_go_to_one_sink``)."""
+        held = Held(kind, details, since_ns)
         held.late = refused
         held.principal, held.agent = principal, agent
         if self._refused is not None:  # never sent now: this line is its trace until the stop
@@ -392,7 +373,7 @@ class Unsent:
                 if recorder is not None:
                     h.commit = recorder.submit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
                     self._waiting -= 1
-                    h.commit.add_done_callback(functools.partial(self._settled, h))
+                    h.commit.add_done_callback(functools.partial(self._settled, h, sink))
                 else:
                     sink.emit(h.kind, h.sent_details(), principal=h.principal, agent=h.agent)
                     self._held.remove(h)
@@ -437,9 +418,11 @@ class Unsent:
             h.commit = None  # let go: a commit settling later is not this list's any more
         self._held.clear()
         self._waiting = 0
+        self.stopped = True
 
-    def _settled(self, h: _Held, commit: asyncio.Future[int]) -> None:
-        """A commit ended: the record is dropped, or (failed) queued again at the next ``queue``."""
+    def _settled(self, h: Held, sink: EventSink, commit: asyncio.Future[int]) -> None:
+        """A commit ended (on ``sink``, where it was sent): the record is dropped, or (failed)
+        queued again at the next ``queue``."""
         from gateway.errors import AuditError
 
         if h.commit is not commit:
@@ -458,9 +441,10 @@ class Unsent:
         bug = not isinstance(err, AuditError)
         level = logging.ERROR if bug else logging.DEBUG
         _logger.log(level, "%s not committed, held: %r", h.kind, err, exc_info=err if bug else None)
-        if self._refused is not None and h in self._held:  # a log refused for good while it was
-            # in flight: never sent again, its line now (as the ones held at the refusal)
-            refused_for_good(h.kind, self._refused[1], "held", h.trace())
+        # its own log refused for good while it was in flight (another log's refusal is not
+        # why this one failed): never sent again, its line now (as those held at the refusal)
+        if (refusal := self.refused_by(sink)) is not None and h in self._held:
+            refused_for_good(h.kind, refusal, "held", h.trace())
 
     def _trim(self) -> None:
         # only records not in flight count against the cap and are dropped, the oldest first:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -421,10 +423,10 @@ async def test_the_records_held_when_the_log_refuses_for_good_get_their_lines_th
 async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A record in flight when a log refused for good (its writer broke the log before its
+    """A record in flight when its log refused for good (its writer broke the log before its
     batch's commits settled on the loop) was held again with a DEBUG line only: never sent
     again, no trace until the stop, lost to a kill. It gets its line when its commit fails.
-    (Two real logs: the refusal comes from a closed one while the other's writer is stalled.)"""
+    One real log, as in production: an emit nobody waits for in the failed batch breaks it."""
     from gateway.errors import AuditError
 
     log = AuditLog(tmp_path / "w.db", tmp_path / "w-key.pem")
@@ -432,11 +434,19 @@ async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
     try:
         with Stall(log):
             flying = unsent.submit(log, *FIRST, principal="key:admin")  # in flight, stalled
-            with pytest.raises(AuditError):
-                unsent.submit(_closed(tmp_path), *SECOND)  # refused for good
+            emitter = threading.Thread(target=log.emit, args=(Event.TOOL_DRIFT, {"tool": "s__u"}))
+            emitter.start()  # (off the loop: queued at once, in the same batch)
+            emitter.join(10)
             break_audit_log(tmp_path / "w.db")  # its batch fails when the writer moves
             caplog.clear()
             caplog.set_level(logging.ERROR, logger="symbi.events")
+        deadline = time.monotonic() + 30  # the loop held: the commit's failure not settled yet
+        while log.unwritable() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # noqa: ASYNC251 - the loop held on purpose
+        with pytest.raises(AuditError):
+            unsent.submit(log, *SECOND)  # refused for good, before FIRST's commit settles
+        assert not flying.done()
         with anyio.fail_after(30):
             while not flying.done():
                 await anyio.sleep(0.01)
@@ -449,3 +459,80 @@ async def test_a_record_failing_after_a_log_refused_for_good_is_logged_then(
         assert details["recorded_as"] == {"principal": "key:admin"} and details["fingerprint"] == ["1"]
     finally:
         log.close()
+
+
+async def test_a_failed_commit_is_not_said_refused_for_good_by_another_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two real logs: A refused for good (closed), B's writer stalled with a record in flight,
+    then failing it (a full disk, not broken for good: every record in it was waited for).
+    The record was logged "refused for good" with A's refusal: a wrong cause, and a record
+    said never to be sent again that B, once mended, takes. It is held, to be sent again."""
+    from gateway.errors import AuditError
+
+    refusing, log = _closed(tmp_path), AuditLog(tmp_path / "w.db", tmp_path / "w-key.pem")
+    unsent = Unsent()
+    try:
+        with pytest.raises(AuditError) as refused:
+            unsent.submit(refusing, *SECOND)  # A: refused for good
+        with Stall(log):
+            flying = unsent.submit(log, *FIRST)  # B: in flight, behind SECOND (sent to B too)
+            break_audit_log(tmp_path / "w.db")
+            caplog.clear()
+            caplog.set_level(logging.ERROR, logger="symbi.events")
+        with anyio.fail_after(30):
+            while not flying.done():
+                await anyio.sleep(0.01)
+        await anyio.lowlevel.checkpoint()  # (its done-callbacks run)
+        assert isinstance(flying.exception(), AuditError)
+        blamed = [r for r in caplog.records if isinstance(r.args, tuple) and refused.value in r.args]
+        assert blamed == [], [r.getMessage() for r in blamed]
+        assert log.unwritable() is None and unsent.refused_by(log) is None  # B is not broken
+        assert FIRST[0] in [k for k, _ in unsent.held()]  # held, sent to B again
+    finally:
+        log.close()
+
+
+async def test_held_is_asked_of_the_record_itself_not_of_an_equal_one(tmp_path: Path) -> None:
+    """Attack on ``holds``: two equal records (the same admin's two policy reloads) are two
+    actions. One committed, or dropped by the bound, is not held because an equal one is (an
+    equality check answered its waiter "held": a record written, or held nowhere)."""
+    from gateway.errors import AuditError
+
+    reload = (Event.POLICY_RELOAD_REQUESTED, {"by": "key:admin", "reloaded": True})
+    committed, held = dict(reload[1]), dict(reload[1])
+    working, broken = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem"), _closed(tmp_path)
+    unsent = Unsent(cap=1)
+    with anyio.fail_after(10):
+        assert await unsent.submit(working, reload[0], committed) > 0
+    working.close()
+    with pytest.raises(AuditError):
+        unsent.submit(broken, reload[0], held)  # refused: held
+    assert unsent.holds(held) and not unsent.holds(committed) and not unsent.holds(dict(held))
+    dropped, held = held, dict(reload[1])
+    unsent.keep(reload[0], held)  # over the bound (1): the older equal one dropped
+    assert unsent.holds(held) and not unsent.holds(dropped)
+    assert len(unsent) == 1
+
+
+def test_the_held_records_go_to_one_sink(tmp_path: Path) -> None:
+    """The invariant ``Unsent.keep`` leans on (it knows no sink: a log's refusal for good is the
+    list's): the gateway makes one held list, the verifier's, and sends it to one sink, the
+    gateway's ``events`` (the verifier's assessments, the approvals poll and its sender, the
+    key watch, the operators' records all name that one object)."""
+    from gateway.assemble import make_gateway
+    from gateway.config import load_config
+    from tests.conftest import ROOT, write_config
+
+    made = [
+        p.relative_to(ROOT).as_posix()
+        for p in sorted((ROOT / "gateway").rglob("*.py"))
+        if "Unsent(" in p.read_text() and p.name != "events.py"
+    ]
+    assert made == ["gateway/verify/verifier.py"]
+    gw = make_gateway(load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), {}))
+    try:
+        assert gw.verifier._events is gw.events
+    finally:
+        for close in gw._closers:
+            close()

@@ -71,6 +71,8 @@ def _where(unsent: Unsent, log: AuditLog, details: Mapping[str, Any]) -> Unrecor
     the bound (records held behind it, failed in its batch or kept since, past ``cap``: the
     oldest dropped, this one, answered ``held`` before), else held, never sent again when the
     log is broken for good. (A point in time: one held may still be dropped later, logged.)"""
+    if unsent.stopped:  # let go by the stop (``Unsent.abandon``, logged there), not by the bound
+        return "stopped"
     if not unsent.holds(details):
         return "dropped"
     return "broken" if log.unwritable() is not None else "held"
@@ -86,6 +88,7 @@ _SAID: dict[UnrecordedState, tuple[str | None, str]] = {
         "the audit log refuses for good, a restart is needed: it is logged when the gateway stops",
     ),
     "dropped": (None, "it was dropped, over the bound of records held for the log (logged)"),
+    "stopped": (None, "the gateway stopped first: it is written to the gateway's own log"),
 }
 # the body's flags, every one in every 503 (the README's and OpenAPI's wire format)
 _FLAGS: tuple[str, ...] = tuple(flag for flag, _ in _SAID.values() if flag is not None)

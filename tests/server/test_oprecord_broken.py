@@ -128,3 +128,41 @@ def test_a_record_the_bound_drops_as_its_commit_fails_is_not_said_held(tmp_path:
         assert unrec.state == "dropped", (unrec.state, kinds)
         status, body = oprecord.with_record(unrec, 200, {})
         assert status == 503 and (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3
+
+
+def test_a_record_let_go_by_the_stop_whose_commit_then_fails_is_not_said_dropped(tmp_path: Path) -> None:
+    """The gateway stops (``Unsent.abandon``: the verifier's close) while the operator's record
+    is in flight in a stalled writer; its commit then fails. Its waiter was answered
+    ``dropped``, "over the bound of records held": no bound dropped it, the stop let it go
+    (and logged it). Now the answer says the gateway stopped first (no flag: nor held, nor
+    queued, nor mended by a restart)."""
+    cfg = everything_config(tmp_path, top_extra="[mcp]\nrecheck_interval_s = 600.0\n")
+    with run_server(cfg) as run:
+        gw = run.state.gateway
+        assert gw is not None and gw.audit is not None
+        unsent = gw.verifier.unsent
+        loop = run.server.servers[0].get_loop()
+
+        async def act() -> asyncio.Task[ActionUnrecorded | None]:
+            mine = asyncio.ensure_future(
+                oprecord.record_action(
+                    gw, Event.PRINCIPAL_SUSPEND_REQUESTED, {"principal": "key:bob"}, principal="alice"
+                )
+            )
+            await asyncio.sleep(0)  # its first step: submitted, in flight (the writer stalled)
+            assert len(unsent) == 1
+            unsent.abandon()  # the stop: let go, logged
+            return mine
+
+        async def answer(mine: asyncio.Task[ActionUnrecorded | None]) -> ActionUnrecorded | None:
+            return await mine
+
+        with Stall(gw.audit):
+            break_audit_log(load_config(cfg, {}).audit_path)  # its commit fails once the disk moves
+            mine = asyncio.run_coroutine_threadsafe(act(), loop).result(timeout=30)
+        unrec = asyncio.run_coroutine_threadsafe(answer(mine), loop).result(timeout=60)
+        assert unrec is not None
+        assert unrec.state == "stopped", unrec.state
+        status, body = oprecord.with_record(unrec, 200, {})
+        assert status == 503 and body["code"] == ActionUnrecorded.code and body["done"] is True
+        assert (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3

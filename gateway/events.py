@@ -278,6 +278,7 @@ class Unsent:
         # the gateway stopped (``abandon``): a record let go in flight, failed later, was not
         # dropped by the bound; its waiter is told the stop came first (``oprecord``)
         self.stopped = False
+        self._last: EventSink | None = None  # the log they were last handed to (``_hand``)
 
     def __len__(self) -> int:
         return len(self._held)
@@ -311,14 +312,18 @@ class Unsent:
     ) -> Held:
         """Hold one record, after the others, to send at the next ``queue`` (``refused``: the
         log refused it once, so it goes late, stamped with ``since_ns``, when it was acted on:
-        now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s. Which log
-        it goes to is not known yet: a refusal for good by any is this list's (the gateway sends
-        its one list to one sink, its ``events``: ``test_the_held_records_go_to_one_sink``)."""
+        now by default). ``principal``/``agent``: whom the record is of, as ``emit``'s. It goes
+        to the log the list was last handed to (the gateway's one sink, its ``events``): refused
+        for good by it, this line is its trace until the stop. After the stop (``abandon``)
+        nothing is held: its line is its last trace (a request racing the stop)."""
         held = Held(kind, details, since_ns)
         held.late = refused
         held.principal, held.agent = principal, agent
-        if self._refused is not None:  # never sent now: this line is its trace until the stop
-            refused_for_good(kind, self._refused[1], "held", held.trace())
+        if self.stopped:
+            _logger.error("%s never recorded: the gateway stopped first: %s", kind, held.trace())
+            return held
+        if self._last is not None and (refusal := self.refused_by(self._last)) is not None:
+            refused_for_good(kind, refusal, "held", held.trace())
         self._held.append(held)
         self._waiting += 1
         if self._waiting > self._cap:
@@ -344,10 +349,12 @@ class Unsent:
 
         if not isinstance(sink, Recording):  # a commit to wait on is the point (a caller's bug)
             raise TypeError(f"{type(sink).__name__} cannot say when a record is committed")
+        self._last = sink  # (where it goes: ``keep`` says this log's refusal only)
         mine = self.keep(kind, details, principal=principal, agent=agent)  # (not ``_held[-1]``: trimmed)
         refused = self._hand(sink)
         if mine.commit is None:  # refused at it or ahead of it: ``_hand`` stamped it
-            raise refused or AuditError(f"{kind} dropped at once: over {self._cap} records held for the log")
+            stop = "the gateway stopped first" if self.stopped else f"over {self._cap} records held for the log"
+            raise refused or AuditError(f"{kind} not held: {stop}")
         return mine.commit
 
     def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
@@ -362,6 +369,7 @@ class Unsent:
         """``queue``'s walk: the log's refusal that stopped it, if one did."""
         from gateway.errors import AuditError
 
+        self._last = sink  # (``keep`` and ``_settled`` say a refusal for good of this log only)
         if (refusal := self.refused_by(sink)) is not None:
             self._late()
             return refusal  # said once, when it refused (``refused_for_good``)

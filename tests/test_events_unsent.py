@@ -475,11 +475,11 @@ async def test_a_failed_commit_is_not_said_refused_for_good_by_another_log(
     try:
         with pytest.raises(AuditError) as refused:
             unsent.submit(refusing, *SECOND)  # A: refused for good
+        caplog.clear()  # (A's own lines said): from here, nothing may blame A
+        caplog.set_level(logging.ERROR, logger="symbi.events")
         with Stall(log):
             flying = unsent.submit(log, *FIRST)  # B: in flight, behind SECOND (sent to B too)
             break_audit_log(tmp_path / "w.db")
-            caplog.clear()
-            caplog.set_level(logging.ERROR, logger="symbi.events")
         with anyio.fail_after(30):
             while not flying.done():
                 await anyio.sleep(0.01)
@@ -536,3 +536,28 @@ def test_the_held_records_go_to_one_sink(tmp_path: Path) -> None:
     finally:
         for close in gw._closers:
             close()
+
+
+async def test_a_record_kept_after_the_stop_is_logged_not_held(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request racing the stop: a record kept or submitted after ``abandon`` was held where
+    nothing would ever log or send it, while its waiter was told the stop logged it. Now it
+    is not held: its ERROR line (with who acted) is its last trace, and ``submit`` refuses it."""
+    from gateway.errors import AuditError
+
+    log = AuditLog(tmp_path / "a.db", tmp_path / "key.pem")
+    unsent = Unsent()
+    try:
+        unsent.abandon()
+        caplog.set_level(logging.ERROR, logger="symbi.events")
+        unsent.keep(*FIRST, principal="key:admin")
+        with pytest.raises(AuditError):
+            unsent.submit(log, *SECOND, principal="key:admin")
+        assert len(unsent) == 0 and unsent.held() == []
+        traced = [r.args for r in caplog.records if isinstance(r.args, tuple) and len(r.args) == 2]
+        assert [a[0] for a in traced] == [FIRST[0], SECOND[0]], traced
+        assert all(cast(dict[str, object], a[1])["recorded_as"] == {"principal": "key:admin"} for a in traced)
+        assert tool_records(tmp_path / "a.db") == []  # nothing sent after the stop
+    finally:
+        log.close()

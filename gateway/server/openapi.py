@@ -44,7 +44,7 @@ _DONE = (
     "action_unrecorded (done: true): done, its audit record not committed yet "
     "(held: sent again; pending: still queued in a stalled writer; restart_needed: the log "
     "refuses for good, the record is logged then and when the gateway stops; all three false: "
-    "dropped over the bound of held records, logged then)"
+    "dropped over the bound of held records, or the gateway stopped first, logged then)"
 )
 _LIMIT = [
     {

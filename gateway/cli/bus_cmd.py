@@ -41,7 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--config", type=Path, default=None)
     t.add_argument("--topic", default=None, help="only messages on this topic")
     t.add_argument(
-        "-n", "--lines", type=_count, default=20, metavar="N", help="how many, the newest (default 20; 0: none)"
+        "-n",
+        "--lines",
+        type=_count,
+        default=20,
+        metavar="N",
+        help="how many, the newest (default 20; 0: none)",
     )
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_tail)

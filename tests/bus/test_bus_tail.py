@@ -26,16 +26,27 @@ pytestmark = pytest.mark.slow
 INBOXES = ("ag-c", "ag-a", "ag-b")  # read sorted by inbox: not the order they were written in
 
 
-def _message(n: int, inbox: str, body: int = 1) -> SecureMessage:
+def _message(n: int, inbox: str) -> SecureMessage:
     # unsigned: tail shows what is stored; many equal timestamps (n // 7), across inboxes too
     topic = "team.news" if n % 3 == 0 else None
     return SecureMessage(
-        f"m-{n:05d}", "ag-s", inbox, topic, "direct", 1_000 + n // 7, 10**13, None, None, b"n" * 12, b"c" * body, b"s"
+        f"m-{n:05d}",
+        "ag-s",
+        inbox,
+        topic,
+        "direct",
+        1_000 + n // 7,
+        10**13,
+        None,
+        None,
+        b"n" * 12,
+        b"c",
+        b"s",
     )
 
 
-def _messages(count: int, body: int = 1) -> list[tuple[str, SecureMessage]]:
-    return [(INBOXES[n % 3], _message(n, INBOXES[n % 3], body)) for n in range(count)]
+def _messages(count: int) -> list[tuple[str, SecureMessage]]:
+    return [(INBOXES[n % 3], _message(n, INBOXES[n % 3])) for n in range(count)]
 
 
 def _fill_sqlite(tmp_path: Path, stored: list[tuple[str, SecureMessage]]) -> Path:

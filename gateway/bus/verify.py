@@ -6,6 +6,10 @@ leaves two chains (a gap), a reordered or inserted one a fork; a changed one fai
 signature. ``prev = null`` starts a new chain (the sender's gateway restarted). The oldest
 stored message may point to one already settled and pruned (or delivered and removed from
 Redis), so one dangling link per chain is expected.
+
+A chain is checked whole, not streamed per inbox: a topic chain spans its subscribers' inboxes
+(one id, sealed per subscriber), and a fork or a gap is only known once every link is read (a
+reordered message comes before the one it follows). What is held is each link, not the message.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.bus.backend import StoredMessage
 from gateway.bus.crypto import PublicKeys, verify_signature
-from gateway.bus.message import SecureMessage
 
 
 @dataclass
@@ -41,7 +44,8 @@ def verify_messages(
 ) -> VerifyReport:
     report = VerifyReport()
     keys: dict[str, Ed25519PublicKey | None] = {}
-    chains: dict[tuple[str, str], dict[str, SecureMessage]] = defaultdict(dict)
+    # (sender, channel) -> id -> (time, prev): the links only, never a message's ciphertext
+    chains: dict[tuple[str, str], dict[str, _Link]] = defaultdict(dict)
     for s in stored:
         report.checked += 1
         msg = s.msg
@@ -56,12 +60,15 @@ def verify_messages(
         elif not verify_signature(pub, msg.signature, msg.signed_bytes()):
             problem = "bad signature"
         else:
-            chains[(msg.sender, msg.channel)][msg.id] = msg
+            chains[(msg.sender, msg.channel)][msg.id] = (msg.timestamp_ms, msg.prev)
             continue
         report.problems.append({"inbox": s.inbox, "id": msg.id, "sender": msg.sender, "problem": problem})
     for (sender, channel), msgs in sorted(chains.items()):
         report.problems.extend(_chain_problems(sender, channel, msgs))
     return report
+
+
+_Link = tuple[int, str | None]  # a chained message's time and the id it follows
 
 
 def _key(entry: PublicKeys | None, secret: bytes) -> Ed25519PublicKey | None:
@@ -73,16 +80,16 @@ def _key(entry: PublicKeys | None, secret: bytes) -> Ed25519PublicKey | None:
         return None
 
 
-def _chain_problems(sender: str, channel: str, msgs: dict[str, SecureMessage]) -> list[dict[str, str | None]]:
+def _chain_problems(sender: str, channel: str, links: dict[str, _Link]) -> list[dict[str, str | None]]:
     out: list[dict[str, str | None]] = []
     by_prev: dict[str, list[str]] = defaultdict(list)
     dangling: list[str] = []
-    for m in sorted(msgs.values(), key=lambda m: (m.timestamp_ms, m.id)):
-        if m.prev is None:
+    for _, mid, prev in sorted(((ts, mid, prev) for mid, (ts, prev) in links.items()), key=lambda x: x[:2]):
+        if prev is None:
             continue
-        by_prev[m.prev].append(m.id)
-        if m.prev not in msgs:
-            dangling.append(m.id)
+        by_prev[prev].append(mid)
+        if prev not in links:
+            dangling.append(mid)
     for prev, ids in by_prev.items():
         if len(ids) > 1:
             out.append(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import json
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -39,11 +40,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = bs.add_parser("tail", help="the last stored messages (metadata only)")
     t.add_argument("--config", type=Path, default=None)
     t.add_argument("--topic", default=None, help="only messages on this topic")
-    t.add_argument("-n", "--lines", type=int, default=20)
+    t.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        default=20,
+        metavar="N",
+        help="how many, the newest (default 20; 0: none)",
+    )
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_tail)
 
     b.set_defaults(func=lambda args: (b.print_help(sys.stderr), 2)[1])
+
+
+def _count(text: str) -> int:
+    """``-n``: 0 or more (a negative one printed every row, a slice from the end); else exit 2."""
+    n = int(text)  # (argparse makes a ValueError its usage error too)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"-n must be 0 or more, not {n}")
+    return n
 
 
 class _Source:
@@ -156,25 +172,34 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+_Row = tuple[int, int, dict[str, object]]  # (time, place in the scan, what is printed)
+
+
+def _rows(stored: Iterable[StoredMessage], topic: str | None) -> Iterator[_Row]:
+    for seq, s in enumerate(stored):
+        if s.msg is None:  # (unreadable: no time, sorted first)
+            yield 0, seq, {"inbox": s.inbox, "state": s.state, "error": s.error}
+        elif topic is None or s.msg.topic == topic:
+            yield s.msg.timestamp_ms, seq, {"inbox": s.inbox, "state": s.state, **s.msg.metadata()}
+
+
+def _newest(rows: Iterable[_Row], n: int) -> list[_Row]:
+    """The ``n`` newest, oldest first; equal times in scan order (a stable sort's last ``n``).
+    Only ``n`` held while scanning: a bus of millions is never held whole to print 20."""
+    return list(reversed(heapq.nlargest(n, rows, key=lambda r: (r[0], r[1]))))
+
+
 def _tail(args: argparse.Namespace) -> int:
-    rows = []
     with _Source(load_config(args.config, args.environ)) as src:
-        for s in src.scan():
-            if s.msg is None:
-                rows.append({"inbox": s.inbox, "state": s.state, "error": s.error})
-                continue
-            if args.topic is not None and s.msg.topic != args.topic:
-                continue
-            rows.append({"inbox": s.inbox, "state": s.state, **s.msg.metadata()})
-    rows.sort(key=lambda r: int(r.get("timestamp_ms") or 0))
-    for r in rows[-max(args.lines, 0) :] if args.lines else []:
+        newest = _newest(_rows(src.scan(), args.topic), args.lines)
+    for ms, _, r in newest:
         if args.json:
             print(json.dumps(r))
             continue
-        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(r.get("timestamp_ms") or 0) / 1000))
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
         where = f"topic {r['topic']}" if r.get("topic") else f"-> {r.get('recipient')}"
         print(
-            f"{when}Z {r.get('kind', '?'):7} {r.get('sender')} {where} id={r.get('id')} "
+            f"{when}Z {r.get('kind', '?')!s:7} {r.get('sender')} {where} id={r.get('id')} "
             f"state={r['state']} bytes={r.get('size')} inbox={r['inbox']}"
         )
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import sqlite3
+import tracemalloc
+from collections.abc import Iterator
 from hashlib import sha256
 from pathlib import Path
 from typing import Literal
@@ -126,6 +128,27 @@ def test_the_key_is_looked_up_once_per_sender() -> None:
     msgs = [_msg(a, "m1", None, 1), _msg(a, "m2", "m1", 2)]
     assert verify_messages(_stored(*msgs), lookup, SECRET).ok
     assert asked == ["ag-a"]
+
+
+def test_the_chains_hold_links_not_the_messages() -> None:
+    # every signed message was kept whole (its ciphertext too) until the chains were checked
+    ring = _ring()
+    a, entry = ring.ensure("ag-a", "t")
+    size, count = 64 * 1024, 100
+
+    def stored() -> Iterator[StoredMessage]:  # one message at a time, as a store's scan
+        for i in range(count):
+            ct = bytes([i % 256]) * size
+            yield StoredMessage("ag-b", "pending", _msg(a, f"m{i}", f"m{i - 1}" if i else None, i, ct=ct))
+
+    tracemalloc.start()
+    try:
+        report = verify_messages(stored(), {"ag-a": entry}.get, SECRET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.ok and report.checked == count
+    assert peak < 10 * size, peak  # a few messages at a time, not the 100 (6.4 MB)
 
 
 def test_an_unreadable_entry_is_a_problem_without_an_id_and_the_check_goes_on() -> None:

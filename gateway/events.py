@@ -353,7 +353,9 @@ class Unsent:
         mine = self.keep(kind, details, principal=principal, agent=agent)  # (not ``_held[-1]``: trimmed)
         refused = self._hand(sink)
         if mine.commit is None:  # refused at it or ahead of it: ``_hand`` stamped it
-            stop = "the gateway stopped first" if self.stopped else f"over {self._cap} records held for the log"
+            stop = (
+                "the gateway stopped first" if self.stopped else f"over {self._cap} records held for the log"
+            )
             raise refused or AuditError(f"{kind} not held: {stop}")
         return mine.commit
 

@@ -431,7 +431,9 @@ def redis_scan(client: redis.Redis) -> Iterator[StoredMessage]:
                 yield StoredMessage(inbox, "pending", p.msg, p.error)
             if len(page) < SCAN_PAGE:
                 break
-            start = "(" + page[-1][0].decode()  # the next page starts after the last id read
+            last = page[-1][0]
+            # the next page starts after the last id read (bytes, or str on a decoding client)
+            start = "(" + (last if isinstance(last, str) else last.decode())
 
 
 SCAN_PAGE = 1000  # stream entries a reply (redis_scan)

@@ -1,8 +1,8 @@
 """The ``symbi`` command line: thin, over the library.
 
 Only this package reads ``sys.argv`` and maps errors to exit codes:
-0 success / valid, 1 failure / invalid / denied, 2 usage or configuration error, 141
-(``EXIT_PIPE``) the reader of stdout closed it (``symbi ... | head``).
+0 success / valid, 1 failure / invalid / denied, 2 usage or configuration error, 130
+interrupted (Ctrl-C), 141 (``EXIT_PIPE``) the reader of stdout closed it (``symbi ... | head``).
 Each sub-command lives in its own module with a ``register(subparsers)`` function that
 sets ``func`` (returning the exit code) on its parser.
 """
@@ -77,21 +77,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _main(argv)
         sys.stdout.flush()  # a reader gone raises here, not in the interpreter's exit
         return code
-    except BrokenPipeError:
+    except (BrokenPipeError, ConnectionResetError):  # (a socket's reader closing with data unread)
         if not _stdout_closed():  # another pipe's: not the reader of our output
             raise
         # `symbi ... | head`: the reader took what it wanted; end quietly, as Unix tools do
         # (what is still buffered goes nowhere, so the exit's flush raises nothing)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
         return EXIT_PIPE
 
 
 def _stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader has closed it (poll reports POLLERR then)."""
+    """Whether stdout's reader has closed it: a pipe's (poll reports POLLERR) or a stream
+    socket's (POLLHUP: a libuv parent's stdio, a socket-activated service)."""
     try:
         watch = select.poll()
         watch.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in watch.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in watch.poll(0))
     except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
         return False
 

@@ -296,6 +296,7 @@ class _EventsRead:
         self.lock = threading.Lock()
         self.actions: dict[str, dict[str, str]] = {}
         self.gave_up = False  # the caller stopped waiting: read no further
+        self.refused: str | None = None  # the daemon answered the query with an error status
 
 
 def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
@@ -314,7 +315,11 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
             f"{api.base_url}/v{api.api_version}/events", params=params, stream=True, timeout=wait_s
         )
         with answer:
-            answer.raise_for_status()
+            if answer.status_code != 200:  # (a daemon refusing the query: no run is ever read)
+                read.refused = (
+                    f"Docker answered {answer.status_code} to its events query: {answer.text[:200]}"
+                )
+                return
             for line in answer.iter_lines(chunk_size=None):  # each event as it comes
                 event: dict[str, Any] = json.loads(line) if line else {}
                 with read.lock:
@@ -324,7 +329,7 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
                     if read.gave_up or "die" in read.actions:
                         return
     except Exception as e:  # noqa: BLE001 - whatever cut it short, no ``die`` read: cannot tell
-        log.debug("docker events for %s: %r", cid, e)
+        log.warning("docker events for %s could not be read: %r", cid, e)
 
 
 def killed_by_another(api: Any, cid: str) -> str | None:
@@ -347,7 +352,9 @@ def killed_by_another(api: Any, cid: str) -> str | None:
     reader.join(wait_s)
     with read.lock:
         read.gave_up = True
-        actions = dict(read.actions)
+        actions, refused = dict(read.actions), read.refused
+    if refused is not None:  # no result either way, but the reason is the daemon's, not a kill
+        raise SandboxUnavailable(f"a run's end cannot be told apart from another party's kill: {refused}")
     if "kill" in actions:
         return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
     if "die" not in actions:

@@ -4,6 +4,7 @@ an unreachable bus, and a reader that closes the output early (``symbi bus tail 
 from __future__ import annotations
 
 import base64
+import socket
 import subprocess
 from pathlib import Path
 from typing import cast
@@ -66,21 +67,31 @@ def test_the_callers_own_os_error_is_not_taken_for_an_unreachable_bus(redis_serv
         raise BrokenPipeError(32, "the caller's own pipe")
 
 
-def test_a_reader_that_closes_early_ends_tail_quietly(tmp_path: Path, redis_server: RedisServer) -> None:
-    # `symbi bus tail | head -1`: a BrokenPipeError traceback (or a bus error), not a quiet end
+@pytest.mark.parametrize("output", ["pipe", "socket"])
+def test_a_reader_that_closes_early_ends_tail_quietly(
+    tmp_path: Path, redis_server: RedisServer, output: str
+) -> None:
+    # `symbi bus tail | head -1`: a BrokenPipeError traceback (or a bus error), not a quiet end;
+    # the same with stdout a stream socket (a libuv parent's stdio: POLLHUP, not POLLERR)
     _fill(redis_server.url)
     cfg = write_config(
         tmp_path, f'[bus]\nbackend = "redis"\nsecret = "{SECRET}"\nurl = "{redis_server.url}"\n'
     )
+    ours, theirs = socket.socketpair() if output == "socket" else (None, None)
     proc = subprocess.Popen(
         [str(SYMBI), "bus", "tail", "-n", str(STORED), "--config", str(cfg)],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if theirs is None else theirs.fileno(),
         stderr=subprocess.PIPE,
         env=symbi_env(),
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    first = proc.stdout.readline()  # the output is far over a pipe's buffer: the rest must wait
-    proc.stdout.close()
+    if theirs is not None:
+        theirs.close()
+    reader = proc.stdout if ours is None else ours.makefile("rb")
+    assert reader is not None and proc.stderr is not None
+    first = reader.readline()  # the output is far over a buffer: the rest must wait
+    reader.close()
+    if ours is not None:
+        ours.close()
     err = proc.stderr.read()
     assert proc.wait(60) == EXIT_PIPE, err
     assert b"m-" in first and err == b""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import SandboxInterrupted
+from gateway.errors import SandboxInterrupted, SandboxUnavailable
 from gateway.sandbox import SandboxManager, SandboxRequest, docker_api, docker_tier
 from gateway.sandbox.types import Limits
 
@@ -198,11 +198,48 @@ def test_the_events_post_mortem_is_bounded_when_the_daemon_never_answers(
         assert len(said) == 1  # the bound ended the wait
         assert said[0] is not None  # it cannot tell: no result
     finally:
+        api.close()
         with suppress(OSError):
             listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         for peer in accepted:
             peer.close()
+
+
+def test_a_daemon_refusing_the_events_query_is_named_not_taken_for_a_kill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon that answers the events query with an error status (an API version it refuses,
+    a 500): every failing run was read as "may have been killed by another party", its cause
+    at debug level only. Still no result, but ``SandboxUnavailable`` naming the answer. A real
+    HTTP peer on 127.0.0.1 stands in for that daemon, reached by a real docker-py client."""
+    import http.server
+
+    import docker
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"message": "refused here"}'
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # (quiet)
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = docker.APIClient(base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41", timeout=10)
+    api.trust_env = False
+    monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 5.0)
+    try:
+        with pytest.raises(SandboxUnavailable):
+            docker_api.killed_by_another(api, "0" * 64)
+    finally:
+        api.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_an_exit_of_its_own_is_read_as_such_when_the_daemons_clock_is_ahead(

@@ -351,12 +351,11 @@ class Unsent:
             raise TypeError(f"{type(sink).__name__} cannot say when a record is committed")
         self._last = sink  # (where it goes: ``keep`` says this log's refusal only)
         mine = self.keep(kind, details, principal=principal, agent=agent)  # (not ``_held[-1]``: trimmed)
+        if self.stopped:  # (logged by ``keep``, never sent: not the log's refusal)
+            raise AuditError(f"{kind} not held: the gateway stopped first")
         refused = self._hand(sink)
         if mine.commit is None:  # refused at it or ahead of it: ``_hand`` stamped it
-            stop = (
-                "the gateway stopped first" if self.stopped else f"over {self._cap} records held for the log"
-            )
-            raise refused or AuditError(f"{kind} not held: {stop}")
+            raise refused or AuditError(f"{kind} dropped at once: over {self._cap} records held for the log")
         return mine.commit
 
     def queue(self, sink: EventSink) -> list[asyncio.Future[int]]:
@@ -415,7 +414,7 @@ class Unsent:
         waiting = sum(1 for h in batch if id(h) in left)
         if waiting and self.refused_by(sink) is None:  # a refusal for good was said once
             _logger.error("%d records not committed yet, held until they are", waiting)
-        return not waiting
+        return not waiting and not self.stopped  # (after the stop: logged by ``keep``, not sent)
 
     def abandon(self) -> None:
         """The gateway stops: each record not committed is logged (the last trace of it: some

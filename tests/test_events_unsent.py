@@ -559,5 +559,22 @@ async def test_a_record_kept_after_the_stop_is_logged_not_held(
         assert [a[0] for a in traced] == [FIRST[0], SECOND[0]], traced
         assert all(cast(dict[str, object], a[1])["recorded_as"] == {"principal": "key:admin"} for a in traced)
         assert tool_records(tmp_path / "a.db") == []  # nothing sent after the stop
+        assert await unsent.send(log, [FIRST]) is False  # not "all committed": logged only
+        assert tool_records(tmp_path / "a.db") == []
     finally:
         log.close()
+
+
+async def test_a_submit_after_the_stop_is_not_blamed_on_a_refusing_log(tmp_path: Path) -> None:
+    """A log refused for good before the stop: a record submitted after it was answered with
+    that log's refusal (it was never sent to it: the stop let it go)."""
+    from gateway.errors import AuditError
+
+    unsent, refusing = Unsent(), _closed(tmp_path)
+    with pytest.raises(AuditError) as first:
+        unsent.submit(refusing, *FIRST)
+    assert unsent.refused_by(refusing) is first.value
+    unsent.abandon()
+    with pytest.raises(AuditError) as after:
+        unsent.submit(refusing, *SECOND)
+    assert after.value is not first.value and len(unsent) == 0

@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import os
 import select
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -90,11 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _stdout_closed() -> bool:
     """Whether stdout's reader has closed it: a pipe's (poll reports POLLERR) or a stream
-    socket's (POLLHUP: a libuv parent's stdio, a socket-activated service)."""
+    socket's (POLLHUP: a libuv parent's stdio, a socket-activated service). Not a terminal's
+    hang-up (POLLHUP too): writing to one fails with EIO, so a broken pipe came from elsewhere."""
     try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd).st_mode
+        closed = select.POLLERR if stat.S_ISFIFO(mode) else select.POLLHUP if stat.S_ISSOCK(mode) else 0
         watch = select.poll()
-        watch.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & (select.POLLERR | select.POLLHUP) for _, events in watch.poll(0))
+        watch.register(fd, select.POLLOUT)
+        return any(events & closed for _, events in watch.poll(0))
     except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
         return False
 

@@ -189,6 +189,15 @@ def _newest(rows: Iterable[_Row], n: int) -> list[_Row]:
     return list(reversed(heapq.nlargest(n, rows, key=lambda r: (r[0], r[1]))))
 
 
+def _when(ms: int) -> str:
+    """A stored time as UTC text; one past what the platform can show (anyone who may write
+    to the bus may store one: tail checks no signature) as its raw milliseconds."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + "Z"
+    except (OverflowError, OSError, ValueError):
+        return f"{ms}ms"
+
+
 def _tail(args: argparse.Namespace) -> int:
     with _Source(load_config(args.config, args.environ)) as src:
         newest = _newest(_rows(src.scan(), args.topic), args.lines)
@@ -196,10 +205,10 @@ def _tail(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(r))
             continue
-        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
+        when = _when(ms)
         where = f"topic {r['topic']}" if r.get("topic") else f"-> {r.get('recipient')}"
         print(
-            f"{when}Z {r.get('kind', '?')!s:7} {r.get('sender')} {where} id={r.get('id')} "
+            f"{when} {r.get('kind', '?')!s:7} {r.get('sender')} {where} id={r.get('id')} "
             f"state={r['state']} bytes={r.get('size')} inbox={r['inbox']}"
         )
     return 0

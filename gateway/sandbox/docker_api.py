@@ -316,9 +316,9 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
         )
         with answer:
             if answer.status_code != 200:  # (a daemon refusing the query: no run is ever read)
-                read.refused = (
-                    f"Docker answered {answer.status_code} to its events query: {answer.text[:200]}"
-                )
+                said = answer.raw.read(200, decode_content=True)  # (bounded: not a proxy's whole page)
+                with read.lock:
+                    read.refused = f"Docker answered {answer.status_code} to its events query: {said!r}"
                 return
             for line in answer.iter_lines(chunk_size=None):  # each event as it comes
                 event: dict[str, Any] = json.loads(line) if line else {}
@@ -339,7 +339,8 @@ def killed_by_another(api: Any, cid: str) -> str | None:
     a wait can answer, so a ``die`` missing from its record (a ring of the last 256 events,
     overrun) means it cannot tell: that is no result either (fail closed). (On Docker 23+ a
     wait answers before ``die`` is logged: the caller's inspect, which waits for the exit's
-    handling, must come first.)
+    handling, must come first.) A daemon answering the query with an error status raises
+    ``SandboxUnavailable`` naming it (no result either, but not for a kill).
 
     The query is read in a thread of its own and waited for at most EVENTS_WAIT_S, whatever
     stalls (connect, headers, body: a daemon whose clock is behind ours streams live events

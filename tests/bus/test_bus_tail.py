@@ -3,6 +3,7 @@ the ties of a stable sort of every row by time, but only N held while scanning; 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import tracemalloc
@@ -153,3 +154,17 @@ def test_a_negative_count_is_a_usage_error(lines: str, tmp_path: Path) -> None:
         env=symbi_env(),
     )
     assert proc.returncode == EXIT_USAGE and proc.stdout == "", proc.stdout
+
+
+def test_a_time_past_what_the_platform_shows_is_printed_raw(
+    tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # tail checks no signature: anyone who may write to the bus can store ts 10**20 (Redis keeps
+    # it as text; SQLite's integers stop at 2**63, which gmtime shows), always the newest, and
+    # the text form ended every tail in a traceback (gmtime's OSError)
+    far = dataclasses.replace(_message(1, "ag-a"), timestamp_ms=10**20)
+    cfg = _fill_redis(redis_server.url, tmp_path, [("ag-a", far), *_messages(3)])
+    capsys.readouterr()
+    assert main(["bus", "tail", "--config", str(cfg)]) == EXIT_OK
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and "id=m-00001" in printed[-1].split(), printed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,21 @@ def test_checking_a_principal_as_the_agents_command_parses_does_not_import_the_r
         "build_parser(sys.argv[1]).parse_args([sys.argv[1], 'suspend', '--principal', 'key:bob'])"
     )
     assert _loaded(probe, "agents", "gateway.runtime") == []
+
+
+def test_a_hung_up_terminal_is_not_a_closed_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal whose master went away reports POLLHUP as a closed socket does, but writing
+    to it fails with EIO: a broken pipe met meanwhile came from another pipe, and ending with
+    141 (a reader that took what it wanted) would hide it. A real pty, its master closed."""
+    import io
+    import pty
+
+    from gateway import cli
+
+    master, slave = pty.openpty()
+    os.close(master)
+    try:
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.FileIO(slave, "w", closefd=False)))
+        assert cli._stdout_closed() is False
+    finally:
+        os.close(slave)

@@ -136,7 +136,7 @@ _HEAVY = (
 )
 
 
-@pytest.mark.parametrize("command", ["bus", "tools", "memory", "knowledge", "agents", "status"])
+@pytest.mark.parametrize("command", ["audit", "bus", "tools", "memory", "knowledge", "agents", "status"])
 def test_parsing_an_admin_command_loads_none_of_what_running_it_needs(command: str) -> None:
     probe = "from gateway.cli import build_parser; build_parser(sys.argv[1])"
     loaded = _loaded(probe, command, "")  # every module: one process for all of _HEAVY

@@ -132,11 +132,15 @@ _HEAVY = (
     "gateway.verify.approve",
     "gateway.verify.state",
     "gateway.cli.stores",
+    "gateway.screen",
+    "gateway.server",
     "asyncio",
 )
 
 
-@pytest.mark.parametrize("command", ["audit", "bus", "tools", "memory", "knowledge", "agents", "status"])
+@pytest.mark.parametrize(
+    "command", ["audit", "bus", "tools", "memory", "knowledge", "agents", "status", "keys", "scan"]
+)
 def test_parsing_an_admin_command_loads_none_of_what_running_it_needs(command: str) -> None:
     probe = "from gateway.cli import build_parser; build_parser(sys.argv[1])"
     loaded = _loaded(probe, command, "")  # every module: one process for all of _HEAVY

@@ -10,7 +10,6 @@ sets ``func`` (returning the exit code) on its parser.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import os
 import select
@@ -25,7 +24,8 @@ from gateway.textcheck import not_utf8_at
 # The sub-command modules, in --help order, with the command names each registers. Only the
 # module of the command being run is imported: importing all of them (mcp, the policy engine,
 # the memory stack...) cost about a second of CPU at every `symbi` start. --help, no command
-# or a name missing here imports them all, so a stale entry costs start-up time, not function.
+# or an unknown name lists the commands from HELP instead (tests/cli/test_main.py checks both
+# tables against the modules' own parsers, so they cannot drift).
 COMMANDS: dict[str, tuple[str, ...]] = {
     "gateway.cli.run": ("mcp", "serve"),
     "gateway.cli.config_cmd": ("config",),  # config check
@@ -43,18 +43,48 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "gateway.cli.agents_cmd": ("agents", "status"),  # agents list|show|suspend|resume|terminate|run, status
 }
 
+# each command's one-line help, as its module registers it: `symbi --help` prints these
+HELP: dict[str, str] = {
+    "mcp": "serve the gateway over stdio (for Claude Desktop, IDEs)",
+    "serve": "serve the gateway over streamable HTTP (default 127.0.0.1:8080/mcp)",
+    "config": "configuration tools",
+    "tools": "upstream tools: verification state, drift, approvals",
+    "schemapin": "SchemaPin: sign and verify tool definitions, manage pins",
+    "policy": "Rego policy tools: check, eval, test, push, reload, status",
+    "audit": "the signed audit log: verify, tail, query, export, report, rotate-key",
+    "sandbox": "sandbox tiers: run, doctor, cleanup",
+    "keys": "API keys for the HTTP front (create, list, revoke)",
+    "import": "import the MCP servers your clients (Claude, VS Code, Cursor) use",
+    "scan": "screen tool, resource and prompt definitions for poisoning",
+    "discover": "servers found by discovery, and their quarantine state",
+    "knowledge": "knowledge bases for RAG (add, list, search, remove)",
+    "memory": "agent memory (stats, purge)",
+    "bus": "the agent bus: stats, verify, tail (metadata only)",
+    "agents": "agents of a running gateway (list, show, suspend, resume, terminate, run)",
+    "status": "the gateway's HealthStatus (overall, components, resources, errors)",
+}
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_PIPE = 128 + 13  # ended by its reader, as the shell reports a tool SIGPIPE ended
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every sub-command, or of ``command``'s module only."""
+def top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:  # type: ignore[type-arg]
+    """The ``symbi`` parser with no command yet, and the action commands register into."""
     parser = argparse.ArgumentParser(prog="symbi", description="Symbi MCP security gateway")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``command``'s module; with no command, every command listed from HELP
+    (its name and help only: --help and a bad name's error need no more)."""
+    parser, sub = top_parser()
     for mod, names in COMMANDS.items():
-        if command is None or command in names:
+        if command in names:
             importlib.import_module(mod).register(sub)
+        elif command is None:
+            for name in names:
+                sub.add_parser(name, help=HELP[name], add_help=False)
     return parser
 
 
@@ -132,6 +162,8 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseExceptionGroup as eg:
+        import asyncio  # here: importing it costs every command's start ~0.08 s of CPU
+
         # Ctrl-C / SIGTERM while tasks were running arrives wrapped: that is a clean stop
         if eg.subgroup(lambda e: not isinstance(e, KeyboardInterrupt | asyncio.CancelledError)) is None:
             return 130

@@ -10,10 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from gateway.config import load_config
-from gateway.config.load import admin_api_key_from_env
 from gateway.errors import AdminApiError, ConfigError
 
 # longer than the gateway waits for an operator action's record to commit (30 s,
@@ -38,6 +34,13 @@ def request(
 ) -> Any:
     """The JSON answer of ``/api<path>``; an HTTP error is an ``AdminApiError`` with its reason,
     except the statuses in ``answers`` (an endpoint's documented refusal with a body)."""
+    # here, not at the top: httpx and the config models were ~0.3 s of CPU in every admin
+    # command's start, --help and parse errors included
+    import httpx
+
+    from gateway.config import load_config
+    from gateway.config.load import admin_api_key_from_env
+
     cfg = load_config(args.config, args.environ)
     key = args.api_key or admin_api_key_from_env(args.environ)
     if not key:

@@ -33,7 +33,6 @@ from gateway.cli import audit_shared_cmd as shared_cmd
 from gateway.cli import audit_verify_cmd as verify_cmd
 from gateway.cli.audit_keys import log_and_key, open_log, public_keys
 from gateway.cli.terminal import printable
-from gateway.config import load_config
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -200,6 +199,7 @@ def _print_records(records: list[Any], as_json: bool) -> None:
 def _init(args: argparse.Namespace) -> int:
     from gateway.audit.keys import load_or_create_key, public_key_path
     from gateway.audit.record import key_id_of
+    from gateway.config import load_config
     from gateway.custody import secure_data_dir
     from gateway.workerdirs import refuse_on_workers_dir, worker_data_dir
 

@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.workerdirs import refuse_on_workers_dir
+
+# the config models (~0.2 s of CPU) are imported as a command runs, not at `symbi audit`'s parse
 
 if TYPE_CHECKING:
     from gateway.audit import AuditLog
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 def log_and_key(args: argparse.Namespace) -> tuple[Path, Path]:
     """(log path, signing key path) from --log / --key / --config / the environment."""
+    from gateway.config import load_config
+    from gateway.workerdirs import refuse_on_workers_dir
+
     cfg = None
     if args.config is not None or args.log is None:
         cfg = load_config(args.config, args.environ)
@@ -67,6 +70,8 @@ def config_or_none(args: argparse.Namespace) -> Any:
     """The config, unless only --log was given (and no $SYMBI_CONFIG_PATH): then none is read."""
     if args.config is None and args.log is not None and "SYMBI_CONFIG_PATH" not in args.environ:
         return None
+    from gateway.config import load_config
+
     return load_config(args.config, args.environ)
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.terminal import printable
-from gateway.config import load_config
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -73,6 +72,7 @@ def archived_conn(args: argparse.Namespace, log: Path) -> sqlite3.Connection | N
 def _archive(args: argparse.Namespace) -> int:
     from gateway.audit import AuditLog
     from gateway.audit.retention import RetentionPolicy, archive
+    from gateway.config import load_config
 
     cfg = load_config(args.config, args.environ)
     policy = RetentionPolicy.from_config(cfg)

@@ -18,11 +18,11 @@ from gateway.cli import EXIT_FAIL, EXIT_OK
 from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.cli.audit_keys import config_or_none, log_and_key, trusted_keys
 from gateway.cli.terminal import printable
-from gateway.config.model import Config
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     from gateway.audit.verify import VerifyResult
+    from gateway.config.model import Config
 
 Common = Callable[..., None]  # audit_cmd's --config/--log(/--public-key) options
 Keys = Mapping[str, Any]

@@ -16,17 +16,15 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.cli.terminal import raw_stream
-from gateway.config import Config, load_config
-from gateway.events import LoggingSink
-from gateway.memory.access import ingest_patterns
-from gateway.memory.build import build_manager
-from gateway.memory.knowledge import KnowledgeBases
-from gateway.memory.manager import ContextManager
-from gateway.memory.rag import RagPipeline
-from gateway.policy import build_engine
-from gateway.workerdirs import refuse_on_workers_dir
+
+# the memory stack (numpy, the embedder), the policy engine and the config models are
+# imported as a command runs: at the top they were ~0.6 s of CPU in every --help
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.memory.manager import ContextManager
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -101,6 +99,9 @@ def _command(args: argparse.Namespace) -> str:
 
 def _config(args: argparse.Namespace) -> Config:
     """The config, refused when its store is the embedded one of a ``--workers`` data dir."""
+    from gateway.config import load_config
+    from gateway.workerdirs import refuse_on_workers_dir
+
     config = load_config(args.config, args.environ)
     if config.context.vector_db_url is None:
         refuse_on_workers_dir(
@@ -113,6 +114,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _manager(args: argparse.Namespace) -> ContextManager:
+    from gateway.events import LoggingSink
+    from gateway.memory.build import build_manager
+
     return build_manager(_config(args), LoggingSink())
 
 
@@ -131,6 +135,9 @@ def _progress(n: int, total: int, path: str) -> None:
 
 def _redact_patterns(config: Config, base: str) -> list[str]:
     """The policy's ``redact_text`` for ``knowledge/ingest`` (none when policies are off)."""
+    from gateway.memory.access import ingest_patterns
+    from gateway.policy import build_engine
+
     if not config.policies_enforced:
         return []
     engine = build_engine(config)
@@ -149,6 +156,10 @@ def _rules(text: str) -> frozenset[str]:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from gateway.events import LoggingSink
+    from gateway.memory.build import build_manager
+    from gateway.memory.knowledge import KnowledgeBases
+
     config = _config(args)
     redact = _redact_patterns(config, args.base)
     m = build_manager(config, LoggingSink())
@@ -191,6 +202,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from gateway.memory.knowledge import KnowledgeBases
+
     m = _manager(args)
     try:
         bases = KnowledgeBases(m).list()
@@ -205,6 +218,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from gateway.memory.rag import RagPipeline
+
     m = _manager(args)
     try:
         res = RagPipeline(m).run(args.query, bases=[args.base], top_k=args.top_k, budget_tokens=10**9)
@@ -219,6 +234,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    from gateway.memory.knowledge import KnowledgeBases
+
     m = _manager(args)
     try:
         n = KnowledgeBases(m).remove(args.base, args.path)

@@ -22,25 +22,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.cli import stores
-from gateway.config import load_config
-from gateway.config.model import Config
 from gateway.errors import ApprovalError, ConfigError, GatewayError
-from gateway.screen import Screening
-from gateway.verify.approve import (
-    MIN_HASH_HEX,
-    approve_current,
-    check_reviewed,
-    check_screening,
-    drift_diff,
-    pin_review,
-    screen_record,
-    unsigned_under_strict,
-)
-from gateway.verify.state import ToolRecord, ToolStates
+from gateway.verify import MIN_HASH_HEX
 
+# the stores, the approval code and the config models are imported as a command runs: at the
+# top they were ~0.45 s of CPU in every `symbi tools ... --help` and parse error
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.cli import stores
+    from gateway.config.model import Config
+    from gateway.screen import Screening
+    from gateway.verify.state import ToolRecord, ToolStates
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -111,6 +104,10 @@ def _lookup(store: ToolStates, name: str) -> ToolRecord:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from gateway.cli import stores
+    from gateway.config import load_config
+    from gateway.verify.approve import screen_record
+
     cfg = load_config(args.config, args.environ)
     with stores.Stores(cfg) as opened:
         store = opened.tool_states()
@@ -161,12 +158,17 @@ def _quarantined(cfg: Config) -> None:
 
 
 def _diff(args: argparse.Namespace) -> int:
+    from gateway.cli import stores
+    from gateway.config import load_config
+
     cfg = load_config(args.config, args.environ)
     with stores.Stores(cfg) as opened:
         return _print_diff(cfg, opened, _lookup(opened.tool_states(), args.tool))
 
 
 def _print_diff(cfg: Config, opened: stores.Stores, rec: ToolRecord) -> int:
+    from gateway.verify.approve import drift_diff, pin_review
+
     diff = drift_diff(rec)
     if not diff:
         print(f"{rec.namespaced}: no drift (status {rec.status}, definition {rec.current_hash})")
@@ -192,6 +194,9 @@ def _print_diff(cfg: Config, opened: stores.Stores, rec: ToolRecord) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
+    from gateway.cli import stores
+    from gateway.config import load_config
+
     cfg = load_config(args.config, args.environ)
     servers = [n for n in args.tools if "__" not in n]
     tools = [n for n in args.tools if "__" in n]
@@ -214,6 +219,7 @@ def _approve(args: argparse.Namespace) -> int:
 
 def _approve_tools(cfg: Config, opened: stores.Stores, tools: list[str], args: argparse.Namespace) -> None:
     """Approve ``tools`` (the definitions reviewed, ``--hash``), on the command's stores."""
+    from gateway.verify.approve import approve_current, check_screening
     from schemapin import definition_hash
 
     store, pins = opened.tool_states(), opened.pins()
@@ -274,6 +280,8 @@ def _reviewed_records(
     """Each tool's record as read now and the hash of its definition, refused (before anything
     is signed or approved) unless that is the definition reviewed (``hashes``, in order) and
     approving it here would admit it."""
+    from gateway.verify.approve import check_reviewed, unsigned_under_strict
+
     records = [_lookup(store, n) for n in names]
     for rec in records:  # first: no hash makes such an approval do anything
         srv = cfg.servers.get(rec.upstream)
@@ -352,6 +360,9 @@ def _sign_into_manifest(
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from gateway.cli import stores
+    from gateway.config import load_config
+
     cfg = load_config(args.config, args.environ)
     with stores.Stores(cfg) as opened:
         store = opened.tool_states()

@@ -48,7 +48,7 @@ from gateway.onboard.discovery_managed import ManagedPolicy
 from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
 from gateway.onboard.registry import RegistryFolder
 from gateway.onboard.statelock import state_locked
-from gateway.verify.approve import MIN_HASH_HEX
+from gateway.verify import MIN_HASH_HEX
 
 _logger = logging.getLogger("symbi.discovery")
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ApprovalError, DefinitionChanged, ReviewedHashRequired, ScreeningFlagged
 from gateway.screen import Screening, screen_definition
+from gateway.verify import MIN_HASH_HEX
 from gateway.verify.listed import is_listed, kind_of
 from gateway.verify.state import ToolRecord, ToolStates
 from schemapin._crypto import normalize_fingerprint  # as gateway/state/pins.py normalises them
@@ -73,9 +74,6 @@ def check_screening(store: ToolStates, rec: ToolRecord, *, accept: bool) -> Scre
     return result
 
 
-# 128 bits. The upstream writes both the bait and the switch, so it needs only a collision of
-# the prefix, not a preimage: 12 hex digits (48 bits) fall to about 2**24 tries of each.
-MIN_HASH_HEX = 32
 _HEX = frozenset("0123456789abcdef")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import os
 import subprocess
@@ -11,7 +13,7 @@ import sys
 
 import pytest
 
-from gateway.cli import COMMANDS, _command
+from gateway.cli import COMMANDS, HELP, _command, build_parser, top_parser
 from tests.conftest import ROOT
 
 
@@ -30,8 +32,10 @@ def test_the_command_is_the_first_word_and_only_a_known_one() -> None:
 
 def _loaded(probe: str, arg: str, package: str) -> list[str]:
     """The modules of ``package`` (it and those under it) loaded by ``probe`` (Python run with
-    ``arg`` as ``sys.argv[1]``) in a fresh process, as a ``symbi`` command starts."""
+    ``arg`` as ``sys.argv[1]``) in a fresh process, as a ``symbi`` command starts; every
+    module loaded when ``package`` is empty."""
     listed = f"sorted(m for m in sys.modules if m == {package!r} or m.startswith({package!r} + '.'))"
+    listed = listed if package else "sorted(sys.modules)"
     code = f"import importlib, json, sys; {probe}; print(json.dumps({listed}))"
     out = subprocess.run(
         [sys.executable, "-c", code, arg], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
@@ -105,3 +109,58 @@ def test_a_hung_up_terminal_is_not_a_closed_output(monkeypatch: pytest.MonkeyPat
         assert cli._stdout_closed() is False
     finally:
         os.close(slave)
+
+
+def _every_command_registered() -> argparse.ArgumentParser:
+    """``symbi`` with every module's own parser, as before --help listed them from HELP."""
+    parser, sub = top_parser()
+    for mod in COMMANDS:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def test_help_lists_every_command_as_its_own_module_registers_it() -> None:
+    # HELP is a copy of each module's one-line help: a command renamed, added or re-described
+    # in its module and not here fails this, so `symbi --help` cannot drift from the commands
+    assert list(HELP) == [n for names in COMMANDS.values() for n in names]
+    assert build_parser().format_help() == _every_command_registered().format_help()
+
+
+def test_a_bad_command_is_refused_naming_the_same_choices() -> None:
+    for parser in (build_parser(), _every_command_registered()):
+        with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(io.StringIO()) as err:
+            parser.parse_args(["nosuch"])
+        assert e.value.code == 2
+        assert all(repr(n) in err.getvalue() for n in HELP)
+
+
+def test_symbi_help_imports_no_command_module() -> None:
+    # importing every command module was ~1 s of CPU for `symbi --help` (and a mistyped name)
+    loaded = _loaded("from gateway.cli import build_parser; build_parser().format_help()", "", "gateway.cli")
+    assert not set(loaded) & set(COMMANDS)
+
+
+# what only running a command needs: the config models, httpx, the bus, the memory stack, the
+# stores and approval code. `symbi <command> --help` (and a parse error) loads none of them.
+_HEAVY = (
+    "gateway.config",
+    "httpx",
+    "gateway.bus",
+    "gateway.memory",
+    "gateway.policy",
+    "gateway.verify.approve",
+    "gateway.verify.state",
+    "gateway.cli.stores",
+    "gateway.screen",
+    "gateway.server",
+    "asyncio",
+)
+
+
+@pytest.mark.parametrize(
+    "command", ["audit", "bus", "tools", "memory", "knowledge", "agents", "status", "keys", "scan"]
+)
+def test_parsing_an_admin_command_loads_none_of_what_running_it_needs(command: str) -> None:
+    probe = "from gateway.cli import build_parser; build_parser(sys.argv[1])"
+    loaded = _loaded(probe, command, "")  # every module: one process for all of _HEAVY
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in _HEAVY)] == []

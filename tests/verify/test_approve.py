@@ -12,8 +12,8 @@ import pytest
 import schemapin
 from gateway.cli import main
 from gateway.errors import ApprovalError, DefinitionChanged, ReviewedHashRequired
+from gateway.verify import MIN_HASH_HEX
 from gateway.verify.approve import (
-    MIN_HASH_HEX,
     approve_current,
     check_reviewed,
     drift_diff,

@@ -4,7 +4,9 @@ Only this package reads ``sys.argv`` and maps errors to exit codes:
 0 success / valid, 1 failure / invalid / denied, 2 usage or configuration error, 130
 interrupted (Ctrl-C), 141 (``EXIT_PIPE``) the reader of stdout closed it (``symbi ... | head``).
 Each sub-command lives in its own module with a ``register(subparsers)`` function that
-sets ``func`` (returning the exit code) on its parser.
+sets ``func`` (returning the exit code) on its parser, named in ``COMMANDS`` with its one
+line in ``HELP`` (``symbi --help`` lists them without importing the modules; a test holds the
+two equal).
 """
 
 from __future__ import annotations

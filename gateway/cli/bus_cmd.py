@@ -58,7 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _count(text: str) -> int:
     """``-n``: 0 or more (a negative one printed every row, a slice from the end); else exit 2."""
-    n = int(text)  # (argparse makes a ValueError its usage error too)
+    try:
+        n = int(text)
+    except ValueError:  # (argparse would name this function, not the option)
+        raise argparse.ArgumentTypeError(f"-n must be a whole number, not {text!r}") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"-n must be 0 or more, not {n}")
     return n

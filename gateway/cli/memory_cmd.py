@@ -135,11 +135,11 @@ def _progress(n: int, total: int, path: str) -> None:
 
 def _redact_patterns(config: Config, base: str) -> list[str]:
     """The policy's ``redact_text`` for ``knowledge/ingest`` (none when policies are off)."""
+    if not config.policies_enforced:
+        return []
     from gateway.memory.access import ingest_patterns
     from gateway.policy import build_engine
 
-    if not config.policies_enforced:
-        return []
     engine = build_engine(config)
     try:
         return ingest_patterns(engine, base)

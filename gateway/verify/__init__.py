@@ -8,5 +8,5 @@ state store) and ``gateway.verify.manifest`` (signed approved manifests).
 # The shortest definition hash an approval may name: 128 bits. The upstream writes both the
 # bait and the switch, so it needs only a collision of the prefix, not a preimage: 12 hex
 # digits (48 bits) fall to about 2**24 tries of each. (Here, not in gateway.verify.approve:
-# `symbi tools --help` prints it without importing the approval code.)
+# `symbi tools approve --help` prints it without importing the approval code.)
 MIN_HASH_HEX = 32

@@ -27,7 +27,7 @@ def test_each_module_registers_exactly_the_commands_listed_for_it() -> None:
 def test_the_command_is_the_first_word_and_only_a_known_one() -> None:
     assert _command(["audit", "verify", "--config", "x"]) == "audit"
     assert _command(["--version"]) is None and _command([]) is None
-    assert _command(["nosuch", "audit"]) is None  # argparse names the bad choice (full parser)
+    assert _command(["nosuch", "audit"]) is None  # argparse names the bad choice (the parser listing HELP)
 
 
 def _loaded(probe: str, arg: str, package: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,57 +91,19 @@ def test_a_record_dropped_at_once_by_the_bound_is_not_said_held(tmp_path: Path) 
         assert gw.verifier.unsent.held() == []
 
 
-def test_a_record_the_bound_drops_as_its_commit_fails_is_not_said_held(tmp_path: Path) -> None:
-    """The bound full (``cap``: 1 here, 10,000 in production): the operator's record is in
-    flight in a stalled writer, a later held record behind it; the disk fills and the batch
-    fails. Both come back held at once (one wake-up per batch, before the request's own), one
-    over the bound: the oldest, the operator's, is dropped (logged). It was answered
-    ``held: true``, a record held nowhere."""
-    cfg = everything_config(tmp_path, top_extra="[mcp]\nrecheck_interval_s = 600.0\n")
-    with run_server(cfg) as run:
-        gw = run.state.gateway
-        assert gw is not None and gw.audit is not None
-        unsent = gw.verifier.unsent = Unsent(cap=1)
-        loop = run.server.servers[0].get_loop()
-
-        async def act() -> asyncio.Task[ActionUnrecorded | None]:
-            mine = asyncio.ensure_future(
-                oprecord.record_action(
-                    gw, Event.PRINCIPAL_SUSPEND_REQUESTED, {"principal": "key:bob"}, principal="alice"
-                )
-            )
-            await asyncio.sleep(0)  # its first step: submitted, in flight (the writer stalled)
-            assert len(unsent) == 1
-            unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["everything"]})  # a later one, behind it
-            unsent.queue(gw.events)
-            return mine
-
-        async def answer(mine: asyncio.Task[ActionUnrecorded | None]) -> ActionUnrecorded | None:
-            return await mine
-
-        with Stall(gw.audit):
-            break_audit_log(load_config(cfg, {}).audit_path)  # the batch fails once the disk moves
-            mine = asyncio.run_coroutine_threadsafe(act(), loop).result(timeout=30)
-        unrec = asyncio.run_coroutine_threadsafe(answer(mine), loop).result(timeout=60)
-        assert unrec is not None
-        kinds = [k for k, _ in unsent.held()]
-        assert Event.PRINCIPAL_SUSPEND_REQUESTED not in kinds, kinds  # dropped by the bound
-        assert unrec.state == "dropped", (unrec.state, kinds)
-        status, body = oprecord.with_record(unrec, 200, {})
-        assert status == 503 and (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3
-
-
-def test_a_record_let_go_by_the_stop_whose_commit_then_fails_is_not_said_dropped(tmp_path: Path) -> None:
-    """The gateway stops (``Unsent.abandon``: the verifier's close) while the operator's record
-    is in flight in a stalled writer; its commit then fails. Its waiter was answered
-    ``dropped``, "over the bound of records held": no bound dropped it, the stop let it go
-    (and logged it). Now the answer says the gateway stopped first (no flag: nor held, nor
-    queued, nor mended by a restart)."""
+def _in_flight_then(
+    tmp_path: Path, then: Callable[[Unsent, EventSink], None], cap: int | None = None
+) -> tuple[ActionUnrecorded, Unsent]:
+    """An operator's record in flight in a stalled writer (a real gateway over HTTP), ``then``
+    done to the held records (and the gateway's sink) on the gateway's loop, the disk filled so its commit fails: the
+    answer its waiter got, and the held records."""
     cfg = everything_config(tmp_path, top_extra="[mcp]\nrecheck_interval_s = 600.0\n")
     with run_server(cfg) as run:
         gw = run.state.gateway
         assert gw is not None and gw.audit is not None
         unsent = gw.verifier.unsent
+        if cap is not None:
+            unsent = gw.verifier.unsent = Unsent(cap=cap)
         loop = run.server.servers[0].get_loop()
 
         async def act() -> asyncio.Task[ActionUnrecorded | None]:
@@ -151,7 +114,7 @@ def test_a_record_let_go_by_the_stop_whose_commit_then_fails_is_not_said_dropped
             )
             await asyncio.sleep(0)  # its first step: submitted, in flight (the writer stalled)
             assert len(unsent) == 1
-            unsent.abandon()  # the stop: let go, logged
+            then(unsent, gw.events)
             return mine
 
         async def answer(mine: asyncio.Task[ActionUnrecorded | None]) -> ActionUnrecorded | None:
@@ -162,7 +125,36 @@ def test_a_record_let_go_by_the_stop_whose_commit_then_fails_is_not_said_dropped
             mine = asyncio.run_coroutine_threadsafe(act(), loop).result(timeout=30)
         unrec = asyncio.run_coroutine_threadsafe(answer(mine), loop).result(timeout=60)
         assert unrec is not None
-        assert unrec.state == "stopped", unrec.state
-        status, body = oprecord.with_record(unrec, 200, {})
-        assert status == 503 and body["code"] == ActionUnrecorded.code and body["done"] is True
-        assert (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3
+        return unrec, unsent
+
+
+def test_a_record_the_bound_drops_as_its_commit_fails_is_not_said_held(tmp_path: Path) -> None:
+    """The bound full (``cap``: 1 here, 10,000 in production): the operator's record is in
+    flight in a stalled writer, a later held record behind it; the disk fills and the batch
+    fails. Both come back held at once (one wake-up per batch, before the request's own), one
+    over the bound: the oldest, the operator's, is dropped (logged). It was answered
+    ``held: true``, a record held nowhere."""
+
+    def behind(unsent: Unsent, sink: EventSink) -> None:  # a later one behind it: one batch
+        unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["everything"]})
+        unsent.queue(sink)
+
+    unrec, unsent = _in_flight_then(tmp_path, behind, cap=1)
+    kinds = [k for k, _ in unsent.held()]
+    assert Event.PRINCIPAL_SUSPEND_REQUESTED not in kinds, kinds  # dropped by the bound
+    assert unrec.state == "dropped", (unrec.state, kinds)
+    status, body = oprecord.with_record(unrec, 200, {})
+    assert status == 503 and (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3
+
+
+def test_a_record_let_go_by_the_stop_whose_commit_then_fails_is_not_said_dropped(tmp_path: Path) -> None:
+    """The gateway stops (``Unsent.abandon``: the verifier's close) while the operator's record
+    is in flight in a stalled writer; its commit then fails. Its waiter was answered
+    ``dropped``, "over the bound of records held": no bound dropped it, the stop let it go
+    (and logged it). Now the answer says the gateway stopped first (no flag: nor held, nor
+    queued, nor mended by a restart)."""
+    unrec, _ = _in_flight_then(tmp_path, lambda unsent, _: unsent.abandon())  # the stop: let go, logged
+    assert unrec.state == "stopped", unrec.state
+    status, body = oprecord.with_record(unrec, 200, {})
+    assert status == 503 and body["code"] == ActionUnrecorded.code and body["done"] is True
+    assert (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3

@@ -45,7 +45,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "gateway.cli.agents_cmd": ("agents", "status"),  # agents list|show|suspend|resume|terminate|run, status
 }
 
-# each command's one-line help, as its module registers it: `symbi --help` prints these
+# each command's one-line help: its module registers it with this text, and `symbi --help`
+# lists these without importing the modules
 HELP: dict[str, str] = {
     "mcp": "serve the gateway over stdio (for Claude Desktop, IDEs)",
     "serve": "serve the gateway over streamable HTTP (default 127.0.0.1:8080/mcp)",

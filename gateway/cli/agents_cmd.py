@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from gateway.cli import admin_client
+from gateway.cli import HELP, admin_client
 from gateway.principals import principal_malformed  # (standard library only: no gateway.runtime)
 
 
@@ -20,9 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    a = sub.add_parser(
-        "agents", help="agents of a running gateway (list, show, suspend, resume, terminate, run)"
-    )
+    a = sub.add_parser("agents", help=HELP["agents"])
     acts = a.add_subparsers(dest="agents_command", metavar="ACTION")
     ls = acts.add_parser("list", help="every agent: id, principal, state, priority, in-flight, budgets")
     _common(ls)
@@ -63,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.set_defaults(func=_run)
     a.set_defaults(func=lambda args: (a.print_help(sys.stderr), 2)[1])
 
-    st = sub.add_parser("status", help="the gateway's HealthStatus (overall, components, resources, errors)")
+    st = sub.add_parser("status", help=HELP["status"])
     _common(st)
     st.set_defaults(func=_status)
 

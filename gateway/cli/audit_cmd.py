@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import HELP
 from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.cli import audit_shared_cmd as shared_cmd
 from gateway.cli import audit_verify_cmd as verify_cmd
@@ -42,7 +43,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("audit", help="the signed audit log: verify, tail, query, export, report, rotate-key")
+    p = sub.add_parser("audit", help=HELP["audit"])
     asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     verify_cmd.add_verify(asub, _common)
     for add in (_add_tail, _add_query, _add_export, _add_report):

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from gateway.cli import HELP
 from gateway.errors import BusUnavailable
 
 # the bus (its core, crypto) and the config models are imported as a command runs: at the top
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    b = sub.add_parser("bus", help="the agent bus: stats, verify, tail (metadata only)")
+    b = sub.add_parser("bus", help=HELP["bus"])
     bs = b.add_subparsers(dest="bus_command", metavar="ACTION")
 
     s = bs.add_parser("stats", help="counters and what waits in each inbox")

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateway.cli import HELP
 from gateway.config import load_config
 from gateway.config.notices import notices
 
@@ -20,7 +21,7 @@ _SECRET_KEYS = frozenset({"bus.url"})
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("config", help="configuration tools")
+    p = sub.add_parser("config", help=HELP["config"])
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     check = csub.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
     check.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")

@@ -8,11 +8,12 @@ import argparse
 import json
 from pathlib import Path
 
+from gateway.cli import HELP
 from gateway.config import load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("discover", help="servers found by discovery, and their quarantine state")
+    p = sub.add_parser("discover", help=HELP["discover"])
     dsub = p.add_subparsers(dest="discover_command", metavar="SUBCOMMAND", required=True)
     ls = dsub.add_parser("list", help="discovered servers")
     ls.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")

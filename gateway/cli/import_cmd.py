@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.cli import HELP
 from gateway.config.urls import https_or_loopback
 from gateway.errors import ConfigError
 from gateway.onboard import (
@@ -39,7 +40,7 @@ from gateway.onboard.plan import ImportPlan, PlannedServer
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("import", help="import the MCP servers your clients (Claude, VS Code, Cursor) use")
+    p = sub.add_parser("import", help=HELP["import"])
     p.add_argument("client", nargs="?", choices=CLIENTS, help="the client whose servers to import")
     p.add_argument("--from", dest="from_file", type=Path, default=None, help="an MCP client config file")
     p.add_argument(

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.cli import HELP
+
 # the config models and the key store (~0.35 s of CPU) are imported as a command runs
 if TYPE_CHECKING:
     from gateway.server.auth import ApiKeys
@@ -23,7 +25,7 @@ _ROLE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    k = sub.add_parser("keys", help="API keys for the HTTP front (create, list, revoke)")
+    k = sub.add_parser("keys", help=HELP["keys"])
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION")
 
     c = ks.add_parser("create", help="make a key (printed once)")

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.cli import HELP
 from gateway.cli.terminal import raw_stream
 
 # the memory stack (numpy, the embedder), the policy engine and the config models are
@@ -39,7 +40,7 @@ def parse_duration(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    k = sub.add_parser("knowledge", help="knowledge bases for RAG (add, list, search, remove)")
+    k = sub.add_parser("knowledge", help=HELP["knowledge"])
     ks = k.add_subparsers(dest="knowledge_command", metavar="ACTION")
     a = ks.add_parser("add", help="ingest files: chunk, embed, store (only changed files are redone)")
     a.add_argument("base")
@@ -71,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("--json", action="store_true")
     k.set_defaults(func=lambda args: (k.print_help(sys.stderr), 2)[1])
 
-    mem = sub.add_parser("memory", help="agent memory (stats, purge)")
+    mem = sub.add_parser("memory", help=HELP["memory"])
     ms = mem.add_subparsers(dest="memory_command", metavar="ACTION")
     st = ms.add_parser("stats", help="counts per memory type")
     st.add_argument("--agent", default=None)

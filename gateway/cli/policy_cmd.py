@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from gateway.cli import admin_client
+from gateway.cli import HELP, admin_client
 from gateway.config import load_config
 from gateway.config.load import config_path_from_env
 from gateway.config.model import Config
@@ -37,7 +37,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("policy", help="Rego policy tools: check, eval, test, push, reload, status")
+    p = sub.add_parser("policy", help=HELP["policy"])
     psub = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:

@@ -6,16 +6,17 @@ import argparse
 import signal
 from pathlib import Path
 
+from gateway.cli import HELP
 from gateway.config import load_config
 from gateway.config.notices import report
 from gateway.custody import check_trusted_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    m = sub.add_parser("mcp", help="serve the gateway over stdio (for Claude Desktop, IDEs)")
+    m = sub.add_parser("mcp", help=HELP["mcp"])
     m.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     m.set_defaults(func=_mcp)
-    s = sub.add_parser("serve", help="serve the gateway over streamable HTTP (default 127.0.0.1:8080/mcp)")
+    s = sub.add_parser("serve", help=HELP["serve"])
     s.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     s.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="port (default from config: 8080; 0 = any free)")

@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from gateway.cli import HELP
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.sandbox import SandboxManager, SandboxRequest
@@ -40,7 +41,7 @@ def parse_seconds(raw: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("sandbox", help="sandbox tiers: run, doctor, cleanup")
+    p = sub.add_parser("sandbox", help=HELP["sandbox"])
     ssub = p.add_subparsers(dest="sandbox_command", metavar="SUBCOMMAND", required=True)
 
     run = ssub.add_parser("run", help="run a command inside a tier (exit code = the command's)")

@@ -10,13 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
+from gateway.cli import HELP
 from gateway.errors import ConfigError
 
 # asyncio, the config models and the screener (~0.35 s of CPU) are imported as the scan runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("scan", help="screen tool, resource and prompt definitions for poisoning")
+    p = sub.add_parser("scan", help=HELP["scan"])
     p.add_argument("servers", nargs="*", metavar="SERVER", help="only these upstreams (default: all)")
     p.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import schemapin
+from gateway.cli import HELP
 from gateway.errors import ApprovalError
 from schemapin import KeySnapshot, Pin, PinStore, SchemaPinError
 
@@ -34,7 +35,7 @@ class _Usage(Exception):
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("schemapin", help="SchemaPin: sign and verify tool definitions, manage pins")
+    p = sub.add_parser("schemapin", help=HELP["schemapin"])
     ss = p.add_subparsers(dest="schemapin_command", metavar="SUBCOMMAND", required=True)
     for add in (_add_keygen, _add_sign, _add_verify, _add_wellknown, _add_pins, _add_skill):
         add(ss)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.cli import HELP
 from gateway.errors import ApprovalError, ConfigError, GatewayError
 from gateway.verify import MIN_HASH_HEX
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("tools", help="upstream tools: verification state, drift, approvals")
+    p = sub.add_parser("tools", help=HELP["tools"])
     tsub = p.add_subparsers(dest="tools_command", metavar="SUBCOMMAND", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import os
 import select
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.cli.terminal import escaped_output
 from gateway.errors import ConfigError, GatewayError
@@ -69,6 +69,22 @@ HELP: dict[str, str] = {
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_PIPE = 128 + 13  # ended by its reader, as the shell reports a tool SIGPIPE ended
+
+
+def whole_number(least: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``least`` (a count, ``--jobs``), else
+    a usage error (exit 2) naming the option."""
+
+    def number(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = least - 1
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {least}, not {text!r}")
+        return n
+
+    return number
 
 
 def top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:  # type: ignore[type-arg]

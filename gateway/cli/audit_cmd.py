@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import HELP
+from gateway.cli import HELP, whole_number
 from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.cli import audit_shared_cmd as shared_cmd
 from gateway.cli import audit_verify_cmd as verify_cmd
@@ -76,7 +76,7 @@ def _period(sp: argparse.ArgumentParser) -> None:
 def _add_tail(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = asub.add_parser("tail", help="print the last events; -f follows new ones")
     _common(t)
-    t.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    t.add_argument("-n", type=whole_number(0), default=10, help="how many (default 10; 0 or more)")
     t.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     t.add_argument("--json", action="store_true", help="one JSON record per line")
     t.set_defaults(func=_tail)
@@ -238,7 +238,7 @@ def _tail(args: argparse.Namespace) -> int:
     log, _ = log_and_key(args)
     conn = store.open_reader(log)
     try:
-        recs = store.query(conn, limit=max(0, args.n), newest_first=True)
+        recs = store.query(conn, limit=args.n, newest_first=True)
         _print_records(recs, args.json)
         last = recs[-1].seq if recs else (store.head(conn).seq if store.head(conn) else 0)  # type: ignore[union-attr]
         while args.follow:

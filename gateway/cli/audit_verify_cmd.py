@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli import EXIT_FAIL, EXIT_OK
+from gateway.cli import EXIT_FAIL, EXIT_OK, whole_number
 from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.cli.audit_keys import config_or_none, log_and_key, trusted_keys
 from gateway.cli.terminal import printable
@@ -67,15 +67,7 @@ def add_verify(asub: argparse._SubParsersAction, common: Common) -> None:  # typ
     v.set_defaults(func=_verify)
 
 
-def jobs(text: str) -> int:
-    """``--jobs N`` / ``--workers N``: a whole number of at least 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return n
+jobs = whole_number(1)  # ``--jobs N`` / ``--workers N``
 
 
 def add_checkpoint(asub: argparse._SubParsersAction, common: Common) -> None:  # type: ignore[type-arg]

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from gateway.cli import HELP
+from gateway.cli import HELP, whole_number
 from gateway.errors import BusUnavailable
 
 # the bus (its core, crypto) and the config models are imported as a command runs: at the top
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument(
         "-n",
         "--lines",
-        type=_count,
+        type=whole_number(0),
         default=20,
         metavar="N",
         help="how many, the newest (default 20; 0: none)",
@@ -55,17 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.set_defaults(func=_tail)
 
     b.set_defaults(func=lambda args: (b.print_help(sys.stderr), 2)[1])
-
-
-def _count(text: str) -> int:
-    """``-n``: 0 or more (a negative one printed every row, a slice from the end); else exit 2."""
-    try:
-        n = int(text)
-    except ValueError:  # (argparse would name this function, not the option)
-        raise argparse.ArgumentTypeError(f"-n must be a whole number, not {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"-n must be 0 or more, not {n}")
-    return n
 
 
 class _Source:

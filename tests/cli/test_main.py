@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from gateway.cli import COMMANDS, HELP, _command, build_parser, top_parser
+from gateway.cli import COMMANDS, EXIT_USAGE, HELP, _command, build_parser, main, top_parser
 from tests.conftest import ROOT
 
 
@@ -164,3 +164,20 @@ def test_parsing_an_admin_command_loads_none_of_what_running_it_needs(command: s
     probe = "from gateway.cli import build_parser; build_parser(sys.argv[1])"
     loaded = _loaded(probe, command, "")  # every module: one process for all of _HEAVY
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in _HEAVY)] == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "tail", "-n", "-1"],  # was clamped to 0: nothing printed, exit 0
+        ["audit", "verify", "--jobs", "0"],
+        ["bus", "tail", "-n", "-1"],
+        ["bus", "tail", "-n", "x"],
+    ],
+)
+def test_a_count_below_its_least_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--config", "/nonexistent/symbi.toml"])
+    assert refused.value.code == EXIT_USAGE and capsys.readouterr().out == ""

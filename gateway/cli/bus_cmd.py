@@ -185,7 +185,7 @@ def _rows(stored: Iterable[StoredMessage], topic: str | None) -> Iterator[_Row]:
 def _newest(rows: Iterable[_Row], n: int) -> list[_Row]:
     """The ``n`` newest, oldest first; equal times in scan order (a stable sort's last ``n``).
     Only ``n`` held while scanning: a bus of millions is never held whole to print 20."""
-    return list(reversed(heapq.nlargest(n, rows, key=lambda r: (r[0], r[1]))))
+    return list(reversed(heapq.nlargest(n, rows)))  # (time, then the unique scan place: never the dict)
 
 
 def _when(ms: int) -> str:

@@ -78,6 +78,10 @@ def test_a_reader_that_closes_early_ends_tail_quietly(
         tmp_path, f'[bus]\nbackend = "redis"\nsecret = "{SECRET}"\nurl = "{redis_server.url}"\n'
     )
     ours, theirs = socket.socketpair() if output == "socket" else (None, None)
+    for end in (ours, theirs):  # small buffers: the output stays far over them on any host
+        if end is not None:
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     proc = subprocess.Popen(
         [str(SYMBI), "bus", "tail", "-n", str(STORED), "--config", str(cfg)],
         stdout=subprocess.PIPE if theirs is None else theirs.fileno(),

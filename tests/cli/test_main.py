@@ -34,8 +34,10 @@ def _loaded(probe: str, arg: str, package: str) -> list[str]:
     """The modules of ``package`` (it and those under it) loaded by ``probe`` (Python run with
     ``arg`` as ``sys.argv[1]``) in a fresh process, as a ``symbi`` command starts; every
     module loaded when ``package`` is empty."""
-    listed = f"sorted(m for m in sys.modules if m == {package!r} or m.startswith({package!r} + '.'))"
-    listed = listed if package else "sorted(sys.modules)"
+    if package:
+        listed = f"sorted(m for m in sys.modules if m == {package!r} or m.startswith({package!r} + '.'))"
+    else:
+        listed = "sorted(sys.modules)"
     code = f"import importlib, json, sys; {probe}; print(json.dumps({listed}))"
     out = subprocess.run(
         [sys.executable, "-c", code, arg], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
@@ -97,7 +99,6 @@ def test_a_hung_up_terminal_is_not_a_closed_output(monkeypatch: pytest.MonkeyPat
     """A terminal whose master went away reports POLLHUP as a closed socket does, but writing
     to it fails with EIO: a broken pipe met meanwhile came from another pipe, and ending with
     141 (a reader that took what it wanted) would hide it. A real pty, its master closed."""
-    import io
     import pty
 
     from gateway import cli

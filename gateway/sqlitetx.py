@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from gateway.custody import PRIVATE_DIR
 
@@ -20,6 +21,18 @@ def open_durable(path: Path, schema: str) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous = FULL")  # an operator's decision: on disk when answered
     db.execute(schema)
     return db
+
+
+def open_readonly(
+    path: Path, *, isolation_level: str | None = "", check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """A read-only connection to ``path`` that never creates it (the bus's and the audit log's
+    readers). The path is quoted: a "?" or "#" in a data dir's name is part of the file's
+    name, not the URI's (unquoted, "#" cut it: another file, not found)."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    return sqlite3.connect(
+        uri, uri=True, isolation_level=isolation_level, check_same_thread=check_same_thread
+    )
 
 
 @contextlib.contextmanager

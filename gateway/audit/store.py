@@ -33,6 +33,7 @@ from typing import Any
 from gateway.audit.record import AuditRecord
 from gateway.custody import write_atomic
 from gateway.errors import AuditError
+from gateway.sqlitetx import open_readonly
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -152,7 +153,7 @@ def open_reader(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise AuditError(f"audit log {path} does not exist")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = open_readonly(path, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=10000")
         conn.execute("SELECT 1 FROM events LIMIT 1")
     except sqlite3.Error as e:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 
@@ -24,7 +23,7 @@ from gateway.bus.counts import Caps, Counts, LocalCounts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.errors import BusBufferFull, BusUnavailable
-from gateway.sqlitetx import write_transaction
+from gateway.sqlitetx import open_readonly, write_transaction
 
 POLL_S = 0.25  # how often a waiting receiver looks for messages sent by another process
 STATES = {"pending": 0, "delivered": 1, "rejected": 2, "expired": 3}
@@ -50,9 +49,7 @@ CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 
 def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        # (quoted: a "?" or "#" in the data dir's path is part of the file's name, not the URI's)
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
-        return db
+        return open_readonly(path, isolation_level=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))

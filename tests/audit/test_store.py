@@ -268,3 +268,15 @@ def test_the_last_exported_checkpoint_of_a_log_is_the_last_appended(tmp_path: Pa
     for log, a in (("audit.db", anchor(9)), ("audit-2.db", anchor(4)), ("audit.db", anchor(3))):
         store.export_checkpoint(out, tmp_path / log, a)  # audit.db replaced: it starts again
     assert store.last_exported(out) == {"audit.db": anchor(3), "audit-2.db": anchor(4)}
+
+
+def test_a_log_whose_path_has_uri_characters_is_read(tmp_path: Path) -> None:
+    # the reader passed the path into a URI unquoted: "#" cut it (another file, not found), so
+    # `symbi audit verify|query|tail` failed on a data dir the bus's reader could read
+    path = tmp_path / "a#b?c%20" / "audit.db"
+    store.open_writer(path).close()
+    conn = store.open_reader(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    finally:
+        conn.close()

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from gateway.config.model import SERVER_NAME_RE
 from gateway.onboard.clients import FoundServer
-from gateway.policy.redact import SECRET_PATTERNS, holds_secret
+from gateway.policy.redact import holds_secret, scrub_secrets
 
 # Built-in upstreams own these names (their tools are NAME__tool).
 RESERVED = frozenset({"sandbox", "bus", "memory", "knowledge", "agents", "symbi"})
@@ -154,9 +154,7 @@ def secret_named(name: str) -> bool:
 
 def secrets_masked(text: str) -> str:
     """``text`` with each recognisable secret in it (a provider key, a token) ``***``."""
-    for p in SECRET_PATTERNS:
-        text = p.sub("***", text)
-    return text
+    return scrub_secrets(text, replacement="***")[0]
 
 
 def _args(

@@ -133,13 +133,16 @@ def holds_secret(text: str) -> bool:
     return _ANY_SECRET.search(text) is not None
 
 
-def scrub_secrets(text: str, patterns: Sequence[re.Pattern[str]] = SECRET_PATTERNS) -> tuple[str, int]:
-    """``text`` with every recognisable secret value (``patterns``) replaced, and how many were."""
+def scrub_secrets(
+    text: str, patterns: Sequence[re.Pattern[str]] = SECRET_PATTERNS, *, replacement: str = REDACTED
+) -> tuple[str, int]:
+    """``text`` with every recognisable secret value (``patterns``) replaced (``replacement``),
+    and how many were."""
     if patterns is SECRET_PATTERNS and len(text) <= _ANY_SECRET_CHARS and not holds_secret(text):
         return text, 0
     n = 0
     for pattern in patterns:
-        text, k = pattern.subn(REDACTED, text)
+        text, k = pattern.subn(replacement, text)
         n += k
     return text, n
 

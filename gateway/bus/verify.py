@@ -39,6 +39,9 @@ class VerifyReport:
         return {"ok": self.ok, "checked": self.checked, "problems": self.problems}
 
 
+_Link = tuple[int, str | None]  # a chained message's time and the id it follows
+
+
 def verify_messages(
     stored: Iterable[StoredMessage], lookup: Callable[[str], PublicKeys | None], secret: bytes
 ) -> VerifyReport:
@@ -68,9 +71,6 @@ def verify_messages(
     return report
 
 
-_Link = tuple[int, str | None]  # a chained message's time and the id it follows
-
-
 def _key(entry: PublicKeys | None, secret: bytes) -> Ed25519PublicKey | None:
     if entry is None or not hmac.compare_digest(hmac.new(secret, entry.body(), sha256).digest(), entry.mac):
         return None
@@ -84,7 +84,7 @@ def _chain_problems(sender: str, channel: str, links: dict[str, _Link]) -> list[
     out: list[dict[str, str | None]] = []
     by_prev: dict[str, list[str]] = defaultdict(list)
     dangling: list[str] = []
-    for _, mid, prev in sorted(((ts, mid, prev) for mid, (ts, prev) in links.items()), key=lambda x: x[:2]):
+    for _, mid, prev in sorted((ts, mid, prev) for mid, (ts, prev) in links.items()):  # (ids unique)
         if prev is None:
             continue
         by_prev[prev].append(mid)

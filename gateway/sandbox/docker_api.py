@@ -304,10 +304,9 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
     timeout): connect and every read are bounded by ``wait_s``, so this thread ends too."""
     params = {
         "since": "0",  # the whole ring, filtered to this container's id (ids are never reused)
-        # read up to its ``die`` (any ``kill`` of the run comes before it), so ``until``, on the
-        # daemon's clock, only ends a ring that lost it: ahead by the bound, for a daemon's
-        # clock ahead of ours (a ``die`` after an ``until`` of now was filtered out)
-        "until": f"{time.time() + wait_s:.6f}",
+        # read up to its ``die`` (any ``kill`` of the run comes before it); no ``until``: on the
+        # daemon's clock, one of ours filtered a ``die`` out whenever the daemon's was ahead by
+        # more than it, and a ring that lost the ``die`` ends at the bound all the same
         "filters": json.dumps({"container": [cid], "event": ["kill", "die"]}),
     }
     try:

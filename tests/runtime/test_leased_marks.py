@@ -110,7 +110,7 @@ async def test_a_refused_part_of_the_watch_is_logged_when_it_starts_and_when_it_
             tg.start_soon(la._watch)
             await _until("ten refused looks", lambda: sum(1 for x in looks if x.failed) >= 10, 10)
             assert len(lines(logging.WARNING)) == 1
-            admin.acl_setuser("nopexpire", commands=["+pexpire"])
+            admin.acl_setuser("nopexpire", enabled=True, commands=["+pexpire"])  # (enabled: False by default)
             n = len(looks)
             await _until("ten more looks", lambda: len(looks) >= n + 10, 10)
             assert not looks[-1].failed

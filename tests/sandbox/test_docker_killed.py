@@ -159,8 +159,9 @@ def test_the_events_post_mortem_is_bounded_when_the_daemons_clock_is_behind(
     manager: SandboxManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docker-py sends the events query with no timeout, and a daemon whose clock is behind ours
-    reads ``until`` as ahead and streams live events until then: a run's post-mortem waited that
-    long (an hour here). The bound (0.5 s) cuts it off, and what it could not read is no result."""
+    read an ``until`` as ahead and streamed live events until then: a run's post-mortem waited
+    that long (an hour here). With no ``until`` a stream with no ``die`` (a ring that lost it)
+    is live too: the bound (0.5 s) cuts it off, and what it could not read is no result."""
     require_tier(manager, "docker")
     _shifted(monkeypatch, 3600)
     monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 0.5)
@@ -246,10 +247,11 @@ def test_an_exit_of_its_own_is_read_as_such_when_the_daemons_clock_is_ahead(
     manager: SandboxManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A daemon whose clock is ahead of ours stamps a run's ``die`` after an ``until`` of our
-    now: filtered out, every payload's own non-zero exit read as "cannot tell", no result. It is
-    read up to its ``die`` now, with ``until`` ahead by the bound."""
+    now: filtered out, every payload's own non-zero exit read as "cannot tell", no result. An
+    ``until`` ahead by the bound only moved the edge: a daemon further ahead than the bound did
+    the same. The query has no ``until``: it is read up to its ``die``, whatever either clock."""
     require_tier(manager, "docker")
-    _shifted(monkeypatch, -2)  # the daemon 2 s ahead of us
+    _shifted(monkeypatch, -(docker_api.EVENTS_WAIT_S + 1))  # the daemon ahead by more than the bound
     got = manager.run("docker", SandboxRequest(command=("/bin/sleep", "not-a-number")))  # exit 1
     assert (got.exit_code, got.killed) == (1, "none")  # its own exit, a result (not interrupted)
 

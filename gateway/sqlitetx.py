@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from gateway.custody import PRIVATE_DIR
@@ -24,7 +25,10 @@ def open_durable(path: Path, schema: str) -> sqlite3.Connection:
 
 
 def open_readonly(
-    path: Path, *, isolation_level: str | None = "", check_same_thread: bool = True
+    path: Path,
+    *,
+    isolation_level: Literal["DEFERRED", "EXCLUSIVE", "IMMEDIATE"] | None = "DEFERRED",
+    check_same_thread: bool = True,
 ) -> sqlite3.Connection:
     """A read-only connection to ``path`` that never creates it (the bus's and the audit log's
     readers). The path is quoted: a "?" or "#" in a data dir's name is part of the file's

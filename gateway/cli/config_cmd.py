@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import HELP
-from gateway.config import load_config
-from gateway.config.notices import notices
+
+# the config models and pydantic are imported as `check` runs, not at `symbi config`'s parse
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 HIDDEN = "<hidden>"
 # maps whose values come from gateway.env_file or the environment (tokens, passwords)
@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.config.notices import notices
     from gateway.custody import check_trusted_files, readable_config
     from gateway.server.auth import load_jwks_file
 
@@ -52,6 +54,8 @@ def _check(args: argparse.Namespace) -> int:
 def shown(model: BaseModel, where: str = "") -> dict[str, Any]:
     """``model`` as JSON with its secrets (``repr=False`` keys, ``bus.url``, env and header
     values) replaced by ``<hidden>``: set or not is shown, never the value."""
+    from pydantic import BaseModel
+
     dumped = model.model_dump(mode="json")
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():

@@ -21,23 +21,20 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.cli import HELP
-from gateway.config.urls import https_or_loopback
-from gateway.errors import ConfigError
-from gateway.onboard import (
-    apply_plan,
-    find_client_files,
-    make_plan,
-    read_client_file,
-    rewrite_client,
-    undo_client,
-)
-from gateway.onboard.apply import backup_path, record_path, render_toml
-from gateway.onboard.claude_managed import ClaudeCodeManaged
-from gateway.onboard.claude_trust import ClaudeCodeApprovals
-from gateway.onboard.clients import CLIENTS, ClientFile, FoundServer, file_source, launches_symbi
-from gateway.onboard.plan import ImportPlan, PlannedServer
+from typing import TYPE_CHECKING
 
+from gateway.cli import HELP
+from gateway.errors import ConfigError
+
+# gateway.onboard (its package pulls the config models and the policy redaction: ~0.8 s of
+# CPU) is imported as the command runs, not at `symbi import`'s parse
+if TYPE_CHECKING:
+    from gateway.onboard.claude_managed import ClaudeCodeManaged
+    from gateway.onboard.clients import ClientFile, FoundServer
+    from gateway.onboard.plan import ImportPlan, PlannedServer
+
+# gateway.onboard.clients.CLIENTS, for `choices` (tests/cli/test_main.py holds the two equal)
+CLIENTS: tuple[str, ...] = ("claude-desktop", "claude-code", "vscode", "cursor")
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("import", help=HELP["import"])
@@ -73,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gateway.onboard import find_client_files, make_plan, read_client_file
+    from gateway.onboard.apply import render_toml
+    from gateway.onboard.claude_managed import ClaudeCodeManaged
+    from gateway.onboard.clients import file_source, launches_symbi
+
     env = args.environ
     home = Path(env.get("HOME", str(Path.home())))
     config = args.config or Path(env.get("SYMBI_CONFIG_PATH") or "symbi.toml")
@@ -125,6 +127,8 @@ def _approved_in_claude_code(
     project ``.mcp.json`` (it comes with the repository), those the user approved in its prompt;
     so does the import (the gateway would start the others' processes). The skipped ones are
     named with the reason."""
+    from gateway.onboard.claude_trust import ClaudeCodeApprovals
+
     approvals: dict[Path, ClaudeCodeApprovals] = {}
     kept = []
     for s in found:
@@ -151,6 +155,8 @@ def _reachable_safely(found: list[FoundServer]) -> list[FoundServer]:
     """A remote over plain http:// to another host is left with its client: the gateway refuses
     it at load (``servers.NAME.unsafe_plain_http``), and a config it cannot load would take the
     imported servers' place in the client along with the others."""
+    from gateway.config.urls import https_or_loopback
+
     kept = []
     for s in found:
         if s.url is not None and not https_or_loopback(s.url):
@@ -188,6 +194,9 @@ def _apply(
 ) -> None:
     """``--apply``: symbi.toml and the env file written, then each client file rewritten once
     (its original kept). A file rewritten before is refused before anything is written."""
+    from gateway.onboard import apply_plan, rewrite_client
+    from gateway.onboard.apply import backup_path, record_path
+
     by_path: dict[Path, list[tuple[ClientFile, list[str]]]] = {}
     for f in files:  # one rewrite per file: ~/.claude.json holds two of Claude Code's tables
         names = [s.found.name for s in plan.servers if s.found.source == f]
@@ -212,6 +221,8 @@ def _apply(
 
 
 def _undo(files: list[ClientFile], force: bool) -> int:
+    from gateway.onboard import undo_client
+
     done = 0
     for path in {f.path for f in files}:
         how = undo_client(path, force)

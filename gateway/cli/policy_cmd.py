@@ -16,22 +16,17 @@ import json
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from gateway.cli import HELP, admin_client
-from gateway.config import load_config
-from gateway.config.load import config_path_from_env
-from gateway.config.model import Config
 from gateway.errors import ConfigError, PolicyLoadError
-from gateway.policy.cases import decision_dict, load_cases, run_cases
-from gateway.policy.engine import EmbeddedEngine, PolicyEngine
-from gateway.policy.loader import (
-    PolicyFiles,
-    discover_files,
-    load_checked,
-    read_bundle,
-    read_test_modules,
-    run_tests,
-)
-from gateway.policy.remote import remote_engine
+
+# the config and the policy engine (~0.5 s of CPU) are imported as a command runs, not at
+# `symbi policy`'s parse
+if TYPE_CHECKING:
+    from gateway.config.model import Config
+    from gateway.policy.engine import PolicyEngine
+    from gateway.policy.loader import PolicyFiles
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -140,11 +135,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config | None:
+    from gateway.config import load_config
+    from gateway.config.load import config_path_from_env
+
     path = args.config or config_path_from_env(args.environ)
     return load_config(path, args.environ) if path else None
 
 
 def _files(args: argparse.Namespace, cfg: Config | None) -> PolicyFiles:
+    from gateway.policy.loader import discover_files
+
     policy = args.policy or (cfg.policy.path if cfg else None)
     data = args.data or (cfg.policy.data if cfg and not args.policy else None)
     return discover_files(policy, data)
@@ -155,6 +155,8 @@ def _decision_path(cfg: Config | None) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway.policy.loader import load_checked, read_test_modules, run_tests
+
     cfg = _config(args)
     files = _files(args, cfg)
     try:
@@ -168,6 +170,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from gateway.policy.cases import decision_dict
+    from gateway.policy.engine import EmbeddedEngine
+    from gateway.policy.remote import remote_engine
+
     cfg = _config(args)
     try:
         raw = sys.stdin.read() if str(args.input) == "-" else args.input.read_text(encoding="utf-8")
@@ -193,6 +199,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
+    from gateway.policy.cases import load_cases, run_cases
+    from gateway.policy.engine import EmbeddedEngine
+    from gateway.policy.loader import read_bundle, read_test_modules, run_tests
+
     cfg = _config(args)
     files = _files(args, cfg)
     failures = 0

@@ -6,11 +6,14 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.cli import HELP
-from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.sandbox import SandboxManager, SandboxRequest
+
+# the config and the sandbox tiers are imported as a command runs, not at `symbi sandbox`'s parse
+if TYPE_CHECKING:
+    from gateway.sandbox import SandboxManager
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)i?b?$", re.IGNORECASE)
 _TIME_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m)?$", re.IGNORECASE)
@@ -66,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _manager(args: argparse.Namespace, *, sweep: bool = True) -> SandboxManager:
+    from gateway.config import load_config
+    from gateway.sandbox import SandboxManager
 
     return SandboxManager(load_config(args.config, args.environ), sweep_orphans=sweep)
 
@@ -76,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise ConfigError("symbi sandbox run: a command is required after --")
+    from gateway.sandbox import SandboxRequest
+
     manager = _manager(args)
     try:
         limits = manager.limits(

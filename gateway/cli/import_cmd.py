@@ -20,7 +20,6 @@ import json
 import os
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from gateway.cli import HELP
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
 
 # gateway.onboard.clients.CLIENTS, for `choices` (tests/cli/test_main.py holds the two equal)
 CLIENTS: tuple[str, ...] = ("claude-desktop", "claude-code", "vscode", "cursor")
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("import", help=HELP["import"])

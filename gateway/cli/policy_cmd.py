@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from gateway.cli import HELP, admin_client

@@ -9,7 +9,6 @@ unreadable input file, bad config).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -18,13 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import schemapin
 from gateway.cli import HELP
 from gateway.errors import ApprovalError
-from schemapin import KeySnapshot, Pin, PinStore, SchemaPinError
 
+# schemapin (httpx, its resolver: ~0.35 s of CPU with asyncio) is imported as a sub-command
+# runs, not at `symbi schemapin`'s parse
 if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
+    from schemapin import KeySnapshot, Pin, PinStore
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 _Pins: TypeAlias = "PinStore | PgPinStore"  # the file store, or the shared one (PostgreSQL)
@@ -183,6 +183,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _run(fn: Any) -> Any:
     def wrapper(args: argparse.Namespace) -> int:
+        from schemapin import SchemaPinError
+
         try:
             return int(fn(args))
         except _Usage as e:
@@ -220,6 +222,8 @@ def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    import schemapin
+
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = out / "private_key.pem", out / "public_key.pem"
@@ -242,6 +246,8 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
+    import schemapin
+
     key = schemapin.load_private_key_pem(_read(args.key))
     tool = schemapin.parse_json(_read(args.tool))
     if not isinstance(tool, dict):
@@ -258,10 +264,14 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> KeySnapshot:
+    import asyncio
+
+    import schemapin
+
     if args.public_key:
         if args.discovery or args.pins:
             raise _Usage("--discovery and --pins need --domain, not --public-key")
-        return KeySnapshot.from_public_key(_read(args.public_key).decode("ascii", "replace"))
+        return schemapin.KeySnapshot.from_public_key(_read(args.public_key).decode("ascii", "replace"))
     domain = args.domain
     verify: Any = args.ca_file or True
     resolver = schemapin.WellKnownResolver(
@@ -283,9 +293,11 @@ def _snapshot(args: argparse.Namespace) -> KeySnapshot:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    import schemapin
+
     envelope = schemapin.parse_json(_read(args.envelope))
     snap = _snapshot(args)
-    pins = PinStore(args.pins) if args.pins else None
+    pins = schemapin.PinStore(args.pins) if args.pins else None
     try:
         res = schemapin.verify_envelope(
             envelope,
@@ -311,6 +323,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _wellknown(args: argparse.Namespace) -> int:
+    import schemapin
+
     doc = schemapin.build_well_known(
         _read(args.public_key).decode("ascii", "replace"),
         args.developer,
@@ -329,6 +343,7 @@ def _open_pins(args: argparse.Namespace) -> Iterator[PinStore | PgPinStore]:
     data dir's. Closed (the file, or the command's PostgreSQL pool) when the block ends."""
     from gateway.cli.stores import Stores
     from gateway.config import load_config
+    from schemapin import PinStore
 
     if args.pins:
         with PinStore(Path(args.pins)) as store:
@@ -442,6 +457,8 @@ _PIN_COMMANDS: dict[str, Callable[[argparse.Namespace, _Pins], int]] = {
 
 
 def _skill_sign(args: argparse.Namespace) -> int:
+    import schemapin
+
     if not args.dir.is_dir():
         raise _Usage(f"{args.dir} is not a directory")
     doc = schemapin.sign_skill(args.dir, schemapin.load_private_key_pem(_read(args.key)), domain=args.domain)
@@ -450,9 +467,11 @@ def _skill_sign(args: argparse.Namespace) -> int:
 
 
 def _skill_verify(args: argparse.Namespace) -> int:
+    import schemapin
+
     if not args.dir.is_dir():
         raise _Usage(f"{args.dir} is not a directory")
-    snap = KeySnapshot.from_public_key(_read(args.public_key).decode("ascii", "replace"))
+    snap = schemapin.KeySnapshot.from_public_key(_read(args.public_key).decode("ascii", "replace"))
     v = schemapin.verify_skill(args.dir, key_source=snap, require_low_s=args.require_low_s)
     _emit(args, {"valid": True, **v.__dict__}, f"VALID {v.skill_name} ({v.files} files) {v.skill_hash}")
     return EXIT_OK

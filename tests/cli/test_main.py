@@ -157,6 +157,7 @@ _HEAVY = (
     "gateway.onboard",
     "gateway.sandbox",
     "pydantic",
+    "schemapin",
     "asyncio",
 )
 
@@ -171,11 +172,11 @@ def test_import_offers_the_clients_onboard_reads() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    # session 51: policy, import, sandbox, discover, config loaded the config models, the policy
-    # engine or gateway.onboard at their parse (0.35-0.85 s of CPU for `--help`)
+    # session 51: policy, import, sandbox, discover, config, schemapin loaded the config, the policy
+    # engine, gateway.onboard or schemapin at their parse (0.35-0.85 s of CPU for `--help`)
     [
         *("audit", "bus", "tools", "memory", "knowledge", "agents", "status", "keys", "scan"),
-        *("policy", "import", "sandbox", "discover", "config"),
+        *("policy", "import", "sandbox", "discover", "config", "schemapin"),
     ],
 )
 def test_parsing_an_admin_command_loads_none_of_what_running_it_needs(command: str) -> None:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
 
 # the config models (~0.2 s of CPU) are imported as a command runs, not at `symbi audit`'s parse
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from gateway.audit import AuditLog
+    from gateway.config.model import Config
 
 
 def log_and_key(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -52,11 +55,11 @@ def open_log(args: argparse.Namespace, path: Path, key: Path) -> AuditLog:
     return AuditLog.from_config(cfg, path, key_path=key) if cfg is not None else AuditLog(path, key)
 
 
-def public_keys(args: argparse.Namespace, key_path: Path) -> dict[str, Any]:
+def public_keys(args: argparse.Namespace, key_path: Path) -> dict[str, Ed25519PublicKey]:
     """The --public-key files' keys, else those exported beside ``key_path``; none is an error."""
     from gateway.audit import exported_public_keys, load_public_keys
 
-    keys: dict[str, Any] = {}
+    keys: dict[str, Ed25519PublicKey] = {}
     for p in args.public_key:
         keys.update(load_public_keys(p))
     if not args.public_key:
@@ -66,7 +69,7 @@ def public_keys(args: argparse.Namespace, key_path: Path) -> dict[str, Any]:
     return keys
 
 
-def config_or_none(args: argparse.Namespace) -> Any:
+def config_or_none(args: argparse.Namespace) -> Config | None:
     """The config, unless only --log was given (and no $SYMBI_CONFIG_PATH): then none is read."""
     if args.config is None and args.log is not None and "SYMBI_CONFIG_PATH" not in args.environ:
         return None
@@ -76,8 +79,8 @@ def config_or_none(args: argparse.Namespace) -> Any:
 
 
 def trusted_keys(
-    args: argparse.Namespace, key: Path, cfg: Any, logs: list[Path]
-) -> tuple[dict[str, Any], bool]:
+    args: argparse.Namespace, key: Path, cfg: Config | None, logs: list[Path]
+) -> tuple[dict[str, Ed25519PublicKey], bool]:
     """(trusted keys, anchored): pinned ids from the config filter every candidate key;
     --public-key files are the admin's own copies (anchored too); else the keys beside the log."""
     from gateway.audit import exported_public_keys, load_public_keys
@@ -85,7 +88,7 @@ def trusted_keys(
 
     pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
     if pinned:
-        candidates: dict[str, Any] = {}
+        candidates: dict[str, Ed25519PublicKey] = {}
         for p in args.public_key:
             candidates.update(load_public_keys(p))
         candidates.update(exported_public_keys(key))

@@ -495,3 +495,43 @@ def test_a_name_without_its_keys_separator_gets_nothing_of_that_key() -> None:
     assert ask("fs__read_x")["conditions"]["rate_limit"] == 7  # a prefix pattern, not merged
     assert ask("fs__read_secret")["conditions"]["rate_limit"] == 3  # and a literal one
     assert ask("fs__readme")["allow"] is False
+
+
+def test_server_requests_take_the_fast_path_and_decide_as_opa() -> None:
+    """An upstream's request to the client (kind server_request) with a string server and
+    method is decided by `facts`; variants of the case file's (other methods, servers, token
+    counts, URL modes, a principal at its hourly cap, fields missing or of another type)
+    decide exactly as real OPA's general rules (no index) decide them."""
+    data = json.loads(DATA.read_text())
+    bundle, engine = _load(POLICY.read_text(), data)
+    opa = opa_engine(data=data)  # no precomputed index: OPA decides by the general rules
+    cases = [c.input for c in load_cases(CASES) if c.input.get("kind") == "server_request"]
+    assert cases
+    for inp in cases:
+        well_formed = isinstance(inp.get("server"), str) and isinstance(inp.get("method"), str)
+        fields = {"refusals", "granted", "conditions"} if well_formed else None
+        assert _facts_fields(engine, inp) == fields, inp
+    base = cases[0]
+    rng = random.Random(51)
+    odd: list[dict[str, Any]] = [
+        {"server": None},
+        {"server": 3},
+        {"method": ["roots/list"]},
+        {"method": "roots/list"},
+        {"method": "elicitation/create", "request": {"mode": "url", "url": "https://evil.example/x"}},
+        {"method": "elicitation/create", "request": {"mode": "url", "url": "https://example.com/x"}},
+        {"method": "elicitation/create", "request": {"mode": "form"}},
+        {"request": {"maxTokens": "10"}},
+        {"request": {"maxTokens": -1}},
+        {"request": None},
+        {"server": "fs"},
+        {"server": "nobody"},
+        {"context": {"calls_last_hour": 10**6}},
+        {"action": "list"},
+        {"principal": {"roles": []}},
+    ]
+    inputs = [{**c, **o} for c in cases for o in rng.sample(odd, 5)] + [{**base, **o} for o in odd]
+    for o in ({"server": None}, {"method": 3}):
+        assert _facts_fields(engine, {**base, **o}) is None  # the general rules decide
+    diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
+    assert diffs == []

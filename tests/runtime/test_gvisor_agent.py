@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.config.model import AgentConfig, ResourcesSection
 from gateway.runtime.gvisor_agent import NOBODY, RunscRun, in_netns
 from gateway.runtime.launch import SOCKET_IN_SANDBOX
 from gateway.runtime.resources import ResourceLimits
+from gateway.runtime.sandboxed import Sandboxed
 from tests.runtime.test_core import Recorder
 from tests.runtime.test_hosted_isolation import _host
 from tests.upstream.test_channels import GVISOR_CONTROL
@@ -335,3 +337,40 @@ def test_a_run_that_fails_before_it_starts_leaves_no_namespace(monkeypatch: pyte
             "/usr/bin/true", [], {}, limits, ro_paths=[], socket=("/tmp", "/run/symbi"), run_tag="t"
         )
     assert made and _gone(f"/run/netns/{made[0]}")
+
+
+async def test_a_gvisor_agent_another_party_kills_is_not_over_its_memory_budget(tmp_path: Path) -> None:
+    """Another party's ``runsc kill`` (an operator's) exits 137, like the sandbox's OOM kill:
+    its cgroup's ``oom_kill`` count says 0, and the run was read as over its budget all the same."""
+    if not _cgroup_v1():
+        pytest.skip("cgroup v1 hierarchies only here (this machine's); v2 paths are not read")
+    ac = AgentConfig(command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="gvisor")
+    h = _host(tmp_path, "gvisor", a=ac)
+    boxes: list[Sandboxed] = []
+    made = h._command
+
+    def command(*args: Any) -> tuple[list[str], Sandboxed]:  # the real run's box, kept to kill it by
+        argv, box = made(*args)
+        boxes.append(box)
+        return argv, box
+
+    h._command = command  # type: ignore[method-assign]
+    outcome: list[str] = []
+
+    async def run() -> None:
+        outcome.append(await h._run_once("a", ac))
+
+    with anyio.fail_after(90):  # a hang guard, not a timing assertion
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while True:  # until its sandbox exists, then the other party's kill
+                await anyio.sleep(0.2)
+                if boxes and isinstance(box := boxes[0], RunscRun):
+                    argv = [*in_netns(box.netns), "runsc", "--root", box.state, "kill", box.cid, "KILL"]
+                    if subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0:
+                        break
+    assert outcome == ["failed"]
+    assert isinstance(h.events, Recorder)
+    [exited] = [d for t, d, _, _ in h.events.events if t == "agent.exited"]
+    assert exited["exit_code"] == 137 and exited["oom"] is False  # a SIGKILL, not the budget's
+    assert [e["type"] for e in h.runtime.recent_errors] == ["exit"]

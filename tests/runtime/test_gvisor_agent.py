@@ -344,7 +344,9 @@ async def test_a_gvisor_agent_another_party_kills_is_not_over_its_memory_budget(
     its cgroup's ``oom_kill`` count says 0, and the run was read as over its budget all the same."""
     if not _cgroup_v1():
         pytest.skip("cgroup v1 hierarchies only here (this machine's); v2 paths are not read")
-    ac = AgentConfig(command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="gvisor")
+    ac = AgentConfig(
+        command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="gvisor"
+    )
     h = _host(tmp_path, "gvisor", a=ac)
     boxes: list[Sandboxed] = []
     made = h._command

@@ -49,14 +49,18 @@ class RunscRun(Sandboxed):
         except (OSError, ValueError):
             return 0.0
 
-    def oom_killed(self, exit_code: int | None) -> bool:
+    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+        """The kernel's OOM kill is the sandbox cgroup's ``oom_kill`` count: a SIGKILL (137)
+        another party sent (``runsc kill``, a host ``kill -9``) is none of the budget's."""
         try:
             oom = Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control").read_text()
-            if "oom_kill 0" not in oom and "oom_kill" in oom:
-                return True
         except OSError:
-            pass
-        return exit_code in (137, -9)
+            oom = ""
+        if "oom_kill" in oom:
+            return "oom_kill 0" not in oom, None
+        if exit_code in (137, -9):  # its cgroup gone or unread: a kill it cannot tell apart
+            return False, "failure: killed, and its memory cgroup does not say by whom"
+        return False, None
 
     def remove(self) -> None:
         self._runsc("delete", "--force", self.cid)

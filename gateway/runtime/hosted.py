@@ -441,7 +441,7 @@ class HostedAgents:
         usage = rt.usage_of(agent)
         usage.longest_call_s = max(usage.longest_call_s, time.monotonic() - started)
         usage.memory_peak_mb = cgroup.memory_peak_mb()
-        oom = cgroup.oom_killed(code)
+        oom, other = cgroup.end_cause(code)  # (another party's kill is no budget's)
         agent.hosted_busy = False
         agent.in_flight -= 1
         record_acted(
@@ -468,7 +468,7 @@ class HostedAgents:
         elif stopped:
             why = stopped[0]
         else:
-            why = f"failure: exited with code {code}"
+            why = other or f"failure: exited with code {code}"
         if agent.state is AgentState.RUNNING:
             self._move(agent, AgentState.SUSPENDED, why)
         if agent.state is AgentState.SUSPENDED:

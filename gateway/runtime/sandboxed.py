@@ -23,8 +23,10 @@ class Sandboxed:
     def memory_peak_mb(self) -> float:
         return 0.0
 
-    def oom_killed(self, exit_code: int | None) -> bool:
-        return False
+    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+        """How a run that exited ``exit_code`` ended: (the kernel's OOM kill at its memory
+        budget, another party's kill or an end that cannot be told from one, said readably)."""
+        return False, None
 
     def remove(self) -> None: ...
 
@@ -41,8 +43,8 @@ class Cgroup(Sandboxed):
 
         return cgroups.memory_peak_mb(self.cg)
 
-    def oom_killed(self, exit_code: int | None) -> bool:
-        return bool(self.cg.oom_killed())
+    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+        return bool(self.cg.oom_killed()), None
 
     def remove(self) -> None:
         self.cg.remove()
@@ -65,11 +67,26 @@ class Container(Sandboxed):
         except Exception as e:  # noqa: BLE001 - already gone
             _logger.debug("container %s not killed: %s", self.name, e)
 
-    def oom_killed(self, exit_code: int | None) -> bool:
+    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+        """The kernel's OOM kill (inspect's OOMKilled, or Docker's ``oom`` event once ``--rm``
+        removed the container), or another party's kill (its ``kill`` event): never 137 alone,
+        which an operator's ``docker kill`` exits with too."""
+        if exit_code == 0:
+            return False, None
+        from gateway.errors import GatewayError
+        from gateway.sandbox.docker_api import container_end
+        from gateway.sandbox.docker_tier import docker_client
+
         try:
-            return bool(self._container().attrs["State"].get("OOMKilled"))
-        except Exception:  # noqa: BLE001 - removed by --rm already: judge by the exit code
-            return exit_code == 137
+            if self._container().attrs["State"].get("OOMKilled"):
+                return True, None
+        except Exception as e:  # noqa: BLE001 - removed by --rm already: its events say how
+            _logger.debug("container %s not inspected: %s", self.name, e)
+        try:  # (the name filters the events as the id does; each run's name is its own)
+            oom, other = container_end(docker_client().api, self.name)
+        except GatewayError as e:  # the daemon refused the query: an end that cannot be told
+            return False, f"failure: its end cannot be told ({e})"
+        return oom, None if other is None else f"failure: the container {other}"
 
     def remove(self) -> None:
         try:

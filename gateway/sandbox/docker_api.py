@@ -307,7 +307,8 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
         # read up to its ``die`` (any ``kill`` of the run comes before it); no ``until``: on the
         # daemon's clock, one of ours filtered a ``die`` out whenever the daemon's was ahead by
         # more than it, and a ring that lost the ``die`` ends at the bound all the same
-        "filters": json.dumps({"container": [cid], "event": ["kill", "die"]}),
+        # (``oom``: the kernel's kill at the memory limit, read by ``container_end``)
+        "filters": json.dumps({"container": [cid], "event": ["kill", "oom", "die"]}),
     }
     try:
         answer = api.get(
@@ -344,6 +345,11 @@ def killed_by_another(api: Any, cid: str) -> str | None:
     The query is read in a thread of its own and waited for at most EVENTS_WAIT_S, whatever
     stalls (connect, headers, body: a daemon whose clock is behind ours streams live events
     until ``until``); what it has not read by then is no ``die`` (fail closed)."""
+    return _killed(_end_events(api, cid))
+
+
+def _end_events(api: Any, cid: str) -> dict[str, dict[str, Any]]:
+    """The ``kill``/``oom``/``die`` events of container ``cid`` (see ``killed_by_another``)."""
     wait_s, read = EVENTS_WAIT_S, _EventsRead()
     reader = threading.Thread(
         target=_read_events, args=(api, cid, read, wait_s), name="symbi-docker-events", daemon=True
@@ -355,6 +361,20 @@ def killed_by_another(api: Any, cid: str) -> str | None:
         actions, refused = dict(read.actions), read.refused
     if refused is not None:  # no result either way, but the reason is the daemon's, not a kill
         raise SandboxUnavailable(f"a run's end cannot be told apart from another party's kill: {refused}")
+    return actions
+
+
+def container_end(api: Any, cid: str) -> tuple[bool, str | None]:
+    """How container ``cid`` (a name or an id) ended, from Docker's events: (the kernel's OOM
+    kill at its memory limit, another party's kill as ``killed_by_another`` says it). For a
+    container ``--rm`` removed, whose inspect (OOMKilled) is gone with it."""
+    actions = _end_events(api, cid)
+    if "oom" in actions:
+        return True, None
+    return False, _killed(actions)
+
+
+def _killed(actions: dict[str, dict[str, Any]]) -> str | None:
     if "kill" in actions:
         return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
     if "die" not in actions:

@@ -316,8 +316,7 @@ class DockerTier(SandboxTier):
         # A SIGKILL we did not send (ours are in ``stop.reasons``, others' in Docker's events) is
         # the memory limit's: runsc reports the sandbox OOM kill only as 137, and Docker 20.10
         # sets OOMKilled only when containerd saw the OOM before the exit (on a loaded machine:
-        # 137, a memcg OOM kill in dmesg, OOMKilled false), like the hosted runtime's removed
-        # container.
+        # 137, a memcg OOM kill in dmesg, OOMKilled false).
         if state.get("OOMKilled") or code == 137:
             return "memory"
         if self._pids_hit(stop.cid):

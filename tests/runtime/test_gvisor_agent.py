@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import anyio
 import pytest
 
 from gateway.config.model import AgentConfig, ResourcesSection
-from gateway.runtime.gvisor_agent import NOBODY, RunscRun, in_netns
+from gateway.runtime.gvisor_agent import NETNS_PREFIX, NOBODY, RunscRun, in_netns
 from gateway.runtime.launch import SOCKET_IN_SANDBOX
 from gateway.runtime.resources import ResourceLimits
 from tests.runtime.test_core import Recorder
@@ -335,3 +336,51 @@ def test_a_run_that_fails_before_it_starts_leaves_no_namespace(monkeypatch: pyte
             "/usr/bin/true", [], {}, limits, ro_paths=[], socket=("/tmp", "/run/symbi"), run_tag="t"
         )
     assert made and _gone(f"/run/netns/{made[0]}")
+
+
+def _own_runsc_kill() -> list[str] | None:
+    """Another party's ``runsc kill`` of this process's one gVisor run: its namespace, and the
+    state root and id on its ``runsc run`` command line (nsenter has exec'd runsc, our child)."""
+    netns = sorted(Path("/run/netns").glob(f"{NETNS_PREFIX}{os.getpid()}-*"))
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")[:-1]
+        except (OSError, IndexError):
+            continue
+        if ppid == str(os.getpid()) and "runsc" in argv[0] and "run" in argv and len(netns) == 1:
+            root = argv[argv.index("--root") + 1]
+            return [*in_netns(netns[0].name), "runsc", "--root", root, "kill", argv[-1], "KILL"]
+    return None
+
+
+async def test_a_gvisor_agent_another_party_kills_is_not_over_its_memory_budget(tmp_path: Path) -> None:
+    """Another party's ``runsc kill`` (an operator's) exits 137, like the sandbox's OOM kill:
+    its cgroup's ``oom_kill`` count says 0, and the run was read as over its budget all the same."""
+    if not _cgroup_v1():
+        pytest.skip("cgroup v1 hierarchies only here (this machine's); v2 paths are not read")
+    ac = AgentConfig(
+        command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="gvisor"
+    )
+    h = _host(tmp_path, "gvisor", a=ac)
+    outcome: list[str] = []
+
+    async def run() -> None:
+        outcome.append(await h._run_once("a", ac))
+
+    with anyio.fail_after(90):  # a hang guard, not a timing assertion
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while True:  # until its sandbox exists, then the other party's kill
+                await anyio.sleep(0.2)
+                kill = _own_runsc_kill()
+                if (
+                    kill
+                    and subprocess.run(kill, capture_output=True, timeout=30, check=False).returncode == 0
+                ):
+                    break
+    assert outcome == ["failed"]
+    assert isinstance(h.events, Recorder)
+    [exited] = [d for t, d, _, _ in h.events.events if t == "agent.exited"]
+    assert exited["exit_code"] == 137 and exited["oom"] is False  # a SIGKILL, not the budget's
+    assert [e["type"] for e in h.runtime.recent_errors] == ["exit"]

@@ -211,7 +211,8 @@ def private_secret(path: Path, what: str, *, make: bool = True) -> bytes:
     """A 32-byte secret at ``path``, made on first use (random, mode 0600, fsynced); an existing
     file readable by group or others, or of the wrong size, is refused with ``ConfigError``.
     ``make=False`` (a reader's: a fresh secret would fail every check): one missing or closed to
-    this user is a ``ConfigError`` too, and nothing is made.
+    this user is a ``ConfigError`` too, and nothing is made. One that cannot be made or read
+    (a data dir closed to this user, a full disk) is a ``ConfigError`` naming the path.
 
     Made in a temporary file and linked into place, so processes starting together on one
     data dir never read a half-written secret: one link wins and every process reads that one.
@@ -221,6 +222,14 @@ def private_secret(path: Path, what: str, *, make: bool = True) -> bytes:
             return _checked_secret(path, what)
         except OSError as e:  # (missing, or the gateway's data dir, closed to this user)
             raise ConfigError(f"{path}: no {what} can be read here ({e.strerror})") from e
+    try:
+        return _made_secret(path, what)
+    except OSError as e:  # (a data dir closed to this user, a full or read-only disk)
+        raise ConfigError(f"{path}: the {what} cannot be made or read here ({e.strerror or e})") from e
+
+
+def _made_secret(path: Path, what: str) -> bytes:
+    """``private_secret``'s making: the OS's errors are the caller's to say."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     if not path.exists():
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600

@@ -396,10 +396,10 @@ class Unsent:
                 return e
         return None
 
-    async def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> bool:
+    async def send(self, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()) -> None:
         """Hold ``records`` after what is held, ``queue`` them all and wait up to
         ``COMMIT_WAIT_S`` for their commits (not cancelled when it ends: they stay in flight).
-        Whether every one of them was committed."""
+        Those not committed stay held (``held``); after the stop nothing is (logged by ``keep``)."""
         for kind, details in records:  # held before any wait: a cancelled send loses none
             self.keep(kind, details)
         batch = list(self._held)
@@ -414,7 +414,6 @@ class Unsent:
         waiting = sum(1 for h in batch if id(h) in left)
         if waiting and self.refused_by(sink) is None:  # a refusal for good was said once
             _logger.error("%d records not committed yet, held until they are", waiting)
-        return not waiting and not self.stopped  # (after the stop: logged by ``keep``, not sent)
 
     def abandon(self) -> None:
         """The gateway stops: each record not committed is logged (the last trace of it: some

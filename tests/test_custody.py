@@ -171,3 +171,27 @@ def test_processes_starting_together_read_one_whole_secret(tmp_path: Path) -> No
     assert outs[0][0] == outs[1][0] and path.read_bytes().hex() == outs[0][0].decode()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temporary file left
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setuid needs root")
+def test_a_secret_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
+    """The data dir closed to the gateway's user (root's, mode 0700): making the
+    secret let a raw ``PermissionError`` out, not the project's ``ConfigError`` naming the path.
+    A child process drops to ``nobody`` (root passes every permission check) after its imports."""
+    import sys
+
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)  # root's: closed to nobody
+    other = pwd.getpwnam("nobody")
+    code = (
+        "import os, sys\nfrom pathlib import Path\nfrom gateway.custody import private_secret\n"
+        "from gateway.errors import ConfigError\n"
+        f"os.setgid({other.pw_gid}); os.setuid({other.pw_uid})\n"
+        "try:\n    private_secret(Path(sys.argv[1]), 'test secret')\n"
+        "except ConfigError as e:\n    print(type(e).__name__, e.message)\n"
+        "except BaseException as e:\n    print(type(e).__name__, e)\n"
+    )
+    secret = closed / "data" / "secret"
+    r = subprocess.run([sys.executable, "-c", code, str(secret)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split(" ", 1)[0] == "ConfigError", r.stdout + r.stderr
+    assert not (closed / "data").exists()

@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +23,7 @@ from gateway import events
 from gateway.audit.log import AuditLog
 from gateway.audit.record import AuditRecord
 from gateway.audit.store import iter_records
-from gateway.events import Event, LoggingSink, Unsent, record_acted
+from gateway.events import Event, EventSink, LoggingSink, Unsent, record_acted
 from gateway.metrics import GatewayMetrics, MetricsSink
 from tests.conftest import Stall, break_audit_log
 
@@ -38,6 +39,14 @@ def _closed(tmp_path: Path) -> AuditLog:
     return log
 
 
+async def _sent(
+    unsent: Unsent, sink: EventSink, records: Iterable[tuple[Event, Mapping[str, Any]]] = ()
+) -> bool:
+    """``send``, then whether nothing is held any more: every record committed (or written)."""
+    await unsent.send(sink, records)
+    return len(unsent) == 0
+
+
 def tool_records(db: Path) -> list[AuditRecord]:
     with sqlite3.connect(db) as conn:
         return [r for r in iter_records(conn) if r.type.startswith("tool.")]
@@ -46,14 +55,14 @@ def tool_records(db: Path) -> list[AuditRecord]:
 async def test_refused_records_are_held_in_order_and_sent_when_a_log_takes_them(tmp_path: Path) -> None:
     broken = _closed(tmp_path)
     unsent = Unsent()
-    assert not await unsent.send(broken, [FIRST])
-    assert not await unsent.send(broken, [SECOND])
+    assert not await _sent(unsent, broken, [FIRST])
+    assert not await _sent(unsent, broken, [SECOND])
     assert [(kind, {k: v for k, v in d.items() if k != "held_since_ns"}) for kind, d in unsent.held()] == [
         FIRST,
         SECOND,
     ]
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    assert await unsent.send(working)
+    assert await _sent(unsent, working)
     working.close()
     assert unsent.held() == []
     records = tool_records(tmp_path / "b.db")
@@ -66,11 +75,11 @@ async def test_records_a_writer_took_and_then_failed_are_kept_and_sent_later(tmp
     log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
     unsent = Unsent()
     break_audit_log(tmp_path / "a.db")  # the log accepts the records; its writer cannot commit them
-    assert not await unsent.send(log, [FIRST, SECOND])
+    assert not await _sent(unsent, log, [FIRST, SECOND])
     assert [kind for kind, _ in unsent.held()] == [FIRST[0], SECOND[0]]  # dropped once queued, before
     log.close()
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    assert await unsent.send(working)
+    assert await _sent(unsent, working)
     working.close()
     assert [r.type for r in tool_records(tmp_path / "b.db")] == [FIRST[0], SECOND[0]]
 
@@ -80,19 +89,19 @@ async def test_through_the_metrics_tee_too(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
     unsent = Unsent()
     break_audit_log(tmp_path / "a.db")
-    assert not await unsent.send(MetricsSink(log, GatewayMetrics()), [FIRST])
+    assert not await _sent(unsent, MetricsSink(log, GatewayMetrics()), [FIRST])
     assert [kind for kind, _ in unsent.held()] == [FIRST[0]]
     log.close()
-    assert await unsent.send(MetricsSink(LoggingSink(), GatewayMetrics()))  # a sink with no commit
+    assert await _sent(unsent, MetricsSink(LoggingSink(), GatewayMetrics()))  # a sink with no commit
     assert unsent.held() == []
 
 
 async def test_a_record_sent_late_carries_when_it_was_acted_on(tmp_path: Path) -> None:
     unsent = Unsent()
-    assert not await unsent.send(_closed(tmp_path), [SECOND])  # a revocation the log refused
+    assert not await _sent(unsent, _closed(tmp_path), [SECOND])  # a revocation the log refused
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
     assert await working.record(Event.TOOL_DRIFT, {"tool": "s__u"}) is not None  # recorded at once, later
-    assert await unsent.send(working, [FIRST])  # FIRST went at once: no stamp
+    assert await _sent(unsent, working, [FIRST])  # FIRST went at once: no stamp
     working.close()
     drift, revoked, prompt = tool_records(tmp_path / "b.db")
     assert [drift.type, revoked.type, prompt.type] == [Event.TOOL_DRIFT, SECOND[0], FIRST[0]]
@@ -129,7 +138,7 @@ async def test_at_the_bound_a_record_in_flight_is_not_dropped(
         assert len(lost) == 1  # ["1"]: never queued, the oldest waiting
     with anyio.fail_after(10):
         assert await flying > 0
-        assert await unsent.send(log)
+        assert await _sent(unsent, log)
     log.close()
     assert [r.details["upstreams"] for r in tool_records(tmp_path / "a.db")] == [["0"], ["2"], ["3"]]
     assert not len(unsent)
@@ -148,7 +157,7 @@ async def test_records_in_flight_do_not_shrink_the_bound_of_those_waiting(tmp_pa
             unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": [str(n)]})
         assert [d["upstreams"][0] for _, d in unsent.held()] == [str(n) for n in range(7)]
     with anyio.fail_after(10):
-        assert await unsent.send(log)
+        assert await _sent(unsent, log)
     log.close()
     assert len(tool_records(tmp_path / "a.db")) == 7
 
@@ -159,7 +168,7 @@ async def test_records_whose_commit_failed_count_against_the_bound_again(tmp_pat
     log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
     unsent = Unsent(cap=2)
     break_audit_log(tmp_path / "a.db")
-    assert not await unsent.send(log, [FIRST, SECOND])  # taken by the writer, then failed
+    assert not await _sent(unsent, log, [FIRST, SECOND])  # taken by the writer, then failed
     unsent.keep(Event.TOOL_KEYS_CHANGED, {"upstreams": ["3"]})  # three waiting: over the bound
     assert [kind for kind, _ in unsent.held()] == [SECOND[0], Event.TOOL_KEYS_CHANGED]
     log.close()
@@ -234,11 +243,11 @@ async def test_records_in_flight_when_the_writer_dies_are_sent_again(
         flying = unsent.queue(log)
         monkeypatch.setattr(log._writer, "commit_events", boom)
     with anyio.fail_after(10):
-        assert not await unsent.send(log)  # failed, then refused: the log is broken
+        assert not await _sent(unsent, log)  # failed, then refused: the log is broken
     assert all(f.done() for f in flying)
     log.close()
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    assert await unsent.send(working)
+    assert await _sent(unsent, working)
     working.close()
     records = tool_records(tmp_path / "b.db")
     assert [r.type for r in records] == [FIRST[0], SECOND[0]]
@@ -297,12 +306,12 @@ async def test_a_stalled_commit_is_queued_once_however_often_it_is_sent(
     log = AuditLog(tmp_path / "a.db", tmp_path / "a-key.pem")
     unsent = Unsent()
     with Stall(log):
-        assert not await unsent.send(log, [FIRST, SECOND])
+        assert not await _sent(unsent, log, [FIRST, SECOND])
         for _ in range(3):
-            assert not await unsent.send(log)  # still in flight: waited on, not queued again
+            assert not await _sent(unsent, log)  # still in flight: waited on, not queued again
         assert len(unsent) == 2
     with anyio.fail_after(10):
-        while not await unsent.send(log):  # the sender's next passes
+        while not await _sent(unsent, log):  # the sender's next passes
             pass
     log.close()
     assert [r.type for r in tool_records(tmp_path / "a.db")] == [FIRST[0], SECOND[0]]
@@ -314,7 +323,7 @@ async def test_a_cancelled_send_leaves_its_records_in_flight(tmp_path: Path) -> 
     unsent = Unsent()
     with Stall(log), anyio.move_on_after(0.2):  # the task sending is cancelled while the disk hangs
         await unsent.send(log, [SECOND])
-    assert await unsent.send(log)  # committed once: its queued event, not a copy of it
+    assert await _sent(unsent, log)  # committed once: its queued event, not a copy of it
     log.close()
     assert [r.type for r in tool_records(tmp_path / "a.db")] == [SECOND[0]]
 
@@ -326,10 +335,10 @@ async def test_a_cancelled_send_whose_commit_fails_goes_again_stamped(tmp_path: 
         with anyio.move_on_after(0.2):
             await unsent.send(log, [SECOND])
         break_audit_log(tmp_path / "a.db")  # the writer, once it moves, cannot commit it
-    assert not await unsent.send(log)
+    assert not await _sent(unsent, log)
     log.close()
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    assert await unsent.send(working)
+    assert await _sent(unsent, working)
     working.close()
     [revoked] = tool_records(tmp_path / "b.db")
     assert "held_since_ns" in revoked.details  # sent again, after the time it was acted on
@@ -341,7 +350,7 @@ async def test_the_metrics_tee_counts_a_held_record_once_committed(tmp_path: Pat
     unsent = Unsent()
     break_audit_log(tmp_path / "a.db")
     for _ in range(3):  # failed by the writer, then refused by the broken log
-        assert not await unsent.send(MetricsSink(log, metrics), [FIRST] if not len(unsent) else [])
+        assert not await _sent(unsent, MetricsSink(log, metrics), [FIRST] if not len(unsent) else [])
     log.close()
 
     def counted() -> float | None:
@@ -349,7 +358,7 @@ async def test_the_metrics_tee_counts_a_held_record_once_committed(tmp_path: Pat
 
     assert not counted()  # every attempt was counted, none of them recorded
     working = AuditLog(tmp_path / "b.db", tmp_path / "b-key.pem")
-    assert await unsent.send(MetricsSink(working, metrics))
+    assert await _sent(unsent, MetricsSink(working, metrics))
     working.close()
     assert counted() == 1.0
 
@@ -360,7 +369,7 @@ async def test_what_the_log_never_took_is_logged_when_the_gateway_stops(
     """Held records were dropped without a trace at the gateway's stop (one dropped at the cap
     is logged): the last trace of a CLI revoke's record."""
     unsent = Unsent()
-    assert not await unsent.send(_closed(tmp_path), [FIRST, SECOND])
+    assert not await _sent(unsent, _closed(tmp_path), [FIRST, SECOND])
     caplog.clear()  # (the refusals' own lines)
     with caplog.at_level(logging.ERROR, logger="symbi.events"):
         unsent.abandon()
@@ -392,7 +401,7 @@ async def test_a_record_held_after_the_log_refused_for_good_is_logged_once_at_on
     # never sent to that log again, logged only at stop: a CLI revoke held after the refusal
     # left no trace at all if the process was then killed (the stop's line never written)
     broken, unsent = _closed(tmp_path), Unsent()
-    assert not await unsent.send(broken, [FIRST])  # refused: said once
+    assert not await _sent(unsent, broken, [FIRST])  # refused: said once
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="symbi.events"):
         unsent.keep(*SECOND)
@@ -408,7 +417,7 @@ async def test_the_records_held_when_the_log_refuses_for_good_get_their_lines_th
     broken, unsent = _closed(tmp_path), Unsent()
     unsent.keep(*FIRST)
     with caplog.at_level(logging.ERROR, logger="symbi.events"):
-        assert not await unsent.send(broken, [SECOND])
+        assert not await _sent(unsent, broken, [SECOND])
     said = [r.args for r in caplog.records if r.levelno == logging.ERROR and isinstance(r.args, tuple)]
     details = [cast(dict[str, Any], a[-1]) for a in said]  # (each line's details: a dict)
     assert [
@@ -537,7 +546,8 @@ async def test_a_record_kept_after_the_stop_is_logged_not_held(
         assert [a[0] for a in traced] == [FIRST[0], SECOND[0]], traced
         assert all(cast(dict[str, object], a[1])["recorded_as"] == {"principal": "key:admin"} for a in traced)
         assert tool_records(tmp_path / "a.db") == []  # nothing sent after the stop
-        assert await unsent.send(log, [FIRST]) is False  # not "all committed": logged only
+        await unsent.send(log, [FIRST])  # not held: logged only
+        assert unsent.held() == []
         assert tool_records(tmp_path / "a.db") == []
     finally:
         log.close()

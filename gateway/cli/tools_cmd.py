@@ -104,13 +104,21 @@ def _lookup(store: ToolStates, name: str) -> ToolRecord:
     return rec
 
 
-def _list(args: argparse.Namespace) -> int:
+def _opened(args: argparse.Namespace) -> tuple[Config, stores.Stores]:
+    """The command's config and its stores: opened as first used, closed by the caller's
+    ``with``. Imported here, as a command runs (the module's imports stay light)."""
     from gateway.cli import stores
     from gateway.config import load_config
-    from gateway.verify.approve import screen_record
 
     cfg = load_config(args.config, args.environ)
-    with stores.Stores(cfg) as opened:
+    return cfg, stores.Stores(cfg)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from gateway.verify.approve import screen_record
+
+    cfg, opened = _opened(args)
+    with opened:
         store = opened.tool_states()
         records = store.all()
         screened = {r.namespaced: screen_record(store, r) for r in records}
@@ -159,11 +167,8 @@ def _quarantined(cfg: Config) -> None:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from gateway.cli import stores
-    from gateway.config import load_config
-
-    cfg = load_config(args.config, args.environ)
-    with stores.Stores(cfg) as opened:
+    cfg, opened = _opened(args)
+    with opened:
         return _print_diff(cfg, opened, _lookup(opened.tool_states(), args.tool))
 
 
@@ -195,10 +200,7 @@ def _print_diff(cfg: Config, opened: stores.Stores, rec: ToolRecord) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from gateway.cli import stores
-    from gateway.config import load_config
-
-    cfg = load_config(args.config, args.environ)
+    cfg, opened = _opened(args)  # (nothing opened before it is used: none for servers only)
     servers = [n for n in args.tools if "__" not in n]
     tools = [n for n in args.tools if "__" in n]
     if args.hashes and len(args.hashes) != len(tools):  # before anything is approved
@@ -213,7 +215,7 @@ def _approve(args: argparse.Namespace) -> int:
         _approve_discovered(cfg, servers, args.digests, args.by)
         if not tools:
             return 0
-    with stores.Stores(cfg) as opened:
+    with opened:
         _approve_tools(cfg, opened, tools, args)
     return 0
 
@@ -361,11 +363,8 @@ def _sign_into_manifest(
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from gateway.cli import stores
-    from gateway.config import load_config
-
-    cfg = load_config(args.config, args.environ)
-    with stores.Stores(cfg) as opened:
+    _, opened = _opened(args)
+    with opened:
         store = opened.tool_states()
         for name in args.tools:
             rec = _lookup(store, name)

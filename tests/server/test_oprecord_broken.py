@@ -92,11 +92,12 @@ def test_a_record_dropped_at_once_by_the_bound_is_not_said_held(tmp_path: Path) 
 
 
 def _in_flight_then(
-    tmp_path: Path, then: Callable[[Unsent, EventSink], None], cap: int | None = None
+    tmp_path: Path, then: Callable[[Unsent, EventSink], None], cap: int | None = None, *, fails: bool = True
 ) -> tuple[ActionUnrecorded, Unsent]:
     """An operator's record in flight in a stalled writer (a real gateway over HTTP), ``then``
-    done to the held records (and the gateway's sink) on the gateway's loop, the disk filled so its commit fails: the
-    answer its waiter got, and the held records."""
+    done to the held records (and the gateway's sink) on the gateway's loop, the disk filled so
+    its commit fails (``fails``; else answered while the writer is still stalled): the answer
+    its waiter got, and the held records."""
     cfg = everything_config(tmp_path, top_extra="[mcp]\nrecheck_interval_s = 600.0\n")
     with run_server(cfg) as run:
         gw = run.state.gateway
@@ -121,9 +122,13 @@ def _in_flight_then(
             return await mine
 
         with Stall(gw.audit):
-            break_audit_log(load_config(cfg, {}).audit_path)  # its commit fails once the disk moves
+            if fails:
+                break_audit_log(load_config(cfg, {}).audit_path)  # its commit fails once the disk moves
             mine = asyncio.run_coroutine_threadsafe(act(), loop).result(timeout=30)
-        unrec = asyncio.run_coroutine_threadsafe(answer(mine), loop).result(timeout=60)
+            if not fails:
+                unrec = asyncio.run_coroutine_threadsafe(answer(mine), loop).result(timeout=60)
+        if fails:
+            unrec = asyncio.run_coroutine_threadsafe(answer(mine), loop).result(timeout=60)
         assert unrec is not None
         return unrec, unsent
 
@@ -158,3 +163,36 @@ def test_a_record_let_go_by_the_stop_whose_commit_then_fails_is_not_said_dropped
     status, body = oprecord.with_record(unrec, 200, {})
     assert status == 503 and body["code"] == ActionUnrecorded.code and body["done"] is True
     assert (body["held"], body["pending"], body["restart_needed"]) == (False,) * 3
+
+
+def _stopped_then_cancelled(unsent: Unsent, sink: EventSink) -> None:
+    [commit] = unsent.queue(sink)  # the one in flight: the operator's
+    unsent.abandon()  # the stop: let go, logged
+    commit.cancel()
+
+
+def _cancelled(unsent: Unsent, sink: EventSink) -> None:
+    [commit] = unsent.queue(sink)
+    commit.cancel()  # no stop: the event stays in the writer's queue, written when it moves
+
+
+def test_a_record_let_go_by_the_stop_while_its_commit_stalls_is_not_said_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop lets the operator's record go (``Unsent.abandon``, logged) while the writer
+    stalls; the wait then ends. It was answered ``pending``, "it stays queued and is written
+    when the disk moves": nothing holds it any more. Now: the gateway stopped first."""
+    monkeypatch.setattr(oprecord, "RECORD_WAIT_S", 1.0)
+    unrec, _ = _in_flight_then(tmp_path, lambda unsent, _: unsent.abandon(), fails=False)
+    assert unrec.state == "stopped", unrec.state
+
+
+@pytest.mark.parametrize(("then", "state"), [(_stopped_then_cancelled, "stopped"), (_cancelled, "pending")])
+def test_a_cancelled_commit_is_said_stopped_only_when_the_stop_let_it_go_first(
+    tmp_path: Path, then: Callable[[Unsent, EventSink], None], state: str
+) -> None:
+    """A commit cancelled after the stop let the record go was answered ``pending`` (queued,
+    written when the disk moves): the stop logged it as never committed. One cancelled with
+    no stop is still the writer's: ``pending``."""
+    unrec, _ = _in_flight_then(tmp_path, then, fails=False)
+    assert unrec.state == state, unrec.state

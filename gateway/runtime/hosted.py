@@ -423,7 +423,9 @@ class HostedAgents:
         # the credential dies with the process, before the run is reported ended: an agent seen
         # Terminated whose key still answered 200 was a window for whoever held the key
         await self._revoke(key_id)
-        return self._ended(agent, ac, limits, cgroup, proc.returncode, stopped, started)
+        # how it ended, off the loop: a container's is Docker's events, read for up to 5 s
+        end = await anyio.to_thread.run_sync(cgroup.end_cause, proc.returncode)
+        return self._ended(agent, ac, limits, cgroup, proc.returncode, end, stopped, started)
 
     def _ended(
         self,
@@ -432,6 +434,7 @@ class HostedAgents:
         limits: ResourceLimits,
         cgroup: Sandboxed,
         code: int | None,
+        end: tuple[bool, str | None],
         stopped: list[str],
         started: float,
     ) -> str:
@@ -441,7 +444,7 @@ class HostedAgents:
         usage = rt.usage_of(agent)
         usage.longest_call_s = max(usage.longest_call_s, time.monotonic() - started)
         usage.memory_peak_mb = cgroup.memory_peak_mb()
-        oom, other = cgroup.end_cause(code)  # (another party's kill is no budget's)
+        oom, other = end  # (``Sandboxed.end_cause``: another party's kill is no budget's)
         agent.hosted_busy = False
         agent.in_flight -= 1
         record_acted(

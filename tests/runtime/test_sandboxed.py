@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import anyio
 import pytest
 
-from gateway.config.model import AgentConfig
+from gateway.config.model import AgentConfig, ResourcesSection
+from gateway.runtime.sandboxed import Container
 from tests.runtime.test_core import Recorder
 from tests.runtime.test_hosted_isolation import _host
 
@@ -32,7 +34,20 @@ def _running(prefix: str) -> list[str]:
     return out.split()
 
 
-async def test_a_hosted_container_another_party_kills_is_not_over_its_memory_budget(tmp_path: Path) -> None:
+async def test_a_hosted_container_another_party_kills_is_not_over_its_memory_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also: its end is asked off the event loop (Docker's events are read for up to 5 s:
+    asked on the loop, every non-zero hosted exit stalled every call of the gateway)."""
+    asked_in: list[int] = []
+    own = Container.end_cause
+
+    def end_cause(self: Container, exit_code: int | None) -> tuple[bool, str | None]:
+        asked_in.append(threading.get_ident())
+        return own(self, exit_code)
+
+    monkeypatch.setattr(Container, "end_cause", end_cause)
+    loop_thread = threading.get_ident()
     name = f"killed{os.getpid()}"  # its container's name is this run's alone
     ac = AgentConfig(
         command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="docker"
@@ -54,3 +69,23 @@ async def test_a_hosted_container_another_party_kills_is_not_over_its_memory_bud
     [exited] = [d for t, d, _, _ in h.events.events if t == "agent.exited"]
     assert exited["exit_code"] == 137 and exited["oom"] is False  # a SIGKILL, not the budget's
     assert [e["type"] for e in h.runtime.recent_errors] == ["exit"]
+    assert len(asked_in) == 1 and asked_in[0] != loop_thread
+
+
+async def test_a_hosted_container_over_its_memory_budget_is_said_so(tmp_path: Path) -> None:
+    """The counter-case: the kernel's OOM kill of a hosted container is still the budget's
+    (inspect's OOMKilled, Docker's ``oom`` event, or a 137 with no other party's kill)."""
+    name = f"hog{os.getpid()}"
+    hog = AgentConfig(
+        command="/usr/bin/python3",
+        args=("-c", "b = bytearray(400 * 1024 * 1024)"),
+        sandbox="docker",
+        resources=ResourcesSection(memory_mb=48),
+        restart="never",
+    )
+    h = _host(tmp_path, "docker", **{name: hog})
+    with anyio.fail_after(GUARD_S):
+        assert await h._run_once(name, hog) == "failed"
+    assert isinstance(h.events, Recorder)
+    assert [d["oom"] for t, d, _, _ in h.events.events if t == "agent.exited"] == [True]
+    assert [e["type"] for e in h.runtime.recent_errors] == ["oom"]

@@ -68,14 +68,14 @@ class Container(Sandboxed):
             _logger.debug("container %s not killed: %s", self.name, e)
 
     def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
-        """The kernel's OOM kill (inspect's OOMKilled, or Docker's ``oom`` event once ``--rm``
-        removed the container), or another party's kill (its ``kill`` event): never 137 alone,
-        which an operator's ``docker kill`` exits with too."""
+        """The kernel's OOM kill (inspect's OOMKilled, or Docker's events once ``--rm`` removed
+        the container), or another party's kill (its ``kill`` event): never 137 alone, which
+        an operator's ``docker kill`` exits with too. Blocks (Docker's events, up to
+        ``EVENTS_WAIT_S``): the runtime asks from a worker thread."""
         if exit_code == 0:
             return False, None
         from gateway.errors import GatewayError
-        from gateway.sandbox.docker_api import container_end
-        from gateway.sandbox.docker_tier import docker_client
+        from gateway.sandbox.docker_api import container_end, docker_client
 
         try:
             if self._container().attrs["State"].get("OOMKilled"):
@@ -83,7 +83,7 @@ class Container(Sandboxed):
         except Exception as e:  # noqa: BLE001 - removed by --rm already: its events say how
             _logger.debug("container %s not inspected: %s", self.name, e)
         try:  # (the name filters the events as the id does; each run's name is its own)
-            oom, other = container_end(docker_client().api, self.name)
+            oom, other = container_end(docker_client().api, self.name, exit_code)
         except GatewayError as e:  # the daemon refused the query: an end that cannot be told
             return False, f"failure: its end cannot be told ({e})"
         return oom, None if other is None else f"failure: the container {other}"

@@ -348,7 +348,7 @@ def killed_by_another(api: Any, cid: str) -> str | None:
     return _killed(_end_events(api, cid))
 
 
-def _end_events(api: Any, cid: str) -> dict[str, dict[str, Any]]:
+def _end_events(api: Any, cid: str) -> dict[str, dict[str, str]]:
     """The ``kill``/``oom``/``die`` events of container ``cid`` (see ``killed_by_another``)."""
     wait_s, read = EVENTS_WAIT_S, _EventsRead()
     reader = threading.Thread(
@@ -364,17 +364,19 @@ def _end_events(api: Any, cid: str) -> dict[str, dict[str, Any]]:
     return actions
 
 
-def container_end(api: Any, cid: str) -> tuple[bool, str | None]:
+def container_end(api: Any, cid: str, exit_code: int | None) -> tuple[bool, str | None]:
     """How container ``cid`` (a name or an id) ended, from Docker's events: (the kernel's OOM
     kill at its memory limit, another party's kill as ``killed_by_another`` says it). For a
-    container ``--rm`` removed, whose inspect (OOMKilled) is gone with it."""
+    container ``--rm`` removed, whose inspect (OOMKilled) is gone with it. A SIGKILL (137)
+    with its ``die`` read and no ``kill`` event is the memory limit's, as the docker tier
+    reads it (``DockerTier``'s post-mortem): Docker 20.10 logs ``oom`` only when containerd
+    saw the OOM before the exit, after the ``die`` on a loaded machine."""
     actions = _end_events(api, cid)
-    if "oom" in actions:
-        return True, None
-    return False, _killed(actions)
+    other = _killed(actions)
+    return "oom" in actions or (other is None and exit_code == 137), other
 
 
-def _killed(actions: dict[str, dict[str, Any]]) -> str | None:
+def _killed(actions: dict[str, dict[str, str]]) -> str | None:
     if "kill" in actions:
         return f"was killed by another party (signal {actions['kill'].get('signal', '?')})"
     if "die" not in actions:

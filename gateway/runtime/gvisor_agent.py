@@ -52,12 +52,12 @@ class RunscRun(Sandboxed):
     def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
         """The kernel's OOM kill is the sandbox cgroup's ``oom_kill`` count: a SIGKILL (137)
         another party sent (``runsc kill``, a host ``kill -9``) is none of the budget's."""
-        try:
-            oom = Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control").read_text()
-        except OSError:
-            oom = ""
-        if "oom_kill" in oom:
-            return "oom_kill 0" not in oom, None
+        from gateway.sandbox.cgroups import read_kv
+
+        # the parsed counter, not a substring: ``oom_kill_disable`` is in every readable file
+        counts = read_kv(Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control"))
+        if "oom_kill" in counts:
+            return counts["oom_kill"] > 0, None
         if exit_code in (137, -9):  # its cgroup gone or unread: a kill it cannot tell apart
             return False, "failure: killed, and its memory cgroup does not say by whom"
         return False, None

@@ -70,7 +70,8 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
-def _read_kv(path: Path) -> dict[str, int]:
+def read_kv(path: Path) -> dict[str, int]:
+    """A cgroup counters file (``name value`` lines) as a dict; unreadable: empty."""
     out: dict[str, int] = {}
     try:
         for line in path.read_text().splitlines():
@@ -105,12 +106,12 @@ class RunCgroup:
 
     def oom_killed(self) -> bool:
         if self.version == "v2":
-            return _read_kv(self.dirs["unified"] / "memory.events").get("oom_kill", 0) > 0
-        return _read_kv(self.dirs["memory"] / "memory.oom_control").get("oom_kill", 0) > 0
+            return read_kv(self.dirs["unified"] / "memory.events").get("oom_kill", 0) > 0
+        return read_kv(self.dirs["memory"] / "memory.oom_control").get("oom_kill", 0) > 0
 
     def pids_limit_hit(self) -> bool:
         d = self.dirs.get("unified") or self.dirs["pids"]
-        return _read_kv(d / "pids.events").get("max", 0) > 0
+        return read_kv(d / "pids.events").get("max", 0) > 0
 
     def kill_all(self, deadline_s: float = 5.0) -> None:
         """SIGKILL every process in the group until it is empty (forks race the first pass)."""

@@ -54,20 +54,17 @@ async def record_action(
         commit = unsent.submit(sink, kind, details, principal=principal, agent=agent)
     except AuditError as e:  # refused before it was queued (broken since the check), or dropped
         return _unrecorded(kind, e.message, _where(unsent, log, details))
-    # whether the stop let it go before its commit settled: a commit cancelled first left it
-    # to the writer's queue (``Unsent._settled``), a stop after that did not let it go
-    stopped_first: list[bool] = []
-    commit.add_done_callback(lambda _: stopped_first.append(unsent.stopped))
     done, _ = await asyncio.wait({commit}, timeout=RECORD_WAIT_S)  # never cancels the commit
-    # still queued in the writer (held should its commit fail later), or cancelled (the event
-    # stays in the writer's queue): unless the stop let it go (``Unsent.abandon``, logged
-    # there), when nothing holds it should the disk not move
-    if not done:
-        why = f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)"
+    if not done or commit.cancelled():
+        # still queued in the writer (held should its commit fail later), or cancelled (the
+        # event stays in the writer's queue): unless the stop let it go (``Unsent.abandon``,
+        # logged there), when nothing holds it should the disk not move
+        why = (
+            "its commit was cancelled (the gateway is stopping)"
+            if done
+            else f"not committed within {RECORD_WAIT_S:g} s (a stalled disk)"
+        )
         return _unrecorded(kind, why, "stopped" if unsent.stopped else "pending")
-    if commit.cancelled():
-        why = "its commit was cancelled (the gateway is stopping)"
-        return _unrecorded(kind, why, "stopped" if stopped_first == [True] else "pending")
     err = commit.exception()
     if err is None:
         return None

@@ -24,16 +24,14 @@ from typing import TYPE_CHECKING
 
 from gateway.cli import HELP
 from gateway.errors import ConfigError
+from gateway.onboard.clients import CLIENTS
 
-# gateway.onboard (its package pulls the config models and the policy redaction: ~0.8 s of
-# CPU) is imported as the command runs, not at `symbi import`'s parse
+# gateway.onboard's plan, apply and undo (the config models and the policy redaction: ~0.8 s
+# of CPU) are imported as the command runs, not at `symbi import`'s parse
 if TYPE_CHECKING:
     from gateway.onboard.claude_managed import ClaudeCodeManaged
     from gateway.onboard.clients import ClientFile, FoundServer
     from gateway.onboard.plan import ImportPlan, PlannedServer
-
-# gateway.onboard.clients.CLIENTS, for `choices` (tests/cli/test_main.py holds the two equal)
-CLIENTS: tuple[str, ...] = ("claude-desktop", "claude-code", "vscode", "cursor")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -70,10 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.onboard import find_client_files, make_plan, read_client_file
     from gateway.onboard.apply import render_toml
     from gateway.onboard.claude_managed import ClaudeCodeManaged
-    from gateway.onboard.clients import file_source, launches_symbi
+    from gateway.onboard.clients import file_source, find_client_files, launches_symbi, read_client_file
+    from gateway.onboard.plan import make_plan
 
     env = args.environ
     home = Path(env.get("HOME", str(Path.home())))
@@ -194,8 +192,7 @@ def _apply(
 ) -> None:
     """``--apply``: symbi.toml and the env file written, then each client file rewritten once
     (its original kept). A file rewritten before is refused before anything is written."""
-    from gateway.onboard import apply_plan, rewrite_client
-    from gateway.onboard.apply import backup_path, record_path
+    from gateway.onboard.apply import apply_plan, backup_path, record_path, rewrite_client
 
     by_path: dict[Path, list[tuple[ClientFile, list[str]]]] = {}
     for f in files:  # one rewrite per file: ~/.claude.json holds two of Claude Code's tables
@@ -221,7 +218,7 @@ def _apply(
 
 
 def _undo(files: list[ClientFile], force: bool) -> int:
-    from gateway.onboard import undo_client
+    from gateway.onboard.undo import undo_client
 
     done = 0
     for path in {f.path for f in files}:

@@ -8,21 +8,7 @@
   person approves), rewrites a client's config to launch ``symbi mcp`` (the original kept
   beside it, byte for byte, for ``symbi import --undo``).
 - ``undo``: ``symbi import --undo`` without losing what the client wrote to its file since.
+
+Nothing is imported here: ``symbi import``'s parse reads ``clients`` alone (light), and the
+others load the config models as the command runs.
 """
-
-from gateway.onboard.apply import apply_plan, rewrite_client
-from gateway.onboard.clients import ClientFile, FoundServer, find_client_files, read_client_file
-from gateway.onboard.plan import ImportPlan, make_plan
-from gateway.onboard.undo import undo_client
-
-__all__ = [
-    "ClientFile",
-    "FoundServer",
-    "ImportPlan",
-    "apply_plan",
-    "find_client_files",
-    "make_plan",
-    "read_client_file",
-    "rewrite_client",
-    "undo_client",
-]

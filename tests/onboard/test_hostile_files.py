@@ -14,10 +14,12 @@ import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.onboard import apply_plan, clients, make_plan, read_client_file, rewrite_client, undo_client
-from gateway.onboard.apply import backup_path
-from gateway.onboard.clients import file_source
+from gateway.onboard import clients
+from gateway.onboard.apply import apply_plan, backup_path, rewrite_client
+from gateway.onboard.clients import file_source, read_client_file
+from gateway.onboard.plan import make_plan
 from gateway.onboard.registry import RegistryFolder
+from gateway.onboard.undo import undo_client
 from tests.conftest import SYMBI, write_config
 from tests.onboard.conftest import SECRET, discovery, write_json
 

@@ -14,8 +14,9 @@ import pytest
 from gateway.config import load_config
 from gateway.config.model import SERVER_NAME_RE
 from gateway.errors import ConfigError
-from gateway.onboard import apply_plan, find_client_files, make_plan, read_client_file
-from gateway.onboard.plan import RESERVED
+from gateway.onboard.apply import apply_plan
+from gateway.onboard.clients import find_client_files, read_client_file
+from gateway.onboard.plan import RESERVED, make_plan
 from tests.conftest import ROOT
 from tests.onboard.conftest import BEARER, SECRET, Machine, write_json
 

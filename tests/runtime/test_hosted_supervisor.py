@@ -19,7 +19,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -572,14 +572,19 @@ def _running(marker: str) -> bool:
     return False
 
 
-async def test_a_real_run_over_its_memory_budget_is_oom_killed_and_reported_as_such(tmp_path: Path) -> None:
-    hog = AgentConfig(
+def memory_hog(sandbox: Literal["bwrap", "docker", "gvisor"]) -> AgentConfig:
+    """An agent that allocates 400 MB under a 48 MB budget: the kernel's OOM kill, run once."""
+    return AgentConfig(
         command="/usr/bin/python3",
         args=("-c", "b = bytearray(400 * 1024 * 1024)"),
-        sandbox="bwrap",
+        sandbox=sandbox,
         resources=ResourcesSection(memory_mb=48),
         restart="never",
     )
+
+
+async def test_a_real_run_over_its_memory_budget_is_oom_killed_and_reported_as_such(tmp_path: Path) -> None:
+    hog = memory_hog("bwrap")
     h, rec, _ = _bwrap_host(tmp_path, hog=hog)
     with anyio.fail_after(GUARD_S):
         assert await h._run_once("hog", hog) == "failed"

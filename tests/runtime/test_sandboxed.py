@@ -14,10 +14,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway.config.model import AgentConfig, ResourcesSection
+from gateway.config.model import AgentConfig
 from gateway.runtime.sandboxed import Container
 from tests.runtime.test_core import Recorder
 from tests.runtime.test_hosted_isolation import _host
+from tests.runtime.test_hosted_supervisor import memory_hog
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 GUARD_S = 90  # a hang guard, never a timing assertion
@@ -76,13 +77,7 @@ async def test_a_hosted_container_over_its_memory_budget_is_said_so(tmp_path: Pa
     """The counter-case: the kernel's OOM kill of a hosted container is still the budget's
     (inspect's OOMKilled, Docker's ``oom`` event, or a 137 with no other party's kill)."""
     name = f"hog{os.getpid()}"
-    hog = AgentConfig(
-        command="/usr/bin/python3",
-        args=("-c", "b = bytearray(400 * 1024 * 1024)"),
-        sandbox="docker",
-        resources=ResourcesSection(memory_mb=48),
-        restart="never",
-    )
+    hog = memory_hog("docker")
     h = _host(tmp_path, "docker", **{name: hog})
     with anyio.fail_after(GUARD_S):
         assert await h._run_once(name, hog) == "failed"

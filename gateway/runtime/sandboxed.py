@@ -54,7 +54,6 @@ class Container(Sandboxed):
     def __init__(self, name: str, launch_env: dict[str, str] | None = None) -> None:
         self.name = name
         self.launch_env = dict(launch_env or {})  # ``docker run -e NAME`` reads them from here
-        self._oom: bool | None = None
 
     def _container(self) -> Any:
         from gateway.sandbox.docker_tier import docker_client
@@ -72,7 +71,8 @@ class Container(Sandboxed):
         the container), or another party's kill (its ``kill`` event): never 137 alone, which
         an operator's ``docker kill`` exits with too. Blocks (Docker's events, up to
         ``EVENTS_WAIT_S``): the runtime asks from a worker thread."""
-        if exit_code == 0:
+        if exit_code is not None and 0 <= exit_code <= 128:
+            # its own exit, or the docker CLI's (125-127: no container may exist to ask about)
             return False, None
         from gateway.errors import GatewayError
         from gateway.sandbox.docker_api import container_end, docker_client

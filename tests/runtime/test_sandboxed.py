@@ -84,3 +84,12 @@ async def test_a_hosted_container_over_its_memory_budget_is_said_so(tmp_path: Pa
     assert isinstance(h.events, Recorder)
     assert [d["oom"] for t, d, _, _ in h.events.events if t == "agent.exited"] == [True]
     assert [e["type"] for e in h.runtime.recent_errors] == ["oom"]
+
+
+def test_an_end_the_docker_cli_gave_asks_docker_nothing() -> None:
+    """A run that ended by its own exit or the docker CLI's (125: no container was made, a
+    missing bind path, a name conflict) is no kill: its events query found no ``die``, waited
+    out its bound on a worker thread, and named it "may have been killed"."""
+    ended = Container(f"symbi-agent-never-made-{os.getpid()}")
+    assert ended.end_cause(125) == (False, None)
+    assert ended.end_cause(1) == (False, None)

@@ -332,24 +332,11 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
         log.warning("docker events for %s could not be read: %r", cid, e)
 
 
-def killed_by_another(api: Any, cid: str) -> str | None:
-    """How another party ended container ``cid`` (we did not stop it), from Docker's events, or
-    None: a ``kill`` event (``docker kill``, ``docker stop``, a forced removal whose delete then
-    failed) is an API kill, never the kernel's OOM kill. Docker logs the ``die`` event before
-    a wait can answer, so a ``die`` missing from its record (a ring of the last 256 events,
-    overrun) means it cannot tell: that is no result either (fail closed). (On Docker 23+ a
-    wait answers before ``die`` is logged: the caller's inspect, which waits for the exit's
-    handling, must come first.) A daemon answering the query with an error status raises
-    ``SandboxUnavailable`` naming it (no result either, but not for a kill).
-
-    The query is read in a thread of its own and waited for at most EVENTS_WAIT_S, whatever
-    stalls (connect, headers, body: a daemon whose clock is behind ours streams live events
-    until ``until``); what it has not read by then is no ``die`` (fail closed)."""
-    return _killed(_end_events(api, cid))
-
-
 def _end_events(api: Any, cid: str) -> dict[str, dict[str, str]]:
-    """The ``kill``/``oom``/``die`` events of container ``cid`` (see ``killed_by_another``)."""
+    """The ``kill``/``oom``/``die`` events of container ``cid`` (see ``container_end``), read in
+    a thread of its own waited for at most EVENTS_WAIT_S in all, whatever stalls (connect,
+    headers, a body dribbling or streaming live events: a ring that lost the ``die``); what it
+    has not read by then is no ``die`` (fail closed)."""
     wait_s, read = EVENTS_WAIT_S, _EventsRead()
     reader = threading.Thread(
         target=_read_events, args=(api, cid, read, wait_s), name="symbi-docker-events", daemon=True
@@ -365,12 +352,21 @@ def _end_events(api: Any, cid: str) -> dict[str, dict[str, str]]:
 
 
 def container_end(api: Any, cid: str, exit_code: int | None) -> tuple[bool, str | None]:
-    """How container ``cid`` (a name or an id) ended, from Docker's events: (the kernel's OOM
-    kill at its memory limit, another party's kill as ``killed_by_another`` says it). For a
-    container ``--rm`` removed, whose inspect (OOMKilled) is gone with it. A SIGKILL (137)
-    with its ``die`` read and no ``kill`` event is the memory limit's, as the docker tier
-    reads it (``DockerTier``'s post-mortem): Docker 20.10 logs ``oom`` only when containerd
-    saw the OOM before the exit, after the ``die`` on a loaded machine."""
+    """How container ``cid`` (a name or an id; we did not stop it) ended, from Docker's events:
+    (the kernel's OOM kill at its memory limit, how another party ended it, or None). THE rule
+    for both the docker code tier's post-mortem and the hosted runtime's ``--rm`` containers
+    (whose inspect, OOMKilled, is gone with them).
+
+    A ``kill`` event (``docker kill``, ``docker stop``, a forced removal whose delete then
+    failed) is an API kill, never the kernel's OOM kill. Docker logs the ``die`` event before
+    a wait can answer, so a ``die`` missing from its record (a ring of the last 256 events,
+    overrun) means it cannot tell: that is no result either (fail closed). (On Docker 23+ a
+    wait answers before ``die`` is logged: the caller's inspect, which waits for the exit's
+    handling, must come first.) An ``oom`` event, or a SIGKILL (137) with its ``die`` read and
+    no ``kill``, is the memory limit's: runsc reports the sandbox OOM kill only as 137, and
+    Docker 20.10 sets OOMKilled (and logs ``oom``) only when containerd saw the OOM before the
+    exit. A daemon answering the query with an error status raises ``SandboxUnavailable``
+    naming it (no result either, but not for a kill)."""
     actions = _end_events(api, cid)
     other = _killed(actions)
     return "oom" in actions or (other is None and exit_code == 137), other

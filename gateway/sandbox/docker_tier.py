@@ -39,13 +39,14 @@ from .base import (
     prologue_argv,
     read_only_binds,
 )
+from .cgroups import read_kv
 from .docker_api import (
     Reclaims,
     answer_lost,
+    container_end,
     container_name,
     docker_errors,
     docker_knows,
-    killed_by_another,
     remove_container,
     runsc_delete,
     runsc_ids,
@@ -310,14 +311,11 @@ class DockerTier(SandboxTier):
             raise SandboxInterrupted(f"the {self.name} container was removed while the call ran")
         if stop.reasons:
             return stop.reasons[0]
-        other = killed_by_another(stop.client.api, stop.cid)
+        oom, other = container_end(stop.client.api, stop.cid, code)
         if other is not None:
             raise SandboxInterrupted(f"the {self.name} container {other} while the call ran (no result)")
-        # A SIGKILL we did not send (ours are in ``stop.reasons``, others' in Docker's events) is
-        # the memory limit's: runsc reports the sandbox OOM kill only as 137, and Docker 20.10
-        # sets OOMKilled only when containerd saw the OOM before the exit (on a loaded machine:
-        # 137, a memcg OOM kill in dmesg, OOMKilled false).
-        if state.get("OOMKilled") or code == 137:
+        # (ours are in ``stop.reasons``; a SIGKILL nobody else sent is the limit's: container_end)
+        if state.get("OOMKilled") or oom:
             return "memory"
         if self._pids_hit(stop.cid):
             return "pids"
@@ -329,13 +327,8 @@ class DockerTier(SandboxTier):
             Path("/sys/fs/cgroup/pids/docker") / cid,
             Path("/sys/fs/cgroup/system.slice") / f"docker-{cid}.scope",
         ):
-            try:
-                for line in (base / "pids.events").read_text().splitlines():
-                    k, _, v = line.partition(" ")
-                    if k == "max" and int(v) > 0:
-                        return True
-            except (OSError, ValueError):
-                continue
+            if read_kv(base / "pids.events").get("max", 0) > 0:
+                return True
         return False
 
     def remove(self, cid: str) -> bool:

@@ -144,11 +144,11 @@ def _shifted(monkeypatch: pytest.MonkeyPatch, by_s: float) -> None:
 
 
 def _post_mortem_within(api: Any, limit_s: float) -> list[str | None]:
-    """``killed_by_another`` of a run that does not exist, in a thread joined for ``limit_s``:
+    """``container_end``'s other party of a run that does not exist, in a thread joined for ``limit_s``:
     empty when it did not return by then (unbounded, it would hang for the test's life)."""
     said: list[str | None] = []
     reader = threading.Thread(
-        target=lambda: said.append(docker_api.killed_by_another(api, "0" * 64)), daemon=True
+        target=lambda: said.append(docker_api.container_end(api, "0" * 64, 137)[1]), daemon=True
     )
     reader.start()
     reader.join(limit_s)
@@ -236,7 +236,7 @@ def test_a_daemon_refusing_the_events_query_is_named_not_taken_for_a_kill(
     monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 5.0)
     try:
         with pytest.raises(SandboxUnavailable):
-            docker_api.killed_by_another(api, "0" * 64)
+            docker_api.container_end(api, "0" * 64, 137)
     finally:
         api.close()
         server.shutdown()

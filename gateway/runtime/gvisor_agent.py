@@ -25,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.runtime.resources import ResourceLimits
 from gateway.runtime.sandboxed import Sandboxed
 from gateway.sandbox.base import masked_paths, read_only_binds
+from gateway.sandbox.cgroups import read_kv
 
 _logger = logging.getLogger("symbi.runtime.gvisor")
 NOBODY = 65534
@@ -52,8 +53,6 @@ class RunscRun(Sandboxed):
     def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
         """The kernel's OOM kill is the sandbox cgroup's ``oom_kill`` count: a SIGKILL (137)
         another party sent (``runsc kill``, a host ``kill -9``) is none of the budget's."""
-        from gateway.sandbox.cgroups import read_kv
-
         # the parsed counter, not a substring: ``oom_kill_disable`` is in every readable file
         counts = read_kv(Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control"))
         if "oom_kill" in counts:

@@ -454,10 +454,10 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		some msg in answer_refusals(resp, idx)
 	}
 	conditions := {"redact_arguments": prompt_redact_args | kind == "prompts/get"; count(prompt_redact_args) > 0}
-} else := {"refusals": server_request_deny | volume_deny, "granted": true, "conditions": {}} if {
-	# an upstream's own request to the client: the rules the general path asks (access_deny
-	# holds only server_request_deny for this kind, other_permitted grants it, no conditions)
-	# without the general path's other rules (1,582k -> 1,135k instructions a decision)
+} else := {"refusals": access_deny | volume_deny, "granted": true, "conditions": {}} if {
+	# an upstream's own request to the client: the rules the general path asks (access_deny,
+	# whole: a rule added to it joins this path too; other_permitted grants it, no conditions)
+	# without the general path's other rules
 	input.kind == "server_request"
 	is_string(input.server)
 	is_string(input.method)

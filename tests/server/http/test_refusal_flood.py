@@ -155,13 +155,16 @@ def test_a_burst_that_stops_is_summarized_when_its_window_ends(tmp_path: Path) -
         s.close()
         deadline = time.monotonic() + 30
         summaries: list[AuditRecord] = []
-        while not summaries and time.monotonic() < deadline:
-            time.sleep(0.2)
+        denied: list[AuditRecord] = []
+        # until every refusal is accounted for, however the burst split over windows (a first
+        # summary can come before a later window's)
+        while time.monotonic() < deadline:
             summaries = _records(cfg, ("audit.refusals_summarized",))
-        denied = [r for r in _records(cfg, ("tool.call",)) if r.details["outcome"] == "denied"]
+            denied = [r for r in _records(cfg, ("tool.call",)) if r.details["outcome"] == "denied"]
+            if summaries and len(denied) + sum(r.details["summarized"] for r in summaries) == len(codes):
+                break
+            time.sleep(0.2)
     assert set(codes) == {"policy_denied"}
-    # a slow machine may split the burst over windows: what was not recorded was counted
-    [summary] = summaries
-    assert summary.details["window_ended"] is True
-    assert len(denied) + summary.details["summarized"] == PER_WINDOW + 20
-    assert summary.details["summarized"] > 0
+    assert summaries and all(r.details["window_ended"] is True for r in summaries)
+    assert len(denied) + sum(r.details["summarized"] for r in summaries) == PER_WINDOW + 20
+    assert all(r.details["summarized"] > 0 for r in summaries)

@@ -217,15 +217,11 @@ def private_secret(path: Path, what: str, *, make: bool = True) -> bytes:
     Made in a temporary file and linked into place, so processes starting together on one
     data dir never read a half-written secret: one link wins and every process reads that one.
     """
-    if not make:
-        try:
-            return _checked_secret(path, what)
-        except OSError as e:  # (missing, or the gateway's data dir, closed to this user)
-            raise ConfigError(f"{path}: no {what} can be read here ({e.strerror})") from e
     try:
-        return _made_secret(path, what)
-    except OSError as e:  # (a data dir closed to this user, a full or read-only disk)
-        raise ConfigError(f"{path}: the {what} cannot be made or read here ({e.strerror or e})") from e
+        return _made_secret(path, what) if make else _checked_secret(path, what)
+    except OSError as e:  # (missing, a data dir closed to this user, a full or read-only disk)
+        said = f"the {what} cannot be made or read here" if make else f"no {what} can be read here"
+        raise ConfigError(f"{path}: {said} ({e.strerror or e})") from e
 
 
 def _made_secret(path: Path, what: str) -> bytes:

@@ -227,6 +227,12 @@ def refused_for_good(what: str, err: AuditError, then: str, details: Mapping[str
     )
 
 
+def _let_go(held: Held, where: str) -> None:
+    """A held record the stop let go (``Unsent.abandon``, or kept after it): this line is its
+    last trace."""
+    _logger.error("%s %s: the gateway stopped first: %s", held.kind, where, held.trace())
+
+
 @runtime_checkable
 class Recording(Protocol):
     """A sink that can say when an event is committed (``AuditLog.submit``)."""
@@ -320,7 +326,7 @@ class Unsent:
         held.late = refused
         held.principal, held.agent = principal, agent
         if self.stopped:
-            _logger.error("%s never recorded: the gateway stopped first: %s", kind, held.trace())
+            _let_go(held, "never recorded")
             return held
         if self._last is not None and (refusal := self.refused_by(self._last)) is not None:
             refused_for_good(kind, refusal, "held", held.trace())
@@ -370,7 +376,7 @@ class Unsent:
         """``queue``'s walk: the log's refusal that stopped it, if one did."""
         from gateway.errors import AuditError
 
-        self._last = sink  # (``keep`` and ``_settled`` say a refusal for good of this log only)
+        self._last = sink  # (``keep`` says a refusal for good of this log only)
         if (refusal := self.refused_by(sink)) is not None:
             self._late()
             return refusal  # said once, when it refused (``refused_for_good``)
@@ -421,8 +427,7 @@ class Unsent:
         and one queued in a stalled writer (the close may give up on it, and no callback is left
         to say so)."""
         for h in self._held:
-            where = "never recorded" if h.commit is None else "queued, not committed"
-            _logger.error("%s %s: the gateway stopped first: %s", h.kind, where, h.trace())
+            _let_go(h, "never recorded" if h.commit is None else "queued, not committed")
             h.commit = None  # let go: a commit settling later is not this list's any more
         self._held.clear()
         self._waiting = 0

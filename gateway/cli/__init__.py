@@ -139,13 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stdout_closed() -> bool:
-    """Whether stdout's reader has closed it: a pipe's (poll reports POLLERR) or a stream
-    socket's (POLLHUP: a libuv parent's stdio, a socket-activated service). Not a terminal's
-    hang-up (POLLHUP too): writing to one fails with EIO, so a broken pipe came from elsewhere."""
+    """Whether stdout's reader has closed it: a pipe's (poll reports POLLERR on Linux, POLLHUP
+    on macOS and the BSDs) or a stream socket's (POLLHUP: a libuv parent's stdio, a
+    socket-activated service). Not a terminal's hang-up (POLLHUP too): writing to one fails
+    with EIO, so a broken pipe came from elsewhere."""
     try:
         fd = sys.stdout.fileno()
         mode = os.fstat(fd).st_mode
-        closed = select.POLLERR if stat.S_ISFIFO(mode) else select.POLLHUP if stat.S_ISSOCK(mode) else 0
+        if stat.S_ISFIFO(mode):
+            closed = select.POLLERR | select.POLLHUP
+        elif stat.S_ISSOCK(mode):
+            closed = select.POLLHUP
+        else:
+            return False
         watch = select.poll()
         watch.register(fd, select.POLLOUT)
         return any(events & closed for _, events in watch.poll(0))

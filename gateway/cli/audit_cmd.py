@@ -92,7 +92,7 @@ def _add_query(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "--type", action="append", default=[], help="event type; 'policy.*' matches a prefix (repeatable)"
     )
     q.add_argument("--decision", choices=("allow", "deny"))
-    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--limit", type=whole_number(0), default=None)
     q.add_argument("--json", action="store_true", help="one JSON record per line")
     retention_cmd.add_archived_option(q)
     q.set_defaults(func=_query)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.cli import HELP
+from gateway.cli import HELP, whole_number
 from gateway.cli.terminal import raw_stream
 
 # the memory stack (numpy, the embedder), the policy engine and the config models are
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = ks.add_parser("search", help="run the RAG pipeline's search on one base")
     s.add_argument("base")
     s.add_argument("query")
-    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--top-k", type=whole_number(1), default=5)
     s.set_defaults(func=_search)
     r = ks.add_parser("remove", help="remove a base, or the files at/under PATH from it")
     r.add_argument("base")

@@ -6,7 +6,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from gateway.cli import HELP
+from gateway.cli import HELP, whole_number
 from gateway.config import load_config
 from gateway.config.notices import report
 from gateway.custody import check_trusted_files
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--port", type=int, default=None, help="port (default from config: 8080; 0 = any free)")
     s.add_argument(
         "--workers",
-        type=_workers,
+        type=whole_number(1),
         default=1,
         metavar="N",
         help="N gateway processes behind HAProxy on --host/--port (default 1: this process serves). "
@@ -30,16 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "pins, bus) and haproxy; each worker keeps its audit chain in <data_dir>/worker-<i>",
     )
     s.set_defaults(func=_serve)
-
-
-def _workers(raw: str) -> int:
-    try:
-        n = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} workers: at least 1")
-    return n
 
 
 def _graceful_sigterm() -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.cli import HELP
+from gateway.cli import HELP, whole_number
 from gateway.errors import ConfigError
 
 # the config and the sandbox tiers are imported as a command runs, not at `symbi sandbox`'s parse
@@ -52,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--tier", required=True, choices=("bwrap", "docker", "gvisor"))
     run.add_argument("--memory", type=parse_memory_mb, default=None, help="memory limit, e.g. 256m")
     run.add_argument("--timeout", type=parse_seconds, default=None, help="wall-time limit, e.g. 10s")
-    run.add_argument("--pids", type=int, default=None, help="max processes/threads")
+    run.add_argument("--pids", type=whole_number(1), default=None, help="max processes/threads")
     run.add_argument("--cpus", type=float, default=None, help="CPU quota, e.g. 0.5")
-    run.add_argument("--output", type=int, default=None, help="max bytes kept per output stream")
+    run.add_argument("--output", type=whole_number(0), default=None, help="max bytes kept per output stream")
     run.add_argument("--stdin", action="store_true", help="pass this process's stdin to the command")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     run.set_defaults(func=_run)

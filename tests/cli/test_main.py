@@ -186,6 +186,11 @@ def test_parsing_an_admin_command_loads_none_of_what_running_it_needs(command: s
         ["audit", "verify", "--jobs", "0"],
         ["bus", "tail", "-n", "-1"],
         ["bus", "tail", "-n", "x"],
+        ["audit", "query", "--limit", "-1"],  # was SQLite's LIMIT -1: every row
+        ["knowledge", "search", "base", "q", "--top-k", "0"],
+        ["sandbox", "run", "--tier", "bwrap", "--pids", "0"],
+        ["sandbox", "run", "--tier", "bwrap", "--output", "-1"],
+        ["serve", "--workers", "0"],
     ],
 )
 def test_a_count_below_its_least_is_a_usage_error(

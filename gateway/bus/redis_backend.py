@@ -418,6 +418,9 @@ def redis_stats(client: redis.Redis) -> dict[str, object]:
     }
 
 
+SCAN_PAGE = 1000  # stream entries a reply (redis_scan)
+
+
 def redis_scan(client: redis.Redis) -> Iterator[StoredMessage]:
     """The stored messages on ``client`` (``sync_client``'s; the caller closes it)."""
     r: Any = client
@@ -425,18 +428,12 @@ def redis_scan(client: redis.Redis) -> Iterator[StoredMessage]:
         inbox = key.decode().removeprefix(PREFIX + "inbox:")
         start = "-"
         while True:  # a page a reply: an inbox of millions is never one reply held whole
-            page = r.xrange(key, min=start, count=SCAN_PAGE)
-            for i, f in page:
-                p = _pending(i, f)
+            page = [_pending(i, f) for i, f in r.xrange(key, min=start, count=SCAN_PAGE)]
+            for p in page:
                 yield StoredMessage(inbox, "pending", p.msg, p.error)
             if len(page) < SCAN_PAGE:
                 break
-            last = page[-1][0]
-            # the next page starts after the last id read (bytes, or str on a decoding client)
-            start = "(" + (last if isinstance(last, str) else last.decode())
-
-
-SCAN_PAGE = 1000  # stream entries a reply (redis_scan)
+            start = "(" + page[-1].ref  # the next page starts after the last id read
 
 
 SYNC_CONNECT_S = 2.0  # the synchronous client's connect (symbi bus, stats)

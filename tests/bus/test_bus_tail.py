@@ -163,3 +163,4 @@ def test_a_time_past_what_the_platform_shows_is_printed_raw(
     assert main(["bus", "tail", "--config", str(cfg)]) == EXIT_OK
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 4 and "id=m-00001" in printed[-1].split(), printed
+    assert printed[-1].split()[0] == f"{10**20}ms"  # its raw milliseconds, as stored

@@ -5,8 +5,8 @@ Only this package reads ``sys.argv`` and maps errors to exit codes:
 interrupted (Ctrl-C), 141 (``EXIT_PIPE``) the reader of stdout closed it (``symbi ... | head``).
 Each sub-command lives in its own module with a ``register(subparsers)`` function that
 sets ``func`` (returning the exit code) on its parser, named in ``COMMANDS`` with its one
-line in ``HELP`` (``symbi --help`` lists them without importing the modules; a test holds the
-two equal).
+line of help (``symbi --help`` lists them without importing the modules; a test holds the
+table and the modules' parsers equal).
 """
 
 from __future__ import annotations
@@ -18,54 +18,57 @@ import select
 import stat
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from gateway.cli.terminal import escaped_output
 from gateway.errors import ConfigError, GatewayError
 from gateway.textcheck import not_utf8_at
 
-# The sub-command modules, in --help order, with the command names each registers. Only the
-# module of the command being run is imported: importing all of them (mcp, the policy engine,
-# the memory stack...) cost about a second of CPU at every `symbi` start. --help, no command
-# or an unknown name lists the commands from HELP instead (tests/cli/test_main.py checks both
-# tables against the modules' own parsers, so they cannot drift).
-COMMANDS: dict[str, tuple[str, ...]] = {
-    "gateway.cli.run": ("mcp", "serve"),
-    "gateway.cli.config_cmd": ("config",),  # config check
-    "gateway.cli.tools_cmd": ("tools",),  # tools list|diff|approve|revoke
-    "gateway.cli.schemapin_cmd": ("schemapin",),  # schemapin keygen|sign|verify|wellknown|pins
-    "gateway.cli.policy_cmd": ("policy",),  # policy check|eval|test
-    "gateway.cli.audit_cmd": ("audit",),  # audit verify|tail|query|export|report
-    "gateway.cli.sandbox_cmd": ("sandbox",),  # sandbox run|doctor
-    "gateway.cli.keys_cmd": ("keys",),  # keys create|list|revoke
-    "gateway.cli.import_cmd": ("import",),  # import [CLIENT] [--from FILE] [--apply|--undo]
-    "gateway.cli.scan_cmd": ("scan",),  # scan [SERVER...]
-    "gateway.cli.discover_cmd": ("discover",),  # discover list
-    "gateway.cli.memory_cmd": ("knowledge", "memory"),  # knowledge add|list|search|remove, memory stats|purge
-    "gateway.cli.bus_cmd": ("bus",),  # bus stats|verify|tail
-    "gateway.cli.agents_cmd": ("agents", "status"),  # agents list|show|suspend|resume|terminate|run, status
-}
 
-# each command's one-line help: its module registers it with this text, and `symbi --help`
-# lists these without importing the modules
-HELP: dict[str, str] = {
-    "mcp": "serve the gateway over stdio (for Claude Desktop, IDEs)",
-    "serve": "serve the gateway over streamable HTTP (default 127.0.0.1:8080/mcp)",
-    "config": "configuration tools",
-    "tools": "upstream tools: verification state, drift, approvals",
-    "schemapin": "SchemaPin: sign and verify tool definitions, manage pins",
-    "policy": "Rego policy tools: check, eval, test, push, reload, status",
-    "audit": "the signed audit log: verify, tail, query, export, report, rotate-key",
-    "sandbox": "sandbox tiers: run, doctor, cleanup",
-    "keys": "API keys for the HTTP front (create, list, revoke)",
-    "import": "import the MCP servers your clients (Claude, VS Code, Cursor) use",
-    "scan": "screen tool, resource and prompt definitions for poisoning",
-    "discover": "servers found by discovery, and their quarantine state",
-    "knowledge": "knowledge bases for RAG (add, list, search, remove)",
-    "memory": "agent memory (stats, purge)",
-    "bus": "the agent bus: stats, verify, tail (metadata only)",
-    "agents": "agents of a running gateway (list, show, suspend, resume, terminate, run)",
-    "status": "the gateway's HealthStatus (overall, components, resources, errors)",
+class Command(NamedTuple):
+    """A sub-command: the module that registers it, and its one line of help."""
+
+    module: str
+    help: str
+
+
+# The sub-commands in --help order. Only the module of the command being run is imported:
+# importing all of them (mcp, the policy engine, the memory stack...) cost about a second of
+# CPU at every `symbi` start. --help, no command or an unknown name lists the commands from
+# here instead (tests/cli/test_main.py checks this table against the modules' own parsers).
+COMMANDS: dict[str, Command] = {
+    "mcp": Command("gateway.cli.run", "serve the gateway over stdio (for Claude Desktop, IDEs)"),
+    "serve": Command(
+        "gateway.cli.run", "serve the gateway over streamable HTTP (default 127.0.0.1:8080/mcp)"
+    ),
+    "config": Command("gateway.cli.config_cmd", "configuration tools"),
+    "tools": Command("gateway.cli.tools_cmd", "upstream tools: verification state, drift, approvals"),
+    "schemapin": Command(
+        "gateway.cli.schemapin_cmd", "SchemaPin: sign and verify tool definitions, manage pins"
+    ),
+    "policy": Command("gateway.cli.policy_cmd", "Rego policy tools: check, eval, test, push, reload, status"),
+    "audit": Command(
+        "gateway.cli.audit_cmd", "the signed audit log: verify, tail, query, export, report, rotate-key"
+    ),
+    "sandbox": Command("gateway.cli.sandbox_cmd", "sandbox tiers: run, doctor, cleanup"),
+    "keys": Command("gateway.cli.keys_cmd", "API keys for the HTTP front (create, list, revoke)"),
+    "import": Command(
+        "gateway.cli.import_cmd", "import the MCP servers your clients (Claude, VS Code, Cursor) use"
+    ),
+    "scan": Command("gateway.cli.scan_cmd", "screen tool, resource and prompt definitions for poisoning"),
+    "discover": Command("gateway.cli.discover_cmd", "servers found by discovery, and their quarantine state"),
+    "knowledge": Command("gateway.cli.memory_cmd", "knowledge bases for RAG (add, list, search, remove)"),
+    "memory": Command("gateway.cli.memory_cmd", "agent memory (stats, purge)"),
+    "bus": Command("gateway.cli.bus_cmd", "the agent bus: stats, verify, tail (metadata only)"),
+    "agents": Command(
+        "gateway.cli.agents_cmd", "agents of a running gateway (list, show, suspend, resume, terminate, run)"
+    ),
+    "status": Command(
+        "gateway.cli.agents_cmd", "the gateway's HealthStatus (overall, components, resources, errors)"
+    ),
 }
+# each command's one-line help, as its module registers it
+HELP: dict[str, str] = {name: c.help for name, c in COMMANDS.items()}
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_PIPE = 128 + 13  # ended by its reader, as the shell reports a tool SIGPIPE ended
@@ -98,19 +101,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of ``command``'s module; with no command, every command listed from HELP
     (its name and help only: --help and a bad name's error need no more)."""
     parser, sub = top_parser()
-    for mod, names in COMMANDS.items():
-        if command in names:
-            importlib.import_module(mod).register(sub)
-        elif command is None:
-            for name in names:
-                sub.add_parser(name, help=HELP[name], add_help=False)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command].module).register(sub)
+    elif command is None:
+        for name, c in COMMANDS.items():
+            sub.add_parser(name, help=c.help, add_help=False)
     return parser
 
 
 def _command(argv: Sequence[str]) -> str | None:
     """The known sub-command ``argv`` runs (the first word that is not an option), if any."""
     word = next((a for a in argv if not a.startswith("-")), None)
-    return word if any(word in names for names in COMMANDS.values()) else None
+    return word if word in COMMANDS else None
 
 
 # stdout is the MCP protocol (mcp) or stderr the logs (serve): every other command's output is

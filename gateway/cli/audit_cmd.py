@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import HELP, whole_number
+from gateway.cli import EXIT_FAIL, EXIT_OK, HELP, whole_number
 from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.cli import audit_shared_cmd as shared_cmd
 from gateway.cli import audit_verify_cmd as verify_cmd
@@ -36,7 +36,6 @@ from gateway.cli.audit_keys import log_and_key, open_log, public_keys
 from gateway.cli.terminal import printable
 from gateway.errors import ConfigError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 _REL = re.compile(r"^(\d+)([smhdw])$")
 _MAX_NS = 2**63 - 1
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

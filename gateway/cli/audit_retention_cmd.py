@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import EXIT_FAIL, EXIT_OK
 from gateway.cli.terminal import printable
 from gateway.errors import ConfigError
-
-EXIT_OK, EXIT_FAIL = 0, 1
 
 
 def add_archive_command(asub: Any, common: Any) -> None:

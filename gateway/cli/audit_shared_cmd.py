@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import EXIT_FAIL, EXIT_OK
 from gateway.cli.terminal import printable
 from gateway.errors import ConfigError
-
-EXIT_OK, EXIT_FAIL = 0, 1
 
 
 def verify_shared(args: argparse.Namespace, cfg: Any) -> int:

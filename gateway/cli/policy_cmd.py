@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.cli import HELP, admin_client
+from gateway.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, HELP, admin_client
 from gateway.errors import ConfigError, PolicyLoadError
 
 # the config and the policy engine (~0.5 s of CPU) are imported as a command runs, not at
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from gateway.config.model import Config
     from gateway.policy.engine import PolicyEngine
     from gateway.policy.loader import PolicyFiles
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

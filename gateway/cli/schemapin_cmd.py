@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from gateway.cli import HELP
+from gateway.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, HELP
 from gateway.errors import ApprovalError
 
 # schemapin (httpx, its resolver: ~0.35 s of CPU with asyncio) is imported as a sub-command
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
     from schemapin import KeySnapshot, Pin, PinStore
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 _Pins: TypeAlias = "PinStore | PgPinStore"  # the file store, or the shared one (PostgreSQL)
 
 
@@ -192,10 +191,10 @@ def _run(fn: Any) -> Any:
             return EXIT_USAGE
         except SchemaPinError as e:
             _invalid(args, e.to_dict())
-            return EXIT_INVALID
+            return EXIT_FAIL
         except ApprovalError as e:  # a pin approval or rejection not naming the pending change reviewed
             _invalid(args, {"valid": False, "error_code": e.code, "error_message": e.message})
-            return EXIT_INVALID
+            return EXIT_FAIL
 
     return wrapper
 

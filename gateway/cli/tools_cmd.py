@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,21 +105,22 @@ def _lookup(store: ToolStates, name: str) -> ToolRecord:
     return rec
 
 
-def _opened(args: argparse.Namespace) -> tuple[Config, stores.Stores]:
-    """The command's config and its stores: opened as first used, closed by the caller's
-    ``with``. Imported here, as a command runs (the module's imports stay light)."""
+@contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[tuple[Config, stores.Stores]]:
+    """The command's config and its stores (each opened as first used), closed on leaving.
+    Imported here, as a command runs (the module's imports stay light)."""
     from gateway.cli import stores
     from gateway.config import load_config
 
     cfg = load_config(args.config, args.environ)
-    return cfg, stores.Stores(cfg)
+    with stores.Stores(cfg) as opened:
+        yield cfg, opened
 
 
 def _list(args: argparse.Namespace) -> int:
     from gateway.verify.approve import screen_record
 
-    cfg, opened = _opened(args)
-    with opened:
+    with _opened(args) as (cfg, opened):
         store = opened.tool_states()
         records = store.all()
         screened = {r.namespaced: screen_record(store, r) for r in records}
@@ -167,8 +169,7 @@ def _quarantined(cfg: Config) -> None:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    cfg, opened = _opened(args)
-    with opened:
+    with _opened(args) as (cfg, opened):
         return _print_diff(cfg, opened, _lookup(opened.tool_states(), args.tool))
 
 
@@ -200,7 +201,6 @@ def _print_diff(cfg: Config, opened: stores.Stores, rec: ToolRecord) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    cfg, opened = _opened(args)  # (nothing opened before it is used: none for servers only)
     servers = [n for n in args.tools if "__" not in n]
     tools = [n for n in args.tools if "__" in n]
     if args.hashes and len(args.hashes) != len(tools):  # before anything is approved
@@ -211,12 +211,11 @@ def _approve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"one --expect per SERVER, in the same order: {len(servers)} server(s), {len(args.digests)} digest(s)"
         )
-    if servers:  # discovered servers in quarantine: approving one lets the gateway start it
-        _approve_discovered(cfg, servers, args.digests, args.by)
-        if not tools:
-            return 0
-    with opened:
-        _approve_tools(cfg, opened, tools, args)
+    with _opened(args) as (cfg, opened):  # (nothing opened before it is used: none for servers only)
+        if servers:  # discovered servers in quarantine: approving one lets the gateway start it
+            _approve_discovered(cfg, servers, args.digests, args.by)
+        if tools:
+            _approve_tools(cfg, opened, tools, args)
     return 0
 
 
@@ -363,8 +362,7 @@ def _sign_into_manifest(
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    _, opened = _opened(args)
-    with opened:
+    with _opened(args) as (_, opened):
         store = opened.tool_states()
         for name in args.tools:
             rec = _lookup(store, name)

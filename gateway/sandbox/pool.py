@@ -120,7 +120,12 @@ class _Warm:
 
 
 class WarmPool:
-    """``size`` ready containers per available Docker tier, refilled in the background.
+    """``size`` ready containers per Docker tier, refilled in the background.
+
+    Every Docker tier gets a refill thread, usable or not when the pool starts: each thread
+    checks its tier (shallow, cached probe) before a spawn and waits with back-off while it is
+    unusable, so a probe that failed once (a slow daemon under load) costs a delay, not the
+    pool for the gateway's life.
 
     Every container the pool creates is in ``_live`` until its removal has returned, so
     ``close`` can remove whatever is left: idle ones, a call's in flight, a reaper's. A call
@@ -131,8 +136,9 @@ class WarmPool:
         self.size = size
         self.limits: Limits = manager.limits()
         self.tiers: dict[str, DockerTier] = {
-            n: t for n, t in manager.tiers.items() if isinstance(t, DockerTier) and t.available()[0]
+            n: t for n, t in manager.tiers.items() if isinstance(t, DockerTier)
         }
+        self._unusable: dict[str, str] = {}  # tier -> why its last probe failed
         self._ready: dict[str, deque[_Warm]] = {n: deque() for n in self.tiers}
         self._last: dict[str, bool] = {n: False for n in self.tiers}
         self._live: dict[str, str] = {}  # container id -> tier name
@@ -182,15 +188,17 @@ class WarmPool:
                 if self._closed:
                     return
             try:
-                warm = self._spawn(name)
-                failures = 0
+                warm = self._spawn(name) if self._usable(name) else None
             except Exception as e:  # noqa: BLE001 - keep serving cold; retry with backoff
-                failures += 1
                 log.warning("warm pool: cannot start a %s sandbox: %s", name, e)
+                warm = None
+            if warm is None:
+                failures += 1
                 with self._cond:  # a close wakes the back-off
                     if not self._closed:
                         self._cond.wait(min(0.5 * 2**failures, 30.0))
                 continue
+            failures = 0
             with self._cond:
                 if not self._closed:
                     self._ready[name].append(warm)
@@ -199,8 +207,28 @@ class WarmPool:
             self._remove(warm.cid)  # closed while it started
             return
 
+    def _usable(self, name: str) -> bool:
+        """The tier's shallow probe; a change between usable and not is logged once. After a
+        failure it probes afresh (not the cached answer), so a recovery shows at the next retry."""
+        with self._cond:
+            was = self._unusable.get(name)
+        ok, reason = self.tiers[name].available(refresh=was is not None)
+        with self._cond:
+            if ok:
+                self._unusable.pop(name, None)
+            else:
+                self._unusable[name] = reason
+        if not ok and was is None:
+            log.warning(
+                "warm pool: tier %s is not usable (%s): its calls start cold until it is", name, reason
+            )
+        elif ok and was is not None:
+            log.info("warm pool: tier %s is usable again: pooling it", name)
+        return ok
+
     def wait_ready(self, tier: str, timeout_s: float = 30.0) -> bool:
-        """Block until ``tier`` has a full pool (benchmarks, tests); False on timeout."""
+        """Block until ``tier`` has a full pool (benchmarks, tests); False on timeout (a tier
+        whose probe fails now may pass later, so that is no reason to stop waiting)."""
         end = time.monotonic() + timeout_s
         with self._cond:
             while tier in self._ready and len(self._ready[tier]) < self.size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TextIO
 
 import anyio
 import pytest
@@ -35,7 +36,18 @@ def _owned_by_gateway_of(config: Path) -> list[str]:
 
 
 async def _pooled_after_start(config: Path, expect_some: bool) -> list[str]:
-    async with stdio_session(config) as s:
+    with (config.parent / "gateway.log").open("w") as errlog:
+        return await _pooled_in(config, expect_some, errlog)
+
+
+def _pool_log(config: Path) -> str:
+    """The gateway's log lines about its warm pool (why a tier was not pooled)."""
+    text = (config.parent / "gateway.log").read_text(errors="replace")
+    return "\n".join(line for line in text.splitlines() if "warm pool" in line)
+
+
+async def _pooled_in(config: Path, expect_some: bool, errlog: TextIO) -> list[str]:
+    async with stdio_session(config, errlog=errlog) as s:
         await s.list_tools()
         deadline = time.monotonic() + 90
         found = _owned_by_gateway_of(config)
@@ -53,7 +65,8 @@ async def test_warm_pool_starts_with_the_gateway(tmp_path: Path) -> None:
     require_tier(m, "docker")
     require_tier(m, "gvisor")
     cfg = write_config(tmp_path, "[sandbox]\ncode_tools = true\nwarm_pool = 1\n")
-    assert len(await _pooled_after_start(cfg, expect_some=True)) == 2  # one per Docker tier
+    pooled = await _pooled_after_start(cfg, expect_some=True)
+    assert len(pooled) == 2, _pool_log(cfg)  # one per Docker tier
 
 
 async def test_no_pool_without_the_setting(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
@@ -21,9 +22,11 @@ def gateway_params(config: Path, **env: str) -> StdioServerParameters:
 
 
 @contextlib.asynccontextmanager
-async def stdio_session(config: Path, message_handler: Any = None, **kw: Any) -> AsyncIterator[ClientSession]:
-    """A handshake-era (2025-11-25) SDK session to ``symbi mcp``."""
-    async with stdio_client(gateway_params(config)) as (r, w):
+async def stdio_session(
+    config: Path, message_handler: Any = None, errlog: TextIO = sys.stderr, **kw: Any
+) -> AsyncIterator[ClientSession]:
+    """A handshake-era (2025-11-25) SDK session to ``symbi mcp`` (its stderr to ``errlog``)."""
+    async with stdio_client(gateway_params(config), errlog=errlog) as (r, w):
         async with ClientSession(r, w, message_handler=message_handler, **kw) as s:
             await s.initialize()
             yield s

@@ -27,12 +27,14 @@ from ._crypto import (
     generate_private_key,
     load_private_key_pem,
     load_public_key_pem,
+    normalize_fingerprint,
     private_key_pem,
     public_key_pem,
 )
 from ._discovery import (
     KeySnapshot,
     build_well_known,
+    load_discovery_text,
     parse_discovery,
     snapshot_from_documents,
     well_known_url,
@@ -71,7 +73,7 @@ from ._errors import (
     UnsupportedKey,
     UnsupportedValue,
 )
-from ._pinrules import Pin, PinEvent, PinStatus
+from ._pinrules import Pin, PinEvent, PinStatus, normalize_definition_hash
 from ._pins import Pins, PinStore
 from ._resolver import KeyResolver, StaticKeyResolver, WellKnownResolver
 from ._skill import SkillVerification, canonicalize_skill, sign_skill, verify_skill
@@ -96,6 +98,7 @@ __all__ = [  # noqa: RUF022 - grouped by topic
     "DigestMode",
     "fingerprint",
     "fingerprints_equal",
+    "normalize_fingerprint",
     "generate_private_key",
     "load_private_key_pem",
     "load_public_key_pem",
@@ -119,9 +122,11 @@ __all__ = [  # noqa: RUF022 - grouped by topic
     "sign_bundle",
     "build_well_known",
     "parse_discovery",
+    "load_discovery_text",
     "snapshot_from_documents",
     "well_known_url",
     "normalize_domain",
+    "normalize_definition_hash",
     # pins
     "Pin",
     "PinEvent",

@@ -95,7 +95,8 @@ def _age_s(iso: str) -> float:
         return float("inf")
 
 
-def _hash(value: str) -> str:
+def normalize_definition_hash(value: str) -> str:
+    """A full sha256 definition hash, lower case; ValueError for anything else."""
     v = value.strip().lower()
     if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
         raise ValueError(f"not a sha256 hex definition hash: {value!r}")
@@ -104,7 +105,11 @@ def _hash(value: str) -> str:
 
 def _named(domain: str, key_fingerprint: str, definition_hash: str) -> tuple[str, str, str]:
     """(domain, key fingerprint, definition hash) as every pin store keeps them (normalised)."""
-    return normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+    return (
+        normalize_domain(domain),
+        normalize_fingerprint(key_fingerprint),
+        normalize_definition_hash(definition_hash),
+    )
 
 
 def _pending_is(pin: Pin | None, fp: str, h: str) -> bool:

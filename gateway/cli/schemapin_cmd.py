@@ -277,12 +277,10 @@ def _snapshot(args: argparse.Namespace) -> KeySnapshot:
         timeout=args.timeout, allow_insecure_http=args.insecure_http, verify=verify, ttl=0
     )
     if args.discovery and not args.discovery.startswith(("https://", "http://")):
-        from schemapin._discovery import load_discovery_text
-
-        disc = load_discovery_text(_read(Path(args.discovery)), max_bytes=64 * 1024)
+        disc = schemapin.load_discovery_text(_read(Path(args.discovery)), max_bytes=64 * 1024)
         rev = None
         if args.revocation:
-            rev = load_discovery_text(_read(args.revocation), max_bytes=1024 * 1024)
+            rev = schemapin.load_discovery_text(_read(args.revocation), max_bytes=1024 * 1024)
         return schemapin.snapshot_from_documents(disc, domain=domain, revocation=rev, source=args.discovery)
     if args.revocation:
         raise _Usage("--revocation applies to a discovery FILE only")

@@ -48,7 +48,7 @@ from gateway.onboard.discovery_managed import ManagedPolicy
 from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
 from gateway.onboard.registry import RegistryFolder
 from gateway.onboard.statelock import state_locked
-from gateway.verify import MIN_HASH_HEX
+from gateway.verify import MIN_HASH_HEX, hash_prefix
 
 _logger = logging.getLogger("symbi.discovery")
 
@@ -227,9 +227,9 @@ def _check_seen(d: Discovered, expect: str) -> None:
     """``ReviewedHashRequired`` unless ``expect`` is a digest (a prefix of one, at least
     ``MIN_HASH_HEX`` hex digits), ``DefinitionChanged`` unless it is ``d``'s. Neither message
     prints the current digest: copied from a refusal, it would approve a config unseen."""
-    want = expect.strip().lower()
+    want = hash_prefix(expect)
     where = f"`symbi discover list` (the admin API's or the dashboard's listing) for {d.name!r}"
-    if not MIN_HASH_HEX <= len(want) <= 64 or not set(want) <= set("0123456789abcdef"):
+    if want is None:
         raise ReviewedHashRequired(
             f"discovered server {d.name!r}: an approval names the digest of the config you saw "
             f"({MIN_HASH_HEX} to 64 hex digits from {where})"

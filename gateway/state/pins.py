@@ -19,8 +19,7 @@ import psycopg
 
 from gateway.state.health import safe_url
 from gateway.state.postgres import Postgres, bump_approvals
-from schemapin import Pin, PinEvent, PinStatus
-from schemapin._domain import normalize_domain
+from schemapin import Pin, PinEvent, PinStatus, normalize_domain
 from schemapin._pinrules import (
     LAST_SEEN_RESOLUTION_S,
     PIN_COLS,

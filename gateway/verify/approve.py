@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ApprovalError, DefinitionChanged, ReviewedHashRequired, ScreeningFlagged
 from gateway.screen import Screening, screen_definition
-from gateway.verify import MIN_HASH_HEX
+from gateway.verify import MIN_HASH_HEX, hash_prefix
 from gateway.verify.listed import is_listed, kind_of
 from gateway.verify.state import ToolRecord, ToolStates
-from schemapin._crypto import normalize_fingerprint  # as gateway/state/pins.py normalises them
-from schemapin._pinrules import _hash
+from schemapin import normalize_definition_hash, normalize_fingerprint  # as every pin store normalises them
 
 if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
@@ -74,9 +73,6 @@ def check_screening(store: ToolStates, rec: ToolRecord, *, accept: bool) -> Scre
     return result
 
 
-_HEX = frozenset("0123456789abcdef")
-
-
 def _where(namespaced: str) -> str:
     return f"`symbi tools diff {namespaced}` (or GET /api/tools/{namespaced}/diff, current_hash)"
 
@@ -89,8 +85,8 @@ def reviewed_hash(given: str | None, namespaced: str) -> str:
             f"{namespaced}: an approval names the definition you reviewed: review it with "
             f'{_where(namespaced)} and pass its hash (--hash, or the body\'s "hash")'
         )
-    h = given.strip().lower()
-    if not set(h) <= _HEX or not MIN_HASH_HEX <= len(h) <= 64:
+    h = hash_prefix(given)
+    if h is None:
         raise ReviewedHashRequired(
             f"{namespaced}: the hash given ({given[:80]!r}) is not a definition hash: "
             f"{MIN_HASH_HEX} to 64 hex digits from {_where(namespaced)}"
@@ -125,7 +121,7 @@ def _pin_value(given: str | None, option: str, field: str, where: str) -> str | 
     if given is None:
         return None
     try:
-        return normalize_fingerprint(given) if option == "--fingerprint" else _hash(given)
+        return normalize_fingerprint(given) if option == "--fingerprint" else normalize_definition_hash(given)
     except ValueError:
         raise ReviewedHashRequired(
             f"{option} {given[:80]!r} is not a full {field}: give it as {where} prints it"

@@ -55,8 +55,10 @@ class RunscRun(Sandboxed):
         another party sent (``runsc kill``, a host ``kill -9``) is none of the budget's."""
         # the parsed counter, not a substring: ``oom_kill_disable`` is in every readable file
         counts = read_kv(Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control"))
-        if "oom_kill" in counts:
-            return counts["oom_kill"] > 0, None
+        if counts.get("oom_kill", 0) > 0:
+            return True, None
+        if exit_code in (137, -9) and "oom_kill" in counts:  # a SIGKILL none of the budget's
+            return False, "failure: killed by a signal (9): another party or the runtime"
         if exit_code in (137, -9):  # its cgroup gone or unread: a kill it cannot tell apart
             return False, "failure: killed, and its memory cgroup does not say by whom"
         return False, None

@@ -50,7 +50,7 @@ class RunscRun(Sandboxed):
         except (OSError, ValueError):
             return 0.0
 
-    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+    def end_cause(self, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
         """The kernel's OOM kill is the sandbox cgroup's ``oom_kill`` count: a SIGKILL (137)
         another party sent (``runsc kill``, a host ``kill -9``) is none of the budget's."""
         # the parsed counter, not a substring: ``oom_kill_disable`` is in every readable file

@@ -365,8 +365,8 @@ async def test_a_gvisor_agent_another_party_kills_is_not_over_its_memory_budget(
     said: list[tuple[bool, str | None]] = []
     end_cause = RunscRun.end_cause
 
-    def recorded(self: RunscRun, exit_code: int | None) -> tuple[bool, str | None]:
-        said.append(end_cause(self, exit_code))  # (the real answer, recorded: a seam, not a fake)
+    def recorded(self: RunscRun, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
+        said.append(end_cause(self, exit_code, ours))  # (the real answer, recorded: a seam, not a fake)
         return said[-1]
 
     monkeypatch.setattr(RunscRun, "end_cause", recorded)

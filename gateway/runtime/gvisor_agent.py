@@ -50,13 +50,15 @@ class RunscRun(Sandboxed):
         except (OSError, ValueError):
             return 0.0
 
-    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+    def end_cause(self, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
         """The kernel's OOM kill is the sandbox cgroup's ``oom_kill`` count: a SIGKILL (137)
         another party sent (``runsc kill``, a host ``kill -9``) is none of the budget's."""
         # the parsed counter, not a substring: ``oom_kill_disable`` is in every readable file
         counts = read_kv(Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control"))
-        if "oom_kill" in counts:
-            return counts["oom_kill"] > 0, None
+        if counts.get("oom_kill", 0) > 0:
+            return True, None
+        if exit_code in (137, -9) and "oom_kill" in counts:  # a SIGKILL none of the budget's
+            return False, "failure: killed by a signal (9): another party or the runtime"
         if exit_code in (137, -9):  # its cgroup gone or unread: a kill it cannot tell apart
             return False, "failure: killed, and its memory cgroup does not say by whom"
         return False, None

@@ -424,7 +424,7 @@ class HostedAgents:
         # Terminated whose key still answered 200 was a window for whoever held the key
         await self._revoke(key_id)
         # how it ended, off the loop: a container's is Docker's events, read for up to 5 s
-        end = await anyio.to_thread.run_sync(cgroup.end_cause, proc.returncode)
+        end = await anyio.to_thread.run_sync(cgroup.end_cause, proc.returncode, bool(stopped))
         return self._ended(agent, ac, limits, cgroup, proc.returncode, end, stopped, started)
 
     def _ended(

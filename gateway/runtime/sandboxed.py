@@ -23,9 +23,10 @@ class Sandboxed:
     def memory_peak_mb(self) -> float:
         return 0.0
 
-    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+    def end_cause(self, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
         """How a run that exited ``exit_code`` ended: (the kernel's OOM kill at its memory
-        budget, another party's kill or an end that cannot be told from one, said readably)."""
+        budget, another party's kill or an end that cannot be told from one, said readably).
+        ``ours``: the gateway stopped it (another party's kill is not asked: unused then)."""
         return False, None
 
     def remove(self) -> None: ...
@@ -43,7 +44,7 @@ class Cgroup(Sandboxed):
 
         return cgroups.memory_peak_mb(self.cg)
 
-    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+    def end_cause(self, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
         return bool(self.cg.oom_killed()), None
 
     def remove(self) -> None:
@@ -66,7 +67,7 @@ class Container(Sandboxed):
         except Exception as e:  # noqa: BLE001 - already gone
             _logger.debug("container %s not killed: %s", self.name, e)
 
-    def end_cause(self, exit_code: int | None) -> tuple[bool, str | None]:
+    def end_cause(self, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
         """The kernel's OOM kill (inspect's OOMKilled, or Docker's events once ``--rm`` removed
         the container), or another party's kill (its ``kill`` event): never 137 alone, which
         an operator's ``docker kill`` exits with too. Blocks (Docker's events, up to
@@ -82,6 +83,8 @@ class Container(Sandboxed):
                 return True, None
         except Exception as e:  # noqa: BLE001 - removed by --rm already: its events say how
             _logger.debug("container %s not inspected: %s", self.name, e)
+        if ours:  # stopped by the gateway: its events (up to EVENTS_WAIT_S) would say our kill
+            return False, None
         try:  # (the name filters the events as the id does; each run's name is its own)
             oom, other = container_end(docker_client().api, self.name, exit_code)
         except GatewayError as e:  # the daemon refused the query: an end that cannot be told

@@ -332,6 +332,18 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
         log.warning("docker events for %s could not be read: %r", cid, e)
 
 
+def events_refusal(api: Any) -> str | None:
+    """Why the events query is refused (a socket proxy forbidding ``/events``), or None: asked
+    once at probe time, an empty window long past (answers at once, whatever the clocks), so a
+    tier whose every post-mortem would say "cannot tell" is refused up front (fail closed)."""
+    url = f"{api.base_url}/v{api.api_version}/events"
+    with api.get(url, params={"since": "0", "until": "1"}, stream=True, timeout=EVENTS_WAIT_S) as answer:
+        if answer.status_code == 200:
+            return None
+        said = answer.raw.read(200, decode_content=True)
+    return f"Docker answered {answer.status_code} to its events query ({said!r}): a run's end cannot be told"
+
+
 def _end_events(api: Any, cid: str) -> dict[str, dict[str, str]]:
     """The ``kill``/``oom``/``die`` events of container ``cid`` (see ``container_end``), read in
     a thread of its own waited for at most EVENTS_WAIT_S in all, whatever stalls (connect,

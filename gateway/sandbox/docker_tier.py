@@ -47,6 +47,7 @@ from .docker_api import (
     container_name,
     docker_errors,
     docker_knows,
+    events_refusal,
     remove_container,
     runsc_delete,
     runsc_ids,
@@ -132,6 +133,9 @@ class DockerTier(SandboxTier):
             client.images.get(self.image)
         except Exception:  # noqa: BLE001 - ImageNotFound or an API error: either way not usable
             return False, f"image {self.image!r} missing (run scripts/setup-sandbox.sh)"
+        refused = events_refusal(client.api)  # every post-mortem reads them (container_end)
+        if refused is not None:
+            return False, refused
         label = f"Docker {info.get('ServerVersion', '?')}, runtime {self.runtime}"
         if not deep:
             return True, label

@@ -354,11 +354,22 @@ def _own_runsc_kill() -> list[str] | None:
     return None
 
 
-async def test_a_gvisor_agent_another_party_kills_is_not_over_its_memory_budget(tmp_path: Path) -> None:
+async def test_a_gvisor_agent_another_party_kills_is_not_over_its_memory_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another party's ``runsc kill`` (an operator's) exits 137, like the sandbox's OOM kill:
-    its cgroup's ``oom_kill`` count says 0, and the run was read as over its budget all the same."""
+    its cgroup's ``oom_kill`` count says 0, and the run was read as over its budget all the same;
+    then as "exited with code 137" (no other party's kill), unlike the docker tier's wording."""
     if not _cgroup_v1():
         pytest.skip("cgroup v1 hierarchies only here (this machine's); v2 paths are not read")
+    said: list[tuple[bool, str | None]] = []
+    end_cause = RunscRun.end_cause
+
+    def recorded(self: RunscRun, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
+        said.append(end_cause(self, exit_code, ours))  # (the real answer, recorded: a seam, not a fake)
+        return said[-1]
+
+    monkeypatch.setattr(RunscRun, "end_cause", recorded)
     ac = AgentConfig(
         command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="gvisor"
     )
@@ -384,3 +395,5 @@ async def test_a_gvisor_agent_another_party_kills_is_not_over_its_memory_budget(
     [exited] = [d for t, d, _, _ in h.events.events if t == "agent.exited"]
     assert exited["exit_code"] == 137 and exited["oom"] is False  # a SIGKILL, not the budget's
     assert [e["type"] for e in h.runtime.recent_errors] == ["exit"]
+    [(oom, other)] = said
+    assert oom is False and other is not None  # said killed by a signal, not an exit of its own

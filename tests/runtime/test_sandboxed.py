@@ -43,9 +43,9 @@ async def test_a_hosted_container_another_party_kills_is_not_over_its_memory_bud
     asked_in: list[int] = []
     own = Container.end_cause
 
-    def end_cause(self: Container, exit_code: int | None) -> tuple[bool, str | None]:
+    def end_cause(self: Container, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
         asked_in.append(threading.get_ident())
-        return own(self, exit_code)
+        return own(self, exit_code, ours)
 
     monkeypatch.setattr(Container, "end_cause", end_cause)
     loop_thread = threading.get_ident()
@@ -93,3 +93,39 @@ def test_an_end_the_docker_cli_gave_asks_docker_nothing() -> None:
     ended = Container(f"symbi-agent-never-made-{os.getpid()}")
     assert ended.end_cause(125) == (False, None)
     assert ended.end_cause(1) == (False, None)
+
+
+async def test_a_hosted_container_the_gateway_stops_asks_dockers_events_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's own stop (an operator's) was asked of Docker's events as any kill was, its
+    answer (another party's kill) unused: up to EVENTS_WAIT_S on a worker thread at every stop.
+    The real ``container_end``, its calls counted (a seam, not a fake)."""
+    from gateway.sandbox import docker_api
+
+    asked: list[str] = []
+    real = docker_api.container_end
+
+    def counted(api: object, cid: str, exit_code: int | None) -> tuple[bool, str | None]:
+        asked.append(cid)
+        return real(api, cid, exit_code)
+
+    monkeypatch.setattr(docker_api, "container_end", counted)
+    name = f"stopped{os.getpid()}"
+    ac = AgentConfig(
+        command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="docker"
+    )
+    h = _host(tmp_path, "docker", **{name: ac})
+    outcome: list[str] = []
+
+    async def run() -> None:
+        outcome.append(await h._run_once(name, ac))
+
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while not _running(f"symbi-agent-{name}-"):
+                await anyio.sleep(0.2)
+            h._stop[name]()  # the gateway's stop, as an operator's ``agent stop`` calls it
+    assert outcome == ["stopped"]
+    assert asked == []  # its events never read

@@ -535,3 +535,72 @@ def test_server_requests_take_the_fast_path_and_decide_as_opa() -> None:
         assert _facts_fields(engine, {**base, **o}) is None  # the general rules decide
     diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
     assert diffs == []
+
+
+def _prompt_fast(engine: Any, inp: dict[str, Any]) -> bool:
+    """Whether ``inp`` is decided by facts' prompt branch: the one that checks the arguments
+    inline, so a stand-in value of the general rule prompt_arg_deny does not reach its
+    refusals (the general pieces' branch asks that rule and shows the stand-in)."""
+    engine.set_input(inp)
+    query = 'x := data.symbi.facts.refusals with data.symbi.prompt_arg_deny as {"stand-in"}'
+    rows = engine.eval_query(query)["result"]
+    return bool(rows) and "stand-in" not in rows[0]["bindings"]["x"]
+
+
+def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
+    """A prompt (kind prompts/get) with a string target and an arguments object (or none),
+    as a call or a listing, is decided by facts' prompt branch; variants of the case file's
+    (other principals and sources, unknown prompts, redacted and checked arguments, answers,
+    a principal at its hourly cap, fields missing or of another type) decide exactly as real
+    OPA's general rules (no index) decide them."""
+    data = json.loads(DATA.read_text())
+    bundle, engine = _load(POLICY.read_text(), data)
+    opa = opa_engine(data=data)  # no precomputed index: OPA decides by the general rules
+    cases = [c.input for c in load_cases(CASES) if c.input.get("kind") == "prompts/get"]
+    assert cases
+    for inp in cases:
+        well_formed = isinstance(inp.get("target"), str) and isinstance(inp.get("arguments", {}), dict)
+        assert _prompt_fast(engine, {**inp, "action": "call"}) == well_formed, inp
+    base = {**cases[0], "action": "call"}
+    key = {"source": "key", "roles": []}
+    odd: list[dict[str, Any]] = [
+        {"target": "time__p"},
+        {"target": "evil__x"},
+        {"target": "unknown"},
+        {"target": ""},
+        {"target": None},
+        {"target": 5},
+        {"arguments": {"path": "/srv/symbi/a", "api_key": "k"}},
+        {"arguments": {"paths": ["/srv/symbi/a", "/etc/shadow"], "token": 3}},
+        {"arguments": {"paths": []}},
+        {"arguments": {"source": "/srv/symbi/../etc"}},
+        {"arguments": {"url": "http://example.com@evil.com/"}},
+        {"arguments": {"uri": ["https://example.com", 7]}},
+        {"arguments": {"endpoint": "file:///etc/passwd"}},
+        {"arguments": {}},
+        {"arguments": None},
+        {"arguments": "x"},
+        {"arguments": ["x"]},
+        {"input_responses": {"q1": {"action": "accept", "content": {"path": "/etc/passwd"}}}},
+        {"input_responses": {"q1": {"action": "accept", "content": {"url": "https://example.com/"}}}},
+        {"input_responses": "x"},
+        {"context": {"calls_last_hour": 10**6}},
+        {"context": {"calls_last_hour": 0}},
+        {"context": None},
+        {"action": "list"},
+        {"action": None},
+        {"principal": {**key, "id": "nobody"}},
+        {"principal": {**key, "id": "ci-bot"}},
+        {"principal": {"id": "local", "source": "stdio", "roles": ["admin"]}},
+        {"principal": {"id": "sub-1", "source": "jwt", "issuer": "https://login.example.com/", "roles": []}},
+        {"principal": {"id": "anon", "source": "anonymous", "roles": ["readonly"]}},
+        {"principal": {"id": "x", "source": "other", "roles": ["developer"]}},
+        {"principal": {"roles": []}},
+    ]
+    rng = random.Random(52)
+    inputs = [{**c, **o} for c in cases for o in rng.sample(odd, 8)] + [{**base, **o} for o in odd]
+    inputs += [{**i, **o} for i in inputs[-len(odd) :] for o in rng.sample(odd, 3)]
+    for o in ({"target": None}, {"arguments": "x"}, {"principal": {"roles": []}}):
+        assert not _prompt_fast(engine, {**base, **o})  # the other branches or general rules
+    diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
+    assert diffs == []

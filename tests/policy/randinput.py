@@ -86,7 +86,15 @@ URLS: list[Any] = [
     ["https://example.com", "http://evil.com"],
 ]
 # prompt names (namespaced as tools' are) for a prompts/get's target, and an upstream's requests
-PROMPTS: list[Any] = ["everything__simple_prompt", "everything__complex_prompt", "time__p", "evil__x", "x", None, 5]
+PROMPTS: list[Any] = [
+    "everything__simple_prompt",
+    "everything__complex_prompt",
+    "time__p",
+    "evil__x",
+    "x",
+    None,
+    5,
+]
 METHODS: list[Any] = ["roots/list", "elicitation/create", "sampling/createMessage", "ping", None, 3]
 SERVER_REQUESTS: list[Any] = [
     {},

@@ -601,7 +601,8 @@ def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
     rng = random.Random(52)
     inputs = [{**c, **o} for c in cases for o in rng.sample(odd, 8)] + [{**base, **o} for o in odd]
     inputs += [{**i, **o} for i in inputs[-len(odd) :] for o in rng.sample(odd, 3)]
-    for o in ({"target": None}, {"arguments": "x"}, {"principal": {"roles": []}}):
+    slow: list[dict[str, Any]] = [{"target": None}, {"arguments": "x"}, {"principal": {"roles": []}}]
+    for o in slow:
         assert not _prompt_fast(engine, {**base, **o})  # the other branches or general rules
     diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
     assert diffs == []

@@ -415,7 +415,10 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# a prompt with an arguments object, given the index of the data in force (the rules of
 	# access_deny, prompt_arg_deny, volume_deny, other_permitted and other_conditions): its
 	# arguments checked inline as a tool call's are (prompt_arg_deny's rule and function calls
-	# cost most of a prompt's decision); without the index, the branch below decides it
+	# cost most of a prompt's decision); without the index, the branch below decides it.
+	# access_deny is not asked whole here (its prompt_ok alone cost ~510k instructions, session
+	# 52): a rule added to access_deny for prompts/get must be added here too (the parity tests
+	# with OPA's general rules catch one that is not).
 	input.kind == "prompts/get"
 	pid := input.principal.id
 	hour := input.context.calls_last_hour

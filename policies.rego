@@ -418,7 +418,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# cost most of a prompt's decision); without the index, the branch below decides it.
 	# access_deny is not asked whole here (its prompt_ok alone cost ~510k instructions, session
 	# 52): a rule added to access_deny for prompts/get must be added here too (the parity tests
-	# with OPA's general rules catch one that is not).
+	# compare this branch with OPA's general rules on the cases and variants).
 	input.kind == "prompts/get"
 	pid := input.principal.id
 	hour := input.context.calls_last_hour

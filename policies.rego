@@ -412,6 +412,88 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		count(pats) > 0
 	}
 } else := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
+	# a prompt with an arguments object, given the index of the data in force (the rules of
+	# access_deny, prompt_arg_deny, volume_deny, other_permitted and other_conditions): its
+	# arguments checked inline as a tool call's are (prompt_arg_deny's rule and function calls
+	# cost most of a prompt's decision); without the index, the branch below decides it.
+	# access_deny is not asked whole here (its prompt_ok alone cost ~510k instructions, session
+	# 52): a rule added to access_deny for prompts/get must be added here too (the parity tests
+	# compare this branch with OPA's general rules on the cases and variants).
+	input.kind == "prompts/get"
+	pid := input.principal.id
+	hour := input.context.calls_last_hour
+	call := input.action == "call"
+	target := input.target
+	is_string(target)
+	args := object.get(input, "arguments", {}) # (none: none to check, as prompt_arg_deny)
+	is_object(args) # (another value: the general rules refuse it)
+	c := data.symbi_data
+	ix := data.precomputed.symbi.data_index
+	ix.of == object.remove(c, ["principals"])
+	paths := {
+		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
+		"jwt": ["jwt", input.principal.issuer, pid],
+	}
+	entry := object.get(c.principals, paths[input.principal.source], {})
+	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
+	granted := ({1 |
+		pats := {p | some p in entry.prompts} | {p |
+			some r in roles
+			some p in c.roles[r].prompts
+		}
+		some p in pats
+		glob.match(p, [], target)
+	}) != set()
+	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
+	refusals := ((({sprintf("principal %v may not get prompt %v", [pid, target]) | not granted} | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
+		call
+		cap > 0
+		hour >= cap
+	}) | {sprintf("argument %v is not a path under an allowed root", [k]) |
+		call
+		some k, v in args
+		ix.path_args[k]
+		vals := {false: [v], true: v} # (a string, or each item of an array)
+		vs := vals[is_array(v)]
+		[x | # the values path_ok passes (as in the tools/call branch)
+			some x in vs
+			is_string(x)
+			strings.replace_n({"\\": "", "\u0000": ""}, x) == x
+			parts := split(x, "/")
+			not "." in parts
+			not ".." in parts
+			strings.any_prefix_match(concat("", [x, "\u0000"]), ix.roots)
+		] != vs
+	}) | {msg |
+		call
+		some k, v in args
+		ix.url_args[k]
+		pats := {false: ix.url_re_plain, true: ix.url_re}
+		vals := {false: [v], true: v}
+		some x in vals[is_array(v)]
+		hosts := [lower(m[0][1]) |
+			is_string(x)
+			m := regex.find_all_string_submatch_n(pats[contains(x, "@")], x, 1)
+			count(m) == 1
+		]
+		some msg in {sprintf("argument %v is not an http(s) URL", [k]) | hosts == []} | {sprintf("argument %v: host %v is not in the allow-list", [k, h]) |
+			some h in hosts
+			not ix.url_hosts.exact[h]
+			[1 | some pat in ix.url_hosts.glob; glob.match(pat, ["."], h)] == []
+		}
+	}) | {msg |
+		resp := input.input_responses # (first: a request without answers costs one lookup)
+		some msg in answer_refusals(resp, ix)
+	}
+	# redact_arguments by glob on the prompt's name (prompt_redact_args), for a granted prompt
+	keys := {k |
+		granted
+		some p, ks in object.get(c, "redact_arguments", {})
+		glob.match(p, [], target)
+		some k in ks
+	}
+	conditions := {"redact_arguments": sort(keys) | count(keys) > 0}
+} else := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
 	# resources, prompts and log levels by glob on the target (the rules of access_deny,
 	# volume_deny, other_permitted and other_conditions)
 	kind := input.kind

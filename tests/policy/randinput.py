@@ -21,6 +21,7 @@ KINDS = [
     "context/read",
     "context/write",
     "knowledge/search",
+    "server_request",
     "weird/kind",
 ]
 PRINCIPALS = ["local", "admin", "alice", "ci-bot", "auditor", "nobody", "sub-1"]
@@ -83,6 +84,29 @@ URLS: list[Any] = [
     "https://ex ample.com",
     7,
     ["https://example.com", "http://evil.com"],
+]
+# prompt names (namespaced as tools' are) for a prompts/get's target, and an upstream's requests
+PROMPTS: list[Any] = [
+    "everything__simple_prompt",
+    "everything__complex_prompt",
+    "time__p",
+    "evil__x",
+    "x",
+    None,
+    5,
+]
+METHODS: list[Any] = ["roots/list", "elicitation/create", "sampling/createMessage", "ping", None, 3]
+SERVER_REQUESTS: list[Any] = [
+    {},
+    {"maxTokens": 100},
+    {"maxTokens": 10**6},
+    {"maxTokens": "10"},
+    {"maxTokens": -1},
+    {"mode": "url", "url": "https://example.com/x"},
+    {"mode": "url", "url": "https://evil.example/x"},
+    {"mode": "url", "url": 5},
+    {"mode": "form"},
+    None,
 ]
 TOPICS: list[Any] = ["team.a", "team.a.b", "events.x", "events.x.y", "other", "team", 5]
 # an argument document that is not an object (the gateway always sends one; a case file or
@@ -204,6 +228,14 @@ def random_input(r: random.Random, not_object: float = 0.0) -> dict[str, Any]:
         doc["recipient"] = {"agent": "agent-b", "principal": ns + peer}
         if _maybe(r):
             doc["topic"] = r.choice(TOPICS)
+    # a prompt's name and an upstream's request, drawn apart (the other draws' stream stays)
+    apart = random.Random(repr((pid, kind, doc["context"]["calls_last_minute"], "s52")))
+    if kind == "prompts/get" and apart.random() < 0.7:
+        doc["target"] = apart.choice(PROMPTS)
+    if kind == "server_request":
+        doc["server"] = apart.choice([*UPSTREAMS, None, 3])
+        doc["method"] = apart.choice(METHODS)
+        doc["request"] = apart.choice(SERVER_REQUESTS)
     if kind.startswith(("context/", "knowledge/")):
         doc["memory"] = {
             "owner": r.choice(["agent-a", "agent-b", ""]),

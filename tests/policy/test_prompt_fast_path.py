@@ -1,0 +1,92 @@
+"""facts' prompts/get branch (session 52): a well-formed prompt's arguments are checked in
+the branch itself, not by the general rule prompt_arg_deny, and it decides exactly as real
+OPA's general rules do (test_index_parity.py holds the other kinds' fast paths)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from gateway.policy.cases import load_cases
+from tests.policy.conftest import CASES, DATA, POLICY, opa_engine
+from tests.policy.test_index_parity import _decide, _load, _opa
+
+
+def _prompt_fast(engine: Any, inp: dict[str, Any]) -> bool:
+    """Whether ``inp`` is decided by facts' prompt branch: the one that checks the arguments
+    inline, so a stand-in value of the general rule prompt_arg_deny does not reach its
+    refusals (the general pieces' branch asks that rule and shows the stand-in)."""
+    engine.set_input(inp)
+    query = 'x := data.symbi.facts.refusals with data.symbi.prompt_arg_deny as {"stand-in"}'
+    rows = engine.eval_query(query)["result"]
+    return bool(rows) and "stand-in" not in rows[0]["bindings"]["x"]
+
+
+def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
+    """A prompt (kind prompts/get) with a string target and an arguments object (or none),
+    as a call or a listing, is decided by facts' prompt branch; variants of the case file's
+    (other principals and sources, unknown prompts, redacted and checked arguments, answers,
+    a principal at its hourly cap, fields missing or of another type) decide exactly as real
+    OPA's general rules (no index) decide them."""
+    data = json.loads(DATA.read_text())
+    bundle, engine = _load(POLICY.read_text(), data)
+    opa = opa_engine(data=data)  # no precomputed index: OPA decides by the general rules
+    cases = [c.input for c in load_cases(CASES) if c.input.get("kind") == "prompts/get"]
+    assert cases
+    for inp in cases:
+        well_formed = isinstance(inp.get("target"), str) and isinstance(inp.get("arguments", {}), dict)
+        assert _prompt_fast(engine, {**inp, "action": "call"}) == well_formed, inp
+    base = {**cases[0], "action": "call"}
+    # principals as the gateway sends them (every field; issuer null but for a jwt's)
+    key = {**base["principal"], "source": "key", "roles": [], "issuer": None}
+    stdio = {**key, "source": "stdio"}
+    capped = [{**key, "id": "ci-bot"}, {**stdio, "id": "local"}]
+    odd: list[dict[str, Any]] = [
+        {"target": "time__p"},
+        {"target": "evil__x"},
+        {"target": "unknown"},
+        {"target": ""},
+        {"target": None},
+        {"target": 5},
+        {"arguments": {"path": "/srv/symbi/a", "api_key": "k"}},
+        {"arguments": {"paths": ["/srv/symbi/a", "/etc/shadow"], "token": 3}},
+        {"arguments": {"paths": []}},
+        {"arguments": {"source": "/srv/symbi/../etc"}},
+        {"arguments": {"url": "http://example.com@evil.com/"}},
+        {"arguments": {"uri": ["https://example.com", 7]}},
+        {"arguments": {"endpoint": "file:///etc/passwd"}},
+        {"arguments": {}},
+        {"arguments": None},
+        {"arguments": "x"},
+        {"arguments": ["x"]},
+        {"input_responses": {"q1": {"action": "accept", "content": {"path": "/etc/passwd"}}}},
+        {"input_responses": {"q1": {"action": "accept", "content": {"url": "https://example.com/"}}}},
+        {"input_responses": "x"},
+        {"context": {"calls_last_hour": 10**6}},
+        {"context": {"calls_last_hour": 0}},
+        # at and just below the caps of the data (ci-bot's 100, local's 5000), for each principal
+        *({"principal": p, "context": {"calls_last_hour": n}} for p in capped for n in (99, 100, 4999, 5000)),
+        {"context": None},
+        {"action": "list"},
+        {"action": None},
+        {"principal": {**key, "id": "nobody"}},
+        {"principal": {**key, "id": "ci-bot"}},
+        {"principal": {**stdio, "id": "local", "roles": ["admin"]}},
+        {"principal": {**key, "id": "sub-1", "source": "jwt", "issuer": "https://login.example.com/"}},
+        {"principal": {**key, "id": "anon", "source": "anonymous", "roles": ["readonly"]}},
+        {"principal": {**key, "id": "x", "source": "other", "roles": ["developer"]}},
+        {"principal": {**key, "id": "alice"}},
+        {"principal": {**key, "id": "auditor", "roles": ["admin"]}},
+        {"principal": {"roles": []}},
+    ]
+    rng = random.Random(52)
+    inputs = [{**c, **o} for c in cases for o in rng.sample(odd, 8)] + [{**base, **o} for o in odd]
+    inputs += [{**i, **o} for i in inputs[-len(odd) :] for o in rng.sample(odd, 3)]
+    slow: list[dict[str, Any]] = [{"target": None}, {"arguments": "x"}, {"principal": {"roles": []}}]
+    for o in slow:
+        assert not _prompt_fast(engine, {**base, **o})  # the other branches or general rules
+    fast = sum(_prompt_fast(engine, i) for i in inputs)
+    assert fast >= len(inputs) // 2, (fast, len(inputs))  # the parity below is mostly the branch's
+    diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
+    assert diffs == []

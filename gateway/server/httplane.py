@@ -75,6 +75,7 @@ from gateway.server.fastlane import (
     LaneDispatch,
     MiddlewareChain,
     cancelled_id,
+    inexact,
     plain_call,
     run_call,
 )
@@ -254,9 +255,9 @@ class HttpLane:
         if key in self._in_flight or key in self._sdk_posts or transport_serving(transport, str(rid)):
             await send_json(send, reused(rid), sid, 400)
             return True
-        # 19 digits in a row: perhaps an integer orjson made a float: the SDK's (after the reuse
-        # check, and recorded as the SDK's request like any other it serves)
-        call = None if LONG_DIGITS.search(body) else self._lane_call(conn, msg)
+        # an integer orjson made a float: the SDK's (after the reuse check, and recorded as the
+        # SDK's request like any other it serves); 19 digits of a string are the lane's
+        call = None if LONG_DIGITS.search(body) and inexact(msg) else self._lane_call(conn, msg)
         if call is None:
             self._sdk_posts.add(key)
             return key

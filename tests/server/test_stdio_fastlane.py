@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from mcp import ClientSession, stdio_client, types
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit import store
 from gateway.config.load import load_config
+from gateway.server.fastlane import inexact
 from tests.conftest import EVERYTHING_JS, SYMBI, require_peers, symbi_env, upstream_writable, write_config
 from tests.server._clients import gateway_params
 from tests.server.test_stdio_e2e import MUTABLE
@@ -160,6 +162,9 @@ INIT: dict[str, Any] = {
 # (lines to send, the reply ids the step waits for, calls the lane takes when on); then a
 # sentinel call (whatever else came back before its reply is part of the step)
 Step = tuple[list[Any], tuple[Any, ...], int]
+DIGITS_TRACEPARENT = "00-552441630219779708567ec7773a2aca-758c461947594451-02"  # one CI drew
+
+
 SCRIPT: list[Step] = [
     # before initialize: the SDK's refusal on both paths
     ([call("early", ECHO, {"message": "too soon"})], ("early",), 0),
@@ -250,6 +255,13 @@ SCRIPT: list[Step] = [
             )
         ],
         (52,),
+        1,
+    ),
+    # 19 digits in a row in strings (a random traceparent has them once in some 1,300 calls): the
+    # lane's; only an integer orjson would read as a float is the SDK's
+    (
+        [call(53, ECHO, {"message": "1234567890123456789012"}, _meta={"traceparent": DIGITS_TRACEPARENT})],
+        (53,),
         1,
     ),
     # id collision with a call in flight: the second refused (Invalid Request), the first answered
@@ -630,3 +642,22 @@ def test_a_batch_is_refused_whole_duplicate_and_in_flight_ids_included(tmp_path:
         assert not any(f'"b{i}"' in record.read_text() for i in (1, 2, 3))
     finally:
         w.close()
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        (b"123456789012345678901234567890", True),
+        (b"-9223372036854775809", True),
+        (b"18446744073709551616", True),
+        (b"18446744073709551615", False),  # orjson reads it exactly
+        (b"-9223372036854775808", False),
+        (b"1e18", False),
+        (b'"1234567890123456789012"', False),  # digits of a string
+    ],
+)
+def test_inexact_finds_what_orjson_reads_as_a_float_past_64_bits(number: bytes, expected: bool) -> None:
+    msg = orjson.loads(b'{"params":{"arguments":{"a":[1,{"n":%s}]}}}' % number)
+    assert inexact(msg) is expected
+    # deeper than Python's recursion limit (orjson reads 1024 levels): no RecursionError
+    assert inexact(orjson.loads(b"[" * 1023 + number + b"]" * 1023)) is expected

@@ -418,7 +418,8 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# cost most of a prompt's decision); without the index, the branch below decides it.
 	# access_deny is not asked whole here (its prompt_ok alone cost ~510k instructions, session
 	# 52): a rule added to access_deny for prompts/get must be added here too (the parity tests
-	# compare this branch with OPA's general rules on the cases and variants).
+	# compare this branch with OPA's general rules on the cases and variants; a digest of the
+	# rules written out here fails tests/policy/test_prompt_fast_path.py when one changes).
 	input.kind == "prompts/get"
 	pid := input.principal.id
 	hour := input.context.calls_last_hour

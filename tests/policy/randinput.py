@@ -73,6 +73,7 @@ PATHS: list[Any] = [
 URLS: list[Any] = [
     "https://example.com/x",
     "http://a.example.com:8443/y?z=1",
+    "https://a.b.example.com/",  # `*.example.com` with "." as its delimiter: not allowed
     "http://example.com@evil.com/",
     "file:///etc/passwd",
     "HTTPS://EXAMPLE.COM/",
@@ -228,8 +229,9 @@ def random_input(r: random.Random, not_object: float = 0.0) -> dict[str, Any]:
         doc["recipient"] = {"agent": "agent-b", "principal": ns + peer}
         if _maybe(r):
             doc["topic"] = r.choice(TOPICS)
-    # a prompt's name and an upstream's request, drawn apart (the other draws' stream stays)
-    apart = random.Random(repr((pid, kind, doc["context"]["calls_last_minute"], "s52")))
+    # a prompt's name and an upstream's request, from a generator of their own seeded by this
+    # draw (every input its own; the others' draws are not shifted by how many these take)
+    apart = random.Random(r.getrandbits(64))
     if kind == "prompts/get" and apart.random() < 0.7:
         doc["target"] = apart.choice(PROMPTS)
     if kind == "server_request":

@@ -4,8 +4,10 @@ OPA's general rules do (test_index_parity.py holds the other kinds' fast paths).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 from typing import Any
 
 from gateway.policy.cases import load_cases
@@ -54,6 +56,9 @@ def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
         {"arguments": {"paths": []}},
         {"arguments": {"source": "/srv/symbi/../etc"}},
         {"arguments": {"url": "http://example.com@evil.com/"}},
+        # decided by the data's glob `*.example.com` alone, "." its delimiter: one label only
+        {"arguments": {"url": "https://sub.example.com/"}},
+        {"arguments": {"url": "https://a.b.example.com/"}},
         {"arguments": {"uri": ["https://example.com", 7]}},
         {"arguments": {"endpoint": "file:///etc/passwd"}},
         {"arguments": {}},
@@ -86,7 +91,65 @@ def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
     slow: list[dict[str, Any]] = [{"target": None}, {"arguments": "x"}, {"principal": {"roles": []}}]
     for o in slow:
         assert not _prompt_fast(engine, {**base, **o})  # the other branches or general rules
-    fast = sum(_prompt_fast(engine, i) for i in inputs)
-    assert fast >= len(inputs) // 2, (fast, len(inputs))  # the parity below is mostly the branch's
+    # every well-formed input takes the branch (a string target, an arguments object or none,
+    # the principal as the gateway sends it, the hour's count): the parity below is its own
+    taken = 0
+    for i in inputs:
+        p, ctx = i.get("principal") or {}, i.get("context") or {}
+        if (
+            isinstance(i.get("target"), str)
+            and isinstance(i.get("arguments", {}), dict)
+            and p.get("source") in ("stdio", "key", "anonymous", "jwt")
+            and {"id", "issuer"} <= p.keys()
+            and "calls_last_hour" in ctx
+        ):
+            assert _prompt_fast(engine, i), i
+            taken += 1
+    assert taken >= len(inputs) // 2, (taken, len(inputs))
     diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
     assert diffs == []
+
+
+# The general rules facts' prompt branch writes out again inline (for speed: asking them cost
+# more than the branch saves). A change to any of them is a change the branch must make too:
+# this digest of their text makes that change fail here, to be copied, then the digest updated.
+_MIRRORED = (
+    "access_deny",
+    "prompt_ok",
+    "prompt_arg_deny",
+    "prompt_redact_args",
+    "arg_values",
+    "arg_refused",
+    "path_ok",
+    "url_host",
+    "url_refused",
+    "host_ok",
+    "answer_refusals",
+    "volume_deny",
+)
+_MIRRORED_SHA256 = "c3a353fb2f025cabdf74b2da49d563059e41f51dbe3f711423c80218b714e910"
+
+
+def _rule_texts(text: str, names: tuple[str, ...]) -> str:
+    """Every rule (each of its definitions, their ``else`` parts) of ``names``, as written:
+    from its head at the start of a line until its brackets close."""
+    head = re.compile(rf"^({'|'.join(names)})\b")
+    out: list[str] = []
+    depth, taking = 0, False
+    for line in text.splitlines():
+        if depth == 0:
+            taking = bool(head.match(line)) or (taking and line.startswith("else"))
+        if taking:
+            out.append(line)
+            depth += sum(line.count(c) for c in "({[") - sum(line.count(c) for c in ")}]")
+    return "\n".join(out)
+
+
+def test_the_rules_the_prompt_branch_mirrors_are_as_it_mirrors_them() -> None:
+    text = _rule_texts(POLICY.read_text(), _MIRRORED)
+    for name in _MIRRORED:
+        assert re.search(rf"^{name}\b", text, re.M), name  # each still defined at the top level
+    assert hashlib.sha256(text.encode()).hexdigest() == _MIRRORED_SHA256, (
+        "a rule facts' prompts/get branch (and the tools/call one, for the argument checks) "
+        "writes out inline changed: make the same change there, then update _MIRRORED_SHA256"
+    )

@@ -414,8 +414,12 @@ class EmbeddedEngine(PolicyEngine):
                 engine = new_engine(bundle)
             except PolicyLoadError as e:  # validated at load, so only a broken environment gets here
                 return deny(f"policy engine cannot start: {e.message}")
-            # decisions of the previous policy never outlive it
-            local = slots[self._number] = _Slot(engine, bundle.digest)
+            if local is not None and local.digest == bundle.digest:
+                # the engine failed an evaluation: a new one, the same policy's decisions kept
+                # (dropping them let any input that errors empty the cache for every caller)
+                local.engine = engine
+            else:  # decisions of the previous policy never outlive it
+                local = slots[self._number] = _Slot(engine, bundle.digest)
         engine = local.engine
         reads = bundle.reads
         key = (

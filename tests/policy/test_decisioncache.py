@@ -75,3 +75,32 @@ def test_inputs_differing_in_a_part_the_policy_reads_never_share_a_cached_decisi
     hits = eng.cache_hits
     assert eng.decide({**_listing(_agent(1)), "memory": {"x": 1}}).allow is True  # (not read)
     assert eng.cache_hits == hits + 1
+
+
+# errors for the tool "boom" (object.get of null): a failed evaluation
+FAILING = """package symbi
+import rego.v1
+decision := {"allow": input.tool.name == "echo", "reasons": [], "conditions": {}} if input.tool.name != "boom"
+decision := {"allow": false, "reasons": [r], "conditions": {}} if {
+    input.tool.name == "boom"
+    r := object.get(input.tool.opts, "a", "b")
+}
+"""
+
+
+def test_an_input_that_fails_evaluation_leaves_the_cache_to_the_others(tmp_path: Path) -> None:
+    # the failed engine is replaced; the decisions the same policy made stay cached (dropping
+    # them let any caller whose input errors empty the cache of everyone on that thread)
+    (tmp_path / "p.rego").write_text(FAILING)
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"), cache_entries=64)
+    assert eng.load()
+    echo = _listing(None)
+    assert eng.decide(echo).allow is True
+    boom = {**_listing(None, "boom"), "tool": {"name": "boom", "opts": None}}
+    failed = eng.decide(boom)
+    assert failed.allow is False and failed.reasons  # fails closed, said
+    hits = eng.cache_hits
+    assert eng.decide(echo).allow is True
+    assert eng.cache_hits == hits + 1
+    assert eng.decide(boom).allow is False  # a failed evaluation is never kept: evaluated again
+    assert eng.cache_hits == hits + 1

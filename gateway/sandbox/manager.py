@@ -142,6 +142,11 @@ class SandboxManager:
                 pooled = sorted(self._pool.tiers)
         if pooled:  # a tier not usable now is logged by its refill thread, and pooled once it is
             log.info("warm pool: %d ready sandbox(es) per tier for %s", n, ", ".join(pooled))
+        else:
+            log.warning(
+                "sandbox.warm_pool = %d but no Docker tier (docker, gvisor) is configured: calls start cold",
+                n,
+            )
 
     # -- housekeeping -------------------------------------------------------------------
     def cleanup_orphans(self) -> list[str]:

@@ -95,6 +95,12 @@ os._exit(rc)
 """
 
 
+def backoff_s(failures: int) -> float:
+    """A refill's wait after ``failures`` failed tries in a row: doubling from 1 s, at most 30 s.
+    (The exponent is capped: a tier unusable for days counts thousands, and 2.0**1024 raises.)"""
+    return min(0.5 * 2.0 ** min(failures, 8), 30.0)
+
+
 def _await_ready(raw: Any, timeout_s: float = 60.0) -> None:
     """Read the runner's one-byte stdout frame that says its interpreter is up."""
     raw.settimeout(timeout_s)
@@ -196,7 +202,7 @@ class WarmPool:
                 failures += 1
                 with self._cond:  # a close wakes the back-off
                     if not self._closed:
-                        self._cond.wait(min(0.5 * 2**failures, 30.0))
+                        self._cond.wait(backoff_s(failures))
                 continue
             failures = 0
             with self._cond:

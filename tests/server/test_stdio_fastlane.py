@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import orjson
+import pydantic_core
 import pytest
 from mcp import ClientSession, stdio_client, types
 from mcp.shared.exceptions import MCPError
@@ -654,10 +655,15 @@ def test_a_batch_is_refused_whole_duplicate_and_in_flight_ids_included(tmp_path:
         (b"-9223372036854775808", False),
         (b"1e18", False),
         (b'"1234567890123456789012"', False),  # digits of a string
+        (b"0.1234567890123456789", False),  # a long decimal: both parsers round it alike
+        (b"-12345678901234567890.123456789e-300", False),
     ],
 )
 def test_inexact_finds_what_orjson_reads_as_a_float_past_64_bits(number: bytes, expected: bool) -> None:
-    msg = orjson.loads(b'{"params":{"arguments":{"a":[1,{"n":%s}]}}}' % number)
+    raw = b'{"params":{"arguments":{"a":[1,{"n":%s}]}}}' % number
+    msg = orjson.loads(raw)
     assert inexact(msg) is expected
+    # what the lane takes, it reads as the SDK's parser (pydantic's) does
+    assert (repr(msg) == repr(pydantic_core.from_json(raw))) is not expected  # (2.0**64 == 2**64)
     # deeper than Python's recursion limit (orjson reads 1024 levels): no RecursionError
     assert inexact(orjson.loads(b"[" * 1023 + number + b"]" * 1023)) is expected

@@ -498,16 +498,22 @@ def test_a_name_without_its_keys_separator_gets_nothing_of_that_key() -> None:
     assert ask("fs__readme")["allow"] is False
 
 
+def engines_and_cases(kind: str) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """The repo policy's engine (with its index), real OPA's (without: the general rules
+    decide) and the case file's inputs of ``kind`` (at least one)."""
+    data = json.loads(DATA.read_text())
+    _, engine = _load(POLICY.read_text(), data)
+    cases = [c.input for c in load_cases(CASES) if c.input.get("kind") == kind]
+    assert cases
+    return engine, opa_engine(data=data), cases
+
+
 def test_server_requests_take_the_fast_path_and_decide_as_opa() -> None:
     """An upstream's request to the client (kind server_request) with a string server and
     method is decided by `facts`; variants of the case file's (other methods, servers, token
     counts, URL modes, a principal at its hourly cap, fields missing or of another type)
     decide exactly as real OPA's general rules (no index) decide them."""
-    data = json.loads(DATA.read_text())
-    bundle, engine = _load(POLICY.read_text(), data)
-    opa = opa_engine(data=data)  # no precomputed index: OPA decides by the general rules
-    cases = [c.input for c in load_cases(CASES) if c.input.get("kind") == "server_request"]
-    assert cases
+    engine, opa, cases = engines_and_cases("server_request")
     for inp in cases:
         well_formed = isinstance(inp.get("server"), str) and isinstance(inp.get("method"), str)
         fields = {"refusals", "granted", "conditions"} if well_formed else None

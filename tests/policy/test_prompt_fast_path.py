@@ -5,14 +5,12 @@ OPA's general rules do (test_index_parity.py holds the other kinds' fast paths).
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from typing import Any
 
-from gateway.policy.cases import load_cases
-from tests.policy.conftest import CASES, DATA, POLICY, opa_engine
-from tests.policy.test_index_parity import _decide, _load, _opa
+from tests.policy.conftest import POLICY
+from tests.policy.test_index_parity import _decide, _opa, engines_and_cases
 
 
 def _prompt_fast(engine: Any, inp: dict[str, Any]) -> bool:
@@ -31,11 +29,7 @@ def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
     (other principals and sources, unknown prompts, redacted and checked arguments, answers,
     a principal at its hourly cap, fields missing or of another type) decide exactly as real
     OPA's general rules (no index) decide them."""
-    data = json.loads(DATA.read_text())
-    bundle, engine = _load(POLICY.read_text(), data)
-    opa = opa_engine(data=data)  # no precomputed index: OPA decides by the general rules
-    cases = [c.input for c in load_cases(CASES) if c.input.get("kind") == "prompts/get"]
-    assert cases
+    engine, opa, cases = engines_and_cases("prompts/get")
     for inp in cases:
         well_formed = isinstance(inp.get("target"), str) and isinstance(inp.get("arguments", {}), dict)
         assert _prompt_fast(engine, {**inp, "action": "call"}) == well_formed, inp

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
 from gateway.config.model import AgentConfig
+from gateway.runtime.hosted import HostedAgents
 from gateway.runtime.sandboxed import Container
 from tests.runtime.test_core import Recorder
 from tests.runtime.test_hosted_isolation import _host
@@ -22,6 +24,31 @@ from tests.runtime.test_hosted_supervisor import memory_hog
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 GUARD_S = 90  # a hang guard, never a timing assertion
+
+
+async def _sleeper_then(
+    tmp_path: Path, name: str, act: Callable[[HostedAgents, list[str]], None]
+) -> tuple[HostedAgents, str]:
+    """A hosted docker agent ``name`` that sleeps, run once; ``act`` is done to it (given its
+    containers' names) once it runs. The host, and the run's outcome."""
+    ac = AgentConfig(
+        command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="docker"
+    )
+    h = _host(tmp_path, "docker", **{name: ac})
+
+    outcome: list[str] = []
+
+    async def run() -> None:
+        outcome.append(await h._run_once(name, ac))
+
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while not (cname := _running(f"symbi-agent-{name}-")):
+                await anyio.sleep(0.2)
+            act(h, cname)
+    [ended] = outcome
+    return h, ended
 
 
 def _running(prefix: str) -> list[str]:
@@ -50,22 +77,12 @@ async def test_a_hosted_container_another_party_kills_is_not_over_its_memory_bud
     monkeypatch.setattr(Container, "end_cause", end_cause)
     loop_thread = threading.get_ident()
     name = f"killed{os.getpid()}"  # its container's name is this run's alone
-    ac = AgentConfig(
-        command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="docker"
-    )
-    h = _host(tmp_path, "docker", **{name: ac})
-    outcome: list[str] = []
 
-    async def run() -> None:
-        outcome.append(await h._run_once(name, ac))
+    def kill(_: HostedAgents, cname: list[str]) -> None:
+        subprocess.run(["docker", "kill", *cname], capture_output=True, timeout=30, check=True)
 
-    with anyio.fail_after(GUARD_S):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            while not (cname := _running(f"symbi-agent-{name}-")):
-                await anyio.sleep(0.2)
-            subprocess.run(["docker", "kill", *cname], capture_output=True, timeout=30, check=True)
-    assert outcome == ["failed"]
+    h, outcome = await _sleeper_then(tmp_path, name, kill)
+    assert outcome == "failed"
     assert isinstance(h.events, Recorder)
     [exited] = [d for t, d, _, _ in h.events.events if t == "agent.exited"]
     assert exited["exit_code"] == 137 and exited["oom"] is False  # a SIGKILL, not the budget's
@@ -112,20 +129,7 @@ async def test_a_hosted_container_the_gateway_stops_asks_dockers_events_nothing(
 
     monkeypatch.setattr(docker_api, "container_end", counted)
     name = f"stopped{os.getpid()}"
-    ac = AgentConfig(
-        command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="docker"
-    )
-    h = _host(tmp_path, "docker", **{name: ac})
-    outcome: list[str] = []
-
-    async def run() -> None:
-        outcome.append(await h._run_once(name, ac))
-
-    with anyio.fail_after(GUARD_S):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            while not _running(f"symbi-agent-{name}-"):
-                await anyio.sleep(0.2)
-            h._stop[name]()  # the gateway's stop, as an operator's ``agent stop`` calls it
-    assert outcome == ["stopped"]
+    # the gateway's stop, as an operator's ``agent stop`` calls it
+    _, outcome = await _sleeper_then(tmp_path, name, lambda h, _: h._stop[name]())
+    assert outcome == "stopped"
     assert asked == []  # its events never read

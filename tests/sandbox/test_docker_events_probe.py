@@ -71,10 +71,13 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 @pytest.fixture(params=[True, False], ids=["events-forbidden", "events-forwarded"])
 def proxied(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager: SandboxManager
 ) -> Iterator[bool]:
     """A real HTTP proxy on a unix socket in front of the real daemon (the seam: a socket proxy
-    cannot be had here otherwise), made the gateway's daemon; yields whether it forbids /events."""
+    cannot be had here otherwise), made the gateway's daemon; yields whether it forbids /events.
+    The shared manager's tier is asked before (its cached answer, the real daemon's: asked
+    through the proxy, a refusal would be cached for the tests after this one)."""
+    require_tier(manager, "docker")
     path = tmp_path / "proxy.sock"
     server = _UnixServer(str(path), _proxy(request.param))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -90,7 +93,6 @@ def proxied(
 
 
 def test_a_proxy_forbidding_docker_events_refuses_the_tier(manager: SandboxManager, proxied: bool) -> None:
-    require_tier(manager, "docker")
     image = manager.tiers["docker"].image  # type: ignore[attr-defined]
     ok, _reason = DockerTier(image).available(refresh=True)
     assert ok is not proxied  # forbidden: refused at the probe; forwarded: the proxy itself works

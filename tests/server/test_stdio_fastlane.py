@@ -22,10 +22,10 @@ from typing import Any
 
 import anyio
 import orjson
-import pydantic_core
 import pytest
 from mcp import ClientSession, stdio_client, types
 from mcp.shared.exceptions import MCPError
+from pydantic import TypeAdapter
 
 from gateway.audit import store
 from gateway.config.load import load_config
@@ -664,6 +664,6 @@ def test_inexact_finds_what_orjson_reads_as_a_float_past_64_bits(number: bytes, 
     msg = orjson.loads(raw)
     assert inexact(msg) is expected
     # what the lane takes, it reads as the SDK's parser (pydantic's) does
-    assert (repr(msg) == repr(pydantic_core.from_json(raw))) is not expected  # (2.0**64 == 2**64)
+    assert (repr(msg) == repr(TypeAdapter(Any).validate_json(raw))) is not expected  # (2.0**64 == 2**64)
     # deeper than Python's recursion limit (orjson reads 1024 levels): no RecursionError
     assert inexact(orjson.loads(b"[" * 1023 + number + b"]" * 1023)) is expected

@@ -57,11 +57,11 @@ class RunscRun(Sandboxed):
         counts = read_kv(Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control"))
         if counts.get("oom_kill", 0) > 0:
             return True, None
-        if exit_code in (137, -9) and "oom_kill" in counts:  # a SIGKILL none of the budget's
+        if exit_code not in (137, -9):
+            return False, None
+        if "oom_kill" in counts:  # a SIGKILL none of the budget's
             return False, "failure: killed by a signal (9): another party or the runtime"
-        if exit_code in (137, -9):  # its cgroup gone or unread: a kill it cannot tell apart
-            return False, "failure: killed, and its memory cgroup does not say by whom"
-        return False, None
+        return False, "failure: killed, and its memory cgroup does not say by whom"  # (gone, unread)
 
     def remove(self) -> None:
         self._runsc("delete", "--force", self.cid)

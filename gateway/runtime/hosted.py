@@ -423,8 +423,8 @@ class HostedAgents:
         # the credential dies with the process, before the run is reported ended: an agent seen
         # Terminated whose key still answered 200 was a window for whoever held the key
         await self._revoke(key_id)
-        # how it ended, off the loop: a container's is Docker's events, read for up to 5 s (not
-        # when we stopped it: a kernel OOM racing our own stop is then said as the stop)
+        # how it ended, off the loop: a container's is Docker's events, read for up to
+        # EVENTS_WAIT_S (not when we stopped it: a kernel OOM racing our stop is said as the stop)
         end = await anyio.to_thread.run_sync(cgroup.end_cause, proc.returncode, bool(stopped))
         return self._ended(agent, ac, limits, cgroup, proc.returncode, end, stopped, started)
 

@@ -72,8 +72,10 @@ class Container(Sandboxed):
         the container), or another party's kill (its ``kill`` event): never 137 alone, which
         an operator's ``docker kill`` exits with too. Blocks (Docker's events, up to
         ``EVENTS_WAIT_S``): the runtime asks from a worker thread."""
-        if exit_code is not None and 0 <= exit_code <= 128:
-            # its own exit, or the docker CLI's (125-127: no container may exist to ask about)
+        if exit_code in (0, 125, 126, 127):
+            # a clean exit, or the docker CLI's (125-127: no container may exist to ask about,
+            # whose events would wait out their bound); any other exit may follow another
+            # party's kill (a SIGTERM the agent answers with exit 1) or an OOM kill of a child
             return False, None
         from gateway.errors import GatewayError
         from gateway.sandbox.docker_api import container_end, docker_client

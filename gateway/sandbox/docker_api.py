@@ -300,8 +300,8 @@ class _EventsRead:
 
 
 def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
-    """The events query, sent as a plain GET (docker-py's ``events`` sends it with no
-    timeout): connect and every read are bounded by ``wait_s``, so this thread ends too."""
+    """Container ``cid``'s events (``_events_get``: bounded by ``wait_s``, so this thread
+    ends too) into ``read``."""
     params = {
         "since": "0",  # the whole ring, filtered to this container's id (ids are never reused)
         # read up to its ``die`` (any ``kill`` of the run comes before it); no ``until``: on the
@@ -311,14 +311,10 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
         "filters": json.dumps({"container": [cid], "event": ["kill", "oom", "die"]}),
     }
     try:
-        answer = api.get(
-            f"{api.base_url}/v{api.api_version}/events", params=params, stream=True, timeout=wait_s
-        )
-        with answer:
-            if answer.status_code != 200:  # (a daemon refusing the query: no run is ever read)
-                said = answer.raw.read(200, decode_content=True)  # (bounded: not a proxy's whole page)
+        with _events_get(api, params, wait_s) as answer:
+            if (refused := _refusal(answer)) is not None:  # (no run is ever read)
                 with read.lock:
-                    read.refused = f"Docker answered {answer.status_code} to its events query: {said!r}"
+                    read.refused = refused
                 return
             for line in answer.iter_lines(chunk_size=None):  # each event as it comes
                 event: dict[str, Any] = json.loads(line) if line else {}
@@ -332,16 +328,28 @@ def _read_events(api: Any, cid: str, read: _EventsRead, wait_s: float) -> None:
         log.warning("docker events for %s could not be read: %r", cid, e)
 
 
+def _events_get(api: Any, params: dict[str, str], wait_s: float) -> Any:
+    """The events query, sent as a plain GET (docker-py's ``events`` sends it with no timeout):
+    connect and every read bounded by ``wait_s``; the streamed answer, to close."""
+    url = f"{api.base_url}/v{api.api_version}/events"
+    return api.get(url, params=params, stream=True, timeout=wait_s)
+
+
+def _refusal(answer: Any) -> str | None:
+    """Why the daemon (or a socket proxy in front of it) refused the events query, or None."""
+    if answer.status_code == 200:
+        return None
+    said = answer.raw.read(200, decode_content=True)  # (bounded: not a proxy's whole page)
+    return f"Docker answered {answer.status_code} to its events query: {said!r}"
+
+
 def events_refusal(api: Any) -> str | None:
     """Why the events query is refused (a socket proxy forbidding ``/events``), or None: asked
-    once at probe time, an empty window long past (answers at once, whatever the clocks), so a
-    tier whose every post-mortem would say "cannot tell" is refused up front (fail closed)."""
-    url = f"{api.base_url}/v{api.api_version}/events"
-    with api.get(url, params={"since": "0", "until": "1"}, stream=True, timeout=EVENTS_WAIT_S) as answer:
-        if answer.status_code == 200:
-            return None
-        said = answer.raw.read(200, decode_content=True)
-    return f"Docker answered {answer.status_code} to its events query ({said!r}): a run's end cannot be told"
+    at probe time, an empty window long past (answers at once, whatever the clocks), so a tier
+    whose every post-mortem would say "cannot tell" is refused up front (fail closed)."""
+    with _events_get(api, {"since": "0", "until": "1"}, EVENTS_WAIT_S) as answer:
+        refused = _refusal(answer)
+    return None if refused is None else f"{refused}: a run's end cannot be told"
 
 
 def _end_events(api: Any, cid: str) -> dict[str, dict[str, str]]:

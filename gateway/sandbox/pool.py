@@ -144,7 +144,6 @@ class WarmPool:
         self.tiers: dict[str, DockerTier] = {
             n: t for n, t in manager.tiers.items() if isinstance(t, DockerTier)
         }
-        self._unusable: dict[str, str] = {}  # tier -> why its last probe failed
         self._ready: dict[str, deque[_Warm]] = {n: deque() for n in self.tiers}
         self._last: dict[str, bool] = {n: False for n in self.tiers}
         self._live: dict[str, str] = {}  # container id -> tier name
@@ -186,15 +185,19 @@ class WarmPool:
                 self._live.pop(cid, None)
 
     def _refill(self, name: str) -> None:
-        failures = 0
+        failures, usable = 0, True
         while True:
             with self._cond:
                 while not self._closed and len(self._ready[name]) >= self.size:
                     self._cond.wait()
                 if self._closed:
                     return
+            usable = self._usable(name, usable)
+            with self._cond:  # (the probe can take a while: a close meanwhile starts nothing)
+                if self._closed:
+                    return
             try:
-                warm = self._spawn(name) if self._usable(name) else None
+                warm = self._spawn(name) if usable else None
             except Exception as e:  # noqa: BLE001 - keep serving cold; retry with backoff
                 log.warning("warm pool: cannot start a %s sandbox: %s", name, e)
                 warm = None
@@ -213,22 +216,16 @@ class WarmPool:
             self._remove(warm.cid)  # closed while it started
             return
 
-    def _usable(self, name: str) -> bool:
-        """The tier's shallow probe; a change between usable and not is logged once. After a
-        failure it probes afresh (not the cached answer), so a recovery shows at the next retry."""
-        with self._cond:
-            was = self._unusable.get(name)
-        ok, reason = self.tiers[name].available(refresh=was is not None)
-        with self._cond:
-            if ok:
-                self._unusable.pop(name, None)
-            else:
-                self._unusable[name] = reason
-        if not ok and was is None:
+    def _usable(self, name: str, was: bool) -> bool:
+        """The tier's shallow probe (its refill thread's; ``was``: its last answer); a change
+        is logged once. After a failure it probes afresh (not the cached answer), so a recovery
+        shows at the next retry."""
+        ok, reason = self.tiers[name].available(refresh=not was)
+        if was and not ok:
             log.warning(
                 "warm pool: tier %s is not usable (%s): its calls start cold until it is", name, reason
             )
-        elif ok and was is not None:
+        elif ok and not was:
             log.info("warm pool: tier %s is usable again: pooling it", name)
         return ok
 

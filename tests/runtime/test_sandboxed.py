@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,14 +27,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 GUARD_S = 90  # a hang guard, never a timing assertion
 
 
+SLEEP = "import time; time.sleep(600)"
+
+
 async def _sleeper_then(
-    tmp_path: Path, name: str, act: Callable[[HostedAgents, list[str]], None]
+    tmp_path: Path, name: str, act: Callable[[HostedAgents, list[str]], None], code: str = SLEEP
 ) -> tuple[HostedAgents, str]:
-    """A hosted docker agent ``name`` that sleeps, run once; ``act`` is done to it (given its
-    containers' names) once it runs. The host, and the run's outcome."""
-    ac = AgentConfig(
-        command="/usr/bin/python3", args=("-c", "import time; time.sleep(600)"), sandbox="docker"
-    )
+    """A hosted docker agent ``name`` that runs ``code`` (sleeps), run once; ``act`` is done to
+    it (given its containers' names) once it runs. The host, and the run's outcome."""
+    ac = AgentConfig(command="/usr/bin/python3", args=("-c", code), sandbox="docker")
     h = _host(tmp_path, "docker", **{name: ac})
 
     outcome: list[str] = []
@@ -109,7 +111,36 @@ def test_an_end_the_docker_cli_gave_asks_docker_nothing() -> None:
     out its bound on a worker thread, and named it "may have been killed"."""
     ended = Container(f"symbi-agent-never-made-{os.getpid()}")
     assert ended.end_cause(125) == (False, None)
-    assert ended.end_cause(1) == (False, None)
+    assert ended.end_cause(0) == (False, None)
+
+
+async def test_an_agent_that_answers_another_partys_sigterm_with_exit_1_is_said_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exit below 128 may follow another party's kill: a SIGTERM (``docker stop``) the agent
+    answers with exit 1 was said "exited with code 1" when ends up to 128 asked Docker nothing.
+    The real ``end_cause``, its answers recorded (a seam, not a fake)."""
+    said: list[tuple[bool, str | None]] = []
+    own = Container.end_cause
+
+    def end_cause(self: Container, exit_code: int | None, ours: bool = False) -> tuple[bool, str | None]:
+        said.append(own(self, exit_code, ours))
+        return said[-1]
+
+    monkeypatch.setattr(Container, "end_cause", end_cause)
+    name = f"termed{os.getpid()}"
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(1)); time.sleep(600)"
+
+    def term(_: HostedAgents, cname: list[str]) -> None:
+        time.sleep(2)  # its interpreter up and its handler set (the exit code below checks it was)
+        subprocess.run(["docker", "kill", "-s", "TERM", *cname], capture_output=True, timeout=30, check=True)
+
+    h, outcome = await _sleeper_then(tmp_path, name, term, code)
+    assert outcome == "failed"
+    assert isinstance(h.events, Recorder)
+    assert [d["exit_code"] for t, d, _, _ in h.events.events if t == "agent.exited"] == [1]
+    [(oom, other)] = said
+    assert oom is False and other is not None  # another party's kill, not an exit of its own
 
 
 async def test_a_hosted_container_the_gateway_stops_asks_dockers_events_nothing(

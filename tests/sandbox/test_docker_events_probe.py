@@ -76,7 +76,8 @@ def proxied(
     """A real HTTP proxy on a unix socket in front of the real daemon (the seam: a socket proxy
     cannot be had here otherwise), made the gateway's daemon; yields whether it forbids /events.
     The shared manager's tier is asked before (its cached answer, the real daemon's: asked
-    through the proxy, a refusal would be cached for the tests after this one)."""
+    through the proxy, a refusal would be cached for the tests after this one). The shared
+    client is process-wide: no warm pool or reclaim thread may run in this worker meanwhile."""
     require_tier(manager, "docker")
     path = tmp_path / "proxy.sock"
     server = _UnixServer(str(path), _proxy(request.param))

@@ -189,17 +189,17 @@ def test_the_events_post_mortem_is_bounded_when_the_daemon_never_answers(
 
     threading.Thread(target=accept, daemon=True).start()
     api = docker.APIClient(
-        base_url=f"tcp://127.0.0.1:{listener.getsockname()[1]}", version="1.41", timeout=60
+        # the client's own timeout far past the test's join (60 s): only the events bound ends it
+        base_url=f"tcp://127.0.0.1:{listener.getsockname()[1]}",
+        version="1.41",
+        timeout=600,
     )
     api.trust_env = False
     monkeypatch.setattr(docker_api, "EVENTS_WAIT_S", 0.5)
     try:
-        began = time.monotonic()
         said = _post_mortem_within(api, 60)
-        took = time.monotonic() - began
         assert accepted  # the query reached the stalling peer
-        assert len(said) == 1  # the bound ended the wait
-        assert took < 0.5 + 1.0, took  # the whole request within EVENTS_WAIT_S (+ slack)
+        assert len(said) == 1  # the bound ended the wait (the client alone waits 600 s)
         assert said[0] is not None  # it cannot tell: no result
     finally:
         api.close()

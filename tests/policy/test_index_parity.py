@@ -22,9 +22,9 @@ import pytest
 
 from gateway.errors import PolicyLoadError
 from gateway.policy.cases import load_cases
-from gateway.policy.engine import _evaluate
-from gateway.policy.loader import PolicyBundle, bundle_from_sources, check_bundle, new_engine, precompute
+from gateway.policy.loader import PolicyBundle, bundle_from_sources, new_engine, precompute
 from tests.policy.conftest import CASES, DATA, POLICY, opa_engine
+from tests.policy.parity import DECISION, ERROR, decide, facts_fields, load_policy, opa_decide
 from tests.policy.randinput import KINDS, TOOLS, random_inputs
 
 REFERENCE = Path(__file__).parent / "reference" / "policies_v1.rego"
@@ -33,8 +33,6 @@ SESSION8 = Path(__file__).parent / "reference" / "policies_v3.rego"
 SESSION7 = Path(__file__).parent / "reference" / "policies_v2.rego"
 SESSION18 = Path(__file__).parent / "reference" / "policies_v5.rego"
 SESSION19 = Path(__file__).parent / "reference" / "policies_v6.rego"
-DECISION = "data.symbi.decision"
-ERROR = "error"
 
 PATTERNS = [
     "*",
@@ -62,27 +60,6 @@ PATTERNS = [
     "a__b__*",
     "time\\*",
 ]
-
-
-def _load(src: str, data: dict[str, Any], name: str = "policies.rego") -> tuple[PolicyBundle, Any]:
-    bundle = check_bundle(bundle_from_sources((name, src), ("data.json", json.dumps(data))), [], DECISION)
-    return bundle, new_engine(bundle)
-
-
-def _decide(engine: Any, inp: dict[str, Any]) -> Any:
-    d, healthy = _evaluate(engine, DECISION, inp)
-    return (
-        {"allow": d.allow, "reasons": list(d.reasons), "conditions": dict(d.conditions)} if healthy else ERROR
-    )
-
-
-def _opa(opa: Any, inp: dict[str, Any]) -> Any:
-    from opa_bindings import OpaError
-
-    try:
-        return opa.eval_document("symbi.decision", inp)
-    except OpaError:
-        return ERROR
 
 
 def _random_data(r: random.Random, base: dict[str, Any]) -> dict[str, Any]:
@@ -148,13 +125,13 @@ def _as_before(inp: dict[str, Any]) -> bool:
 
 def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
     data = json.loads(DATA.read_text())
-    bundle, new = _load(POLICY.read_text(), data)
+    bundle, new = load_policy(POLICY.read_text(), data)
     assert bundle.precomputed is not None  # the index is computed once, not per decision
-    _, old = _load(REFERENCE.read_text(), data)
+    _, old = load_policy(REFERENCE.read_text(), data)
     cases = [c.input for c in load_cases(CASES)]
     assert len(cases) >= 90
     inputs = cases + _inputs(61, 600)
-    diffs = [(i, a, b) for i in inputs if _as_before(i) and (a := _decide(new, i)) != (b := _decide(old, i))]
+    diffs = [(i, a, b) for i in inputs if _as_before(i) and (a := decide(new, i)) != (b := decide(old, i))]
     assert diffs == []
 
 
@@ -162,29 +139,29 @@ def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
 def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> None:
     r = random.Random(1000 + seed)
     data = _random_data(r, json.loads(DATA.read_text()))
-    bundle, new = _load(POLICY.read_text(), data)
-    _, old = _load(REFERENCE.read_text(), data)
-    _, previous = _load(PREVIOUS.read_text(), data)
-    _, session8 = _load(SESSION8.read_text(), data)
-    _, session7 = _load(SESSION7.read_text(), data)
-    _, session18 = _load(SESSION18.read_text(), data)
-    _, session19 = _load(SESSION19.read_text(), data)
+    bundle, new = load_policy(POLICY.read_text(), data)
+    _, old = load_policy(REFERENCE.read_text(), data)
+    _, previous = load_policy(PREVIOUS.read_text(), data)
+    _, session8 = load_policy(SESSION8.read_text(), data)
+    _, session7 = load_policy(SESSION7.read_text(), data)
+    _, session18 = load_policy(SESSION18.read_text(), data)
+    _, session19 = load_policy(SESSION19.read_text(), data)
     assert bundle.precomputed is not None
     opa = opa_engine(data=data)
     assert bundle.precomputed is not None
     opa_indexed = opa_engine(data={**data, **bundle.precomputed})  # the fast paths on OPA
     outcomes = {"allow": 0, "deny": 0}
     for inp in _inputs(seed, 150):
-        a = _decide(new, inp)
+        a = decide(new, inp)
         if _as_before(inp):
-            assert a == _decide(old, inp), inp
-            assert a == _decide(previous, inp), inp
-            assert a == _decide(session8, inp), inp
-            assert a == _decide(session7, inp), inp
-            assert a == _decide(session18, inp), inp
-            assert a == _decide(session19, inp), inp
-        assert a == _opa(opa, inp), inp
-        assert a == _opa(opa_indexed, inp), inp
+            assert a == decide(old, inp), inp
+            assert a == decide(previous, inp), inp
+            assert a == decide(session8, inp), inp
+            assert a == decide(session7, inp), inp
+            assert a == decide(session18, inp), inp
+            assert a == decide(session19, inp), inp
+        assert a == opa_decide(opa, inp), inp
+        assert a == opa_decide(opa_indexed, inp), inp
         if a != ERROR:
             outcomes["allow" if a["allow"] else "deny"] += 1
     assert outcomes["allow"] >= 10 and outcomes["deny"] >= 50, outcomes
@@ -234,8 +211,8 @@ def test_path_arguments_are_checked_as_the_previous_policy_and_opa_check_them(se
     if not any(x.endswith("/") for x in roots):  # a root listed with its "/": not the same name
         roots.append(r.choice([x for x in ROOTS if x.endswith("/")]))
     data["symbi_data"]["fs_roots"] = roots
-    bundle, new = _load(POLICY.read_text(), data)
-    _, previous = _load(PREVIOUS.read_text(), data)
+    bundle, new = load_policy(POLICY.read_text(), data)
+    _, previous = load_policy(PREVIOUS.read_text(), data)
     assert bundle.precomputed is not None
     opa_indexed = opa_engine(data={**data, **bundle.precomputed})
     base = load_cases(CASES)[0].input
@@ -252,9 +229,9 @@ def test_path_arguments_are_checked_as_the_previous_policy_and_opa_check_them(se
                 else _random_path(r, roots)
             )
         }
-        a = _decide(new, inp)
-        assert a == _decide(previous, inp), inp
-        assert a == _opa(opa_indexed, inp), inp
+        a = decide(new, inp)
+        assert a == decide(previous, inp), inp
+        assert a == opa_decide(opa_indexed, inp), inp
         if a != ERROR:
             outcomes["allow" if a["allow"] else "deny"] += 1
     assert outcomes["allow"] >= 15 and outcomes["deny"] >= 30, outcomes
@@ -292,8 +269,8 @@ def test_url_arguments_are_checked_as_the_previous_policy_and_opa_check_them(see
     without the index, on random URLs (a string, or arrays of them)."""
     r = random.Random(3000 + seed)
     data = json.loads(DATA.read_text())
-    bundle, new = _load(POLICY.read_text(), data)
-    _, previous = _load(SESSION19.read_text(), data)
+    bundle, new = load_policy(POLICY.read_text(), data)
+    _, previous = load_policy(SESSION19.read_text(), data)
     assert bundle.precomputed is not None
     opa, opa_indexed = opa_engine(data=data), opa_engine(data={**data, **bundle.precomputed})
     base = next(c.input for c in load_cases(CASES) if c.name == "URL on an allowed host")
@@ -304,9 +281,9 @@ def test_url_arguments_are_checked_as_the_previous_policy_and_opa_check_them(see
         inp["arguments"] = {
             key: [_random_url(r) for _ in range(r.randint(0, 3))] if r.random() < 0.2 else _random_url(r)
         }
-        a = _decide(new, inp)
-        assert a == _decide(previous, inp), inp
-        assert a == _opa(opa, inp) == _opa(opa_indexed, inp), inp
+        a = decide(new, inp)
+        assert a == decide(previous, inp), inp
+        assert a == opa_decide(opa, inp) == opa_decide(opa_indexed, inp), inp
         if a != ERROR:
             outcomes["allow" if a["allow"] else "deny"] += 1
     assert outcomes["allow"] >= 20 and outcomes["deny"] >= 60, outcomes
@@ -326,8 +303,8 @@ def test_prefix_patterns_that_give_the_same_hit_each_give_it() -> None:
     d["max_result_bytes"] = dict.fromkeys(pats, 999)
     d["redact_arguments"] = {p: ["token"] for p in pats}
     d["redact_result"] = {p: ["secret"] for p in pats}
-    bundle, new = _load(POLICY.read_text(), data)
-    _, previous = _load(SESSION19.read_text(), data)
+    bundle, new = load_policy(POLICY.read_text(), data)
+    _, previous = load_policy(SESSION19.read_text(), data)
     assert bundle.precomputed is not None
     opa_indexed = opa_engine(data={**data, **bundle.precomputed})
     base = load_cases(CASES)[0].input
@@ -344,8 +321,8 @@ def test_prefix_patterns_that_give_the_same_hit_each_give_it() -> None:
         inp = copy.deepcopy(base)
         inp["tool"]["name"] = inp["target"] = name
         inp["upstream"]["name"] = inp["tool"]["upstream"] = "fs"
-        a = _decide(new, inp)
-        assert a == _decide(previous, inp) == _opa(opa_indexed, inp), name
+        a = decide(new, inp)
+        assert a == decide(previous, inp) == opa_decide(opa_indexed, inp), name
         if a != ERROR and a["allow"]:
             assert a["conditions"] == {
                 "rate_limit": 7,
@@ -361,11 +338,11 @@ def test_prefix_patterns_that_give_the_same_hit_each_give_it() -> None:
 def test_the_shipped_data_decides_as_opa_with_the_index() -> None:
     """OPA given the precomputed index runs the fast paths, as the embedded engine does."""
     data = json.loads(DATA.read_text())
-    bundle, new = _load(POLICY.read_text(), data)
+    bundle, new = load_policy(POLICY.read_text(), data)
     assert bundle.precomputed is not None
     opa = opa_engine(data={**data, **bundle.precomputed})
     inputs = [c.input for c in load_cases(CASES)] + _inputs(62, 400, 0.1)
-    diffs = [(i, a, b) for i in inputs if (a := _decide(new, i)) != (b := _opa(opa, i))]
+    diffs = [(i, a, b) for i in inputs if (a := decide(new, i)) != (b := opa_decide(opa, i))]
     assert diffs == []
 
 
@@ -376,7 +353,7 @@ def test_well_formed_requests_of_the_frequent_kinds_take_the_fast_path(kind: str
     agent for memory) are decided by `facts` (one rule body), not by the rule-by-rule
     general path: the speed of issue 16 depends on it. Other kinds and inputs missing a field
     the fast paths need (here the principal id) go to the general rules."""
-    bundle, engine = _load(POLICY.read_text(), json.loads(DATA.read_text()))
+    bundle, engine = load_policy(POLICY.read_text(), json.loads(DATA.read_text()))
     inputs = [
         c.input
         for c in load_cases(CASES)
@@ -387,30 +364,23 @@ def test_well_formed_requests_of_the_frequent_kinds_take_the_fast_path(kind: str
     ]
     assert inputs
     for inp in inputs:
-        assert _facts_fields(engine, inp) == {"refusals", "granted", "conditions"}, inp
+        assert facts_fields(engine, inp) == {"refusals", "granted", "conditions"}, inp
     odd: dict[str, Any]
     for odd in ({"kind": "knowledge/ingest"}, {"kind": "weird/kind"}, {"principal": {"roles": []}}):
-        assert _facts_fields(engine, {**inputs[0], **odd}) is None  # the general rules decide
-
-
-def _facts_fields(engine: Any, inp: dict[str, Any]) -> set[str] | None:
-    """The fields of data.symbi.facts for ``inp`` (None: undefined)."""
-    engine.set_input(inp)
-    rows = engine.eval_query("x := object.keys(data.symbi.facts)")["result"]
-    return set(rows[0]["bindings"]["x"]) if rows else None
+        assert facts_fields(engine, {**inputs[0], **odd}) is None  # the general rules decide
 
 
 def test_an_index_of_other_data_is_not_used() -> None:
     """A precomputed index only counts for the data it was computed from: an engine given
     another data document (as `with data.symbi_data as ...` in a test does) recomputes it."""
     data = json.loads(DATA.read_text())
-    bundle, _ = _load(POLICY.read_text(), data)
+    bundle, _ = load_policy(POLICY.read_text(), data)
     other = copy.deepcopy(data)
     other["symbi_data"]["roles"]["developer"]["tools"] = ["fs__*"]
     stale = PolicyBundle(modules=bundle.modules, data=other, precomputed=bundle.precomputed)
     inp = json.loads(CASES.read_text())["base"]  # local (developer) calls time__get_current_time
-    assert _decide(new_engine(bundle), inp)["allow"] is True
-    denied = _decide(new_engine(stale), inp)
+    assert decide(new_engine(bundle), inp)["allow"] is True
+    denied = decide(new_engine(stale), inp)
     assert denied["allow"] is False
     assert denied["reasons"] == [
         "principal local may not use tool time__get_current_time (not in its allow-list)"
@@ -424,8 +394,8 @@ def test_the_index_holds_no_principals() -> None:
     many = copy.deepcopy(data)
     for i in range(300):
         many["symbi_data"]["principals"]["keys"][f"k{i}"] = {"roles": ["developer"], "tools": ["fs__*"]}
-    bundle, _ = _load(POLICY.read_text(), data)
-    bundle_many, _ = _load(POLICY.read_text(), many)
+    bundle, _ = load_policy(POLICY.read_text(), data)
+    bundle_many, _ = load_policy(POLICY.read_text(), many)
     assert bundle.precomputed == bundle_many.precomputed
     assert "principals" not in json.dumps(bundle.precomputed)
 
@@ -434,23 +404,23 @@ def test_principals_are_read_from_the_data_in_force() -> None:
     """An index computed before a principal's entry changed (here: another role, its own
     deny-list, another rate limit) decides with the entry in force."""
     data = json.loads(DATA.read_text())
-    bundle, _ = _load(POLICY.read_text(), data)
+    bundle, _ = load_policy(POLICY.read_text(), data)
     inp = json.loads(CASES.read_text())["base"]  # local (developer) calls time__get_current_time
-    assert _decide(new_engine(bundle), inp)["conditions"]["rate_limit"] == 120
+    assert decide(new_engine(bundle), inp)["conditions"]["rate_limit"] == 120
     other = copy.deepcopy(data)
     local = other["symbi_data"]["principals"]["stdio"]["local"]
     local["rate_limit"] = 7
     changed = PolicyBundle(modules=bundle.modules, data=other, precomputed=bundle.precomputed)
-    assert _decide(new_engine(changed), inp)["conditions"]["rate_limit"] == 7
+    assert decide(new_engine(changed), inp)["conditions"]["rate_limit"] == 7
     local["deny_tools"] = ["time__*"]
-    assert _decide(new_engine(changed), inp)["reasons"] == [
+    assert decide(new_engine(changed), inp)["reasons"] == [
         "tool time__get_current_time is on the deny-list of principal local"
     ]
     local.pop("deny_tools")
     local["roles"] = ["readonly"]
     inp = {**inp, "principal": {**inp["principal"], "roles": []}, "target": "fs__write_file"}
     inp["tool"] = {**inp["tool"], "name": "fs__write_file"}
-    assert _decide(new_engine(changed), inp)["reasons"] == [
+    assert decide(new_engine(changed), inp)["reasons"] == [
         "principal local may not use tool fs__write_file (not in its allow-list)"
     ]
 
@@ -463,7 +433,7 @@ def test_a_data_index_that_reads_the_input_is_refused() -> None:
 
 
 def test_a_policy_without_data_index_gets_nothing_precomputed() -> None:
-    bundle, _ = _load(REFERENCE.read_text(), json.loads(DATA.read_text()))
+    bundle, _ = load_policy(REFERENCE.read_text(), json.loads(DATA.read_text()))
     assert bundle.precomputed is None
 
 
@@ -475,14 +445,14 @@ def test_a_name_without_its_keys_separator_gets_nothing_of_that_key() -> None:
     d["roles"]["developer"]["tools"] = ["time__*", "fs__read_*"]
     d["tool_rate_limits"] = {"time__*": 5, "fs__read_*": 7, "fs__read_secret": 3}
     d["audit_minimal"] = ["time__*"]
-    _, new = _load(POLICY.read_text(), data)
-    _, old = _load(REFERENCE.read_text(), data)
+    _, new = load_policy(POLICY.read_text(), data)
+    _, old = load_policy(REFERENCE.read_text(), data)
     base = json.loads(CASES.read_text())["base"]  # local (developer), time__get_current_time
 
     def ask(name: str) -> Any:
         inp = {**base, "target": name, "tool": {**base["tool"], "name": name}}
-        got = _decide(new, inp)
-        assert got == _decide(old, inp), name
+        got = decide(new, inp)
+        assert got == decide(old, inp), name
         return got
 
     assert ask("time__x")["conditions"] == {
@@ -496,49 +466,3 @@ def test_a_name_without_its_keys_separator_gets_nothing_of_that_key() -> None:
     assert ask("fs__read_x")["conditions"]["rate_limit"] == 7  # a prefix pattern, not merged
     assert ask("fs__read_secret")["conditions"]["rate_limit"] == 3  # and a literal one
     assert ask("fs__readme")["allow"] is False
-
-
-def engines_and_cases(kind: str) -> tuple[Any, Any, list[dict[str, Any]]]:
-    """The repo policy's engine (with its index), real OPA's (without: the general rules
-    decide) and the case file's inputs of ``kind`` (at least one)."""
-    data = json.loads(DATA.read_text())
-    _, engine = _load(POLICY.read_text(), data)
-    cases = [c.input for c in load_cases(CASES) if c.input.get("kind") == kind]
-    assert cases
-    return engine, opa_engine(data=data), cases
-
-
-def test_server_requests_take_the_fast_path_and_decide_as_opa() -> None:
-    """An upstream's request to the client (kind server_request) with a string server and
-    method is decided by `facts`; variants of the case file's (other methods, servers, token
-    counts, URL modes, a principal at its hourly cap, fields missing or of another type)
-    decide exactly as real OPA's general rules (no index) decide them."""
-    engine, opa, cases = engines_and_cases("server_request")
-    for inp in cases:
-        well_formed = isinstance(inp.get("server"), str) and isinstance(inp.get("method"), str)
-        fields = {"refusals", "granted", "conditions"} if well_formed else None
-        assert _facts_fields(engine, inp) == fields, inp
-    base = cases[0]
-    rng = random.Random(51)
-    odd: list[dict[str, Any]] = [
-        {"server": None},
-        {"server": 3},
-        {"method": ["roots/list"]},
-        {"method": "roots/list"},
-        {"method": "elicitation/create", "request": {"mode": "url", "url": "https://evil.example/x"}},
-        {"method": "elicitation/create", "request": {"mode": "url", "url": "https://example.com/x"}},
-        {"method": "elicitation/create", "request": {"mode": "form"}},
-        {"request": {"maxTokens": "10"}},
-        {"request": {"maxTokens": -1}},
-        {"request": None},
-        {"server": "fs"},
-        {"server": "nobody"},
-        {"context": {"calls_last_hour": 10**6}},
-        {"action": "list"},
-        {"principal": {"roles": []}},
-    ]
-    inputs = [{**c, **o} for c in cases for o in rng.sample(odd, 5)] + [{**base, **o} for o in odd]
-    for o in ({"server": None}, {"method": 3}):
-        assert _facts_fields(engine, {**base, **o}) is None  # the general rules decide
-    diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
-    assert diffs == []

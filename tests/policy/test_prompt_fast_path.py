@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from tests.policy.conftest import POLICY
-from tests.policy.test_index_parity import _decide, _opa, engines_and_cases
+from tests.policy.parity import decide, engines_and_cases, opa_decide
 
 
 def _prompt_fast(engine: Any, inp: dict[str, Any]) -> bool:
@@ -49,6 +49,10 @@ def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
         {"arguments": {"paths": ["/srv/symbi/a", "/etc/shadow"], "token": 3}},
         {"arguments": {"paths": []}},
         {"arguments": {"source": "/srv/symbi/../etc"}},
+        {"arguments": {"path": "/srv/symbi/a\\..\\..\\etc"}},  # under the root but for a backslash
+        {"arguments": {"path": "/srv/symbi/a\u0000b"}},  # and for a NUL
+        {"arguments": {"path": "/srv/symbi/./a"}},
+        {"arguments": {"url": "HTTPS://EXAMPLE.COM/"}},  # the host in lower case
         {"arguments": {"url": "http://example.com@evil.com/"}},
         # decided by the data's glob `*.example.com` alone, "." its delimiter: one label only
         {"arguments": {"url": "https://sub.example.com/"}},
@@ -100,7 +104,7 @@ def test_prompts_take_the_fast_path_and_decide_as_opa() -> None:
             assert _prompt_fast(engine, i), i
             taken += 1
     assert taken >= len(inputs) // 2, (taken, len(inputs))
-    diffs = [(i, a, b) for i in inputs if (a := _decide(engine, i)) != (b := _opa(opa, i))]
+    diffs = [(i, a, b) for i in inputs if (a := decide(engine, i)) != (b := opa_decide(opa, i))]
     assert diffs == []
 
 
@@ -120,8 +124,20 @@ _MIRRORED = (
     "host_ok",
     "answer_refusals",
     "volume_deny",
+    # who the principal is and what it is granted, and what it is to call
+    "action",
+    "is_call",
+    "principal_id",
+    "principals_of",
+    "principal_entry",
+    "roles",
+    "role_entry",
+    "patterns",
+    "matches_any",
+    "other_permitted",
+    "other_conditions",
 )
-_MIRRORED_SHA256 = "c3a353fb2f025cabdf74b2da49d563059e41f51dbe3f711423c80218b714e910"
+_MIRRORED_SHA256 = "e797b60768f05b5cc429ab38680ef7cb7b9c2002d2d3eb62be09c3b6333991fb"
 
 
 def _rule_texts(text: str, names: tuple[str, ...]) -> str:
@@ -144,6 +160,7 @@ def test_the_rules_the_prompt_branch_mirrors_are_as_it_mirrors_them() -> None:
     for name in _MIRRORED:
         assert re.search(rf"^{name}\b", text, re.M), name  # each still defined at the top level
     assert hashlib.sha256(text.encode()).hexdigest() == _MIRRORED_SHA256, (
-        "a rule facts' prompts/get branch (and the tools/call one, for the argument checks) "
-        "writes out inline changed: make the same change there, then update _MIRRORED_SHA256"
+        "a rule facts' prompts/get branch writes out inline changed: make the same change "
+        "there (the tools/call branch has its own copy of the argument checks), then update "
+        "_MIRRORED_SHA256"
     )

@@ -61,14 +61,16 @@ _SHUTDOWN_S = 1.0
 # parser keeps it exact): such a message is left to the SDK when ``inexact`` finds one. The
 # search only spares the walk: the digits are as often a string's (a random traceparent has
 # 19 in a row once in some 1,300 calls, which left a plain call to the SDK by chance)
-LONG_DIGITS = re.compile(rb"\d{19}")  # the HTTP lane's too
+_LONG_DIGITS = re.compile(rb"\d{19}")
 _EXACT = 2.0**63  # orjson reads integers in [-2**63, 2**64) exactly, any other as a float this big
 
 
-def inexact(msg: Any) -> bool:
-    """Whether orjson's reading of ``msg`` may differ from the SDK's parser: it holds a float
-    of 2**63 or more (NaN and infinities too), what orjson makes of an integer past 64 bits.
+def inexact(raw: bytes, msg: Any) -> bool:
+    """Whether orjson's reading ``msg`` of ``raw`` may differ from the SDK parser's: it holds a
+    float of 2**63 or more, what orjson makes of an integer past 64 bits (both lanes ask).
     A loop, not recursion: orjson reads nesting deeper than Python's recursion limit."""
+    if not _LONG_DIGITS.search(raw):  # (no such integer without 19 digits in a row)
+        return False
     stack = [msg]
     while stack:
         v = stack.pop()
@@ -310,7 +312,7 @@ class StdioLane:
             msg = orjson.loads(line)
         except orjson.JSONDecodeError:
             return False
-        call = None if LONG_DIGITS.search(line) and inexact(msg) else plain_call(msg)
+        call = None if inexact(line, msg) else plain_call(msg)
         if call is None or "tools/call" in self._server.cache_hints:
             return False
         rid, params, token = call

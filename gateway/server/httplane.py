@@ -71,7 +71,6 @@ from gateway.compat import (
     transport_serving,
 )
 from gateway.server.fastlane import (
-    LONG_DIGITS,
     LaneDispatch,
     MiddlewareChain,
     cancelled_id,
@@ -257,7 +256,7 @@ class HttpLane:
             return True
         # an integer orjson made a float: the SDK's (after the reuse check, and recorded as the
         # SDK's request like any other it serves); 19 digits of a string are the lane's
-        call = None if LONG_DIGITS.search(body) and inexact(msg) else self._lane_call(conn, msg)
+        call = None if inexact(body, msg) else self._lane_call(conn, msg)
         if call is None:
             self._sdk_posts.add(key)
             return key

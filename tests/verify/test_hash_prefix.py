@@ -10,9 +10,12 @@ from gateway.verify import MIN_HASH_HEX, hash_prefix
 FULL = "ab" * 32
 
 
-@pytest.mark.parametrize("given", [FULL, FULL[:MIN_HASH_HEX], f"  {FULL.upper()}\n"])
-def test_a_long_enough_hex_prefix_is_taken_in_lower_case(given: str) -> None:
-    assert hash_prefix(given) == given.strip().lower()
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [(FULL, FULL), ("ab" * 16, "ab" * 16), ("  " + "AB" * 32 + "\n", FULL), ("aB" * 20, "ab" * 20)],
+)
+def test_a_long_enough_hex_prefix_is_taken_in_lower_case(given: str, taken: str) -> None:
+    assert hash_prefix(given) == taken
 
 
 @pytest.mark.parametrize(

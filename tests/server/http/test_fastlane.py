@@ -35,6 +35,7 @@ from gateway.config.load import load_config
 from gateway.server.http import build_app
 from gateway.server.httplane import HttpLane
 from tests.conftest import EVERYTHING_JS, POLICY, require_peers, upstream_writable, write_config
+from tests.server._clients import DIGITS_TRACEPARENT
 from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
 from tests.server.test_stdio_e2e import MUTABLE
 
@@ -52,7 +53,6 @@ INIT: dict[str, Any] = {
 }
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 MAX_BODY = 65536
-DIGITS_TRACEPARENT = "00-552441630219779708567ec7773a2aca-758c461947594451-02"  # one CI drew
 
 
 @dataclass
@@ -358,6 +358,9 @@ def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
             3, arguments={"message": "1234567890123456789012"}, _meta={"traceparent": DIGITS_TRACEPARENT}
         )
         return answer(post(gw, digits, k, sid), sid)
+    if case == "u64 numbers":  # read exactly by orjson as by the SDK: the lane's
+        wide = {"message": "u64", "n": 2**64 - 1, "m": -(2**63), "f": 0.1234567890123456789}
+        return answer(post(gw, call(2**64 - 1, arguments=wide), k, sid), sid)
     if case == "no arguments":
         return answer(
             post(gw, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": ECHO}}, k, sid),
@@ -403,6 +406,7 @@ LANE_CASES = {
     "before initialized": 1,
     "no arguments": 1,
     "19 digits in strings": 1,
+    "u64 numbers": 1,
     "wildcard accept": 1,
     "resumable era header": 1,
 }
@@ -423,6 +427,7 @@ WIRE_CASES = [
     "no arguments",
     "integer past 64 bits",
     "19 digits in strings",
+    "u64 numbers",
     "bad id",
     "notification",
     "modern era header",
